@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use murmur_protocol::{
-    Codec, DeltaHeader, Digest, Message, ModelFingerprint, PeerKey, RunId, SignedEnvelope,
+    Codec, DeltaHeader, Message, ModelFingerprint, PeerKey, RunId, SignedEnvelope,
     envelope::MAX_ENVELOPE_BYTES,
 };
 
@@ -40,20 +40,21 @@ fn main() {
             let reps = if n >= 50_000_000 { 2 } else { 4 };
             let mut best_enc = Duration::MAX;
             let mut best_dec = Duration::MAX;
-            let mut payload_mb = 0.0;
+            // Buffers are reused across repetitions, as a node reuses them across rounds.
+            let mut payload = Vec::new();
+            let mut decoded = Vec::new();
             for _ in 0..reps {
                 let t = Instant::now();
-                let (env, payload) = encode_and_sign(&key, codec, &values);
+                let env = encode_and_sign(&key, codec, &values, &mut payload);
                 best_enc = best_enc.min(t.elapsed());
                 let wire = env.to_bytes();
-                payload_mb = payload.len() as f64 / 1e6;
 
                 let t = Instant::now();
-                let decoded = verify_and_decode(&wire, &payload);
+                verify_and_decode(&wire, &payload, &mut decoded);
                 best_dec = best_dec.min(t.elapsed());
                 assert_eq!(decoded.len(), n);
-                drop(decoded);
             }
+            let payload_mb = payload.len() as f64 / 1e6;
             let gb = (n * 4) as f64 / 1e9;
             println!(
                 "| {n} | {codec:?} | {:.2} | {:.2} | {payload_mb:.1} |",
@@ -64,8 +65,13 @@ fn main() {
     }
 }
 
-fn encode_and_sign(key: &SigningKey, codec: Codec, values: &[f32]) -> (SignedEnvelope, Vec<u8>) {
-    let payload = codec.encode(values).expect("encode");
+fn encode_and_sign(
+    key: &SigningKey,
+    codec: Codec,
+    values: &[f32],
+    payload: &mut Vec<u8>,
+) -> SignedEnvelope {
+    let digest = codec.encode_into(values, payload).expect("encode");
     let header = DeltaHeader {
         run: RunId::from_name("bench"),
         model: ModelFingerprint([1; 32]),
@@ -76,19 +82,18 @@ fn encode_and_sign(key: &SigningKey, codec: Codec, values: &[f32]) -> (SignedEnv
         codec,
         element_count: values.len() as u64,
         payload_len: payload.len() as u64,
-        payload_digest: Digest::of(&payload),
+        payload_digest: digest,
         timestamp_ms: 0,
     };
-    let env = SignedEnvelope::sign(key, &Message::Delta(header)).expect("sign");
-    (env, payload)
+    SignedEnvelope::sign(key, &Message::Delta(header)).expect("sign")
 }
 
-fn verify_and_decode(wire: &[u8], payload: &[u8]) -> Vec<f32> {
+fn verify_and_decode(wire: &[u8], payload: &[u8], out: &mut Vec<f32>) {
     let (_, message) = SignedEnvelope::open_bytes(wire, MAX_ENVELOPE_BYTES).expect("open");
     let Message::Delta(header) = message else {
         panic!("not a delta")
     };
-    header.decode_payload(payload).expect("decode")
+    header.decode_payload_into(payload, out).expect("decode");
 }
 
 /// Deterministic, gradient-like values (xorshift, roughly N(0, 0.01)).

@@ -268,8 +268,26 @@ impl DeltaHeader {
 
     /// Verifies `payload` against this header and decodes it into `element_count` f32 values.
     pub fn decode_payload(&self, payload: &[u8]) -> Result<Vec<f32>, CodecError> {
-        self.check_payload(payload)?;
-        self.codec.decode(payload, self.element_count)
+        let mut out = Vec::new();
+        self.decode_payload_into(payload, &mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`decode_payload`](Self::decode_payload), into a reusable buffer. The payload
+    /// is hashed while it is decoded, so it is read from memory once.
+    pub fn decode_payload_into(
+        &self,
+        payload: &[u8],
+        out: &mut Vec<f32>,
+    ) -> Result<(), CodecError> {
+        if payload.len() as u64 != self.payload_len {
+            return Err(CodecError::WrongLength {
+                expected: self.payload_len,
+                actual: payload.len() as u64,
+            });
+        }
+        self.codec
+            .decode_into(payload, self.element_count, Some(&self.payload_digest), out)
     }
 }
 

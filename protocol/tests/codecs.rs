@@ -202,3 +202,29 @@ fn payload_check_catches_length_and_digest() {
         Err(CodecError::WrongLength { .. })
     ));
 }
+
+#[test]
+fn decoding_into_a_reused_buffer_matches_fresh_decoding() {
+    let mut out = vec![9.0f32; 7];
+    for (n, codec) in [
+        (1000usize, Codec::RawF32),
+        (10, Codec::F16),
+        (300_000, Codec::Bf16),
+        (513, Codec::Int8Block { block: 64 }),
+        (77, Codec::TopK { k: 5 }),
+    ] {
+        let values: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+        let mut payload = vec![1u8; 3];
+        let digest = codec.encode_into(&values, &mut payload).unwrap();
+        assert_eq!(digest, Digest::of(&payload));
+        codec
+            .decode_into(&payload, n as u64, Some(&digest), &mut out)
+            .unwrap();
+        assert_eq!(out, codec.decode(&payload, n as u64).unwrap(), "{codec:?}");
+        let wrong = Digest::of(b"something else");
+        assert_eq!(
+            codec.decode_into(&payload, n as u64, Some(&wrong), &mut out),
+            Err(CodecError::DigestMismatch)
+        );
+    }
+}

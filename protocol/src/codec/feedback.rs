@@ -20,6 +20,8 @@ pub struct ErrorFeedback {
 pub struct Compressed {
     /// The payload to send.
     pub payload: Vec<u8>,
+    /// Its BLAKE3 digest, for the signed header.
+    pub digest: crate::ids::Digest,
     /// Exactly what `codec.decode(payload)` returns.
     pub decoded: Vec<f32>,
 }
@@ -60,11 +62,16 @@ impl ErrorFeedback {
             .zip(&self.residual)
             .map(|(d, r)| d + r)
             .collect();
-        let payload = codec.encode(&corrected)?;
+        let mut payload = Vec::new();
+        let digest = codec.encode_into(&corrected, &mut payload)?;
         let decoded = codec.decode(&payload, corrected.len() as u64)?;
         for ((r, c), d) in self.residual.iter_mut().zip(&corrected).zip(&decoded) {
             *r = c - d;
         }
-        Ok(Compressed { payload, decoded })
+        Ok(Compressed {
+            payload,
+            digest,
+            decoded,
+        })
     }
 }

@@ -15,10 +15,11 @@ fn round_small(v: f32) -> f32 {
     (v + MAGIC) - MAGIC
 }
 
-pub(super) fn encode(values: &[f32], block: usize) -> Vec<u8> {
+pub(super) fn encode(values: &[f32], block: usize, out: &mut Vec<u8>) {
     let n = values.len();
     let blocks = n.div_ceil(block);
-    let mut out = vec![0u8; blocks * 4 + n];
+    out.clear();
+    out.resize(blocks * 4 + n, 0);
     let (scales, quants) = out.split_at_mut(blocks * 4);
     for ((chunk, scale_dst), q_dst) in values
         .chunks(block)
@@ -34,13 +35,20 @@ pub(super) fn encode(values: &[f32], block: usize) -> Vec<u8> {
             *dst = q.to_le_bytes()[0];
         }
     }
-    out
 }
 
-pub(super) fn decode(payload: &[u8], n: usize, block: usize) -> Result<Vec<f32>, CodecError> {
+pub(super) fn decode(
+    payload: &[u8],
+    n: usize,
+    block: usize,
+    out: &mut Vec<f32>,
+) -> Result<(), CodecError> {
     let blocks = n.div_ceil(block);
     let (scales, quants) = payload.split_at(blocks * 4);
-    let mut out = vec![0f32; n];
+    if out.len() != n {
+        out.clear();
+        out.resize(n, 0.0);
+    }
     for (b, ((scale, q_src), dst)) in scales
         .chunks_exact(4)
         .zip(quants.chunks(block))
@@ -55,5 +63,5 @@ pub(super) fn decode(payload: &[u8], n: usize, block: usize) -> Result<Vec<f32>,
             *d = f32::from(i8::from_le_bytes([*q])) * s;
         }
     }
-    Ok(out)
+    Ok(())
 }

@@ -21,6 +21,8 @@ use bincode::{Decode, Encode};
 
 pub use feedback::{Compressed, ErrorFeedback};
 
+use float::Dense;
+
 use crate::ids::Digest;
 use crate::message::MAX_ELEMENTS;
 
@@ -134,35 +136,90 @@ impl Codec {
 
     /// Encodes `values`. Fails on NaN/Inf input or invalid parameters.
     pub fn encode(&self, values: &[f32]) -> Result<Vec<u8>, CodecError> {
-        let n = values.len() as u64;
-        self.payload_len(n)?;
-        if let Some(i) = first_non_finite(values) {
-            return Err(CodecError::NonFinite(i));
+        let mut out = Vec::new();
+        self.encode_into(values, &mut out)?;
+        Ok(out)
+    }
+
+    /// Encodes `values` into `out` (replacing its contents, reusing its allocation) and
+    /// returns the payload's BLAKE3 digest, hashed while encoding.
+    pub fn encode_into(&self, values: &[f32], out: &mut Vec<u8>) -> Result<Digest, CodecError> {
+        self.payload_len(values.len() as u64)?;
+        let mut hasher = blake3::Hasher::new();
+        match *self {
+            Codec::RawF32 => float::encode(Dense::F32, values, out, &mut hasher)?,
+            Codec::F16 => float::encode(Dense::F16, values, out, &mut hasher)?,
+            Codec::Bf16 => float::encode(Dense::Bf16, values, out, &mut hasher)?,
+            Codec::Int8Block { block } => {
+                check_finite(values)?;
+                int8::encode(values, block as usize, out);
+                hasher.update(out);
+            }
+            Codec::TopK { k } => {
+                check_finite(values)?;
+                topk::encode(values, k as usize, out);
+                hasher.update(out);
+            }
         }
-        Ok(match *self {
-            Codec::RawF32 => float::encode_f32(values),
-            Codec::F16 => float::encode_f16(values),
-            Codec::Bf16 => float::encode_bf16(values),
-            Codec::Int8Block { block } => int8::encode(values, block as usize),
-            Codec::TopK { k } => topk::encode(values, k as usize),
-        })
+        Ok(Digest::from(hasher.finalize()))
     }
 
     /// Decodes a payload into exactly `n` finite f32 values.
     pub fn decode(&self, payload: &[u8], n: u64) -> Result<Vec<f32>, CodecError> {
+        let mut out = Vec::new();
+        self.decode_into(payload, n, None, &mut out)?;
+        Ok(out)
+    }
+
+    /// Decodes a payload into `out` (resized to `n`, reusing its allocation). When
+    /// `digest` is given the payload is hashed during decoding and must match it.
+    /// On error `out` holds unspecified values.
+    pub fn decode_into(
+        &self,
+        payload: &[u8],
+        n: u64,
+        digest: Option<&Digest>,
+        out: &mut Vec<f32>,
+    ) -> Result<(), CodecError> {
         self.check_len(n, payload.len() as u64)?;
         let n = usize::try_from(n).map_err(|_| CodecError::TooManyElements(n))?;
-        let out = match *self {
-            Codec::RawF32 => float::decode_f32(payload),
-            Codec::F16 => float::decode_f16(payload),
-            Codec::Bf16 => float::decode_bf16(payload),
-            Codec::Int8Block { block } => int8::decode(payload, n, block as usize)?,
-            Codec::TopK { k } => topk::decode(payload, n, k as usize)?,
+        let mut hasher = digest.map(|_| blake3::Hasher::new());
+        let result = match *self {
+            Codec::RawF32 => float::decode(Dense::F32, payload, out, hasher.as_mut()),
+            Codec::F16 => float::decode(Dense::F16, payload, out, hasher.as_mut()),
+            Codec::Bf16 => float::decode(Dense::Bf16, payload, out, hasher.as_mut()),
+            Codec::Int8Block { block } => {
+                if let Some(h) = hasher.as_mut() {
+                    h.update(payload);
+                }
+                int8::decode(payload, n, block as usize, out).and_then(|()| check_finite(out))
+            }
+            Codec::TopK { k } => {
+                if let Some(h) = hasher.as_mut() {
+                    h.update(payload);
+                }
+                topk::decode(payload, n, k as usize, out).and_then(|()| check_finite(out))
+            }
         };
-        match first_non_finite(&out) {
-            Some(i) => Err(CodecError::NonFinite(i)),
-            None => Ok(out),
+        if let Some(expected) = digest {
+            // A payload that fails the digest is reported as tampered, whatever else is wrong
+            // with it; the error path rehashes the whole payload to decide.
+            let actual = match (&result, hasher) {
+                (Ok(()), Some(h)) => Digest::from(h.finalize()),
+                _ => Digest::of(payload),
+            };
+            if actual != *expected {
+                return Err(CodecError::DigestMismatch);
+            }
         }
+        result
+    }
+}
+
+fn check_finite(values: &[f32]) -> Result<(), CodecError> {
+    match first_non_finite(values) {
+        Some(i) => Err(CodecError::NonFinite(i)),
+        None => Ok(()),
     }
 }
 

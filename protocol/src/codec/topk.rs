@@ -9,7 +9,7 @@ use std::cmp::Ordering;
 
 use super::CodecError;
 
-pub(super) fn encode(values: &[f32], k: usize) -> Vec<u8> {
+pub(super) fn encode(values: &[f32], k: usize, out: &mut Vec<u8>) {
     let mut order: Vec<u32> = (0..values.len() as u32).collect();
     let by_magnitude = |a: &u32, b: &u32| -> Ordering {
         let (ma, mb) = (values[*a as usize].abs(), values[*b as usize].abs());
@@ -20,7 +20,8 @@ pub(super) fn encode(values: &[f32], k: usize) -> Vec<u8> {
     }
     order.truncate(k);
     order.sort_unstable();
-    let mut out = vec![0u8; k * 8];
+    out.clear();
+    out.resize(k * 8, 0);
     let (idx, vals) = out.split_at_mut(k * 4);
     for ((i, dst_i), dst_v) in order
         .iter()
@@ -30,12 +31,17 @@ pub(super) fn encode(values: &[f32], k: usize) -> Vec<u8> {
         dst_i.copy_from_slice(&i.to_le_bytes());
         dst_v.copy_from_slice(&values[*i as usize].to_le_bytes());
     }
-    out
 }
 
-pub(super) fn decode(payload: &[u8], n: usize, k: usize) -> Result<Vec<f32>, CodecError> {
+pub(super) fn decode(
+    payload: &[u8],
+    n: usize,
+    k: usize,
+    out: &mut Vec<f32>,
+) -> Result<(), CodecError> {
     let (idx, vals) = payload.split_at(k * 4);
-    let mut out = vec![0f32; n];
+    out.clear();
+    out.resize(n, 0.0);
     let mut next_min = 0usize;
     for (pos, (i, v)) in idx.chunks_exact(4).zip(vals.chunks_exact(4)).enumerate() {
         let i = u32::from_le_bytes([i[0], i[1], i[2], i[3]]) as usize;
@@ -45,5 +51,5 @@ pub(super) fn decode(payload: &[u8], n: usize, k: usize) -> Result<Vec<f32>, Cod
         out[i] = f32::from_le_bytes([v[0], v[1], v[2], v[3]]);
         next_min = i + 1;
     }
-    Ok(out)
+    Ok(())
 }
