@@ -50,7 +50,7 @@ fn main() {
                 let wire = env.to_bytes();
 
                 let t = Instant::now();
-                verify_and_decode(&wire, &payload, &mut decoded);
+                verify_and_decode(&wire, &payload, n as u64, &mut decoded);
                 best_dec = best_dec.min(t.elapsed());
                 assert_eq!(decoded.len(), n);
             }
@@ -88,12 +88,14 @@ fn encode_and_sign(
     SignedEnvelope::sign(key, &Message::Delta(header)).expect("sign")
 }
 
-fn verify_and_decode(wire: &[u8], payload: &[u8], out: &mut Vec<f32>) {
+fn verify_and_decode(wire: &[u8], payload: &[u8], expected: u64, out: &mut Vec<f32>) {
     let (_, message) = SignedEnvelope::open_bytes(wire, MAX_ENVELOPE_BYTES).expect("open");
     let Message::Delta(header) = message else {
         panic!("not a delta")
     };
-    header.decode_payload_into(payload, out).expect("decode");
+    header
+        .decode_payload_into(payload, expected, out)
+        .expect("decode");
 }
 
 /// Deterministic, gradient-like values (xorshift, roughly N(0, 0.01)).

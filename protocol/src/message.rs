@@ -267,9 +267,17 @@ impl DeltaHeader {
     }
 
     /// Verifies `payload` against this header and decodes it into `element_count` f32 values.
-    pub fn decode_payload(&self, payload: &[u8]) -> Result<Vec<f32>, CodecError> {
+    ///
+    /// `expected_elements` is the receiver's own parameter count: a header claiming any
+    /// other count is refused before anything is allocated (a top-k payload of a few bytes
+    /// could otherwise ask for a vector of 2³² elements).
+    pub fn decode_payload(
+        &self,
+        payload: &[u8],
+        expected_elements: u64,
+    ) -> Result<Vec<f32>, CodecError> {
         let mut out = Vec::new();
-        self.decode_payload_into(payload, &mut out)?;
+        self.decode_payload_into(payload, expected_elements, &mut out)?;
         Ok(out)
     }
 
@@ -278,8 +286,15 @@ impl DeltaHeader {
     pub fn decode_payload_into(
         &self,
         payload: &[u8],
+        expected_elements: u64,
         out: &mut Vec<f32>,
     ) -> Result<(), CodecError> {
+        if self.element_count != expected_elements {
+            return Err(CodecError::WrongElementCount {
+                expected: expected_elements,
+                actual: self.element_count,
+            });
+        }
         if payload.len() as u64 != self.payload_len {
             return Err(CodecError::WrongLength {
                 expected: self.payload_len,

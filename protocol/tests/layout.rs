@@ -89,9 +89,25 @@ proptest! {
         let payload = codec.encode(&values).unwrap();
         prop_assume!(!payload.is_empty());
         let header = delta(&payload, values.len() as u64, codec);
-        prop_assert!(header.decode_payload(&payload).is_ok());
+        prop_assert!(header.decode_payload(&payload, values.len() as u64).is_ok());
         let mut tampered = payload.clone();
         tampered[pos.index(payload.len())] ^= 1 << bit;
-        prop_assert_eq!(header.decode_payload(&tampered), Err(CodecError::DigestMismatch));
+        prop_assert_eq!(header.decode_payload(&tampered, values.len() as u64), Err(CodecError::DigestMismatch));
     }
+}
+
+#[test]
+fn a_header_claiming_another_element_count_is_refused_before_decoding() {
+    // A top-k payload of 8 bytes claiming 2^32 elements must not allocate 16 GiB.
+    let codec = Codec::TopK { k: 1 };
+    let payload = codec.encode(&[0.0, 5.0]).unwrap();
+    let mut header = delta(&payload, 2, codec);
+    header.element_count = 1 << 32;
+    assert_eq!(
+        header.decode_payload(&payload, 2),
+        Err(CodecError::WrongElementCount {
+            expected: 2,
+            actual: 1 << 32
+        })
+    );
 }

@@ -165,6 +165,9 @@ impl Codec {
     }
 
     /// Decodes a payload into exactly `n` finite f32 values.
+    ///
+    /// `n` must come from the caller's own knowledge (its model's parameter count), not
+    /// from the peer: for [`Codec::TopK`] the payload length bounds `k`, not `n`.
     pub fn decode(&self, payload: &[u8], n: u64) -> Result<Vec<f32>, CodecError> {
         let mut out = Vec::new();
         self.decode_into(payload, n, None, &mut out)?;
