@@ -1,0 +1,67 @@
+//! Command-line interface of the `murmur` binary.
+//!
+//! Raw flags are parsed by clap into [`Cli`]; each subcommand turns them into a validated
+//! configuration and runs. `main` stays a thin wrapper that maps errors to an exit code.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::identity::NodeIdentity;
+use crate::paths::default_data_dir;
+use crate::train_local::{self, TrainArgs};
+
+/// Murmur: peer-to-peer decentralized training.
+#[derive(Debug, Parser)]
+#[command(name = "murmur", version, about)]
+pub struct Cli {
+    /// Node data directory (identity, peer book, checkpoints).
+    #[arg(long, global = true, env = "MURMUR_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// What to do; without a subcommand `murmur` runs its default job.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands of `murmur`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the node identity if it does not exist yet, and print its peer id.
+    Keygen,
+    /// Print the peer id of the existing node identity.
+    Id,
+    /// Train a model locally on this machine (the default job).
+    Train(TrainArgs),
+}
+
+impl Cli {
+    /// The data directory to use.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(default_data_dir)
+    }
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let data_dir = cli.data_dir();
+    match cli.command {
+        Some(Command::Keygen) => {
+            let identity = NodeIdentity::load_or_create(&data_dir)?;
+            println!("{}", identity.peer_id());
+        }
+        Some(Command::Id) => {
+            let identity = NodeIdentity::load(&data_dir)?;
+            println!("{}", identity.peer_id());
+        }
+        Some(Command::Train(args)) => train_local::run(&args)?,
+        None => {
+            // Until peer-to-peer training is wired in, the default job is a local run
+            // of the embedded default model with default settings.
+            if let Some(Command::Train(args)) = Cli::parse_from(["murmur", "train"]).command {
+                train_local::run(&args)?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,16 @@
+//! The Murmur node: identity, networking, storage and the command line of the `murmur` binary.
+//!
+//! - [`identity`]: the node's ed25519 key, shared by libp2p and delta signing.
+//! - [`cli`]: command-line parsing and the subcommands of `murmur`.
+//! - [`paths`]: where a node keeps its data by default.
+//! - [`train_local`]: `murmur train`, a single-node training run.
+//! - [`net`]: the libp2p swarm owner task and the `Network` handle.
+//! - [`store`]: the sled store (peer book; checkpoints later).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod cli;
+pub mod identity;
+pub mod net;
+pub mod paths;
+pub mod store;
+pub mod train_local;

@@ -1,0 +1,21 @@
+//! The `murmur` binary: parses the command line and hands over to [`murmur_node::cli`].
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("MURMUR_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = murmur_node::cli::Cli::parse();
+    match murmur_node::cli::run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("murmur: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

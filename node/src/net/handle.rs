@@ -1,0 +1,242 @@
+//! The cheap, cloneable [`Network`] handle and the state it shares with transfer tasks.
+//!
+//! Control operations go to the owner task over a bounded command channel and are answered
+//! on oneshots. Bulk transfers bypass the owner task: they open `libp2p-stream` streams
+//! directly and run in the caller's task (outgoing) or a tracked task (incoming), each with
+//! a deadline.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use libp2p::{Multiaddr, PeerId};
+use murmur_protocol::SignedEnvelope;
+use tokio::sync::{mpsc, oneshot};
+
+use super::config::NetLimits;
+use super::error::{NetError, TransferError};
+use super::event_loop::Command;
+use super::events::{IncomingPayload, TransferStats};
+use super::inbound::spawn_accept_loop;
+use super::peers::PeerInfo;
+use super::shared::Shared;
+use super::state::{self, StateRequestEvent, StateResponse};
+use super::transfer::{self, PayloadKind, classify};
+
+/// Handle to the node's network. Cheap to clone; all methods are safe to call concurrently.
+#[derive(Clone, Debug)]
+pub struct Network {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) commands: mpsc::Sender<Command>,
+}
+
+impl Network {
+    /// This node's peer id.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.shared.local_peer_id
+    }
+
+    /// The limits this node runs with.
+    pub fn limits(&self) -> &NetLimits {
+        &self.shared.limits
+    }
+
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NetError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(make(reply))
+            .await
+            .map_err(|_| NetError::Shutdown)?;
+        answer.await.map_err(|_| NetError::Shutdown)
+    }
+
+    /// Pushes `payload` with an application `header` to `peer` on `kind`'s stream protocol.
+    /// Returns once the receiver verified the digest and queued the payload.
+    pub async fn send_payload(
+        &self,
+        peer: PeerId,
+        kind: PayloadKind,
+        header: &[u8],
+        payload: &[u8],
+    ) -> Result<TransferStats, TransferError> {
+        let shared = &self.shared;
+        let _active = shared.transfer_started();
+        let deadline = shared.limits.transfer_deadline(payload.len());
+        let mut control = shared.control();
+        let work = async {
+            let stream = control
+                .open_stream(peer, kind.protocol())
+                .await
+                .map_err(|e| TransferError::Open {
+                    peer,
+                    reason: e.to_string(),
+                })?;
+            transfer::send(stream, header, payload, &shared.limits).await
+        };
+        let stats = match shared
+            .cancel
+            .run_until_cancelled(tokio::time::timeout(deadline, work))
+            .await
+        {
+            None => Err(TransferError::Shutdown),
+            Some(Err(_)) => Err(TransferError::Deadline(deadline)),
+            Some(Ok(result)) => result.map_err(|e| classify(e, &shared.limits)),
+        }?;
+        let _ = self.commands.try_send(Command::RecordThroughput {
+            peer,
+            bytes_per_sec: stats.bytes_per_sec(),
+        });
+        Ok(stats)
+    }
+
+    /// Starts accepting payloads of `kind`; received payloads arrive on the returned bounded
+    /// channel. Each kind can have one subscriber; without one, senders get `Open` errors.
+    pub fn subscribe_payloads(
+        &self,
+        kind: PayloadKind,
+    ) -> Result<mpsc::Receiver<IncomingPayload>, NetError> {
+        let incoming = self
+            .shared
+            .control()
+            .accept(kind.protocol())
+            .map_err(|_| NetError::AlreadySubscribed(kind.protocol_str()))?;
+        let (tx, rx) = mpsc::channel(self.shared.limits.event_queue);
+        let shared = self.shared.clone();
+        spawn_accept_loop(
+            self.shared.clone(),
+            kind.protocol_str(),
+            incoming,
+            move |peer, stream| {
+                let (shared, tx) = (shared.clone(), tx.clone());
+                async move { transfer::receive(peer, kind, stream, &shared.limits, &tx).await }
+            },
+        );
+        Ok(rx)
+    }
+
+    /// Fetches state from `peer`: sends `request`, receives the server's header and payload.
+    pub async fn fetch_state(
+        &self,
+        peer: PeerId,
+        request: &[u8],
+    ) -> Result<StateResponse, TransferError> {
+        let shared = &self.shared;
+        let _active = shared.transfer_started();
+        let deadline = shared
+            .limits
+            .transfer_deadline(shared.limits.max_payload_bytes);
+        let mut control = shared.control();
+        let work = async {
+            let stream = control
+                .open_stream(peer, state::STATE_PROTOCOL)
+                .await
+                .map_err(|e| TransferError::Open {
+                    peer,
+                    reason: e.to_string(),
+                })?;
+            state::fetch(stream, request, &shared.limits).await
+        };
+        match shared
+            .cancel
+            .run_until_cancelled(tokio::time::timeout(deadline, work))
+            .await
+        {
+            None => Err(TransferError::Shutdown),
+            Some(Err(_)) => Err(TransferError::Deadline(deadline)),
+            Some(Ok(result)) => result.map_err(|e| classify(e, &shared.limits)),
+        }
+    }
+
+    /// Starts serving state requests; each arrives on the returned channel to be answered.
+    pub fn serve_state(&self) -> Result<mpsc::Receiver<StateRequestEvent>, NetError> {
+        let incoming = self
+            .shared
+            .control()
+            .accept(state::STATE_PROTOCOL)
+            .map_err(|_| NetError::AlreadySubscribed("/murmur/state/1.0.0"))?;
+        let (tx, rx) = mpsc::channel(self.shared.limits.event_queue);
+        let shared = self.shared.clone();
+        spawn_accept_loop(
+            self.shared.clone(),
+            "/murmur/state/1.0.0",
+            incoming,
+            move |peer, stream| {
+                let (shared, tx) = (shared.clone(), tx.clone());
+                async move { state::serve(peer, stream, &shared.limits, &tx).await }
+            },
+        );
+        Ok(rx)
+    }
+
+    /// Publishes a signed announcement on the run's topic.
+    pub async fn publish_announcement(&self, envelope: &SignedEnvelope) -> Result<(), NetError> {
+        self.publish_bytes(envelope.to_bytes()).await
+    }
+
+    /// Publishes pre-encoded bytes on the run's topic as they are (no local validation).
+    /// Fails with `Publish` until at least one peer subscribed to the topic.
+    pub async fn publish_bytes(&self, bytes: Vec<u8>) -> Result<(), NetError> {
+        self.request(|reply| Command::Publish(bytes, reply)).await?
+    }
+
+    /// Known peers with addresses, latest announcement, RTT, throughput and score.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, NetError> {
+        self.request(Command::Peers).await
+    }
+
+    /// Dials an address (`/p2p/<id>` suffix recommended).
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
+        self.request(|reply| Command::Dial(addr, reply)).await?
+    }
+
+    /// Addresses this node listens on.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NetError> {
+        self.request(Command::ListenAddrs).await
+    }
+
+    /// Confirmed external addresses of this node.
+    pub async fn external_addrs(&self) -> Result<Vec<Multiaddr>, NetError> {
+        self.request(Command::ExternalAddrs).await
+    }
+
+    /// Adds misbehaviour points to `peer` (e.g. for an invalid delta); at the ban score the
+    /// peer is disconnected and refused.
+    pub async fn report_misbehaviour(
+        &self,
+        peer: PeerId,
+        points: u32,
+        reason: String,
+    ) -> Result<(), NetError> {
+        let command = Command::Penalize {
+            peer,
+            points,
+            reason,
+        };
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| NetError::Shutdown)
+    }
+
+    /// Transfers in flight (outgoing and incoming), for monitoring and leak checks.
+    pub fn active_transfers(&self) -> usize {
+        self.shared.active.load(Ordering::SeqCst)
+    }
+
+    /// Raw stream access for custom protocols and tooling.
+    pub fn stream_control(&self) -> libp2p_stream::Control {
+        self.shared.control()
+    }
+
+    /// Stops the network: cancels transfers, writes the peer book, closes connections.
+    /// Waits at most a few seconds for tasks to wind down.
+    pub async fn shutdown(&self) {
+        self.shared.cancel.cancel();
+        let _ = self.request(Command::Shutdown).await;
+        self.shared.tasks.close();
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(5), self.shared.tasks.wait()).await;
+    }
+}

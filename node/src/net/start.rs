@@ -1,0 +1,170 @@
+//! Starting the network: build the swarm, listen, seed peers, spawn the owner task.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use libp2p::identity::Keypair;
+use libp2p::kad;
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::behaviour::build_swarm;
+use super::config::NetConfig;
+use super::error::NetError;
+use super::event_loop::{EventLoop, LoopSettings};
+use super::events::NetEvent;
+use super::gossip::{ReceivedAnnouncement, announcement_topic};
+use super::handle::Network;
+use super::peers::PeerTable;
+use super::shared::Shared;
+use crate::store::Store;
+
+/// Most connections the node opens on its own to discovered peers.
+const TARGET_CONNECTIONS: usize = 48;
+
+/// The receiving ends of the network's event channels.
+#[derive(Debug)]
+pub struct NetEvents {
+    /// Connection, discovery and failure events.
+    pub events: mpsc::Receiver<NetEvent>,
+    /// Validated announcements from the run's topic.
+    pub announcements: mpsc::Receiver<ReceivedAnnouncement>,
+}
+
+/// The peer id in a `/p2p/<id>` suffix, if any.
+pub fn peer_id_of_addr(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        Protocol::P2p(peer) => Some(peer),
+        _ => None,
+    })
+}
+
+impl Network {
+    /// Starts the network with `keypair` as identity. With a `store`, known peers are read
+    /// from (and later written to) its peer book and redialed. Returns once the listeners
+    /// are up.
+    pub async fn start(
+        keypair: Keypair,
+        config: NetConfig,
+        store: Option<&Store>,
+    ) -> Result<(Network, NetEvents), NetError> {
+        let local_peer_id = keypair.public().to_peer_id();
+        let mut swarm = build_swarm(keypair, &config)?;
+        let topic = announcement_topic(&config.run);
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&topic)
+            .map_err(|e| NetError::Transport(e.to_string()))?;
+        for addr in &config.listen_addrs {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NetError::Listen {
+                    addr: addr.to_string(),
+                    reason: e.to_string(),
+                })?;
+        }
+        for addr in &config.external_addrs {
+            swarm.add_external_address(addr.clone());
+        }
+        if config.kad_server {
+            swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
+        }
+
+        let book = store.map(Store::peer_book).transpose()?;
+        let known = match &book {
+            Some(book) => book.all()?,
+            None => Vec::new(),
+        };
+        let redial: Vec<(PeerId, Vec<Multiaddr>)> = match &book {
+            Some(book) => {
+                book.dial_candidates(config.redial_known_peers, config.limits.ban_score)?
+            }
+            None => Vec::new(),
+        };
+        for (peer, addrs) in redial {
+            for addr in &addrs {
+                swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            }
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .build();
+            if let Err(e) = swarm.dial(opts) {
+                tracing::debug!(%peer, "redial of known peer failed: {e}");
+            }
+        }
+        for addr in &config.bootstrap {
+            if let Some(peer) = peer_id_of_addr(addr) {
+                swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            }
+            swarm
+                .dial(addr.clone())
+                .map_err(|e| NetError::Dial(e.to_string()))?;
+        }
+        if !config.bootstrap.is_empty() {
+            let _ = swarm.behaviour_mut().kad.bootstrap();
+        }
+        for relay in &config.relays {
+            swarm
+                .listen_on(relay.clone().with(Protocol::P2pCircuit))
+                .map_err(|e| NetError::Listen {
+                    addr: relay.to_string(),
+                    reason: e.to_string(),
+                })?;
+        }
+
+        let control = swarm.behaviour().stream.new_control();
+        let (command_tx, command_rx) = mpsc::channel(config.limits.command_queue);
+        let (event_tx, event_rx) = mpsc::channel(config.limits.event_queue);
+        let (announce_tx, announce_rx) = mpsc::channel(config.limits.event_queue);
+        let cancel = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            local_peer_id,
+            limits: config.limits.clone(),
+            cancel: cancel.clone(),
+            tasks: TaskTracker::new(),
+            commands: command_tx.downgrade(),
+            events: event_tx.clone(),
+            control: Mutex::new(control),
+            active: AtomicUsize::new(0),
+        });
+        let mut event_loop = EventLoop {
+            swarm,
+            commands: command_rx,
+            events: event_tx,
+            announcements: announce_tx,
+            peers: PeerTable::from_records(known),
+            book,
+            cancel,
+            settings: LoopSettings {
+                run: config.run,
+                topic,
+                max_gossip_bytes: config.limits.max_gossip_bytes,
+                ban_score: config.limits.ban_score,
+                target_connections: TARGET_CONNECTIONS,
+                kad_walk_interval: config.kad_walk_interval,
+                flush_interval: config.peer_book_flush_interval,
+            },
+        };
+        let listeners = config.listen_addrs.len();
+        event_loop
+            .wait_listening(listeners, Duration::from_secs(5))
+            .await;
+        shared.tasks.spawn(event_loop.run());
+        let network = Network {
+            shared,
+            commands: command_tx,
+        };
+        Ok((
+            network,
+            NetEvents {
+                events: event_rx,
+                announcements: announce_rx,
+            },
+        ))
+    }
+}

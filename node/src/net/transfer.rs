@@ -1,0 +1,178 @@
+//! Bulk payload push over dedicated `libp2p-stream` streams.
+//!
+//! One stream per transfer, on the protocol of its [`PayloadKind`]:
+//!
+//! ```text
+//! sender → preamble  (framing message: version u8 = 1 | flags u8 = 0 | app header bytes)
+//! sender → payload   (framing payload: header, bounded chunks, BLAKE3 trailer)
+//! receiver → ack     (framing message: status u8; 0 = accepted + 32-byte digest,
+//!                                       1 = refused + UTF-8 reason)
+//! ```
+//!
+//! Both sides wrap the stream in a [`StallGuard`] and the whole exchange in a deadline
+//! (`NetLimits::transfer_deadline`), so a vanished peer yields a typed [`TransferError`].
+//! The receiver hands the payload to the application before acknowledging it, so a
+//! successful send means the payload was verified and queued on the remote side.
+
+use std::time::Instant;
+
+use futures::AsyncWriteExt;
+use libp2p::{PeerId, Stream, StreamProtocol};
+use murmur_protocol::Digest;
+use murmur_protocol::framing::{self, FrameLimits};
+use tokio::sync::mpsc;
+
+use super::config::NetLimits;
+use super::error::TransferError;
+use super::events::{IncomingPayload, TransferStats};
+use super::stall::{StallGuard, is_stall};
+
+const PREAMBLE_VERSION: u8 = 1;
+const ACK_MAX: u32 = 1024;
+const ACK_OK: u8 = 0;
+/// Refusal status (receivers may refuse with a reason; this build drops busy streams).
+const ACK_REFUSED: u8 = 1;
+
+/// What a pushed payload is; each kind has its own stream protocol and subscriber.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PayloadKind {
+    /// A model delta (gossip averaging).
+    Delta,
+    /// Pipeline activations (forward pass).
+    Activations,
+    /// Pipeline gradients (backward pass).
+    Gradients,
+    /// Anything else (tools, tests, benchmarks).
+    Blob,
+}
+
+impl PayloadKind {
+    /// Every kind.
+    pub const ALL: [PayloadKind; 4] = [
+        PayloadKind::Delta,
+        PayloadKind::Activations,
+        PayloadKind::Gradients,
+        PayloadKind::Blob,
+    ];
+
+    /// The stream protocol id of this kind.
+    pub fn protocol(self) -> StreamProtocol {
+        StreamProtocol::new(self.protocol_str())
+    }
+
+    /// The stream protocol id as text.
+    pub fn protocol_str(self) -> &'static str {
+        match self {
+            PayloadKind::Delta => "/murmur/delta/1.0.0",
+            PayloadKind::Activations => "/murmur/activations/1.0.0",
+            PayloadKind::Gradients => "/murmur/gradients/1.0.0",
+            PayloadKind::Blob => "/murmur/blob/1.0.0",
+        }
+    }
+}
+
+/// Frame limits a receiver applies.
+pub(crate) fn frame_limits(limits: &NetLimits) -> FrameLimits {
+    FrameLimits {
+        max_payload: limits.max_payload_bytes as u64,
+        max_chunk: u32::try_from(limits.max_chunk_bytes).unwrap_or(u32::MAX),
+    }
+}
+
+fn max_header(limits: &NetLimits) -> u32 {
+    u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX)
+}
+
+/// Maps I/O errors from a [`StallGuard`] to [`TransferError::Stalled`].
+pub(crate) fn classify(error: TransferError, limits: &NetLimits) -> TransferError {
+    match error {
+        TransferError::Io(io) if is_stall(&io) => TransferError::Stalled(limits.stall_timeout),
+        other => other,
+    }
+}
+
+/// Pushes `payload` with `header` to `peer` (the caller bounds it with a deadline).
+pub(crate) async fn send(
+    stream: Stream,
+    header: &[u8],
+    payload: &[u8],
+    limits: &NetLimits,
+) -> Result<TransferStats, TransferError> {
+    let started = Instant::now();
+    if payload.len() > limits.max_payload_bytes {
+        return Err(TransferError::TooLarge {
+            len: payload.len(),
+            max: limits.max_payload_bytes,
+        });
+    }
+    let mut stream = StallGuard::new(stream, limits.stall_timeout);
+    let mut preamble = Vec::with_capacity(2 + header.len());
+    preamble.extend_from_slice(&[PREAMBLE_VERSION, 0]);
+    preamble.extend_from_slice(header);
+    framing::write_message(&mut stream, &preamble, max_header(limits)).await?;
+    let chunk = u32::try_from(limits.chunk_bytes).unwrap_or(framing::DEFAULT_CHUNK);
+    let digest = framing::write_payload(&mut stream, payload, chunk).await?;
+    let acked = read_ack(&mut stream).await?;
+    if acked != digest {
+        return Err(TransferError::AckMismatch);
+    }
+    let _ = stream.close().await;
+    Ok(TransferStats {
+        bytes: payload.len() as u64,
+        elapsed: started.elapsed(),
+        digest,
+    })
+}
+
+async fn read_ack(stream: &mut StallGuard<Stream>) -> Result<Digest, TransferError> {
+    let ack = framing::read_message(stream, ACK_MAX).await?;
+    match ack.split_first() {
+        Some((&ACK_OK, digest)) => {
+            let digest: [u8; 32] = digest
+                .try_into()
+                .map_err(|_| TransferError::BadPreamble("ack digest length"))?;
+            Ok(Digest(digest))
+        }
+        Some((&ACK_REFUSED, reason)) => Err(TransferError::Refused(
+            String::from_utf8_lossy(reason).into_owned(),
+        )),
+        _ => Err(TransferError::BadPreamble("unknown ack status")),
+    }
+}
+
+/// Receives one pushed payload from `stream`, delivers it on `deliver`, then acknowledges.
+pub(crate) async fn receive(
+    peer: PeerId,
+    kind: PayloadKind,
+    stream: Stream,
+    limits: &NetLimits,
+    deliver: &mpsc::Sender<IncomingPayload>,
+) -> Result<(), TransferError> {
+    let started = Instant::now();
+    let mut stream = StallGuard::new(stream, limits.stall_timeout);
+    let preamble = framing::read_message(&mut stream, max_header(limits)).await?;
+    let header = match preamble.as_slice() {
+        [PREAMBLE_VERSION, 0, header @ ..] => header.to_vec(),
+        [PREAMBLE_VERSION, ..] => return Err(TransferError::BadPreamble("unknown flags")),
+        _ => return Err(TransferError::BadPreamble("unsupported preamble version")),
+    };
+    let (payload, digest) = framing::read_payload(&mut stream, &frame_limits(limits)).await?;
+    let incoming = IncomingPayload {
+        peer,
+        kind,
+        header,
+        payload,
+        digest,
+        elapsed: started.elapsed(),
+    };
+    deliver
+        .send(incoming)
+        .await
+        .map_err(|_| TransferError::Shutdown)?;
+    let mut ack = Vec::with_capacity(33);
+    ack.push(ACK_OK);
+    ack.extend_from_slice(digest.as_bytes());
+    framing::write_message(&mut stream, &ack, ACK_MAX).await?;
+    let _ = stream.close().await;
+    Ok(())
+}
