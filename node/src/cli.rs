@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::identity::NodeIdentity;
+use crate::node_cmd::{self, NodeArgs};
 use crate::paths::default_data_dir;
 use crate::train_local::{self, TrainArgs};
 
@@ -33,6 +34,8 @@ pub enum Command {
     Id,
     /// Train a model locally on this machine (the default job).
     Train(TrainArgs),
+    /// Run as a peer of a Murmur network: discovery, presence announcements, peer list.
+    Node(NodeArgs),
 }
 
 impl Cli {
@@ -55,6 +58,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", identity.peer_id());
         }
         Some(Command::Train(args)) => train_local::run(&args)?,
+        Some(Command::Node(args)) => node_cmd::run(&args, &data_dir)?,
         None => {
             // Until peer-to-peer training is wired in, the default job is a local run
             // of the embedded default model with default settings.

@@ -4,6 +4,7 @@
 //! - [`cli`]: command-line parsing and the subcommands of `murmur`.
 //! - [`paths`]: where a node keeps its data by default.
 //! - [`train_local`]: `murmur train`, a single-node training run.
+//! - [`node_cmd`]: `murmur node`, a network peer (discovery and announcements).
 //! - [`net`]: the libp2p swarm owner task and the `Network` handle.
 //! - [`store`]: the sled store (peer book; checkpoints later).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -11,6 +12,7 @@
 pub mod cli;
 pub mod identity;
 pub mod net;
+pub mod node_cmd;
 pub mod paths;
 pub mod store;
 pub mod train_local;
