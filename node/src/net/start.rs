@@ -60,17 +60,7 @@ impl Network {
             .gossipsub
             .subscribe(&topic)
             .map_err(|e| NetError::Transport(e.to_string()))?;
-        for addr in &config.listen_addrs {
-            swarm
-                .listen_on(addr.clone())
-                .map_err(|e| NetError::Listen {
-                    addr: addr.to_string(),
-                    reason: e.to_string(),
-                })?;
-        }
-        for addr in &config.external_addrs {
-            swarm.add_external_address(addr.clone());
-        }
+        listen_and_advertise(&mut swarm, &config.listen_addrs, &config.external_addrs)?;
         if config.kad_server {
             swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
         }
@@ -167,4 +157,25 @@ impl Network {
             },
         ))
     }
+}
+
+/// Starts listening on every address in `listen` and adds `external` as confirmed external
+/// addresses (shared by training nodes and bootstrap nodes).
+pub(crate) fn listen_and_advertise<B: libp2p::swarm::NetworkBehaviour>(
+    swarm: &mut libp2p::Swarm<B>,
+    listen: &[Multiaddr],
+    external: &[Multiaddr],
+) -> Result<(), NetError> {
+    for addr in listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NetError::Listen {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?;
+    }
+    for addr in external {
+        swarm.add_external_address(addr.clone());
+    }
+    Ok(())
 }

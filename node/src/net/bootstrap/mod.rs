@@ -24,6 +24,7 @@ use super::behaviour::{
 };
 
 use super::error::NetError;
+use super::start::listen_and_advertise;
 
 /// The bootstrap node's behaviour.
 #[derive(NetworkBehaviour)]
@@ -105,17 +106,7 @@ impl Bootstrap {
             .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_connection_timeout))
             .build();
         swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
-        for addr in &config.listen_addrs {
-            swarm
-                .listen_on(addr.clone())
-                .map_err(|e| NetError::Listen {
-                    addr: addr.to_string(),
-                    reason: e.to_string(),
-                })?;
-        }
-        for addr in &config.external_addrs {
-            swarm.add_external_address(addr.clone());
-        }
+        listen_and_advertise(&mut swarm, &config.listen_addrs, &config.external_addrs)?;
         let mut node = Self { swarm };
         node.wait_listening(config.listen_addrs.len(), config.advertise_listen_addrs)
             .await;
