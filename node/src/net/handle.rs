@@ -20,7 +20,7 @@ use super::inbound::spawn_accept_loop;
 use super::peers::PeerInfo;
 use super::shared::Shared;
 use super::state::{self, StateRequestEvent, StateResponse};
-use super::transfer::{self, PayloadKind, classify};
+use super::transfer::{self, PayloadKind};
 
 /// Handle to the node's network. Cheap to clone; all methods are safe to call concurrently.
 #[derive(Clone, Debug)]
@@ -75,15 +75,7 @@ impl Network {
                 })?;
             transfer::send(stream, header, payload, &shared.limits).await
         };
-        let stats = match shared
-            .cancel
-            .run_until_cancelled(tokio::time::timeout(deadline, work))
-            .await
-        {
-            None => Err(TransferError::Shutdown),
-            Some(Err(_)) => Err(TransferError::Deadline(deadline)),
-            Some(Ok(result)) => result.map_err(|e| classify(e, &shared.limits)),
-        }?;
+        let stats = shared.bounded(deadline, work).await?;
         let _ = self.commands.try_send(Command::RecordThroughput {
             peer,
             bytes_per_sec: stats.bytes_per_sec(),
@@ -138,15 +130,7 @@ impl Network {
                 })?;
             state::fetch(stream, request, &shared.limits).await
         };
-        match shared
-            .cancel
-            .run_until_cancelled(tokio::time::timeout(deadline, work))
-            .await
-        {
-            None => Err(TransferError::Shutdown),
-            Some(Err(_)) => Err(TransferError::Deadline(deadline)),
-            Some(Ok(result)) => result.map_err(|e| classify(e, &shared.limits)),
-        }
+        shared.bounded(deadline, work).await
     }
 
     /// Starts serving state requests; each arrives on the returned channel to be answered.

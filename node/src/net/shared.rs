@@ -70,4 +70,23 @@ impl Shared {
             tracing::debug!("network event dropped: {e}");
         }
     }
+
+    /// Runs an outbound transfer under the node's shutdown token and `deadline`, mapping
+    /// the outcome to the transfer error a caller should see.
+    pub(crate) async fn bounded<T>(
+        &self,
+        deadline: std::time::Duration,
+        work: impl std::future::Future<Output = Result<T, super::error::TransferError>>,
+    ) -> Result<T, super::error::TransferError> {
+        use super::error::TransferError;
+        match self
+            .cancel
+            .run_until_cancelled(tokio::time::timeout(deadline, work))
+            .await
+        {
+            None => Err(TransferError::Shutdown),
+            Some(Err(_)) => Err(TransferError::Deadline(deadline)),
+            Some(Ok(result)) => result.map_err(|e| super::transfer::classify(e, &self.limits)),
+        }
+    }
 }
