@@ -9,6 +9,7 @@
 //! - [`store`]: the sled store (peer book; checkpoints later).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod averaging;
 pub mod cli;
 pub mod identity;
 pub mod net;

@@ -79,6 +79,7 @@ fn encode_and_sign(
         base_round: 1,
         local_steps: 10,
         samples: 320,
+        weight: 160.0,
         codec,
         element_count: values.len() as u64,
         payload_len: payload.len() as u64,

@@ -9,7 +9,9 @@
 //! - [`codec`]: payload codecs for f32 parameter vectors (raw, f16, bf16, blockwise
 //!   int8, top-k) with exact decode contracts and error feedback;
 //! - [`framing`]: a chunked, digest-checked stream framing over any
-//!   `futures::io::{AsyncRead, AsyncWrite}`.
+//!   `futures::io::{AsyncRead, AsyncWrite}`;
+//! - [`manifest`]: the owner-signed [`PoolManifest`] listing the peers allowed to
+//!   contribute to a closed run, and its text file format.
 //!
 //! Every decoder bounds lengths before allocating and rejects unknown versions,
 //! unknown codecs, wrong element counts, bad signatures, digest mismatches and
@@ -24,12 +26,14 @@ pub mod codec;
 pub mod envelope;
 pub mod framing;
 pub mod ids;
+pub mod manifest;
 pub mod message;
 mod wire;
 
 pub use codec::{Codec, CodecError, ErrorFeedback};
 pub use envelope::{EnvelopeError, SignedEnvelope};
 pub use ids::{Digest, ModelFingerprint, PeerKey, RunId};
+pub use manifest::{ManifestError, PoolManifest, SignedManifest};
 pub use message::{
     Announcement, Capacity, DeltaHeader, LinkStat, Message, MessageError, StateHeader, StateRequest,
 };

@@ -96,8 +96,11 @@ pub struct DeltaHeader {
     pub base_round: u64,
     /// Local optimizer steps behind the delta.
     pub local_steps: u32,
-    /// Training samples behind the delta (its merge weight).
+    /// Fresh training samples behind the delta since the producer's previous sync.
     pub samples: u64,
+    /// Averaging mass the message carries, in samples (push-sum weight; see
+    /// `docs/architecture.md`). Finite and non-negative.
+    pub weight: f64,
     /// How the payload encodes the f32 delta.
     pub codec: Codec,
     /// Number of f32 elements the payload decodes to.
@@ -256,6 +259,9 @@ impl Capacity {
 impl DeltaHeader {
     /// Checks that codec, element count and payload length agree.
     pub fn validate(&self) -> Result<(), MessageError> {
+        if !(self.weight.is_finite() && self.weight >= 0.0) {
+            return Err(MessageError::NotFinite("weight"));
+        }
         self.codec
             .check_len(self.element_count, self.payload_len)
             .map_err(MessageError::from)

@@ -17,6 +17,7 @@ fn delta(payload: &[u8], n: u64, codec: Codec) -> DeltaHeader {
         base_round: 7,
         local_steps: 3,
         samples: 96,
+        weight: 48.5,
         codec,
         element_count: n,
         payload_len: payload.len() as u64,
@@ -58,6 +59,7 @@ fn envelope_and_delta_header_bytes_match_the_spec() {
     assert_eq!(take(8), 7u64.to_le_bytes(), "base_round");
     assert_eq!(take(4), 3u32.to_le_bytes(), "local_steps");
     assert_eq!(take(8), 96u64.to_le_bytes(), "samples");
+    assert_eq!(take(8), 48.5f64.to_le_bytes(), "weight");
     assert_eq!(take(4), 3u32.to_le_bytes(), "codec variant Int8Block");
     assert_eq!(take(4), 256u32.to_le_bytes(), "block");
     assert_eq!(take(8), 3u64.to_le_bytes(), "element_count");

@@ -73,6 +73,11 @@ impl Store {
         Ok(TypedTree::new(name, self.db.open_tree(name)?))
     }
 
+    /// An untyped tree for values that manage their own encoding (checkpoints, sets).
+    pub fn raw_tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(name)?)
+    }
+
     /// The persisted peer book.
     pub fn peer_book(&self) -> Result<PeerBook, StoreError> {
         Ok(PeerBook::new(self.tree(PEER_BOOK_TREE)?))

@@ -106,6 +106,7 @@ pub fn message(peer: PeerKey) -> impl Strategy<Value = Message> {
                     base_round: round,
                     local_steps: steps,
                     samples,
+                    weight: samples as f64 / 2.0,
                     codec,
                     element_count: n,
                     payload_len,

@@ -1,0 +1,450 @@
+//! [`Averager`]: one node's side of gossip averaging — validates received deltas, merges them
+//! at each sync (push-sum or robust), applies the optional outer optimizer, and produces the
+//! signed, compressed message for the next fan-out.
+//!
+//! It is plain synchronous code over flat `f32` vectors, owned by the node's training thread;
+//! the network only moves its bytes.
+
+use libp2p::PeerId;
+use murmur_protocol::{
+    Codec, CodecError, DeltaHeader, ErrorFeedback, Message, ModelFingerprint, PeerKey, RunId,
+    SignedEnvelope, envelope::MAX_ENVELOPE_BYTES,
+};
+use serde::{Deserialize, Serialize};
+
+use super::mixing::{self, RobustConfig, Weighted};
+use super::outer::{OuterConfig, OuterOptimizer};
+use super::reject::{MergeCounts, Rejection};
+use super::replay::ReplayGuard;
+use super::{Admission, AveragingError, Tamper};
+use crate::net::key_matches_peer;
+
+/// Settings of the averaging engine.
+#[derive(Debug, Clone)]
+pub struct AveragerConfig {
+    /// The run.
+    pub run: RunId,
+    /// The architecture fingerprint every delta must carry.
+    pub model: ModelFingerprint,
+    /// Payload codec (lossy codecs run with error feedback).
+    pub codec: Codec,
+    /// Peers each sync is sent to.
+    pub fanout: usize,
+    /// A delta `d` rounds behind is weighted by `discount^(d-1)` (one round of lag is free).
+    pub staleness_discount: f64,
+    /// Deltas more rounds behind than this are refused.
+    pub max_staleness: u64,
+    /// A model whose distance from the anchor exceeds this multiple of the median distance
+    /// (own model included) is refused as an outlier.
+    pub outlier_ratio: f64,
+    /// Robust merging (clipping + trimmed mean) instead of plain push-sum.
+    pub robust: Option<RobustConfig>,
+    /// DiLoCo-style outer optimizer applied to the merged model.
+    pub outer: Option<OuterConfig>,
+    /// Who may contribute.
+    pub admission: Admission,
+    /// Averaging mass the node starts with (samples).
+    pub initial_mass: f64,
+    /// Red-team switch: corrupt what this node sends (testnets only).
+    pub tamper: Option<Tamper>,
+}
+
+impl AveragerConfig {
+    /// Defaults for `run` and `model`: int8 blocks with error feedback, fan-out 2.
+    pub fn new(run: RunId, model: ModelFingerprint) -> Self {
+        Self {
+            run,
+            model,
+            codec: Codec::Int8Block {
+                block: murmur_protocol::codec::DEFAULT_INT8_BLOCK,
+            },
+            fanout: 2,
+            staleness_discount: 0.8,
+            max_staleness: 16,
+            outlier_ratio: 10.0,
+            robust: None,
+            outer: None,
+            admission: Admission::Open,
+            initial_mass: 1.0,
+            tamper: None,
+        }
+    }
+}
+
+/// A signed message ready to be sent to each chosen peer.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The round it belongs to.
+    pub round: u64,
+    /// Encoded `SignedEnvelope` with the delta header.
+    pub header: Vec<u8>,
+    /// The encoded payload.
+    pub payload: bytes::Bytes,
+    /// Mass given to each recipient (returned to the sender if a send fails).
+    pub mass_each: f64,
+}
+
+/// What a checkpoint keeps of the engine.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AveragerState {
+    /// Next round number.
+    pub round: u64,
+    /// Mass held.
+    pub mass: f64,
+    /// Error-feedback residual.
+    pub residual: Vec<f32>,
+    /// Outer momentum and the model at the last sync (empty without an outer optimizer).
+    pub outer_momentum: Vec<f32>,
+    /// Model at the last sync (outer optimizer only).
+    pub outer_previous: Vec<f32>,
+}
+
+#[derive(Debug)]
+struct Candidate {
+    values: Vec<f32>,
+    mass: f64,
+}
+
+#[derive(Debug)]
+struct Sent {
+    round: u64,
+    values: Vec<f32>,
+}
+
+/// The averaging engine of one node.
+#[derive(Debug)]
+pub struct Averager {
+    config: AveragerConfig,
+    key: ed25519_dalek::SigningKey,
+    me: PeerKey,
+    anchor: Vec<f32>,
+    round: u64,
+    mass: f64,
+    feedback: ErrorFeedback,
+    outer: Option<(OuterOptimizer, Vec<f32>)>,
+    pending: Vec<Candidate>,
+    replay: ReplayGuard,
+    counts: MergeCounts,
+    sent: Option<Sent>,
+}
+
+impl Averager {
+    /// An engine whose payloads are encoded relative to `anchor` (the run's initial model,
+    /// identical on every peer).
+    pub fn new(
+        config: AveragerConfig,
+        key: ed25519_dalek::SigningKey,
+        anchor: Vec<f32>,
+        replay: ReplayGuard,
+    ) -> Self {
+        let me = PeerKey(key.verifying_key().to_bytes());
+        let outer = config
+            .outer
+            .map(|c| (OuterOptimizer::new(c, anchor.len()), Vec::new()));
+        Self {
+            mass: config.initial_mass,
+            config,
+            key,
+            me,
+            feedback: ErrorFeedback::new(anchor.len()),
+            anchor,
+            round: 0,
+            outer,
+            pending: Vec::new(),
+            replay,
+            counts: MergeCounts::default(),
+            sent: None,
+        }
+    }
+
+    /// Current round (number of syncs done).
+    pub fn round(&self) -> u64 {
+        self.round
+    }
+    /// Mass held, in samples.
+    pub fn mass(&self) -> f64 {
+        self.mass
+    }
+    /// Merge and rejection counters.
+    pub fn counts(&self) -> &MergeCounts {
+        &self.counts
+    }
+    /// Deltas waiting for the next sync.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+    /// The configuration.
+    pub fn config(&self) -> &AveragerConfig {
+        &self.config
+    }
+
+    /// Counts a delta dropped before it reached the engine.
+    pub fn count_rejection(&mut self, reason: Rejection) {
+        self.counts.reject(reason);
+    }
+
+    /// Checks a received delta and queues it for the next sync. Every refusal is counted.
+    pub fn receive(
+        &mut self,
+        sender: &PeerId,
+        header: &[u8],
+        payload: &[u8],
+    ) -> Result<(), Rejection> {
+        let result = self.check(sender, header, payload);
+        match result {
+            Ok(candidate) => {
+                self.pending.push(candidate);
+                let cap = 4 * self.config.fanout.max(1) + 8;
+                if self.pending.len() > cap {
+                    self.pending.remove(0);
+                    self.counts.reject(Rejection::Overloaded);
+                }
+                Ok(())
+            }
+            Err(reason) => {
+                self.counts.reject(reason);
+                Err(reason)
+            }
+        }
+    }
+
+    fn check(
+        &mut self,
+        sender: &PeerId,
+        header: &[u8],
+        payload: &[u8],
+    ) -> Result<Candidate, Rejection> {
+        let (signer, message) = SignedEnvelope::open_bytes(header, MAX_ENVELOPE_BYTES)
+            .map_err(|_| Rejection::BadEnvelope)?;
+        let Message::Delta(h) = message else {
+            return Err(Rejection::NotADelta);
+        };
+        if !key_matches_peer(&signer, sender) {
+            return Err(Rejection::SignerMismatch);
+        }
+        if h.run != self.config.run {
+            return Err(Rejection::WrongRun);
+        }
+        if h.model != self.config.model {
+            return Err(Rejection::WrongModel);
+        }
+        if !self.config.admission.admits(&signer) {
+            return Err(Rejection::NotMember);
+        }
+        if self.replay.contains(&signer, h.base_round) {
+            return Err(Rejection::Replay);
+        }
+        let lag = self.round.saturating_sub(h.base_round);
+        if lag > self.config.max_staleness {
+            return Err(Rejection::Stale);
+        }
+        let mut values = h
+            .decode_payload(payload, self.anchor.len() as u64)
+            .map_err(|e| match e {
+                CodecError::NonFinite(_) => Rejection::NonFinite,
+                _ => Rejection::BadPayload,
+            })?;
+        for (v, a) in values.iter_mut().zip(&self.anchor) {
+            *v += a;
+        }
+        if values.iter().any(|v| !v.is_finite()) {
+            return Err(Rejection::NonFinite);
+        }
+        // Recording the pair can only fail on a storage error; the delta is still good.
+        if let Err(err) = self.replay.insert(signer, h.base_round) {
+            tracing::warn!(%err, "could not persist a merged (peer, round) pair");
+        }
+        let discount = self
+            .config
+            .staleness_discount
+            .powi(lag.saturating_sub(1).min(64) as i32);
+        Ok(Candidate {
+            values,
+            mass: h.weight * discount,
+        })
+    }
+
+    /// Gives back the mass of a send that failed: the sent model is folded back in.
+    pub fn returned(&mut self, round: u64, mass: f64, params: &mut [f32]) {
+        match &self.sent {
+            Some(sent) if sent.round == round => {
+                self.mass = mixing::absorb(
+                    params,
+                    self.mass,
+                    Weighted {
+                        values: &sent.values,
+                        mass,
+                    },
+                );
+            }
+            _ => self.mass += mass,
+        }
+    }
+
+    /// One sync: adds `fresh_samples` to the mass, merges the queued deltas into `params`,
+    /// applies the outer optimizer, and returns the message for `recipients` peers (none
+    /// when there is nobody to send to).
+    pub fn sync(
+        &mut self,
+        params: &mut [f32],
+        fresh_samples: u64,
+        local_steps: u32,
+        recipients: usize,
+    ) -> Result<Option<Outgoing>, AveragingError> {
+        if params.len() != self.anchor.len() {
+            return Err(AveragingError::WrongLength {
+                expected: self.anchor.len(),
+                actual: params.len(),
+            });
+        }
+        self.mass += fresh_samples as f64;
+        self.merge_pending(params);
+        if let Some((optimizer, previous)) = &mut self.outer {
+            if previous.len() == params.len() {
+                optimizer.step(previous, params);
+            }
+            previous.clear();
+            previous.extend_from_slice(params);
+        }
+        let round = self.round;
+        self.round += 1;
+        if let Err(err) = self.replay.prune(self.round) {
+            tracing::warn!(%err, "could not prune the merged-pairs set");
+        }
+        if recipients == 0 {
+            return Ok(None);
+        }
+        let mut relative: Vec<f32> = params
+            .iter()
+            .zip(&self.anchor)
+            .map(|(x, a)| x - a)
+            .collect();
+        if let Some(tamper) = self.config.tamper {
+            tamper.apply(&mut relative);
+        }
+        let compressed = self.feedback.compress(&relative, self.config.codec)?;
+        let (kept, each) = mixing::split_mass(self.mass, recipients);
+        self.mass = kept;
+        let header = DeltaHeader {
+            run: self.config.run,
+            model: self.config.model,
+            peer: self.me,
+            base_round: round,
+            local_steps,
+            samples: fresh_samples,
+            weight: each,
+            codec: self.config.codec,
+            element_count: params.len() as u64,
+            payload_len: compressed.payload.len() as u64,
+            payload_digest: compressed.digest,
+            timestamp_ms: now_ms(),
+        };
+        let envelope = SignedEnvelope::sign(&self.key, &Message::Delta(header))?;
+        let mut sent = compressed.decoded;
+        for (v, a) in sent.iter_mut().zip(&self.anchor) {
+            *v += a;
+        }
+        self.sent = Some(Sent {
+            round,
+            values: sent,
+        });
+        Ok(Some(Outgoing {
+            round,
+            header: envelope.to_bytes(),
+            payload: compressed.payload.into(),
+            mass_each: each,
+        }))
+    }
+
+    fn merge_pending(&mut self, params: &mut [f32]) {
+        let pending = std::mem::take(&mut self.pending);
+        if pending.is_empty() {
+            return;
+        }
+        let own_norm = mixing::l2_distance(params, &self.anchor);
+        let norms: Vec<f64> = pending
+            .iter()
+            .map(|c| mixing::l2_distance(&c.values, &self.anchor))
+            .collect();
+        let all: Vec<f64> = norms.iter().copied().chain([own_norm]).collect();
+        let limit = self.config.outlier_ratio * mixing::median(&all).max(1e-12);
+        let mut accepted = Vec::with_capacity(pending.len());
+        for (candidate, norm) in pending.into_iter().zip(norms) {
+            if norm > limit {
+                self.counts.reject(Rejection::NormOutlier);
+            } else {
+                accepted.push(candidate);
+            }
+        }
+        self.counts.merged += accepted.len() as u64;
+        match self.config.robust {
+            Some(robust) => {
+                let others: Vec<&[f32]> = accepted.iter().map(|c| c.values.as_slice()).collect();
+                mixing::robust_aggregate(params, &others, robust);
+                self.mass += accepted.iter().map(|c| c.mass).sum::<f64>();
+            }
+            None => {
+                for c in &accepted {
+                    self.mass = mixing::absorb(
+                        params,
+                        self.mass,
+                        Weighted {
+                            values: &c.values,
+                            mass: c.mass,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Adopts a model downloaded from a peer (late join): its parameters are the caller's,
+    /// the round jumps to the peer's, queued deltas are dropped.
+    pub fn adopt(&mut self, round: u64) {
+        self.round = self.round.max(round);
+        self.pending.clear();
+        self.sent = None;
+        if let Some((_, previous)) = &mut self.outer {
+            previous.clear();
+        }
+    }
+
+    /// What a checkpoint keeps.
+    pub fn state(&self) -> AveragerState {
+        let (outer_momentum, outer_previous) = match &self.outer {
+            Some((opt, prev)) => (opt.momentum().to_vec(), prev.clone()),
+            None => (Vec::new(), Vec::new()),
+        };
+        AveragerState {
+            round: self.round,
+            mass: self.mass,
+            residual: self.feedback.residual().to_vec(),
+            outer_momentum,
+            outer_previous,
+        }
+    }
+
+    /// Restores a checkpointed state; `min_round` (e.g. the last round persisted as sent)
+    /// keeps round numbers from being reused after a crash.
+    pub fn restore(&mut self, state: AveragerState, min_round: u64) {
+        self.round = state.round.max(min_round);
+        self.mass = state.mass;
+        if state.residual.len() == self.anchor.len() {
+            self.feedback = ErrorFeedback::from_residual(state.residual);
+        }
+        if let Some((opt, prev)) = &mut self.outer {
+            let config = self.config.outer.unwrap_or_default();
+            *opt =
+                OuterOptimizer::new(config, self.anchor.len()).with_momentum(state.outer_momentum);
+            *prev = state.outer_previous;
+        }
+        self.pending.clear();
+        self.sent = None;
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

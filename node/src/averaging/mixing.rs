@@ -1,0 +1,219 @@
+//! The arithmetic of gossip averaging: push-sum mixing of sample-weighted models and the
+//! robust aggregate (norm clipping + coordinate-wise trimmed mean).
+//!
+//! Every node holds a model `x` and a mass `w` (samples). Sending to `k` peers keeps
+//! `w / (k + 1)` and gives each peer `w / (k + 1)` along with `x`; a receiver folds a
+//! message in as `x ← (w·x + m·y) / (w + m)`, `w ← w + m`. Mass is conserved, so with
+//! training off every node converges to `Σ wᵢ xᵢ / Σ wᵢ`, the sample-weighted mean
+//! (push-sum, Kempe et al. 2003). Training adds fresh samples to `w`, so a peer that
+//! processed 4× the samples pulls the average 4× as hard (normalized model merging).
+
+/// A model vector with the weight it carries.
+#[derive(Debug, Clone, Copy)]
+pub struct Weighted<'a> {
+    /// The values.
+    pub values: &'a [f32],
+    /// Mass in samples.
+    pub mass: f64,
+}
+
+/// Folds `incoming` into `own` (push-sum receive). Returns the new own mass.
+///
+/// A message with no mass changes nothing; an own mass of zero adopts the message.
+pub fn absorb(own: &mut [f32], own_mass: f64, incoming: Weighted<'_>) -> f64 {
+    let total = own_mass + incoming.mass;
+    if incoming.mass <= 0.0 || total <= 0.0 {
+        return own_mass;
+    }
+    let keep = (own_mass / total) as f32;
+    let take = (incoming.mass / total) as f32;
+    for (x, y) in own.iter_mut().zip(incoming.values) {
+        *x = keep * *x + take * *y;
+    }
+    total
+}
+
+/// Mass kept and mass given to each of `recipients` peers when sending.
+pub fn split_mass(mass: f64, recipients: usize) -> (f64, f64) {
+    let share = mass / (recipients as f64 + 1.0);
+    (share, share)
+}
+
+/// Euclidean norm, accumulated in f64.
+pub fn l2_norm(values: &[f32]) -> f64 {
+    values
+        .iter()
+        .map(|v| f64::from(*v) * f64::from(*v))
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// Euclidean distance, accumulated in f64.
+pub fn l2_distance(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            let d = f64::from(*x) - f64::from(*y);
+            d * d
+        })
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// Settings of the robust aggregate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RobustConfig {
+    /// Each candidate's distance from the own model is clipped to this multiple of the median
+    /// distance.
+    pub clip_multiple: f64,
+    /// Fraction of candidates dropped at each end, per coordinate (at least one each side
+    /// once there are three or more candidates).
+    pub trim_fraction: f64,
+}
+
+impl Default for RobustConfig {
+    fn default() -> Self {
+        Self {
+            clip_multiple: 1.5,
+            trim_fraction: 0.2,
+        }
+    }
+}
+
+/// Replaces `own` with the robust aggregate of `own` and `others`: every candidate is
+/// clipped to `clip_multiple × median distance` around `own`, then each coordinate is the
+/// mean of the candidates left after trimming the extremes. Returns how many candidates
+/// were clipped.
+pub fn robust_aggregate(own: &mut [f32], others: &[&[f32]], config: RobustConfig) -> usize {
+    if others.is_empty() {
+        return 0;
+    }
+    let distances: Vec<f64> = others.iter().map(|o| l2_distance(own, o)).collect();
+    let radius = config.clip_multiple * median(&distances);
+    let mut clipped = 0;
+    let scales: Vec<f32> = distances
+        .iter()
+        .map(|d| {
+            if *d > radius && *d > 0.0 {
+                clipped += 1;
+                (radius / d) as f32
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    let n = others.len() + 1;
+    let trim = if n >= 3 {
+        ((n as f64 * config.trim_fraction).floor() as usize).clamp(1, (n - 1) / 2)
+    } else {
+        0
+    };
+    let mut column = Vec::with_capacity(n);
+    for (i, x) in own.iter_mut().enumerate() {
+        column.clear();
+        column.push(*x);
+        for (other, scale) in others.iter().zip(&scales) {
+            column.push(*x + scale * (other[i] - *x));
+        }
+        column.sort_unstable_by(f32::total_cmp);
+        let kept = &column[trim..n - trim];
+        *x = kept.iter().sum::<f32>() / kept.len() as f32;
+    }
+    clipped
+}
+
+/// Median of a non-empty slice (mean of the middle pair for even lengths); 0 when empty.
+pub fn median(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    if sorted.len() % 2 == 0 {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    } else {
+        sorted[mid]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_sum_with_full_fanout_reaches_the_weighted_mean_in_one_round() {
+        let vectors = [vec![1.0f32, 0.0], vec![3.0, 4.0], vec![5.0, 8.0]];
+        let masses = [1.0, 2.0, 5.0];
+        let expected: Vec<f32> = (0..2)
+            .map(|j| {
+                let s: f64 = (0..3).map(|i| masses[i] * f64::from(vectors[i][j])).sum();
+                (s / 8.0) as f32
+            })
+            .collect();
+        let mut next = Vec::new();
+        for i in 0..3 {
+            let (kept, _) = split_mass(masses[i], 2);
+            let mut x = vectors[i].clone();
+            let mut w = kept;
+            for j in (0..3).filter(|j| *j != i) {
+                let given = split_mass(masses[j], 2).1;
+                w = absorb(
+                    &mut x,
+                    w,
+                    Weighted {
+                        values: &vectors[j],
+                        mass: given,
+                    },
+                );
+            }
+            next.push((x, w));
+        }
+        let total: f64 = next.iter().map(|(_, w)| w).sum();
+        assert!((total - 8.0).abs() < 1e-9, "mass is conserved");
+        for (x, _) in &next {
+            for (a, b) in x.iter().zip(&expected) {
+                assert!((a - b).abs() < 1e-5, "{x:?} vs {expected:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_massless_message_changes_nothing() {
+        let mut x = vec![1.0f32, 2.0];
+        let w = absorb(
+            &mut x,
+            3.0,
+            Weighted {
+                values: &[9.0, 9.0],
+                mass: 0.0,
+            },
+        );
+        assert_eq!((x, w), (vec![1.0, 2.0], 3.0));
+    }
+
+    #[test]
+    fn the_robust_aggregate_ignores_one_scaled_and_one_flipped_model() {
+        let honest = [vec![1.0f32; 4], vec![1.1; 4], vec![0.9; 4]];
+        let scaled = vec![100.0f32; 4];
+        let flipped = vec![-1.0f32; 4];
+        let mut own = vec![1.05f32; 4];
+        let others: Vec<&[f32]> = honest
+            .iter()
+            .map(Vec::as_slice)
+            .chain([scaled.as_slice(), flipped.as_slice()])
+            .collect();
+        let clipped = robust_aggregate(&mut own, &others, RobustConfig::default());
+        assert!(clipped >= 1);
+        for v in own {
+            assert!((0.85..1.2).contains(&v), "{v}");
+        }
+    }
+
+    #[test]
+    fn median_of_even_and_odd_lengths() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+    }
+}

@@ -1,0 +1,106 @@
+//! Gossip averaging of signed model deltas: the math and the per-node engine.
+//!
+//! - [`mixing`]: push-sum mixing of sample-weighted models; robust aggregate.
+//! - [`policy`]: when to sync (fixed steps, fixed time, Quadratic Synchronization Rule).
+//! - [`outer`]: DiLoCo's Nesterov outer optimizer.
+//! - [`engine`]: [`Averager`], which validates, merges and produces deltas.
+//! - [`replay`]: the persisted set of merged (peer, round) pairs.
+//! - [`reject`]: rejection reasons and counters.
+//!
+//! The algorithm and why it converges are described in `docs/architecture.md`.
+
+pub mod engine;
+pub mod mixing;
+pub mod outer;
+pub mod policy;
+pub mod reject;
+pub mod replay;
+
+use std::collections::BTreeSet;
+use std::str::FromStr;
+
+use murmur_protocol::{CodecError, MessageError, PeerKey};
+
+pub use engine::{Averager, AveragerConfig, AveragerState, Outgoing};
+pub use mixing::RobustConfig;
+pub use outer::OuterConfig;
+pub use policy::SyncPolicy;
+pub use reject::{MergeCounts, Rejection};
+pub use replay::ReplayGuard;
+
+/// Who may contribute deltas and download state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Admission {
+    /// Anyone (robust merging and peer scores protect the run).
+    #[default]
+    Open,
+    /// Only the listed peers (a closed pool's manifest).
+    Closed(BTreeSet<PeerKey>),
+}
+
+impl Admission {
+    /// Whether `peer` may contribute.
+    pub fn admits(&self, peer: &PeerKey) -> bool {
+        match self {
+            Admission::Open => true,
+            Admission::Closed(members) => members.contains(peer),
+        }
+    }
+}
+
+/// How a malicious test node corrupts what it sends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Tamper {
+    /// Multiply the model change by a factor (e.g. 100).
+    Scale(f32),
+    /// Negate the model change.
+    Flip,
+}
+
+impl Tamper {
+    /// Applies the corruption to a model change.
+    pub fn apply(self, values: &mut [f32]) {
+        let factor = match self {
+            Tamper::Scale(s) => s,
+            Tamper::Flip => -1.0,
+        };
+        for v in values {
+            *v *= factor;
+        }
+    }
+}
+
+impl FromStr for Tamper {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "flip" => Ok(Tamper::Flip),
+            _ => s
+                .strip_prefix("scale:")
+                .and_then(|f| f.parse::<f32>().ok())
+                .filter(|f| f.is_finite())
+                .map(Tamper::Scale)
+                .ok_or_else(|| format!("bad tamper mode {s:?}: expected flip or scale:F")),
+        }
+    }
+}
+
+/// The averaging engine could not produce a message.
+#[derive(Debug, thiserror::Error)]
+pub enum AveragingError {
+    /// The parameter vector has the wrong length.
+    #[error("parameter vector has {actual} elements, expected {expected}")]
+    WrongLength {
+        /// Expected length.
+        expected: usize,
+        /// Actual length.
+        actual: usize,
+    },
+    /// The model holds NaN/Inf or the codec failed.
+    #[error("encoding the delta: {0}")]
+    Codec(#[from] CodecError),
+    /// Signing failed.
+    #[error("signing the delta: {0}")]
+    Message(#[from] MessageError),
+}

@@ -1,0 +1,103 @@
+//! Why a received delta was refused, and the per-reason counters the node reports.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Reason a delta was not merged. Every variant is counted and costs the sender score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Rejection {
+    /// The header is not a decodable signed envelope, or the signature does not verify.
+    BadEnvelope,
+    /// The envelope carries something other than a delta header.
+    NotADelta,
+    /// The signer is not the peer that sent the stream.
+    SignerMismatch,
+    /// Another run.
+    WrongRun,
+    /// Another model architecture.
+    WrongModel,
+    /// A closed pool's manifest does not list the sender.
+    NotMember,
+    /// This (peer, round) pair was merged before.
+    Replay,
+    /// Too many rounds behind.
+    Stale,
+    /// Payload length, digest, codec or element count do not match.
+    BadPayload,
+    /// The decoded values contain NaN or infinity.
+    NonFinite,
+    /// The model's norm is far outside the others'.
+    NormOutlier,
+    /// The node could not keep up and dropped the delta unread.
+    Overloaded,
+}
+
+impl Rejection {
+    /// Stable snake-case name (metrics, JSON).
+    pub fn name(self) -> &'static str {
+        match self {
+            Rejection::BadEnvelope => "bad_envelope",
+            Rejection::NotADelta => "not_a_delta",
+            Rejection::SignerMismatch => "signer_mismatch",
+            Rejection::WrongRun => "wrong_run",
+            Rejection::WrongModel => "wrong_model",
+            Rejection::NotMember => "not_member",
+            Rejection::Replay => "replay",
+            Rejection::Stale => "stale",
+            Rejection::BadPayload => "bad_payload",
+            Rejection::NonFinite => "non_finite",
+            Rejection::NormOutlier => "norm_outlier",
+            Rejection::Overloaded => "overloaded",
+        }
+    }
+
+    /// Misbehaviour points charged to the sender (0 for reasons that are not its fault).
+    pub fn penalty(self) -> u32 {
+        match self {
+            Rejection::Stale | Rejection::Overloaded | Rejection::WrongModel => 0,
+            Rejection::Replay | Rejection::NotMember | Rejection::WrongRun => 5,
+            Rejection::NormOutlier => 10,
+            Rejection::BadEnvelope
+            | Rejection::NotADelta
+            | Rejection::SignerMismatch
+            | Rejection::BadPayload
+            | Rejection::NonFinite => 25,
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Counts of merged and rejected deltas.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MergeCounts {
+    /// Deltas merged.
+    pub merged: u64,
+    /// Deltas rejected, by reason.
+    pub rejected: BTreeMap<Rejection, u64>,
+}
+
+impl MergeCounts {
+    /// Counts one rejection.
+    pub fn reject(&mut self, reason: Rejection) {
+        *self.rejected.entry(reason).or_default() += 1;
+    }
+
+    /// Total rejections.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.values().sum()
+    }
+
+    /// Rejections as a name → count JSON object.
+    pub fn rejected_json(&self) -> serde_json::Value {
+        self.rejected
+            .iter()
+            .map(|(r, n)| (r.name().to_owned(), serde_json::Value::from(*n)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+}

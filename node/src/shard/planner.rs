@@ -1,0 +1,321 @@
+//! Capacity-aware pipeline placement: which contiguous range of model stages each peer of an
+//! ordered chain holds, so that the pipeline's bottleneck time per sample is minimal while every
+//! peer's memory suffices. Pure and deterministic: every peer computes the same [`Plan`] from the
+//! same [`PlanInput`], whatever the order in which it learnt the peers and links.
+//!
+//! # Cost model (per training sample, steady state)
+//!
+//! - A peer holding stages `a..b` computes for `Σ flops_per_sample(a..b) / flops_per_sec`
+//!   seconds. [`PlanStage::flops_per_sample`] already counts forward *and* backward, as
+//!   `murmur_models::StageCost` does (≈ 3× the forward FLOPs), so no further factor is applied.
+//! - The boundary after stage `b − 1`, from peer `p` to the next peer `q`, carries the activation
+//!   down and a gradient of the same size back up: `act(b − 1) · (1 / bw(p→q) + 1 / bw(q→p))`
+//!   seconds (the two directions are counted as sharing the link). A boundary moves at most
+//!   `micro_batch_samples × in_flight_micro_batches` samples per round trip, so its time is at
+//!   least `rtt / (micro_batch_samples × in_flight_micro_batches)`; the larger term counts.
+//! - Compute and communication overlap (pipelined training), so the pipeline's time per sample
+//!   is its *bottleneck*, the largest compute or boundary time, and its throughput is
+//!   `1 / bottleneck` samples per second.
+//! - A peer's memory need for stages `a..b` is `state_multiplier × Σ param_bytes(a..b)`
+//!   (parameters, gradients and two Adam moments: 4) plus
+//!   `micro_batch_samples × in_flight_micro_batches × Σ activation_bytes(a..b)` of stashed
+//!   activations. It must not exceed [`PeerCapacity::memory_bytes`].
+//!
+//! Links: a [`Link`] is directed; a missing direction falls back to the opposite one, then to
+//! [`PlanInput::default_link`]. Duplicates are merged conservatively (lowest bandwidth, highest
+//! round trip), so the input order of links never matters.
+//!
+//! # Algorithm
+//!
+//! Peers are first put in a chain ([`ChainOrder::Greedy`]: start at the fastest peer, then
+//! repeatedly append the unused peer with the cheapest link from the last one; ties by higher
+//! speed, then lower id). Over that chain, the planner is **exact**: it finds the minimal
+//! bottleneck over every way of choosing a subsequence of the chain (peers may be skipped when
+//! they only slow the pipeline or lack memory) and splitting the stages contiguously over it.
+//! It binary-searches the bottleneck over the bit patterns of `f64` (≤ 64 steps), so the result
+//! is exactly the optimum's value; each step is a feasibility check over (peer, boundary) states
+//! with bit sets, `O(P·S + P²·(log S + S/64))` for `S` stages and `P` peers. Ties between optimal
+//! placements are broken deterministically (see [`plan`]).
+
+mod cost;
+mod replan;
+mod solve;
+
+use std::ops::Range;
+
+use serde::{Deserialize, Serialize};
+
+use cost::Model;
+pub use replan::{Decision, ReplanConfig, ReplanTrigger, Replanner};
+
+/// What one pipeline stage costs (mirrors `murmur_models::StageCost`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PlanStage {
+    /// Forward + backward floating-point operations per sample.
+    pub flops_per_sample: f64,
+    /// Bytes of the stage's output activation per sample, sent downstream; a gradient of the
+    /// same size comes back upstream.
+    pub activation_bytes_per_sample: u64,
+    /// Bytes of the stage's parameters.
+    pub param_bytes: u64,
+}
+
+/// A peer's compute and memory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerCapacity {
+    /// The peer's id as text; unique, and the final tie-break of every ordering.
+    pub id: String,
+    /// Sustained compute, FLOP per second (finite, > 0).
+    pub flops_per_sec: f64,
+    /// Memory available for model state and activations, bytes.
+    pub memory_bytes: u64,
+}
+
+/// Bandwidth and round-trip time of a link.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LinkSpec {
+    /// Throughput, bytes per second (finite, > 0).
+    pub bytes_per_sec: f64,
+    /// Round-trip time, seconds (finite, ≥ 0).
+    pub rtt_secs: f64,
+}
+
+impl Default for LinkSpec {
+    /// An unmeasured internet link: 100 Mbit/s, 20 ms round trip.
+    fn default() -> Self {
+        Self {
+            bytes_per_sec: 12.5e6,
+            rtt_secs: 0.02,
+        }
+    }
+}
+
+/// A measured link from peer `from` to peer `to`. Links naming unknown peers are ignored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Link {
+    /// Sending peer's id.
+    pub from: String,
+    /// Receiving peer's id.
+    pub to: String,
+    /// What was measured.
+    #[serde(flatten)]
+    pub spec: LinkSpec,
+}
+
+/// How a peer's memory need is computed from the stages it holds (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryModel {
+    /// Parameter-sized buffers held per parameter byte (params, grads, Adam m and v: 4).
+    pub state_multiplier: u64,
+    /// Samples per micro-batch (≥ 1).
+    pub micro_batch_samples: u64,
+    /// Micro-batches whose activations a stage keeps at once (≥ 1).
+    pub in_flight_micro_batches: u64,
+}
+
+impl Default for MemoryModel {
+    /// Adam state (×4), micro-batches of 8 samples, 4 in flight.
+    fn default() -> Self {
+        Self {
+            state_multiplier: 4,
+            micro_batch_samples: 8,
+            in_flight_micro_batches: 4,
+        }
+    }
+}
+
+/// Which order the peers are chained in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChainOrder {
+    /// Greedy nearest neighbour over link cost from the fastest peer (module docs); independent
+    /// of the order of [`PlanInput::peers`].
+    #[default]
+    Greedy,
+    /// [`PlanInput::peers`] in the order given.
+    Given,
+}
+
+/// Everything the planner needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanInput {
+    /// The model's stages, in pipeline order.
+    pub stages: Vec<PlanStage>,
+    /// The candidate peers (ids unique).
+    pub peers: Vec<PeerCapacity>,
+    /// Measured links, any order.
+    pub links: Vec<Link>,
+    /// Assumed for pairs with no measured link in either direction.
+    pub default_link: LinkSpec,
+    /// How memory need is computed.
+    pub memory: MemoryModel,
+    /// How the peers are chained.
+    pub order: ChainOrder,
+}
+
+impl PlanInput {
+    /// An input with no measured links, the default link and memory model, and greedy order.
+    pub fn new(stages: Vec<PlanStage>, peers: Vec<PeerCapacity>) -> Self {
+        Self {
+            stages,
+            peers,
+            links: Vec::new(),
+            default_link: LinkSpec::default(),
+            memory: MemoryModel::default(),
+            order: ChainOrder::Greedy,
+        }
+    }
+}
+
+/// The stages one peer holds and what they cost it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The peer's id.
+    pub peer: String,
+    /// First stage held.
+    pub start: usize,
+    /// One past the last stage held.
+    pub end: usize,
+    /// Compute time per sample.
+    pub compute_secs_per_sample: f64,
+    /// Time per sample of the boundary to the next peer of the plan (0 for the last peer).
+    pub transfer_secs_per_sample: f64,
+    /// Memory need of the held stages (saturating).
+    pub memory_bytes: u64,
+}
+
+impl Assignment {
+    /// The stages held, `start..end`.
+    pub fn stages(&self) -> Range<usize> {
+        self.start..self.end
+    }
+}
+
+/// A placement of every stage, in pipeline order, and its expected throughput.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// One entry per peer used, in pipeline order; the ranges tile `0..stages`.
+    pub assignments: Vec<Assignment>,
+    /// The largest compute or boundary time per sample.
+    pub bottleneck_secs_per_sample: f64,
+    /// Expected throughput, `1 / bottleneck`.
+    pub samples_per_sec: f64,
+    /// Whether every peer's memory suffices (always true for [`plan`]).
+    pub fits_memory: bool,
+}
+
+/// Why no plan could be made.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlanError {
+    /// The input names no peer.
+    #[error("no peers to place stages on")]
+    NoPeers,
+    /// The input has no stage.
+    #[error("no stages to place")]
+    NoStages,
+    /// Two peers share an id.
+    #[error("peer id {0:?} appears twice")]
+    DuplicatePeer(String),
+    /// A number is non-finite, negative or zero where it must not be.
+    #[error("invalid input: {0}")]
+    Invalid(String),
+    /// One stage alone needs more memory than any peer has.
+    #[error("stage {stage} needs {need_bytes} bytes but the largest peer has {max_peer_bytes}")]
+    StageTooLarge {
+        /// The first such stage.
+        stage: usize,
+        /// Its memory need.
+        need_bytes: u64,
+        /// The most memory any peer has.
+        max_peer_bytes: u64,
+    },
+    /// Every stage fits somewhere, but no contiguous placement along the chain fits memory.
+    #[error("memory: only stages 0..{placed} of {stages} can be placed along the peer chain")]
+    MemoryInfeasible {
+        /// The longest prefix of stages that can be placed.
+        placed: usize,
+        /// Number of stages.
+        stages: usize,
+    },
+    /// A placement given to [`evaluate`] names a peer that is not in the input.
+    #[error("peer {0:?} is not in the input")]
+    UnknownPeer(String),
+    /// A placement given to [`evaluate`] does not tile the stages or repeats a peer.
+    #[error("invalid placement: {0}")]
+    InvalidPlacement(String),
+    /// The solver's tables were inconsistent (a bug).
+    #[error("internal planner error: {0}")]
+    Internal(&'static str),
+}
+
+/// The placement of minimal bottleneck over the chain (see the module docs).
+///
+/// Among optimal placements, the chosen one ends on the earliest chain peer that can finish the
+/// pipeline; walking back, each peer takes the longest range it can (earliest split) and the
+/// previous peer is the earliest in the chain that works. Errors on invalid input or when no
+/// placement fits memory.
+pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
+    let model = Model::new(input)?;
+    let parts = solve::optimal(&model)?;
+    Ok(model.plan_of(&parts))
+}
+
+/// The same chain with the stages split as evenly as possible by count (the first
+/// `stages % peers` peers take one more; only the first `stages` peers are used when peers
+/// outnumber stages), for comparison. Memory is not enforced: see [`Plan::fits_memory`].
+pub fn even_split(input: &PlanInput) -> Result<Plan, PlanError> {
+    let model = Model::new(input)?;
+    let (s, p) = (model.stages(), model.peers().min(model.stages()));
+    let mut parts = Vec::with_capacity(p);
+    let mut start = 0;
+    for k in 0..p {
+        let end = start + s / p + usize::from(k < s % p);
+        parts.push((k, start, end));
+        start = end;
+    }
+    Ok(model.plan_of(&parts))
+}
+
+/// Costs an existing placement (only `peer`, `start` and `end` of each assignment are read)
+/// under `input`, e.g. the current plan after capacities changed. Errors when a peer is unknown
+/// or repeated, or when the ranges do not tile the stages in order.
+pub fn evaluate(input: &PlanInput, placement: &[Assignment]) -> Result<Plan, PlanError> {
+    let model = Model::new(input)?;
+    let mut parts = Vec::with_capacity(placement.len());
+    let mut next = 0;
+    for a in placement {
+        let k = model
+            .position(&a.peer)
+            .ok_or_else(|| PlanError::UnknownPeer(a.peer.clone()))?;
+        if parts.iter().any(|&(j, _, _)| j == k) {
+            return Err(PlanError::InvalidPlacement(format!("{} repeated", a.peer)));
+        }
+        if a.start != next || a.end <= a.start {
+            return Err(PlanError::InvalidPlacement(format!(
+                "{} holds {}..{}, expected a non-empty range from {next}",
+                a.peer, a.start, a.end
+            )));
+        }
+        parts.push((k, a.start, a.end));
+        next = a.end;
+    }
+    if next != model.stages() {
+        return Err(PlanError::InvalidPlacement(format!(
+            "stages end at {next}, not {}",
+            model.stages()
+        )));
+    }
+    Ok(model.plan_of(&parts))
+}
+
+/// The ideal bound: the sum of the peers' capacities, each `flops_per_sec / Σ flops_per_sample`
+/// samples per second, as if training were perfectly parallel and communication free.
+pub fn ideal_samples_per_sec(input: &PlanInput) -> Result<f64, PlanError> {
+    let model = Model::new(input)?;
+    let speed: f64 = input.peers.iter().map(|p| p.flops_per_sec).sum();
+    Ok(speed / model.total_flops())
+}
+
+/// The peers' ids in chain order (per [`PlanInput::order`]).
+pub fn chain(input: &PlanInput) -> Result<Vec<String>, PlanError> {
+    Ok(Model::new(input)?.chain_ids())
+}
