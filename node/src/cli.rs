@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 use crate::identity::NodeIdentity;
 use crate::node_cmd::{self, NodeArgs};
 use crate::paths::default_data_dir;
+use crate::pool_cmd::{self, PoolCommand};
+use crate::testnet::{self, TestnetArgs};
 use crate::train_local::{self, TrainArgs};
 
 /// Murmur: peer-to-peer decentralized training.
@@ -32,10 +34,18 @@ pub enum Command {
     Keygen,
     /// Print the peer id of the existing node identity.
     Id,
-    /// Train a model locally on this machine (the default job).
+    /// Train a model locally on this machine, without peers.
     Train(TrainArgs),
-    /// Run as a peer of a Murmur network: discovery, presence announcements, peer list.
+    /// Run as a training peer of a Murmur network (gossip averaging of signed deltas).
     Node(NodeArgs),
+    /// Run a whole local network: a bootstrap node and N training nodes (the default job).
+    Testnet(TestnetArgs),
+    /// Manage a closed pool's signed manifest.
+    #[command(subcommand)]
+    Pool(PoolCommand),
+    /// A loopback bootstrap node for `murmur testnet` (prints JSON, stops when stdin closes).
+    #[command(hide = true)]
+    BootstrapNode,
 }
 
 impl Cli {
@@ -59,11 +69,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Train(args)) => train_local::run(&args)?,
         Some(Command::Node(args)) => node_cmd::run(&args, &data_dir)?,
+        Some(Command::Testnet(args)) => testnet::run(&args)?,
+        Some(Command::Pool(command)) => pool_cmd::run(&command, &data_dir)?,
+        Some(Command::BootstrapNode) => node_cmd::bootstrap_child::run(&data_dir)?,
         None => {
-            // Until peer-to-peer training is wired in, the default job is a local run
-            // of the embedded default model with default settings.
-            if let Some(Command::Train(args)) = Cli::parse_from(["murmur", "train"]).command {
-                train_local::run(&args)?;
+            // The default job: a local testnet of 4 nodes training the embedded default.
+            if let Some(Command::Testnet(args)) = Cli::parse_from(["murmur", "testnet"]).command {
+                testnet::run(&args)?;
             }
         }
     }

@@ -15,5 +15,8 @@ pub mod identity;
 pub mod net;
 pub mod node_cmd;
 pub mod paths;
+pub mod pool_cmd;
+pub mod session;
 pub mod store;
+pub mod testnet;
 pub mod train_local;

@@ -10,7 +10,14 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = murmur_node::cli::Cli::parse();
+    let args = match murmur_node::node_cmd::config_file::expand_args(std::env::args().collect()) {
+        Ok(args) => args,
+        Err(err) => {
+            eprintln!("murmur: {err:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let cli = murmur_node::cli::Cli::parse_from(args);
     match murmur_node::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

@@ -54,7 +54,7 @@ pub struct TrainArgs {
     pub shard: Option<(usize, usize)>,
 }
 
-fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+pub(crate) fn parse_shard(s: &str) -> Result<(usize, usize), String> {
     let (i, n) = s.split_once('/').ok_or("expected I/N, e.g. 0/4")?;
     let i: usize = i
         .trim()
@@ -142,19 +142,28 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
 }
 
 fn load_data(args: &TrainArgs) -> anyhow::Result<DataSplit> {
-    let Some(path) = &args.data else {
-        return Ok(builtin_data(args.model)?);
+    load_split(args.model, args.data.as_deref(), args.csv_header)
+}
+
+/// The embedded data set of `model`, or the user's CSV / text file.
+pub(crate) fn load_split(
+    model: ModelKind,
+    data: Option<&std::path::Path>,
+    csv_header: bool,
+) -> anyhow::Result<DataSplit> {
+    let Some(path) = data else {
+        return Ok(builtin_data(model)?);
     };
-    let split = match args.model {
+    let split = match model {
         ModelKind::MlpDigits => {
             let options = CsvOptions {
-                has_header: args.csv_header,
+                has_header: csv_header,
                 ..CsvOptions::default()
             };
             read_csv_file(path, &options)?
         }
         ModelKind::CharGpt | ModelKind::CharGptLarge => {
-            let context = match args.model.spec(0) {
+            let context = match model.spec(0) {
                 murmur_models::ModelSpec::Gpt(c) => c.context,
                 murmur_models::ModelSpec::Mlp(_) => 64,
             };

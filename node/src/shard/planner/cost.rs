@@ -142,10 +142,30 @@ impl<'a> Model<'a> {
         self.act[s - 1]
     }
 
-    /// Compute seconds per sample of chain peer `k` holding stages `s..t`; non-decreasing in
-    /// `t` and non-increasing in `s` (rounding is monotone).
+    /// FLOPs per sample of stages `s..t`; non-decreasing in `t` and non-increasing in `s`
+    /// (rounding is monotone).
+    pub(super) fn flops(&self, s: usize, t: usize) -> f64 {
+        self.flops[t] - self.flops[s]
+    }
+
+    /// Compute seconds per sample of chain peer `k` holding stages `s..t`.
     pub(super) fn compute(&self, k: usize, s: usize, t: usize) -> f64 {
-        (self.flops[t] - self.flops[s]) / self.speed[k]
+        self.flops(s, t) / self.speed[k]
+    }
+
+    /// The largest `x` with `x / speed ≤ b` on chain peer `k`, so that `compute(k, s, t) ≤ b`
+    /// exactly when `flops(s, t) ≤ flops_within(k, b)` (division is monotone); saves a
+    /// division in the solver's inner loop.
+    pub(super) fn flops_within(&self, k: usize, b: f64) -> f64 {
+        let speed = self.speed[k];
+        let mut x = b * speed;
+        while x > 0.0 && x / speed > b {
+            x = x.next_down();
+        }
+        while x < f64::INFINITY && x.next_up() / speed <= b {
+            x = x.next_up();
+        }
+        x
     }
 
     /// Memory need of stages `s..t`, saturating.

@@ -58,6 +58,8 @@ struct Solver<'m, 'a> {
     by_act: Vec<usize>,
     /// `prefix[n]`: the first `n` boundaries of `by_act`.
     prefix: Vec<Bits>,
+    /// `mem_end[k * stages + s]`: the furthest end from `s` within chain peer `k`'s memory.
+    mem_end: Vec<usize>,
     /// Tables of the last run: `max_end[k * stages + s]`, `entry[k]`, `reach[k]`.
     max_end: Vec<usize>,
     entry: Vec<Bits>,
@@ -75,10 +77,22 @@ impl<'m, 'a> Solver<'m, 'a> {
             next.set(b);
             prefix.push(next);
         }
+        let mut mem_end = vec![0; p * s];
+        for (k, row) in mem_end.chunks_mut(s).enumerate() {
+            let mut t = 0;
+            for (start, end) in row.iter_mut().enumerate() {
+                t = t.max(start);
+                while t < s && m.fits(k, start, t + 1) {
+                    t += 1;
+                }
+                *end = t;
+            }
+        }
         Self {
             m,
             by_act,
             prefix,
+            mem_end,
             max_end: vec![0; p * s],
             entry: vec![Bits::new(s + 1); p],
             reach: vec![Bits::new(s + 1); p],
@@ -100,11 +114,12 @@ impl<'m, 'a> Solver<'m, 'a> {
                     entry.or_and(from, &self.prefix[allowed]);
                 }
             }
-            let max_end = &mut self.max_end[k * n..(k + 1) * n];
-            let mut t = 0;
-            for (s, end) in max_end.iter_mut().enumerate() {
+            let rows = k * n..(k + 1) * n;
+            let max_end = &mut self.max_end[rows.clone()];
+            let (mut t, within) = (0, m.flops_within(k, b));
+            for ((s, end), &cap) in max_end.iter_mut().enumerate().zip(&self.mem_end[rows]) {
                 t = t.max(s);
-                while t < n && m.compute(k, s, t + 1) <= b && m.fits(k, s, t + 1) {
+                while t < cap && m.flops(s, t + 1) <= within {
                     t += 1;
                 }
                 *end = t;

@@ -1,0 +1,156 @@
+//! Flags of `murmur node` (each also readable from a `MURMUR_*` environment variable and
+//! from the `--config` TOML file; see `docs/operator-guide.md`).
+
+use std::path::PathBuf;
+
+use libp2p::Multiaddr;
+use murmur_models::{DeviceChoice, ModelKind};
+use murmur_protocol::Codec;
+
+use crate::averaging::{SyncPolicy, Tamper};
+use crate::train_local::parse_shard;
+
+/// Flags of `murmur node`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// TOML file whose keys are these flags' long names (command line and environment win).
+    #[arg(long, env = "MURMUR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Name of the training run to join.
+    #[arg(long, default_value = "murmur-default", env = "MURMUR_RUN")]
+    pub run: String,
+
+    // ---- network ----
+    /// Port for TCP and QUIC on all interfaces (0 = any free port).
+    #[arg(long, default_value_t = 0, env = "MURMUR_PORT")]
+    pub port: u16,
+    /// Explicit listen multiaddrs (repeatable); replaces --port.
+    #[arg(long, env = "MURMUR_LISTEN", value_delimiter = ',')]
+    pub listen: Vec<Multiaddr>,
+    /// Bootstrap node multiaddrs with `/p2p/<id>` (repeatable).
+    #[arg(long, env = "MURMUR_BOOTSTRAP", value_delimiter = ',')]
+    pub bootstrap: Vec<Multiaddr>,
+    /// Relays to reserve a circuit on when behind NAT (repeatable).
+    #[arg(long, env = "MURMUR_RELAY", value_delimiter = ',')]
+    pub relay: Vec<Multiaddr>,
+    /// Publicly reachable addresses to advertise (repeatable).
+    #[arg(long, env = "MURMUR_EXTERNAL_ADDR", value_delimiter = ',')]
+    pub external_addr: Vec<Multiaddr>,
+    /// Switch off mDNS discovery on the local network.
+    #[arg(long, env = "MURMUR_NO_MDNS")]
+    pub no_mdns: bool,
+    /// Serve the DHT (Kademlia server mode) from the start, for directly dialable nodes.
+    #[arg(long, env = "MURMUR_KAD_SERVER")]
+    pub kad_server: bool,
+    /// Seconds between presence announcements.
+    #[arg(long, default_value_t = 2.0, env = "MURMUR_ANNOUNCE_EVERY")]
+    pub announce_every: f64,
+
+    // ---- model and data ----
+    /// Model: mlp-digits, char-gpt or char-gpt-large.
+    #[arg(long, default_value = "mlp-digits", env = "MURMUR_MODEL")]
+    pub model: ModelKind,
+    /// Compute device: auto, gpu, wgpu-cpu or flex.
+    #[arg(long, default_value = "auto", env = "MURMUR_DEVICE")]
+    pub device: DeviceChoice,
+    /// Your own data (CSV for mlp-digits, text for char-gpt). Default: the embedded set.
+    #[arg(long, env = "MURMUR_DATA")]
+    pub data: Option<PathBuf>,
+    /// The CSV file has a header row.
+    #[arg(long, env = "MURMUR_CSV_HEADER")]
+    pub csv_header: bool,
+    /// Train on shard I of N of the training set, written `I/N` (default: all of it).
+    #[arg(long, value_parser = parse_shard, env = "MURMUR_SHARD")]
+    pub shard: Option<(usize, usize)>,
+    /// Local optimizer steps to run; afterwards the node keeps averaging and serving.
+    #[arg(long, env = "MURMUR_STEPS")]
+    pub steps: Option<u64>,
+    /// Samples per step.
+    #[arg(long, default_value_t = 32, env = "MURMUR_BATCH_SIZE")]
+    pub batch_size: usize,
+    /// Peak learning rate (default: 3e-3 for mlp-digits, 1e-3 for char-gpt).
+    #[arg(long, env = "MURMUR_LR")]
+    pub lr: Option<f64>,
+    /// Initialisation seed; every peer of a run must use the same (default: from the run name).
+    #[arg(long, env = "MURMUR_SEED")]
+    pub seed: Option<u64>,
+    /// Evaluate on held-out data every this many local steps.
+    #[arg(long, default_value_t = 25, env = "MURMUR_EVAL_EVERY")]
+    pub eval_every: u64,
+    /// Report when held-out accuracy reaches this fraction (classification only).
+    #[arg(long, env = "MURMUR_TARGET_ACCURACY")]
+    pub target_accuracy: Option<f32>,
+
+    // ---- averaging ----
+    /// Sync policy: steps:H, secs:T or qsr:BETA:MIN:MAX.
+    #[arg(long, default_value = "steps:25", env = "MURMUR_SYNC")]
+    pub sync: SyncPolicy,
+    /// Peers each delta is sent to.
+    #[arg(long, default_value_t = 2, env = "MURMUR_FANOUT")]
+    pub fanout: usize,
+    /// Delta codec: int8, raw, f16, bf16 or topk:K.
+    #[arg(long, default_value = "int8", value_parser = parse_codec, env = "MURMUR_CODEC")]
+    pub codec: Codec,
+    /// Robust merging: per-delta norm clipping and a coordinate-wise trimmed mean.
+    #[arg(long, env = "MURMUR_ROBUST")]
+    pub robust: bool,
+    /// DiLoCo: feed the averaged model change to a Nesterov outer optimizer.
+    #[arg(long, env = "MURMUR_OUTER")]
+    pub outer: bool,
+    /// Outer learning rate (with --outer).
+    #[arg(long, default_value_t = 0.7, env = "MURMUR_OUTER_LR")]
+    pub outer_lr: f32,
+    /// Outer Nesterov momentum (with --outer).
+    #[arg(long, default_value_t = 0.9, env = "MURMUR_OUTER_MOMENTUM")]
+    pub outer_momentum: f32,
+    /// Closed pool: only peers in this signed manifest may contribute or download state.
+    #[arg(long, env = "MURMUR_POOL")]
+    pub pool: Option<PathBuf>,
+
+    // ---- state ----
+    /// Checkpoint every this many rounds.
+    #[arg(long, default_value_t = 4, env = "MURMUR_CHECKPOINT_EVERY")]
+    pub checkpoint_every: u64,
+    /// Checkpoints kept.
+    #[arg(long, default_value_t = 3, env = "MURMUR_KEEP_CHECKPOINTS")]
+    pub keep_checkpoints: usize,
+
+    // ---- running ----
+    /// Print progress as JSON lines (for scripts and `murmur testnet`).
+    #[arg(long, env = "MURMUR_JSON")]
+    pub json: bool,
+    /// Stop when standard input closes (how `murmur testnet` stops its nodes).
+    #[arg(long, hide = true)]
+    pub stdin_control: bool,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long, env = "MURMUR_DURATION")]
+    pub duration: Option<u64>,
+    /// Red team only: corrupt every delta this node sends (flip or scale:F).
+    #[arg(long, hide = true)]
+    pub tamper: Option<Tamper>,
+}
+
+/// Parses `int8`, `int8:BLOCK`, `raw`, `f16`, `bf16`, `topk:K`.
+pub fn parse_codec(s: &str) -> Result<Codec, String> {
+    let (name, arg) = s.split_once(':').map_or((s, None), |(n, a)| (n, Some(a)));
+    let number = |a: Option<&str>| -> Result<u64, String> {
+        a.ok_or(format!("{name} needs a number, e.g. {name}:256"))?
+            .parse()
+            .map_err(|_| format!("bad number in codec {s:?}"))
+    };
+    match name {
+        "raw" => Ok(Codec::RawF32),
+        "f16" => Ok(Codec::F16),
+        "bf16" => Ok(Codec::Bf16),
+        "int8" => Ok(Codec::Int8Block {
+            block: match arg {
+                None => murmur_protocol::codec::DEFAULT_INT8_BLOCK,
+                Some(_) => u32::try_from(number(arg)?).map_err(|_| "block too large")?,
+            },
+        }),
+        "topk" => Ok(Codec::TopK { k: number(arg)? }),
+        _ => Err(format!(
+            "unknown codec {s:?}: expected int8, raw, f16, bf16 or topk:K"
+        )),
+    }
+}

@@ -1,0 +1,279 @@
+//! A training session: one node taking part in a run — the training thread (local steps,
+//! syncs, merges, checkpoints) wired to the network (delta fan-out, state serving and
+//! fetching, presence announcements).
+//!
+//! - [`replica`]: what is averaged (a burn model, or a plain vector with training off).
+//! - [`worker`]: the training thread.
+//! - [`checkpoints`]: crash-safe checkpoints in sled.
+//! - [`pumps`]: the async tasks between the network and the training thread.
+//! - [`presence`]: signed announcements and the live peer set.
+//! - [`state_sync`]: serving and downloading model state (late joiners).
+
+pub mod checkpoints;
+pub mod presence;
+pub mod pumps;
+pub mod replica;
+pub mod state_sync;
+pub mod worker;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use libp2p::PeerId;
+use murmur_models::TrainError;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::averaging::{Averager, AveragerConfig, AveragingError, ReplayGuard, replay};
+use crate::identity::NodeIdentity;
+use crate::net::{NetConfig, NetError, Network, PayloadKind};
+use crate::store::{Store, StoreError};
+use checkpoints::{CheckpointStoreError, Checkpoints};
+use replica::Replica;
+use worker::{Worker, WorkerConfig, WorkerInput, WorkerStatus};
+
+/// Everything a session needs besides the replica.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Network settings (run topic, listen addresses, bootstrap nodes, limits).
+    pub net: NetConfig,
+    /// Averaging settings (run, model fingerprint, codec, fan-out, robustness, pool).
+    pub averager: AveragerConfig,
+    /// Training-thread schedule.
+    pub worker: WorkerConfig,
+    /// Interval of presence announcements.
+    pub announce_every: Duration,
+    /// Adopt a peer's state when it is this many rounds ahead (late joiners, restarts).
+    pub join_lag_rounds: u64,
+    /// Checkpoints kept.
+    pub checkpoint_keep: usize,
+    /// Device description announced to peers.
+    pub device: String,
+}
+
+/// A session failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The network failed.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// Training failed.
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    /// Averaging failed.
+    #[error(transparent)]
+    Averaging(#[from] AveragingError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Checkpoints failed.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointStoreError),
+    /// The training thread died.
+    #[error("the training thread stopped unexpectedly")]
+    WorkerGone,
+    /// A thread could not be started.
+    #[error("starting the training thread: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// Network-side counters.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Delta payload bytes sent.
+    pub bytes_sent: AtomicU64,
+    /// Delta payload bytes received.
+    pub bytes_received: AtomicU64,
+    /// Deltas delivered.
+    pub deltas_sent: AtomicU64,
+    /// Deltas that could not be delivered.
+    pub send_failures: AtomicU64,
+    /// State downloads served.
+    pub states_served: AtomicU64,
+    /// State requests refused (closed pool, wrong run or model).
+    pub states_refused: AtomicU64,
+}
+
+/// A node's live figures.
+#[derive(Debug, Clone, Default)]
+pub struct NodeStatus {
+    /// Training-thread figures.
+    pub worker: WorkerStatus,
+    /// Delta payload bytes sent.
+    pub bytes_sent: u64,
+    /// Delta payload bytes received.
+    pub bytes_received: u64,
+    /// Deltas delivered.
+    pub deltas_sent: u64,
+    /// Deltas not delivered.
+    pub send_failures: u64,
+    /// State requests refused.
+    pub states_refused: u64,
+    /// Live training peers of the same run and model.
+    pub peers: usize,
+}
+
+impl NodeStatus {
+    fn with_traffic(mut self, traffic: &Traffic, peers: usize) -> Self {
+        self.bytes_sent = traffic.bytes_sent.load(Ordering::Relaxed);
+        self.bytes_received = traffic.bytes_received.load(Ordering::Relaxed);
+        self.deltas_sent = traffic.deltas_sent.load(Ordering::Relaxed);
+        self.send_failures = traffic.send_failures.load(Ordering::Relaxed);
+        self.states_refused = traffic.states_refused.load(Ordering::Relaxed);
+        self.peers = peers;
+        self
+    }
+}
+
+/// What the async tasks share.
+#[derive(Debug)]
+pub(crate) struct Context {
+    pub(crate) net: Network,
+    pub(crate) identity: NodeIdentity,
+    pub(crate) config: SessionConfig,
+    pub(crate) inputs: std::sync::mpsc::SyncSender<WorkerInput>,
+    pub(crate) live_peers: Arc<Mutex<Vec<PeerId>>>,
+    pub(crate) traffic: Traffic,
+    pub(crate) status: watch::Sender<NodeStatus>,
+    pub(crate) param_count: usize,
+    pub(crate) cancel: CancellationToken,
+}
+
+impl Context {
+    pub(crate) fn live_peer_count(&self) -> usize {
+        self.live_peers.lock().map_or(0, |l| l.len())
+    }
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Session {
+    ctx: Arc<Context>,
+    worker: Option<std::thread::JoinHandle<Result<WorkerStatus, SessionError>>>,
+    tasks: TaskTracker,
+    status: watch::Receiver<NodeStatus>,
+}
+
+impl Session {
+    /// Starts the network and the training thread. `anchor` is the run's initial model
+    /// (identical on every peer); payloads are encoded relative to it.
+    pub async fn start(
+        identity: NodeIdentity,
+        store: Option<Store>,
+        replica: Box<dyn Replica>,
+        anchor: Vec<f32>,
+        config: SessionConfig,
+    ) -> Result<Self, SessionError> {
+        let param_count = replica.len();
+        let replay = match &store {
+            Some(store) => ReplayGuard::persistent(store.raw_tree(replay::MERGED_TREE)?)?,
+            None => ReplayGuard::in_memory(),
+        };
+        let checkpoints = store
+            .as_ref()
+            .map(|s| Checkpoints::open(s, config.checkpoint_keep))
+            .transpose()?;
+        let averager = Averager::new(
+            config.averager.clone(),
+            identity.signing_key().clone(),
+            anchor,
+            replay,
+        );
+        let (net, events) =
+            Network::start(identity.keypair(), config.net.clone(), store.as_ref()).await?;
+        let deltas = net.subscribe_payloads(PayloadKind::Delta)?;
+        let state_requests = net.serve_state()?;
+        let (inputs, input_rx) = std::sync::mpsc::sync_channel(64);
+        let (outputs, output_rx) = mpsc::channel(64);
+        let live_peers = Arc::new(Mutex::new(Vec::new()));
+        let mut worker = Worker::new(
+            replica,
+            averager,
+            config.worker.clone(),
+            input_rx,
+            outputs,
+            live_peers.clone(),
+            checkpoints,
+        );
+        if let Some(round) = worker.resume()? {
+            tracing::info!(round, "resumed from checkpoint");
+        }
+        let (status_tx, status) = watch::channel(NodeStatus {
+            worker: worker.status.clone(),
+            ..NodeStatus::default()
+        });
+        let ctx = Arc::new(Context {
+            net,
+            identity,
+            config,
+            inputs,
+            live_peers,
+            traffic: Traffic::default(),
+            status: status_tx,
+            param_count,
+            cancel: CancellationToken::new(),
+        });
+        let handle = std::thread::Builder::new()
+            .name("murmur-train".into())
+            .spawn(move || worker.run())
+            .map_err(SessionError::Spawn)?;
+        let tasks = TaskTracker::new();
+        tasks.spawn(pumps::inbound(ctx.clone(), deltas));
+        tasks.spawn(pumps::outbound(ctx.clone(), output_rx, tasks.clone()));
+        tasks.spawn(presence::run(ctx.clone(), events));
+        tasks.spawn(state_sync::serve(ctx.clone(), state_requests));
+        tasks.spawn(state_sync::join(ctx.clone()));
+        Ok(Self {
+            ctx,
+            worker: Some(handle),
+            tasks,
+            status,
+        })
+    }
+
+    /// Live figures, updated at every evaluation and sync.
+    pub fn status(&self) -> watch::Receiver<NodeStatus> {
+        self.status.clone()
+    }
+
+    /// The node's network handle.
+    pub fn network(&self) -> &Network {
+        &self.ctx.net
+    }
+
+    /// Stops training (a final checkpoint is written), the tasks and the network; returns
+    /// the final figures.
+    pub async fn stop(mut self) -> Result<NodeStatus, SessionError> {
+        let _ = self.ctx.inputs.try_send(WorkerInput::Stop);
+        let result = match self.worker.take() {
+            Some(handle) => tokio::task::spawn_blocking(move || handle.join())
+                .await
+                .map_err(|_| SessionError::WorkerGone)?
+                .map_err(|_| SessionError::WorkerGone)?,
+            None => Err(SessionError::WorkerGone),
+        };
+        self.ctx.cancel.cancel();
+        self.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await;
+        self.ctx.net.shutdown().await;
+        let status = result?;
+        let peers = self.ctx.live_peer_count();
+        Ok(NodeStatus {
+            worker: status,
+            ..NodeStatus::default()
+        }
+        .with_traffic(&self.ctx.traffic, peers))
+    }
+}
+
+/// Publishes worker figures merged with the network counters.
+pub(crate) fn publish_status(ctx: &Context, worker: WorkerStatus) {
+    let status = NodeStatus {
+        worker,
+        ..NodeStatus::default()
+    }
+    .with_traffic(&ctx.traffic, ctx.live_peer_count());
+    ctx.status.send_replace(status);
+}

@@ -1,0 +1,117 @@
+//! Presence: signed announcements of this node (run, model, round, capacity, addresses)
+//! and the live peer set the training thread picks recipients from.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use libp2p::PeerId;
+use murmur_protocol::message::MAX_LISTEN_ADDRS;
+use murmur_protocol::{Announcement, Capacity, LinkStat, Message, SignedEnvelope};
+
+use super::Context;
+use crate::net::{NetEvents, PeerInfo};
+
+/// How often the live peer set is refreshed.
+const REFRESH: Duration = Duration::from_millis(300);
+
+/// Announces periodically (more often while alone), refreshes the live peer set, and
+/// drains network events into the log.
+pub(crate) async fn run(ctx: Arc<Context>, mut events: NetEvents) {
+    let mut refresh = tokio::time::interval(REFRESH);
+    let mut next_announce = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => return,
+            _ = refresh.tick() => {
+                let Ok(peers) = ctx.net.peers().await else { return };
+                let live = live_peers(&ctx, &peers);
+                let alone = live.is_empty();
+                if let Ok(mut slot) = ctx.live_peers.lock() {
+                    *slot = live;
+                }
+                if tokio::time::Instant::now() >= next_announce {
+                    if let Err(err) = announce(&ctx, &peers).await {
+                        tracing::debug!(%err, "announcement not published");
+                    }
+                    // While no training peer is known, announce quickly so newcomers are
+                    // found within a second.
+                    let period = if alone { Duration::from_millis(500) } else { ctx.config.announce_every };
+                    next_announce = tokio::time::Instant::now() + period;
+                }
+            }
+            Some(event) = events.events.recv() => tracing::debug!(?event, "network"),
+            Some(a) = events.announcements.recv() => {
+                tracing::trace!(from = %a.from, round = a.announcement.round, "announcement");
+            }
+        }
+    }
+}
+
+/// Connected peers whose latest announcement is for this run and model and who are admitted,
+/// sorted so that every node's choice depends only on its seed.
+pub(crate) fn live_peers(ctx: &Context, peers: &[PeerInfo]) -> Vec<PeerId> {
+    let averager = &ctx.config.averager;
+    let mut live: Vec<PeerId> = peers
+        .iter()
+        .filter(|p| p.connected)
+        .filter(|p| {
+            p.announcement.as_ref().is_some_and(|a| {
+                a.run == averager.run
+                    && a.model == averager.model
+                    && averager.admission.admits(&a.peer)
+            })
+        })
+        .map(|p| p.peer_id)
+        .collect();
+    live.sort();
+    live
+}
+
+async fn announce(ctx: &Context, peers: &[PeerInfo]) -> Result<(), Box<dyn std::error::Error>> {
+    let status = ctx.status.borrow().clone();
+    let listen_addrs = ctx
+        .net
+        .listen_addrs()
+        .await?
+        .into_iter()
+        .chain(ctx.net.external_addrs().await?)
+        .take(MAX_LISTEN_ADDRS)
+        .map(|a| a.to_string())
+        .collect();
+    let links = peers
+        .iter()
+        .filter(|p| p.connected)
+        .filter_map(|p| {
+            let key = p.announcement.as_ref()?.peer;
+            Some(LinkStat {
+                peer: key,
+                rtt_us: p
+                    .rtt
+                    .map_or(0, |d| u32::try_from(d.as_micros()).unwrap_or(u32::MAX)),
+                bytes_per_sec: p.throughput_bps.map_or(0, |b| b as u64),
+            })
+        })
+        .take(murmur_protocol::message::MAX_LINKS)
+        .collect();
+    let timestamp_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let message = Message::Announcement(Announcement {
+        peer: ctx.identity.peer_key(),
+        run: ctx.config.averager.run,
+        model: ctx.config.averager.model,
+        capacity: Capacity {
+            samples_per_sec: status.worker.samples_per_sec as f32,
+            flops_per_sec: 0.0,
+            memory_bytes: 0,
+            device: ctx.config.device.chars().take(100).collect(),
+            links,
+        },
+        round: status.worker.round,
+        listen_addrs,
+        timestamp_ms,
+    });
+    let envelope = SignedEnvelope::sign(ctx.identity.signing_key(), &message)?;
+    ctx.net.publish_announcement(&envelope).await?;
+    Ok(())
+}

@@ -1,0 +1,281 @@
+//! Model state for late joiners: serving it in digest-checked byte ranges, and downloading
+//! it (resumably, range by range) when this node finds itself far behind its peers.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use libp2p::PeerId;
+use murmur_protocol::envelope::MAX_ENVELOPE_BYTES;
+use murmur_protocol::{Digest, Message, SignedEnvelope, StateHeader, StateRequest};
+use tokio::sync::{mpsc, oneshot};
+
+use super::Context;
+use super::worker::{Snapshot, WorkerInput};
+use crate::net::{StateReply, StateRequestEvent, key_matches_peer};
+
+/// Bytes per requested range.
+const RANGE_BYTES: u64 = 8 * 1024 * 1024;
+/// Attempts per range before giving up on a peer.
+const RANGE_ATTEMPTS: usize = 3;
+/// How long after start the node looks for peers far ahead of it.
+const JOIN_WINDOW: Duration = Duration::from_secs(120);
+/// A served snapshot is reused for range requests this long.
+const SNAPSHOT_TTL: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+struct Served {
+    round: u64,
+    samples: u64,
+    bytes: Bytes,
+    digest: Digest,
+    taken: Instant,
+}
+
+/// Answers state requests from admitted peers of this run and model.
+pub(crate) async fn serve(ctx: Arc<Context>, mut requests: mpsc::Receiver<StateRequestEvent>) {
+    let mut cached: Option<Served> = None;
+    loop {
+        let event = tokio::select! {
+            _ = ctx.cancel.cancelled() => return,
+            event = requests.recv() => match event { Some(e) => e, None => return },
+        };
+        let peer = event.peer;
+        let request = match check_request(&ctx, &peer, &event.request) {
+            Ok(request) => request,
+            Err(reason) => {
+                tracing::warn!(%peer, %reason, "state request refused");
+                ctx.traffic.states_refused.fetch_add(1, Ordering::Relaxed);
+                event.respond(StateReply::Refuse(reason));
+                continue;
+            }
+        };
+        let fresh = request.offset == 0
+            || cached
+                .as_ref()
+                .is_none_or(|c| c.taken.elapsed() > SNAPSHOT_TTL);
+        if fresh {
+            match snapshot(&ctx).await {
+                Some(s) => cached = Some(s),
+                None => {
+                    event.respond(StateReply::Refuse("no snapshot available".into()));
+                    continue;
+                }
+            }
+        }
+        let Some(served) = &cached else { continue };
+        match reply(&ctx, served, &request) {
+            Ok(reply) => {
+                ctx.traffic.states_served.fetch_add(1, Ordering::Relaxed);
+                event.respond(reply);
+            }
+            Err(reason) => event.respond(StateReply::Refuse(reason)),
+        }
+    }
+}
+
+fn check_request(ctx: &Context, peer: &PeerId, bytes: &[u8]) -> Result<StateRequest, String> {
+    let (signer, message) =
+        SignedEnvelope::open_bytes(bytes, MAX_ENVELOPE_BYTES).map_err(|e| e.to_string())?;
+    let Message::StateRequest(request) = message else {
+        return Err("not a state request".into());
+    };
+    if !key_matches_peer(&signer, peer) {
+        return Err("signer is not the requesting peer".into());
+    }
+    let averager = &ctx.config.averager;
+    if request.run != averager.run || request.model != averager.model {
+        return Err("another run or model".into());
+    }
+    if !averager.admission.admits(&signer) {
+        return Err("not a member of this closed pool".into());
+    }
+    Ok(request)
+}
+
+async fn snapshot(ctx: &Context) -> Option<Served> {
+    let (tx, rx) = oneshot::channel();
+    ctx.inputs.try_send(WorkerInput::Snapshot(tx)).ok()?;
+    let Snapshot {
+        round,
+        samples,
+        params,
+    } = tokio::time::timeout(Duration::from_secs(20), rx)
+        .await
+        .ok()?
+        .ok()?;
+    let bytes: Vec<u8> = params.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let digest = Digest::of(&bytes);
+    Some(Served {
+        round,
+        samples,
+        bytes: bytes.into(),
+        digest,
+        taken: Instant::now(),
+    })
+}
+
+fn reply(ctx: &Context, served: &Served, request: &StateRequest) -> Result<StateReply, String> {
+    let total = served.bytes.len() as u64;
+    if request.offset > total {
+        return Err(format!("offset {} beyond {total} bytes", request.offset));
+    }
+    let wanted = if request.max_len == 0 {
+        total
+    } else {
+        request.max_len
+    };
+    let len = wanted.min(total - request.offset);
+    let header = StateHeader {
+        peer: ctx.identity.peer_key(),
+        run: ctx.config.averager.run,
+        model: ctx.config.averager.model,
+        round: served.round,
+        samples: served.samples,
+        total_len: total,
+        total_digest: served.digest,
+        offset: request.offset,
+        range_len: len,
+    };
+    let envelope = SignedEnvelope::sign(ctx.identity.signing_key(), &Message::State(header))
+        .map_err(|e| e.to_string())?;
+    let start = request.offset as usize;
+    Ok(StateReply::Serve {
+        header: envelope.to_bytes(),
+        payload: served.bytes.slice(start..start + len as usize),
+    })
+}
+
+/// Watches for peers far ahead (late join, restart after a long outage) and adopts the
+/// state of the most advanced one once.
+pub(crate) async fn join(ctx: Arc<Context>) {
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    while started.elapsed() < JOIN_WINDOW {
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let own_round = ctx.status.borrow().worker.round;
+        let Ok(peers) = ctx.net.peers().await else {
+            return;
+        };
+        let live = super::presence::live_peers(&ctx, &peers);
+        let ahead = peers
+            .iter()
+            .filter(|p| live.contains(&p.peer_id))
+            .filter_map(|p| p.announcement.as_ref().map(|a| (a.round, p.peer_id)))
+            .filter(|(round, _)| *round > own_round + ctx.config.join_lag_rounds)
+            .max();
+        let Some((announced, peer)) = ahead else {
+            continue;
+        };
+        match download(&ctx, peer, announced).await {
+            Ok((round, params)) => {
+                tracing::info!(%peer, round, "downloaded model state");
+                let _ = ctx.inputs.try_send(WorkerInput::Adopt { round, params });
+                return;
+            }
+            Err(err) => tracing::warn!(%peer, %err, "state download failed; will retry"),
+        }
+    }
+}
+
+/// Downloads `peer`'s state range by range, resuming a failed range up to a few times,
+/// and checks it against the announced round, the whole-state digest and the model size.
+async fn download(
+    ctx: &Context,
+    peer: PeerId,
+    announced_round: u64,
+) -> Result<(u64, Vec<f32>), String> {
+    let expected_len = ctx.param_count as u64 * 4;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut first: Option<StateHeader> = None;
+    while first
+        .as_ref()
+        .is_none_or(|h| (buf.len() as u64) < h.total_len)
+    {
+        let mut attempt = 0;
+        let (header, payload) = loop {
+            attempt += 1;
+            match fetch_range(ctx, peer, buf.len() as u64).await {
+                Ok(got) => break got,
+                Err(err) if attempt < RANGE_ATTEMPTS => {
+                    tracing::debug!(%peer, %err, offset = buf.len(), "state range failed, resuming");
+                }
+                Err(err) => return Err(err),
+            }
+        };
+        if header.total_len != expected_len {
+            return Err(format!(
+                "state of {} bytes, expected {expected_len}",
+                header.total_len
+            ));
+        }
+        if header.offset != buf.len() as u64 || header.range_len != payload.len() as u64 {
+            return Err("range does not match the request".into());
+        }
+        if header.range_len == 0 {
+            return Err("empty range".into());
+        }
+        if let Some(f) = &first
+            && (f.total_digest != header.total_digest || f.round != header.round)
+        {
+            return Err("the peer's state changed during the download".into());
+        }
+        if header.round < announced_round {
+            return Err("state is older than the peer announced".into());
+        }
+        buf.extend_from_slice(&payload);
+        first.get_or_insert(header);
+    }
+    let Some(header) = first else {
+        return Err("no state".into());
+    };
+    if Digest::of(&buf) != header.total_digest {
+        return Err("state digest mismatch".into());
+    }
+    let params: Vec<f32> = buf
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    if params.iter().any(|v| !v.is_finite()) {
+        return Err("state holds non-finite values".into());
+    }
+    Ok((header.round, params))
+}
+
+async fn fetch_range(
+    ctx: &Context,
+    peer: PeerId,
+    offset: u64,
+) -> Result<(StateHeader, Vec<u8>), String> {
+    let request = StateRequest {
+        peer: ctx.identity.peer_key(),
+        run: ctx.config.averager.run,
+        model: ctx.config.averager.model,
+        offset,
+        max_len: RANGE_BYTES,
+    };
+    let envelope =
+        SignedEnvelope::sign(ctx.identity.signing_key(), &Message::StateRequest(request))
+            .map_err(|e| e.to_string())?;
+    let response = ctx
+        .net
+        .fetch_state(peer, &envelope.to_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let (signer, message) = SignedEnvelope::open_bytes(&response.header, MAX_ENVELOPE_BYTES)
+        .map_err(|e| e.to_string())?;
+    let Message::State(header) = message else {
+        return Err("not a state header".into());
+    };
+    if !key_matches_peer(&signer, &peer) {
+        return Err("state signed by another peer".into());
+    }
+    if header.run != ctx.config.averager.run || header.model != ctx.config.averager.model {
+        return Err("state of another run or model".into());
+    }
+    Ok((header, response.payload))
+}

@@ -1,0 +1,403 @@
+//! The training thread: owns the replica and the averaging engine, runs local steps, syncs
+//! on the policy's schedule, merges received deltas, evaluates and checkpoints.
+//!
+//! It talks to the async side only through bounded channels: inputs arrive on a
+//! `sync_channel` (the async side never blocks on it, it drops and counts when full), and
+//! outputs leave on a tokio channel with `blocking_send` (back-pressure on this thread only).
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use murmur_models::EvalStats;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
+use tokio::sync::{mpsc, oneshot};
+
+use super::SessionError;
+use super::checkpoints::{Checkpoints, SessionCheckpoint};
+use super::replica::Replica;
+use crate::averaging::{Averager, MergeCounts, Outgoing, Rejection, SyncPolicy};
+
+/// Schedule of the training thread.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// When to sync while training.
+    pub policy: SyncPolicy,
+    /// Local steps to train in total; afterwards the node only averages.
+    pub step_budget: u64,
+    /// Held-out accuracy at which the node reports it reached the target.
+    pub target_accuracy: Option<f32>,
+    /// Evaluate every this many local steps.
+    pub eval_every: u64,
+    /// Checkpoint every this many rounds (0 = never).
+    pub checkpoint_every: u64,
+    /// Sync period once the node no longer trains.
+    pub idle_sync: Duration,
+    /// Peers per sync.
+    pub fanout: usize,
+    /// Seed for choosing peers.
+    pub seed: u64,
+}
+
+/// A message to the training thread.
+#[derive(Debug)]
+pub enum WorkerInput {
+    /// A delta received from `peer`.
+    Delta {
+        /// Sender.
+        peer: PeerId,
+        /// Signed envelope bytes.
+        header: Vec<u8>,
+        /// Encoded payload.
+        payload: Vec<u8>,
+    },
+    /// A delta sent in `round` could not be delivered; its mass comes back.
+    SendFailed {
+        /// Round of the delta.
+        round: u64,
+        /// Mass it carried.
+        mass: f64,
+    },
+    /// Current parameters for a state download.
+    Snapshot(oneshot::Sender<Snapshot>),
+    /// Adopt a downloaded model state.
+    Adopt {
+        /// The server's round.
+        round: u64,
+        /// Its parameters.
+        params: Vec<f32>,
+    },
+    /// Finish and report.
+    Stop,
+}
+
+/// The model state as served to late joiners.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Round.
+    pub round: u64,
+    /// Samples trained locally.
+    pub samples: u64,
+    /// Flat parameters.
+    pub params: Vec<f32>,
+}
+
+/// What the training thread reports.
+#[derive(Debug)]
+pub enum WorkerOutput {
+    /// Send `outgoing` to each of `peers`.
+    Send {
+        /// Recipients.
+        peers: Vec<PeerId>,
+        /// The signed delta.
+        outgoing: Outgoing,
+    },
+    /// A delta from `peer` was refused.
+    Rejected {
+        /// Sender.
+        peer: PeerId,
+        /// Why.
+        reason: Rejection,
+    },
+    /// Progress figures.
+    Progress(WorkerStatus),
+}
+
+/// The training thread's figures.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerStatus {
+    /// Syncs done.
+    pub round: u64,
+    /// Local steps done.
+    pub steps: u64,
+    /// Samples trained on locally.
+    pub samples: u64,
+    /// Latest training loss.
+    pub loss: Option<f32>,
+    /// Latest held-out evaluation.
+    pub eval: Option<EvalStats>,
+    /// Averaging mass held.
+    pub mass: f64,
+    /// Merged and rejected deltas.
+    pub counts: MergeCounts,
+    /// Whether it still trains.
+    pub training: bool,
+    /// Whether held-out accuracy reached the target.
+    pub reached_target: bool,
+    /// Local training throughput, samples per second.
+    pub samples_per_sec: f64,
+}
+
+/// The training thread's state.
+pub struct Worker {
+    pub(crate) replica: Box<dyn Replica>,
+    pub(crate) averager: Averager,
+    pub(crate) config: WorkerConfig,
+    pub(crate) inputs: Receiver<WorkerInput>,
+    pub(crate) outputs: mpsc::Sender<WorkerOutput>,
+    pub(crate) live_peers: Arc<Mutex<Vec<PeerId>>>,
+    pub(crate) checkpoints: Option<Checkpoints>,
+    pub(crate) status: WorkerStatus,
+    pub(crate) rng: StdRng,
+    steps_since_sync: u64,
+    samples_since_sync: u64,
+    last_sync: Instant,
+    train_time: Duration,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("status", &self.status)
+            .finish()
+    }
+}
+
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl Worker {
+    /// A worker over `replica` and `averager`.
+    pub(crate) fn new(
+        replica: Box<dyn Replica>,
+        averager: Averager,
+        config: WorkerConfig,
+        inputs: Receiver<WorkerInput>,
+        outputs: mpsc::Sender<WorkerOutput>,
+        live_peers: Arc<Mutex<Vec<PeerId>>>,
+        checkpoints: Option<Checkpoints>,
+    ) -> Self {
+        let rng = StdRng::seed_from_u64(config.seed);
+        Self {
+            replica,
+            averager,
+            config,
+            inputs,
+            outputs,
+            live_peers,
+            checkpoints,
+            status: WorkerStatus::default(),
+            rng,
+            steps_since_sync: 0,
+            samples_since_sync: 0,
+            last_sync: Instant::now(),
+            train_time: Duration::ZERO,
+        }
+    }
+
+    /// Resumes from the newest intact checkpoint, if any. Returns the round resumed at.
+    pub(crate) fn resume(&mut self) -> Result<Option<u64>, SessionError> {
+        let Some(store) = &self.checkpoints else {
+            return Ok(None);
+        };
+        let next_round = store.next_round()?;
+        let Some(ckpt) = store.latest()? else {
+            self.averager.adopt(next_round);
+            return Ok(None);
+        };
+        self.replica.restore(&ckpt.replica)?;
+        self.averager.restore(ckpt.averager, next_round);
+        self.status.samples = ckpt.samples;
+        self.status.steps = self.replica.steps();
+        self.status.round = self.averager.round();
+        Ok(Some(ckpt.round))
+    }
+
+    /// Runs until told to stop or the async side goes away.
+    pub(crate) fn run(mut self) -> Result<WorkerStatus, SessionError> {
+        self.refresh_status();
+        self.evaluate()?;
+        self.publish();
+        loop {
+            loop {
+                match self.inputs.try_recv() {
+                    Ok(input) => {
+                        if let Flow::Stop = self.handle(input)? {
+                            return self.finish();
+                        }
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return self.finish(),
+                }
+            }
+            let training = self.replica.trains() && self.replica.steps() < self.config.step_budget;
+            self.status.training = training;
+            if training {
+                self.train_one()?;
+                let lr = self.replica.lr();
+                if self
+                    .config
+                    .policy
+                    .due(self.steps_since_sync, self.last_sync.elapsed(), lr)
+                {
+                    self.sync()?;
+                }
+                if self.replica.steps() % self.config.eval_every.max(1) == 0 {
+                    self.evaluate()?;
+                    self.publish();
+                }
+            } else {
+                let wait = self
+                    .config
+                    .idle_sync
+                    .saturating_sub(self.last_sync.elapsed());
+                match self.inputs.recv_timeout(wait) {
+                    Ok(input) => {
+                        if let Flow::Stop = self.handle(input)? {
+                            return self.finish();
+                        }
+                    }
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.sync()?;
+                        self.evaluate()?;
+                        self.publish();
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return self.finish(),
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, input: WorkerInput) -> Result<Flow, SessionError> {
+        match input {
+            WorkerInput::Delta {
+                peer,
+                header,
+                payload,
+            } => {
+                if let Err(reason) = self.averager.receive(&peer, &header, &payload) {
+                    tracing::warn!(%peer, %reason, "delta rejected");
+                    let _ = self
+                        .outputs
+                        .blocking_send(WorkerOutput::Rejected { peer, reason });
+                }
+            }
+            WorkerInput::SendFailed { round, mass } => {
+                let mut params = self.replica.params()?;
+                self.averager.returned(round, mass, &mut params);
+                self.replica.set_params(&params)?;
+            }
+            WorkerInput::Snapshot(reply) => {
+                let _ = reply.send(Snapshot {
+                    round: self.averager.round(),
+                    samples: self.status.samples,
+                    params: self.replica.params()?,
+                });
+            }
+            WorkerInput::Adopt { round, params } => {
+                self.replica.set_params(&params)?;
+                self.averager.adopt(round);
+                self.status.round = self.averager.round();
+                tracing::info!(round, "adopted the state of a peer");
+                self.evaluate()?;
+                self.publish();
+            }
+            WorkerInput::Stop => return Ok(Flow::Stop),
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn train_one(&mut self) -> Result<(), SessionError> {
+        let started = Instant::now();
+        let step = self.replica.step()?;
+        self.train_time += started.elapsed();
+        self.steps_since_sync += 1;
+        self.samples_since_sync += step.samples;
+        self.status.samples += step.samples;
+        self.status.steps = self.replica.steps();
+        self.status.loss = Some(step.loss);
+        self.status.samples_per_sec =
+            self.status.samples as f64 / self.train_time.as_secs_f64().max(1e-9);
+        Ok(())
+    }
+
+    fn choose_peers(&mut self) -> Vec<PeerId> {
+        let live = match self.live_peers.lock() {
+            Ok(live) => live.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        live.choose_multiple(&mut self.rng, self.config.fanout)
+            .copied()
+            .collect()
+    }
+
+    fn sync(&mut self) -> Result<(), SessionError> {
+        let mut params = self.replica.params()?;
+        let peers = self.choose_peers();
+        let outgoing = self.averager.sync(
+            &mut params,
+            self.samples_since_sync,
+            u32::try_from(self.steps_since_sync).unwrap_or(u32::MAX),
+            peers.len(),
+        )?;
+        self.replica.set_params(&params)?;
+        self.steps_since_sync = 0;
+        self.samples_since_sync = 0;
+        self.last_sync = Instant::now();
+        self.refresh_status();
+        if let Some(store) = &self.checkpoints {
+            store.record_next_round(self.averager.round())?;
+        }
+        if let Some(outgoing) = outgoing {
+            let _ = self
+                .outputs
+                .blocking_send(WorkerOutput::Send { peers, outgoing });
+        }
+        let every = self.config.checkpoint_every;
+        if every > 0 && self.averager.round() % every == 0 {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&mut self) -> Result<(), SessionError> {
+        let Some(store) = &self.checkpoints else {
+            return Ok(());
+        };
+        let ckpt = SessionCheckpoint {
+            round: self.averager.round(),
+            samples: self.status.samples,
+            replica: self.replica.checkpoint()?,
+            averager: self.averager.state(),
+        };
+        store.save(&ckpt)?;
+        tracing::debug!(round = ckpt.round, "checkpoint written");
+        Ok(())
+    }
+
+    fn evaluate(&mut self) -> Result<(), SessionError> {
+        if let Some(eval) = self.replica.evaluate()? {
+            self.status.eval = Some(eval);
+            if let (Some(target), Some(acc)) = (self.config.target_accuracy, eval.accuracy) {
+                self.status.reached_target |= acc >= target;
+            }
+        }
+        Ok(())
+    }
+
+    fn refresh_status(&mut self) {
+        self.status.round = self.averager.round();
+        self.status.mass = self.averager.mass();
+        self.status.counts = self.averager.counts().clone();
+    }
+
+    fn publish(&mut self) {
+        self.refresh_status();
+        let _ = self
+            .outputs
+            .try_send(WorkerOutput::Progress(self.status.clone()));
+    }
+
+    fn finish(mut self) -> Result<WorkerStatus, SessionError> {
+        self.checkpoint()?;
+        self.evaluate()?;
+        self.refresh_status();
+        self.status.training = false;
+        Ok(self.status)
+    }
+}

@@ -1,0 +1,121 @@
+//! One child process of the testnet: spawned from this same binary, its JSON-lines stdout
+//! read on a task, its stderr written to a log file, stopped by closing its stdin.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+
+/// A JSON line printed by child `index`.
+#[derive(Debug)]
+pub(crate) struct Line {
+    pub(crate) index: usize,
+    pub(crate) generation: u32,
+    pub(crate) value: serde_json::Value,
+}
+
+/// A running child.
+#[derive(Debug)]
+pub(crate) struct ChildProc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    pub(crate) generation: u32,
+}
+
+/// Starts `murmur <args>` with piped stdin/stdout and stderr appended to `log`.
+pub(crate) fn spawn(
+    index: usize,
+    generation: u32,
+    args: &[String],
+    log: &Path,
+    lines: mpsc::Sender<Line>,
+) -> anyhow::Result<ChildProc> {
+    let exe = std::env::current_exe().context("locating the murmur binary")?;
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening log file {}", log.display()))?;
+    let mut child = Command::new(exe)
+        .args(args)
+        .env(
+            "MURMUR_LOG",
+            std::env::var("MURMUR_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(stderr))
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting a child process")?;
+    let stdin = child.stdin.take();
+    if let Some(stdout) = child.stdout.take() {
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                if lines
+                    .send(Line {
+                        index,
+                        generation,
+                        value,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+    }
+    Ok(ChildProc {
+        child,
+        stdin,
+        generation,
+    })
+}
+
+impl ChildProc {
+    /// Asks the child to stop (closes its stdin).
+    pub(crate) fn request_stop(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Kills the child at once (SIGKILL), as a crash would.
+    pub(crate) async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Waits up to `limit` for the child to exit, then kills it. Returns whether it exited
+    /// by itself.
+    pub(crate) async fn wait_or_kill(&mut self, limit: Duration) -> bool {
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(_) => true,
+            Err(_) => {
+                self.kill().await;
+                false
+            }
+        }
+    }
+}
+
+/// Directory layout of a testnet.
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    pub(crate) root: PathBuf,
+}
+
+impl Layout {
+    pub(crate) fn node_dir(&self, index: usize) -> PathBuf {
+        self.root.join(format!("node-{index}"))
+    }
+    pub(crate) fn log(&self, name: &str) -> PathBuf {
+        self.root.join(format!("{name}.log"))
+    }
+}

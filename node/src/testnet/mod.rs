@@ -1,0 +1,374 @@
+//! `murmur testnet`: a whole Murmur network on this machine, one command.
+//!
+//! Starts a bootstrap node and N training nodes as separate processes of this binary on
+//! loopback, each with shard i/N of the training data; shows live per-node progress; stops
+//! when every honest node reached the target accuracy (or its step budget, or the time
+//! limit); prints a summary table and one JSON line; and cleans up every process. Churn
+//! (`--churn SECS`: kill -9 and restart a random node) and a malicious extra node
+//! (`--malicious flip|scale:F`) exercise crash recovery and robust merging.
+
+mod child;
+mod render;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use murmur_models::{DeviceChoice, ModelKind};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::mpsc;
+
+use crate::averaging::{SyncPolicy, Tamper};
+use child::{ChildProc, Layout, Line};
+use render::{NodeView, Summary};
+
+/// Flags of `murmur testnet`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TestnetArgs {
+    /// Honest training nodes.
+    #[arg(long, default_value_t = 4)]
+    pub nodes: usize,
+    /// Model: mlp-digits or char-gpt.
+    #[arg(long, default_value = "mlp-digits")]
+    pub model: ModelKind,
+    /// Compute device of every node.
+    #[arg(long, default_value = "flex")]
+    pub device: DeviceChoice,
+    /// Local step budget per node.
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Sync policy: steps:H, secs:T or qsr:BETA:MIN:MAX.
+    #[arg(long, default_value = "steps:20")]
+    pub sync: SyncPolicy,
+    /// Peers each delta is sent to.
+    #[arg(long, default_value_t = 2)]
+    pub fanout: usize,
+    /// Delta codec: int8, raw, f16, bf16 or topk:K.
+    #[arg(long, default_value = "int8", value_parser = crate::node_cmd::parse_codec)]
+    pub codec: murmur_protocol::Codec,
+    /// Held-out accuracy every node must reach (mlp-digits; default 0.96).
+    #[arg(long)]
+    pub target_accuracy: Option<f32>,
+    /// Robust merging on every node (on by default with --malicious).
+    #[arg(long)]
+    pub robust: bool,
+    /// DiLoCo outer optimizer on every node.
+    #[arg(long)]
+    pub outer: bool,
+    /// Kill -9 and restart a random honest node every this many seconds.
+    #[arg(long)]
+    pub churn: Option<f64>,
+    /// Add one malicious node that sends corrupted deltas: flip or scale:F.
+    #[arg(long)]
+    pub malicious: Option<Tamper>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 180)]
+    pub timeout: u64,
+    /// Directory for node data and logs (default: a fresh temporary directory, removed at
+    /// the end unless --keep).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Keep the data directory and logs.
+    #[arg(long)]
+    pub keep: bool,
+    /// Seed for churn choices.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print one compact line per second instead of the full table.
+    #[arg(long)]
+    pub plain: bool,
+}
+
+/// Runs a local testnet and prints its summary.
+pub fn run(args: &TestnetArgs) -> anyhow::Result<()> {
+    if args.nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let temp = match &args.dir {
+        Some(_) => None,
+        None => Some(tempfile_dir()?),
+    };
+    let root = args
+        .dir
+        .clone()
+        .or_else(|| temp.as_ref().map(|t| t.path().to_path_buf()))
+        .context("no directory for the testnet")?;
+    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    let result = runtime.block_on(orchestrate(args, Layout { root: root.clone() }));
+    if args.keep || args.dir.is_some() {
+        println!("node data and logs kept in {}", root.display());
+    } else if let Some(temp) = temp {
+        let _ = std::fs::remove_dir_all(temp.path());
+    }
+    result
+}
+
+struct TempDir(PathBuf);
+impl TempDir {
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+fn tempfile_dir() -> anyhow::Result<TempDir> {
+    let base = std::env::temp_dir().join(format!("murmur-testnet-{}", std::process::id()));
+    std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
+    Ok(TempDir(base))
+}
+
+fn target(args: &TestnetArgs) -> Option<f32> {
+    match args.model {
+        ModelKind::MlpDigits => Some(args.target_accuracy.unwrap_or(0.96)),
+        _ => args.target_accuracy,
+    }
+}
+
+fn node_args(args: &TestnetArgs, layout: &Layout, index: usize, bootstrap: &str) -> Vec<String> {
+    let honest = args.nodes;
+    let total = honest + usize::from(args.malicious.is_some());
+    let is_mlp = matches!(args.model, ModelKind::MlpDigits);
+    let steps = args.steps.unwrap_or(if is_mlp { 1000 } else { 300 });
+    let mut a: Vec<String> = vec![
+        "--data-dir".into(),
+        layout.node_dir(index).display().to_string(),
+        "node".into(),
+        "--json".into(),
+        "--stdin-control".into(),
+        "--run".into(),
+        "murmur-testnet".into(),
+        "--no-mdns".into(),
+        "--kad-server".into(),
+        "--listen".into(),
+        "/ip4/127.0.0.1/tcp/0".into(),
+        "--bootstrap".into(),
+        bootstrap.into(),
+        "--announce-every".into(),
+        "1".into(),
+        "--model".into(),
+        args.model.to_string(),
+        "--device".into(),
+        args.device.to_string(),
+        "--shard".into(),
+        format!("{}/{}", index.min(honest - 1), honest),
+        "--steps".into(),
+        steps.to_string(),
+        "--sync".into(),
+        args.sync.to_string(),
+        "--fanout".into(),
+        args.fanout.min(total.saturating_sub(1)).max(1).to_string(),
+        "--codec".into(),
+        codec_arg(args.codec),
+    ];
+    if let Some(t) = target(args) {
+        a.extend(["--target-accuracy".into(), t.to_string()]);
+    }
+    if args.robust || args.malicious.is_some() {
+        a.push("--robust".into());
+    }
+    if args.outer {
+        a.push("--outer".into());
+    }
+    if index >= honest
+        && let Some(tamper) = args.malicious
+    {
+        a.extend([
+            "--tamper".into(),
+            match tamper {
+                Tamper::Flip => "flip".into(),
+                Tamper::Scale(f) => format!("scale:{f}"),
+            },
+        ]);
+    }
+    a
+}
+
+fn codec_arg(codec: murmur_protocol::Codec) -> String {
+    use murmur_protocol::Codec;
+    match codec {
+        Codec::RawF32 => "raw".into(),
+        Codec::F16 => "f16".into(),
+        Codec::Bf16 => "bf16".into(),
+        Codec::Int8Block { block } => format!("int8:{block}"),
+        Codec::TopK { k } => format!("topk:{k}"),
+    }
+}
+
+async fn orchestrate(args: &TestnetArgs, layout: Layout) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let (lines_tx, mut lines) = mpsc::channel::<Line>(1024);
+    let boot_args: Vec<String> = vec![
+        "--data-dir".into(),
+        layout.root.join("bootstrap").display().to_string(),
+        "bootstrap-node".into(),
+    ];
+    let mut bootstrap = child::spawn(
+        usize::MAX,
+        0,
+        &boot_args,
+        &layout.log("bootstrap"),
+        lines_tx.clone(),
+    )?;
+    let boot_addr = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.recv().await {
+            if line.index == usize::MAX
+                && let Some(addr) = line.value.get("addr").and_then(|a| a.as_str())
+                && addr.contains("/tcp/")
+            {
+                return Some(addr.to_owned());
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .context("the bootstrap node did not report its address")?;
+    let honest = args.nodes;
+    let total = honest + usize::from(args.malicious.is_some());
+    println!(
+        "testnet: bootstrap {boot_addr}\ntestnet: {honest} training nodes{} on {}, logs in {}",
+        if args.malicious.is_some() {
+            " + 1 malicious"
+        } else {
+            ""
+        },
+        args.model,
+        layout.root.display()
+    );
+    let mut children: BTreeMap<usize, ChildProc> = BTreeMap::new();
+    let mut views: Vec<NodeView> = (0..total).map(|i| NodeView::new(i, i >= honest)).collect();
+    for i in 0..total {
+        let node_args = node_args(args, &layout, i, &boot_addr);
+        children.insert(
+            i,
+            child::spawn(
+                i,
+                0,
+                &node_args,
+                &layout.log(&format!("node-{i}")),
+                lines_tx.clone(),
+            )?,
+        );
+    }
+    let target = target(args);
+    let deadline = started + Duration::from_secs(args.timeout);
+    let mut render_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let churn = args.churn.map(|s| Duration::from_secs_f64(s.max(0.5)));
+    let mut next_churn = churn.map(|c| Instant::now() + c);
+    let mut restarts = 0u32;
+    let mut all_reached_at: Option<f64> = None;
+    let outcome = loop {
+        tokio::select! {
+            Some(line) = lines.recv() => {
+                if let Some(view) = views.get_mut(line.index)
+                    && children.get(&line.index).is_some_and(|c| c.generation == line.generation)
+                {
+                    view.update(&line.value, started.elapsed());
+                }
+            }
+            _ = render_tick.tick() => {
+                render::table(&views, started.elapsed(), args.plain);
+            }
+        }
+        let honest_views = &views[..honest];
+        let at_target = |v: &NodeView| {
+            target
+                .zip(v.accuracy)
+                .is_some_and(|(t, a)| a >= f64::from(t))
+        };
+        if all_reached_at.is_none() && target.is_some() && honest_views.iter().all(at_target) {
+            all_reached_at = Some(started.elapsed().as_secs_f64());
+            break "every node reached the target accuracy";
+        }
+        if honest_views
+            .iter()
+            .all(|v| v.started && !v.training && v.steps > 0)
+        {
+            break "every node used its step budget";
+        }
+        if Instant::now() >= deadline {
+            break "time limit reached";
+        }
+        if let (Some(period), Some(at)) = (churn, next_churn)
+            && Instant::now() >= at
+        {
+            let victim = rng.random_range(0..honest);
+            if let Some(proc_) = children.get_mut(&victim) {
+                proc_.kill().await;
+                let generation = proc_.generation + 1;
+                restarts += 1;
+                println!("testnet: churn — killed node {victim} (kill -9), restarting it");
+                let node_args = node_args(args, &layout, victim, &boot_addr);
+                let fresh = child::spawn(
+                    victim,
+                    generation,
+                    &node_args,
+                    &layout.log(&format!("node-{victim}")),
+                    lines_tx.clone(),
+                )?;
+                children.insert(victim, fresh);
+                views[victim].restarted();
+            }
+            next_churn = Some(Instant::now() + period);
+        }
+    };
+    println!("testnet: {outcome}; stopping nodes");
+    for proc_ in children.values_mut() {
+        proc_.request_stop();
+    }
+    let finals = collect_finals(&mut lines, &children, &mut views, started).await;
+    for proc_ in children.values_mut() {
+        proc_.wait_or_kill(Duration::from_secs(5)).await;
+    }
+    bootstrap.request_stop();
+    bootstrap.kill().await;
+    render::table(&views, started.elapsed(), false);
+    let summary = Summary {
+        outcome,
+        seconds: started.elapsed().as_secs_f64(),
+        seconds_to_target: all_reached_at,
+        target,
+        restarts,
+        finals_received: finals,
+        model: args.model.to_string(),
+    };
+    summary.print(&views);
+    if target.is_some() && all_reached_at.is_none() {
+        bail!("not every node reached the target accuracy ({outcome})");
+    }
+    Ok(())
+}
+
+async fn collect_finals(
+    lines: &mut mpsc::Receiver<Line>,
+    children: &BTreeMap<usize, ChildProc>,
+    views: &mut [NodeView],
+    started: Instant,
+) -> usize {
+    let mut finals = 0;
+    let wait = tokio::time::sleep(Duration::from_secs(20));
+    tokio::pin!(wait);
+    while finals < children.len() {
+        tokio::select! {
+            _ = &mut wait => break,
+            line = lines.recv() => {
+                let Some(line) = line else { break };
+                let current = children.get(&line.index).is_some_and(|c| c.generation == line.generation);
+                if let Some(view) = views.get_mut(line.index).filter(|_| current) {
+                    view.update(&line.value, started.elapsed());
+                    if line.value.get("event").and_then(|e| e.as_str()) == Some("final") {
+                        finals += 1;
+                    }
+                }
+            }
+        }
+    }
+    finals
+}
