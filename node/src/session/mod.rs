@@ -238,6 +238,13 @@ impl Session {
         self.status.clone()
     }
 
+    /// The current parameters and round, read between two training steps.
+    pub async fn snapshot(&self) -> Option<worker::Snapshot> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.ctx.inputs.try_send(WorkerInput::Snapshot(tx)).ok()?;
+        tokio::time::timeout(Duration::from_secs(20), rx).await.ok()?.ok()
+    }
+
     /// The node's network handle.
     pub fn network(&self) -> &Network {
         &self.ctx.net

@@ -319,3 +319,272 @@ pub fn ideal_samples_per_sec(input: &PlanInput) -> Result<f64, PlanError> {
 pub fn chain(input: &PlanInput) -> Result<Vec<String>, PlanError> {
     Ok(Model::new(input)?.chain_ids())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(super) fn stage(flops: f64, act: u64, params: u64) -> PlanStage {
+        PlanStage {
+            flops_per_sample: flops,
+            activation_bytes_per_sample: act,
+            param_bytes: params,
+        }
+    }
+
+    pub(super) fn peer(id: &str, flops_per_sec: f64, memory_bytes: u64) -> PeerCapacity {
+        PeerCapacity {
+            id: id.into(),
+            flops_per_sec,
+            memory_bytes,
+        }
+    }
+
+    /// `n` unit stages on peers of the given speeds with plenty of memory and free links.
+    fn compute_bound(n: usize, speeds: &[(&str, f64)]) -> PlanInput {
+        let peers = speeds
+            .iter()
+            .map(|&(id, f)| peer(id, f, u64::MAX))
+            .collect();
+        PlanInput {
+            default_link: LinkSpec {
+                bytes_per_sec: 1e15,
+                rtt_secs: 0.0,
+            },
+            ..PlanInput::new(vec![stage(1.0, 1, 1); n], peers)
+        }
+    }
+
+    fn split(plan: &Plan) -> Vec<(&str, usize)> {
+        plan.assignments
+            .iter()
+            .map(|a| (a.peer.as_str(), a.end - a.start))
+            .collect()
+    }
+
+    #[test]
+    fn proportional_capacities_get_proportional_stages() {
+        let p = plan(&compute_bound(14, &[("b", 2.0), ("c", 1.0), ("a", 4.0)])).unwrap();
+        assert_eq!(split(&p), [("a", 8), ("b", 4), ("c", 2)]);
+        assert_eq!(p.bottleneck_secs_per_sample, 2.0);
+        assert_eq!(p.samples_per_sec, 0.5);
+        let p = plan(&compute_bound(
+            12,
+            &[("w", 3.0), ("x", 3.0), ("y", 3.0), ("z", 3.0)],
+        ))
+        .unwrap();
+        assert_eq!(split(&p), [("w", 3), ("x", 3), ("y", 3), ("z", 3)]);
+    }
+
+    #[test]
+    fn skewed_peers_beat_the_even_split() {
+        // The bench's scenarios: 3 peers slowed 1×/2×/4× and 1×/1×/8×, 12 uniform stages.
+        for (speeds, ratio) in [([1.0, 0.5, 0.25], 2.0), ([1.0, 1.0, 0.125], 16.0 / 3.0)] {
+            let input = compute_bound(12, &[("a", speeds[0]), ("b", speeds[1]), ("c", speeds[2])]);
+            let (p, e) = (plan(&input).unwrap(), even_split(&input).unwrap());
+            assert_eq!(split(&e), [("a", 4), ("b", 4), ("c", 4)]);
+            assert!((p.samples_per_sec / e.samples_per_sec - ratio).abs() < 1e-12);
+            assert!(p.samples_per_sec <= ideal_samples_per_sec(&input).unwrap());
+        }
+    }
+
+    #[test]
+    fn memory_limits_are_respected() {
+        // Each stage needs 4 × 10 + 32 × 1 = 72 bytes; "b" has room for two.
+        let mut input = compute_bound(6, &[("a", 1.0), ("b", 1.0)]);
+        input.stages = vec![stage(1.0, 1, 10); 6];
+        input.peers[1].memory_bytes = 150;
+        let p = plan(&input).unwrap();
+        assert_eq!(split(&p), [("a", 4), ("b", 2)]);
+        assert!(p.fits_memory && p.assignments[1].memory_bytes == 144);
+        let e = even_split(&input).unwrap();
+        assert!(!e.fits_memory && e.assignments[1].memory_bytes == 216);
+
+        input.peers[0].memory_bytes = 71;
+        input.peers[1].memory_bytes = 71;
+        let err = plan(&input).unwrap_err();
+        assert_eq!(
+            err,
+            PlanError::StageTooLarge {
+                stage: 0,
+                need_bytes: 72,
+                max_peer_bytes: 71
+            }
+        );
+
+        // Stage 0 only fits "b", which comes after "a" in the given chain and cannot hold both.
+        input.order = ChainOrder::Given;
+        input.stages[0].param_bytes = 20;
+        input.peers[0].memory_bytes = 100;
+        input.peers[1].memory_bytes = 120;
+        assert_eq!(
+            plan(&input).unwrap_err(),
+            PlanError::MemoryInfeasible {
+                placed: 1,
+                stages: 6
+            }
+        );
+    }
+
+    #[test]
+    fn slow_links_and_round_trips_are_costed() {
+        // A 1 MB activation over a 1 MB/s link costs 2 s per sample: one peer is better.
+        let mut input = compute_bound(2, &[("a", 1.0), ("b", 1.0)]);
+        input.stages = vec![stage(1.0, 1_000_000, 1); 2];
+        input.default_link.bytes_per_sec = 1e6;
+        let p = plan(&input).unwrap();
+        assert_eq!(split(&p), [("a", 2)]);
+        assert_eq!(even_split(&input).unwrap().bottleneck_secs_per_sample, 2.0);
+        // A measured fast link (one direction; the other falls back to it) makes splitting pay.
+        input.links.push(Link {
+            from: "b".into(),
+            to: "a".into(),
+            spec: LinkSpec {
+                bytes_per_sec: 1e8,
+                rtt_secs: 3.2,
+            },
+        });
+        let p = plan(&input).unwrap();
+        assert_eq!(split(&p), [("a", 1), ("b", 1)]);
+        // Round-trip floor: 3.2 s / (8 samples × 4 in flight).
+        assert_eq!(p.assignments[0].transfer_secs_per_sample, 0.1);
+        assert_eq!(p.assignments[1].transfer_secs_per_sample, 0.0);
+    }
+
+    #[test]
+    fn plans_are_deterministic_and_order_independent() {
+        let mut input = compute_bound(
+            40,
+            &[
+                ("p3", 2.0),
+                ("p1", 5.0),
+                ("p0", 2.0),
+                ("p2", 7.0),
+                ("p4", 1.0),
+            ],
+        );
+        for (i, s) in input.stages.iter_mut().enumerate() {
+            *s = stage((i * 7 % 11) as f64 + 1.0, (i * 13 % 17) as u64 * 1000, 10);
+        }
+        for (a, b, bw) in [
+            ("p1", "p2", 1e6),
+            ("p2", "p0", 2e6),
+            ("p0", "p3", 5e5),
+            ("p2", "p1", 3e6),
+        ] {
+            input.links.push(Link {
+                from: a.into(),
+                to: b.into(),
+                spec: LinkSpec {
+                    bytes_per_sec: bw,
+                    rtt_secs: 0.01,
+                },
+            });
+        }
+        input.default_link.bytes_per_sec = 1e5;
+        let p = plan(&input).unwrap();
+        let json = serde_json::to_string(&p).unwrap();
+        let mut shuffled = input.clone();
+        shuffled.peers.reverse();
+        shuffled.links.reverse();
+        shuffled.peers.rotate_left(2);
+        assert_eq!(
+            serde_json::to_string(&plan(&shuffled).unwrap()).unwrap(),
+            json
+        );
+        assert_eq!(chain(&input).unwrap(), chain(&shuffled).unwrap());
+        assert_eq!(chain(&input).unwrap()[0], "p2");
+        assert_eq!(evaluate(&input, &p.assignments).unwrap(), p);
+    }
+
+    #[test]
+    fn invalid_input_is_rejected() {
+        let ok = compute_bound(3, &[("a", 1.0)]);
+        let check = |f: &dyn Fn(&mut PlanInput), want: &str| {
+            let mut input = ok.clone();
+            f(&mut input);
+            let err = plan(&input).unwrap_err().to_string();
+            assert!(err.contains(want), "{err} lacks {want}");
+        };
+        check(&|i| i.peers.clear(), "no peers");
+        check(&|i| i.stages.clear(), "no stages");
+        check(&|i| i.peers.push(peer("a", 1.0, 1)), "appears twice");
+        check(
+            &|i| i.peers[0].flops_per_sec = f64::NAN,
+            "flops_per_sec of a",
+        );
+        check(&|i| i.peers[0].flops_per_sec = 0.0, "flops_per_sec of a");
+        check(&|i| i.stages[1].flops_per_sample = -1.0, "stage 1");
+        check(
+            &|i| i.stages.iter_mut().for_each(|s| s.flops_per_sample = 0.0),
+            "total",
+        );
+        check(&|i| i.default_link.bytes_per_sec = 0.0, "default link");
+        check(
+            &|i| i.default_link.rtt_secs = f64::INFINITY,
+            "default link rtt",
+        );
+        check(&|i| i.memory.micro_batch_samples = 0, "micro-batch");
+        assert!(ideal_samples_per_sec(&ok).is_ok() && even_split(&ok).is_ok());
+    }
+
+    #[test]
+    fn evaluate_checks_the_placement() {
+        let input = compute_bound(4, &[("a", 1.0), ("b", 1.0)]);
+        let p = plan(&input).unwrap();
+        assert_eq!(evaluate(&input, &p.assignments).unwrap(), p);
+        let mut bad = p.assignments.clone();
+        bad[0].peer = "zz".into();
+        assert_eq!(
+            evaluate(&input, &bad).unwrap_err(),
+            PlanError::UnknownPeer("zz".into())
+        );
+        let mut bad = p.assignments.clone();
+        bad[1].peer = "a".into();
+        assert!(matches!(
+            evaluate(&input, &bad),
+            Err(PlanError::InvalidPlacement(_))
+        ));
+        let mut bad = p.assignments.clone();
+        bad[1].end -= 1;
+        assert!(matches!(
+            evaluate(&input, &bad),
+            Err(PlanError::InvalidPlacement(_))
+        ));
+        assert!(matches!(
+            evaluate(&input, &[]),
+            Err(PlanError::InvalidPlacement(_))
+        ));
+    }
+
+    #[test]
+    fn even_split_and_ideal() {
+        let input = compute_bound(10, &[("a", 1.0), ("b", 2.0), ("c", 5.0)]);
+        assert_eq!(
+            split(&even_split(&input).unwrap()),
+            [("c", 4), ("b", 3), ("a", 3)]
+        );
+        assert_eq!(ideal_samples_per_sec(&input).unwrap(), 0.8);
+        let input = compute_bound(2, &[("a", 1.0), ("b", 1.0), ("c", 1.0)]);
+        assert_eq!(split(&even_split(&input).unwrap()), [("a", 1), ("b", 1)]);
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let mut input = compute_bound(3, &[("a", 1.0), ("b", 2.0)]);
+        input.links.push(Link {
+            from: "a".into(),
+            to: "b".into(),
+            spec: LinkSpec::default(),
+        });
+        let text = serde_json::to_string(&input).unwrap();
+        assert!(text.contains(r#""from":"a","to":"b","bytes_per_sec""#));
+        assert_eq!(serde_json::from_str::<PlanInput>(&text).unwrap(), input);
+        let p = plan(&input).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Plan>(&serde_json::to_string(&p).unwrap()).unwrap(),
+            p
+        );
+        assert_eq!(p.assignments[0].stages(), 0..p.assignments[0].end);
+    }
+}

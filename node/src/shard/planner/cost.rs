@@ -64,12 +64,18 @@ impl<'a> Model<'a> {
         }
         let m = input.memory;
         if m.micro_batch_samples == 0 || m.in_flight_micro_batches == 0 {
-            return Err(PlanError::Invalid("micro-batch size and in-flight count must be ≥ 1".into()));
+            return Err(PlanError::Invalid(
+                "micro-batch size and in-flight count must be ≥ 1".into(),
+            ));
         }
         let stash = u128::from(m.micro_batch_samples) * u128::from(m.in_flight_micro_batches);
         let (mut flops, mut params, mut acts) = (vec![0.0], vec![0u128], vec![0u128]);
         for (i, st) in input.stages.iter().enumerate() {
-            finite(&format!("flops_per_sample of stage {i}"), st.flops_per_sample, false)?;
+            finite(
+                &format!("flops_per_sample of stage {i}"),
+                st.flops_per_sample,
+                false,
+            )?;
             flops.push(flops[i] + st.flops_per_sample);
             params.push(params[i] + u128::from(st.param_bytes));
             acts.push(acts[i] + u128::from(st.activation_bytes_per_sample));
@@ -80,7 +86,8 @@ impl<'a> Model<'a> {
         let mut links: BTreeMap<(usize, usize), LinkSpec> = BTreeMap::new();
         for l in &input.links {
             check_link(&format!("link {} → {}", l.from, l.to), &l.spec)?;
-            let (Some(&a), Some(&b)) = (index.get(l.from.as_str()), index.get(l.to.as_str())) else {
+            let (Some(&a), Some(&b)) = (index.get(l.from.as_str()), index.get(l.to.as_str()))
+            else {
                 continue;
             };
             if a != b {
@@ -112,13 +119,20 @@ impl<'a> Model<'a> {
         }
         Ok(Self {
             input,
-            speed: chain.iter().map(|&i| input.peers[i].flops_per_sec).collect(),
+            speed: chain
+                .iter()
+                .map(|&i| input.peers[i].flops_per_sec)
+                .collect(),
             memory: chain.iter().map(|&i| input.peers[i].memory_bytes).collect(),
             chain,
             flops,
             params,
             acts,
-            act: input.stages.iter().map(|st| st.activation_bytes_per_sample as f64).collect(),
+            act: input
+                .stages
+                .iter()
+                .map(|st| st.activation_bytes_per_sample as f64)
+                .collect(),
             stash,
             per_byte,
             floor,
@@ -157,15 +171,16 @@ impl<'a> Model<'a> {
     /// exactly when `flops(s, t) ≤ flops_within(k, b)` (division is monotone); saves a
     /// division in the solver's inner loop.
     pub(super) fn flops_within(&self, k: usize, b: f64) -> f64 {
-        let speed = self.speed[k];
-        let mut x = b * speed;
-        while x > 0.0 && x / speed > b {
-            x = x.next_down();
+        let fits = |bits: u64| f64::from_bits(bits) / self.speed[k] <= b;
+        let (mut lo, mut hi) = (0u64, f64::INFINITY.to_bits());
+        if fits(hi) {
+            return f64::INFINITY;
         }
-        while x < f64::INFINITY && x.next_up() / speed <= b {
-            x = x.next_up();
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            *if fits(mid) { &mut lo } else { &mut hi } = mid;
         }
-        x
+        f64::from_bits(lo)
     }
 
     /// Memory need of stages `s..t`, saturating.
@@ -194,11 +209,16 @@ impl<'a> Model<'a> {
 
     /// The chain position of a peer id.
     pub(super) fn position(&self, id: &str) -> Option<usize> {
-        self.chain.iter().position(|&i| self.input.peers[i].id == id)
+        self.chain
+            .iter()
+            .position(|&i| self.input.peers[i].id == id)
     }
 
     pub(super) fn chain_ids(&self) -> Vec<String> {
-        self.chain.iter().map(|&i| self.input.peers[i].id.clone()).collect()
+        self.chain
+            .iter()
+            .map(|&i| self.input.peers[i].id.clone())
+            .collect()
     }
 
     /// Costs a placement whose parts tile the stages in order.
@@ -210,7 +230,9 @@ impl<'a> Model<'a> {
             .enumerate()
             .map(|(i, &(k, s, t))| {
                 let compute = self.compute(k, s, t);
-                let transfer = parts.get(i + 1).map_or(0.0, |&(q, _, _)| self.transfer(k, q, t));
+                let transfer = parts
+                    .get(i + 1)
+                    .map_or(0.0, |&(q, _, _)| self.transfer(k, q, t));
                 fits_memory &= self.fits(k, s, t);
                 bottleneck = bottleneck.max(compute).max(transfer);
                 Assignment {
@@ -238,7 +260,9 @@ fn greedy_chain(input: &PlanInput, pair: &dyn Fn(usize, usize) -> (f64, f64)) ->
     let peers = &input.peers;
     let faster = |a: usize, b: usize| {
         let (pa, pb) = (&peers[a], &peers[b]);
-        pb.flops_per_sec.total_cmp(&pa.flops_per_sec).then_with(|| pa.id.cmp(&pb.id))
+        pb.flops_per_sec
+            .total_cmp(&pa.flops_per_sec)
+            .then_with(|| pa.id.cmp(&pb.id))
     };
     let mut left: BTreeSet<usize> = (0..peers.len()).collect();
     let mut chain = Vec::with_capacity(peers.len());

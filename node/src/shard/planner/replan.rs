@@ -112,7 +112,11 @@ impl Replanner {
             .iter()
             .map(|p| (p.id.as_str(), (p.flops_per_sec, p.memory_bytes)))
             .collect();
-        if let Some(id) = self.baseline.keys().find(|id| !now.contains_key(id.as_str())) {
+        if let Some(id) = self
+            .baseline
+            .keys()
+            .find(|id| !now.contains_key(id.as_str()))
+        {
             return Some(ReplanTrigger::PeerLeft(id.clone()));
         }
         if let Some(id) = now.keys().find(|id| !self.baseline.contains_key(**id)) {
@@ -172,5 +176,140 @@ impl Replanner {
             .map(|p| (p.id.clone(), (p.flops_per_sec, p.memory_bytes)))
             .collect();
         Ok(decision)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::planner::LinkSpec;
+    use crate::shard::planner::tests::{peer, stage};
+
+    /// 12 unit stages on peers of the given speeds, compute bound.
+    fn input(speeds: &[(&str, f64)]) -> PlanInput {
+        let peers = speeds.iter().map(|&(id, f)| peer(id, f, 1 << 40)).collect();
+        PlanInput {
+            default_link: LinkSpec {
+                bytes_per_sec: 1e15,
+                rtt_secs: 0.0,
+            },
+            ..PlanInput::new(vec![stage(1.0, 1, 1); 12], peers)
+        }
+    }
+
+    fn split(r: &Replanner) -> Vec<usize> {
+        let plan = r.current().unwrap();
+        plan.assignments.iter().map(|a| a.end - a.start).collect()
+    }
+
+    #[test]
+    fn first_plan_then_nothing_without_change() {
+        let mut r = Replanner::new(ReplanConfig::default());
+        let i = input(&[("a", 1.0), ("b", 1.0)]);
+        let d = r.update(&i).unwrap();
+        assert_eq!(
+            d,
+            Decision::Adopted {
+                trigger: ReplanTrigger::Initial,
+                gain: None
+            }
+        );
+        assert_eq!(split(&r), [6, 6]);
+        assert_eq!(r.update(&i).unwrap(), Decision::Unchanged);
+        // 15 % drift stays below the 20 % threshold: nothing is even computed.
+        assert_eq!(
+            r.update(&input(&[("a", 1.0), ("b", 1.15)])).unwrap(),
+            Decision::Unchanged
+        );
+    }
+
+    #[test]
+    fn small_gains_do_not_thrash() {
+        let mut r = Replanner::new(ReplanConfig::default());
+        r.update(&input(&[("a", 1.0), ("b", 1.0)])).unwrap();
+        // b 25 % faster: 7 stages on b would give 5.6 s instead of 6 s, a 7 % gain: kept.
+        for _ in 0..3 {
+            let d = r.update(&input(&[("a", 1.0), ("b", 1.25)])).unwrap();
+            let Decision::Kept {
+                trigger: ReplanTrigger::CapacityDrift { peer, drift },
+                gain,
+            } = d
+            else {
+                panic!("{d:?}");
+            };
+            assert!(
+                peer == "b"
+                    && (drift - 0.25).abs() < 1e-12
+                    && (gain - 6.0 / 5.6 + 1.0).abs() < 1e-12
+            );
+            assert_eq!(split(&r), [6, 6]);
+            let d = r.update(&input(&[("a", 1.0), ("b", 1.0)])).unwrap();
+            assert!(matches!(d, Decision::Kept { gain: 0.0, .. }), "{d:?}");
+        }
+        assert_eq!(r.current().unwrap().bottleneck_secs_per_sample, 6.0);
+    }
+
+    #[test]
+    fn large_gains_are_adopted() {
+        let mut r = Replanner::new(ReplanConfig::default());
+        r.update(&input(&[("a", 1.0), ("b", 1.0)])).unwrap();
+        let d = r.update(&input(&[("a", 1.0), ("b", 2.0)])).unwrap();
+        assert!(
+            matches!(d, Decision::Adopted { gain: Some(g), .. } if (g - 0.5).abs() < 1e-12),
+            "{d:?}"
+        );
+        assert_eq!(split(&r), [8, 4]);
+        let d = r
+            .update(&input(&[("a", 1.0), ("b", 2.0), ("c", 2.0)]))
+            .unwrap();
+        assert!(
+            matches!(d, Decision::Adopted { trigger: ReplanTrigger::PeerJoined(ref p), .. } if p == "c")
+        );
+        assert_eq!(split(&r), [5, 5, 2]);
+    }
+
+    #[test]
+    fn broken_plans_are_replaced() {
+        let mut r = Replanner::new(ReplanConfig::default());
+        r.update(&input(&[("a", 1.0), ("b", 1.0), ("c", 1.0)]))
+            .unwrap();
+        let d = r.update(&input(&[("a", 1.0), ("c", 1.0)])).unwrap();
+        let left = ReplanTrigger::PeerLeft("b".into());
+        assert_eq!(
+            d,
+            Decision::Adopted {
+                trigger: left,
+                gain: None
+            }
+        );
+        assert_eq!(split(&r), [6, 6]);
+        // The model grows: the old ranges no longer tile the stages.
+        let mut grown = input(&[("a", 1.0), ("c", 1.0)]);
+        grown.stages.push(stage(1.0, 1, 1));
+        let d = r.update(&grown).unwrap();
+        assert_eq!(
+            d,
+            Decision::Adopted {
+                trigger: ReplanTrigger::ModelChanged,
+                gain: None
+            }
+        );
+        // Memory shrinks below the current ranges' need: forced, even for a slower plan.
+        let mut tight = grown.clone();
+        tight.peers[0].memory_bytes = 4 * 5 + 32 * 5;
+        let d = r.update(&tight).unwrap();
+        assert!(matches!(
+            d,
+            Decision::Adopted {
+                gain: None,
+                trigger: ReplanTrigger::CapacityDrift { .. }
+            }
+        ));
+        assert_eq!(split(&r), [5, 8]);
+        // An input nothing fits is an error and leaves the plan as it was.
+        let before = r.current().cloned();
+        tight.peers.iter_mut().for_each(|p| p.memory_bytes = 1);
+        assert!(r.update(&tight).is_err());
+        assert_eq!(r.current().cloned(), before);
     }
 }
