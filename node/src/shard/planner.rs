@@ -311,8 +311,7 @@ pub fn evaluate(input: &PlanInput, placement: &[Assignment]) -> Result<Plan, Pla
 /// samples per second, as if training were perfectly parallel and communication free.
 pub fn ideal_samples_per_sec(input: &PlanInput) -> Result<f64, PlanError> {
     let model = Model::new(input)?;
-    let speed: f64 = input.peers.iter().map(|p| p.flops_per_sec).sum();
-    Ok(speed / model.total_flops())
+    Ok(model.total_speed() / model.total_flops())
 }
 
 /// The peers' ids in chain order (per [`PlanInput::order`]).

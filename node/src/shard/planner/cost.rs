@@ -10,6 +10,7 @@ use super::{Assignment, ChainOrder, LinkSpec, Plan, PlanError, PlanInput};
 /// A part of a placement: (chain position, first stage, one past the last stage).
 pub(super) type Part = (usize, usize, usize);
 
+/// A validated input with everything the planner computes from it, indexed by chain position.
 #[derive(Debug)]
 pub(super) struct Model<'a> {
     input: &'a PlanInput,
@@ -139,16 +140,24 @@ impl<'a> Model<'a> {
         })
     }
 
+    /// Number of stages.
     pub(super) fn stages(&self) -> usize {
         self.act.len()
     }
 
+    /// Number of peers (chain positions).
     pub(super) fn peers(&self) -> usize {
         self.chain.len()
     }
 
+    /// FLOPs per sample of the whole model.
     pub(super) fn total_flops(&self) -> f64 {
         self.flops[self.stages()]
+    }
+
+    /// FLOP per second of all peers, summed in chain order (independent of the input order).
+    pub(super) fn total_speed(&self) -> f64 {
+        self.speed.iter().sum()
     }
 
     /// Activation bytes of the stage before boundary `s` (sort key of boundaries).
@@ -214,6 +223,7 @@ impl<'a> Model<'a> {
             .position(|&i| self.input.peers[i].id == id)
     }
 
+    /// The peers' ids in chain order.
     pub(super) fn chain_ids(&self) -> Vec<String> {
         self.chain
             .iter()

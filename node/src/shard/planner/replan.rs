@@ -1,7 +1,8 @@
 //! Re-planning with hysteresis, so that plans do not thrash: a re-plan is only *considered*
 //! when the peer set or the model changed, or a peer's compute or memory drifted beyond a
 //! threshold since the last consideration; the candidate is only *adopted* when the current
-//! placement no longer works or the candidate is faster by at least a minimum gain.
+//! placement no longer works or the candidate is faster by at least a minimum gain. Link
+//! changes alone do not trigger a consideration; they count at the next one.
 
 use std::collections::BTreeMap;
 
