@@ -11,7 +11,9 @@ use murmur_node::averaging::{Admission, Rejection};
 use murmur_node::net::{NetConfig, Network, PayloadKind, TransferError};
 use murmur_node::session::Session;
 use murmur_node::session::replica::VectorReplica;
-use murmur_protocol::{Codec, DeltaHeader, Message, ModelFingerprint, SignedEnvelope, StateRequest};
+use murmur_protocol::{
+    Codec, DeltaHeader, Message, ModelFingerprint, SignedEnvelope, StateRequest,
+};
 use train_common::*;
 
 const LEN: usize = 256;
@@ -44,7 +46,14 @@ async fn target(seed: u8, admission: Admission) -> Session {
     let mut cfg = config(MODEL, &[], worker(1, 0, 0));
     cfg.averager.admission = admission;
     cfg.averager.codec = Codec::RawF32;
-    start(seed, None, Box::new(VectorReplica(vec![1.0; LEN])), vec![0.0; LEN], cfg).await
+    start(
+        seed,
+        None,
+        Box::new(VectorReplica(vec![1.0; LEN])),
+        vec![0.0; LEN],
+        cfg,
+    )
+    .await
 }
 
 async fn raw_peer(seed: u8, to: &Session) -> Network {
@@ -61,7 +70,10 @@ async fn raw_peer(seed: u8, to: &Session) -> Network {
 async fn send(net: &Network, to: &Session, (header, payload): &(Vec<u8>, Vec<u8>)) {
     let peer = to.network().local_peer_id();
     for _ in 0..50 {
-        match net.send_payload(peer, PayloadKind::Delta, header, payload).await {
+        match net
+            .send_payload(peer, PayloadKind::Delta, header, payload)
+            .await
+        {
             Ok(_) => return,
             Err(TransferError::Open { .. }) => tokio::time::sleep(Duration::from_millis(100)).await,
             Err(err) => panic!("send failed: {err}"),
@@ -84,7 +96,12 @@ async fn tampered_forged_and_replayed_deltas_are_rejected_and_counted() {
     let good = delta(71, 71, 0, &[3.0; LEN]);
     send(&net, &node, &good).await;
     assert!(
-        wait_all(&[&node], Duration::from_secs(10), |s| s.worker.counts.merged >= 1).await,
+        wait_all(&[&node], Duration::from_secs(10), |s| s
+            .worker
+            .counts
+            .merged
+            >= 1)
+        .await,
         "a valid delta is merged"
     );
     send(&net, &node, &good).await;
@@ -93,17 +110,26 @@ async fn tampered_forged_and_replayed_deltas_are_rejected_and_counted() {
     let (header, mut payload) = delta(71, 71, 1, &[3.0; LEN]);
     payload[17] ^= 0x40;
     send(&net, &node, &(header, payload)).await;
-    assert!(rejected(&node, Rejection::BadPayload, 1).await, "tampered payload");
+    assert!(
+        rejected(&node, Rejection::BadPayload, 1).await,
+        "tampered payload"
+    );
 
     let (mut header, payload) = delta(71, 71, 2, &[3.0; LEN]);
     let at = header.len() / 2;
     header[at] ^= 1;
     send(&net, &node, &(header, payload)).await;
-    assert!(rejected(&node, Rejection::BadEnvelope, 1).await, "tampered header");
+    assert!(
+        rejected(&node, Rejection::BadEnvelope, 1).await,
+        "tampered header"
+    );
 
     // Signed correctly by 72 for itself, but pushed by 71.
     send(&net, &node, &delta(72, 72, 3, &[3.0; LEN])).await;
-    assert!(rejected(&node, Rejection::SignerMismatch, 1).await, "forged sender");
+    assert!(
+        rejected(&node, Rejection::SignerMismatch, 1).await,
+        "forged sender"
+    );
 
     let mut bad = vec![3.0f32; LEN];
     bad[9] = f32::NAN;
@@ -124,14 +150,18 @@ async fn tampered_forged_and_replayed_deltas_are_rejected_and_counted() {
             payload_digest: murmur_protocol::Digest::of(&payload),
             timestamp_ms: 0,
         };
-        let env = SignedEnvelope::sign(identity(71).signing_key(), &Message::Delta(header)).expect("sign");
+        let env = SignedEnvelope::sign(identity(71).signing_key(), &Message::Delta(header))
+            .expect("sign");
         (env.to_bytes(), payload)
     };
     send(&net, &node, &nan).await;
     assert!(rejected(&node, Rejection::NonFinite, 1).await, "NaN delta");
 
     net.shutdown().await;
-    let status = tokio::time::timeout(Duration::from_secs(15), node.stop()).await.expect("stops").expect("ok");
+    let status = tokio::time::timeout(Duration::from_secs(15), node.stop())
+        .await
+        .expect("stops")
+        .expect("ok");
     assert_eq!(status.worker.counts.merged, 1, "{:?}", status.worker.counts);
 }
 
@@ -141,7 +171,10 @@ async fn a_closed_pool_refuses_deltas_and_state_to_non_members() {
     let node = target(80, Admission::Closed(members)).await;
     let outsider = raw_peer(82, &node).await;
     send(&outsider, &node, &delta(82, 82, 0, &[2.0; LEN])).await;
-    assert!(rejected(&node, Rejection::NotMember, 1).await, "outsider delta");
+    assert!(
+        rejected(&node, Rejection::NotMember, 1).await,
+        "outsider delta"
+    );
 
     let request = StateRequest {
         peer: identity(82).peer_key(),
@@ -150,19 +183,33 @@ async fn a_closed_pool_refuses_deltas_and_state_to_non_members() {
         offset: 0,
         max_len: 0,
     };
-    let env = SignedEnvelope::sign(identity(82).signing_key(), &Message::StateRequest(request)).expect("sign");
-    let fetched = outsider.fetch_state(node.network().local_peer_id(), &env.to_bytes()).await;
-    assert!(matches!(fetched, Err(TransferError::Refused(_))), "{fetched:?}");
+    let env = SignedEnvelope::sign(identity(82).signing_key(), &Message::StateRequest(request))
+        .expect("sign");
+    let fetched = outsider
+        .fetch_state(node.network().local_peer_id(), &env.to_bytes())
+        .await;
+    assert!(
+        matches!(fetched, Err(TransferError::Refused(_))),
+        "{fetched:?}"
+    );
 
     let member = raw_peer(81, &node).await;
     send(&member, &node, &delta(81, 81, 0, &[2.0; LEN])).await;
     assert!(
-        wait_all(&[&node], Duration::from_secs(10), |s| s.worker.counts.merged >= 1).await,
+        wait_all(&[&node], Duration::from_secs(10), |s| s
+            .worker
+            .counts
+            .merged
+            >= 1)
+        .await,
         "a member's delta is merged"
     );
     outsider.shutdown().await;
     member.shutdown().await;
-    let status = tokio::time::timeout(Duration::from_secs(15), node.stop()).await.expect("stops").expect("ok");
+    let status = tokio::time::timeout(Duration::from_secs(15), node.stop())
+        .await
+        .expect("stops")
+        .expect("ok");
     assert_eq!(status.states_refused, 1);
     assert_eq!(status.worker.counts.merged, 1);
 }

@@ -56,11 +56,17 @@ async fn distinct_vectors_converge_to_the_sample_weighted_mean() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let counts: Vec<_> = sessions.iter().map(|s| s.status().borrow().worker.counts.clone()).collect();
+    let counts: Vec<_> = sessions
+        .iter()
+        .map(|s| s.status().borrow().worker.counts.clone())
+        .collect();
     for s in sessions {
         let _ = tokio::time::timeout(Duration::from_secs(15), s.stop()).await;
     }
-    assert!(worst < 1e-3, "relative L2 error {worst} (expected mean {expected}); {counts:?}");
+    assert!(
+        worst < 1e-3,
+        "relative L2 error {worst} (expected mean {expected}); {counts:?}"
+    );
     for c in counts {
         assert!(c.merged > 0);
         assert_eq!(c.rejected_total(), 0, "{c:?}");

@@ -25,7 +25,10 @@ async fn four_nodes_on_quarter_shards_all_reach_96_percent() {
     }
     let refs: Vec<_> = sessions.iter().collect();
     let reached = wait_all(&refs, Duration::from_secs(45), |s| s.worker.reached_target).await;
-    let finals: Vec<_> = sessions.iter().map(|s| s.status().borrow().clone()).collect();
+    let finals: Vec<_> = sessions
+        .iter()
+        .map(|s| s.status().borrow().clone())
+        .collect();
     for s in sessions {
         let _ = tokio::time::timeout(Duration::from_secs(15), s.stop()).await;
     }
@@ -39,7 +42,12 @@ async fn four_nodes_on_quarter_shards_all_reach_96_percent() {
         );
         assert!(s.worker.steps <= budget);
         assert!(s.worker.counts.merged > 0, "node {i} merged nothing");
-        assert_eq!(s.worker.counts.rejected_total(), 0, "node {i}: {:?}", s.worker.counts);
+        assert_eq!(
+            s.worker.counts.rejected_total(),
+            0,
+            "node {i}: {:?}",
+            s.worker.counts
+        );
     }
     assert!(reached);
 }

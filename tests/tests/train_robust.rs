@@ -28,8 +28,14 @@ async fn run_with(tamper: Tamper, seed_base: u8) -> Vec<murmur_node::session::No
         sessions.push(session);
     }
     let honest: Vec<_> = sessions.iter().take(4).collect();
-    wait_all(&honest, Duration::from_secs(45), |s| s.worker.reached_target).await;
-    let statuses: Vec<_> = sessions.iter().map(|s| s.status().borrow().clone()).collect();
+    wait_all(&honest, Duration::from_secs(45), |s| {
+        s.worker.reached_target
+    })
+    .await;
+    let statuses: Vec<_> = sessions
+        .iter()
+        .map(|s| s.status().borrow().clone())
+        .collect();
     for s in sessions {
         let _ = tokio::time::timeout(Duration::from_secs(15), s.stop()).await;
     }
@@ -41,18 +47,36 @@ async fn honest_nodes_reach_95_percent_despite_a_node_scaling_its_deltas_by_100(
     let statuses = run_with(Tamper::Scale(100.0), 50).await;
     let outliers: u64 = statuses[..4]
         .iter()
-        .map(|s| s.worker.counts.rejected.get(&Rejection::NormOutlier).copied().unwrap_or(0))
+        .map(|s| {
+            s.worker
+                .counts
+                .rejected
+                .get(&Rejection::NormOutlier)
+                .copied()
+                .unwrap_or(0)
+        })
         .sum();
     for (i, s) in statuses[..4].iter().enumerate() {
-        assert!(s.worker.reached_target, "honest node {i}: accuracy {}", accuracy(s));
+        assert!(
+            s.worker.reached_target,
+            "honest node {i}: accuracy {}",
+            accuracy(s)
+        );
     }
-    assert!(outliers > 0, "scaled deltas must be rejected as norm outliers");
+    assert!(
+        outliers > 0,
+        "scaled deltas must be rejected as norm outliers"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn honest_nodes_reach_95_percent_despite_a_node_flipping_its_deltas() {
     let statuses = run_with(Tamper::Flip, 60).await;
     for (i, s) in statuses[..4].iter().enumerate() {
-        assert!(s.worker.reached_target, "honest node {i}: accuracy {}", accuracy(s));
+        assert!(
+            s.worker.reached_target,
+            "honest node {i}: accuracy {}",
+            accuracy(s)
+        );
     }
 }

@@ -30,7 +30,8 @@ pub struct AveragerConfig {
     pub codec: Codec,
     /// Peers each sync is sent to.
     pub fanout: usize,
-    /// A delta `d` rounds behind is weighted by `discount^(d-1)` (one round of lag is free).
+    /// A delta `d` rounds behind the receiver's clock is weighted by `discount^(d-1)` (one
+    /// round of lag is free).
     pub staleness_discount: f64,
     /// Deltas more rounds behind than this are refused.
     pub max_staleness: u64,
@@ -254,6 +255,10 @@ impl Averager {
         if let Err(err) = self.replay.insert(signer, h.base_round) {
             tracing::warn!(%err, "could not persist a merged (peer, round) pair");
         }
+        // Rounds are a Lamport clock: a node that hears of a later round moves up to it, so
+        // peers that sync at different rates keep comparable round numbers and `lag`
+        // measures real staleness.
+        self.round = self.round.max(h.base_round);
         let discount = self
             .config
             .staleness_discount

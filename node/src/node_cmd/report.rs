@@ -43,6 +43,7 @@ pub fn status_json(peer: &PeerId, s: &NodeStatus, elapsed: Duration) -> serde_js
         "states_refused": s.states_refused,
         "peers": s.peers,
         "samples_per_sec": w.samples_per_sec,
+        "adopted_round": w.adopted_round,
     })
 }
 

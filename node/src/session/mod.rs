@@ -242,7 +242,10 @@ impl Session {
     pub async fn snapshot(&self) -> Option<worker::Snapshot> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.ctx.inputs.try_send(WorkerInput::Snapshot(tx)).ok()?;
-        tokio::time::timeout(Duration::from_secs(20), rx).await.ok()?.ok()
+        tokio::time::timeout(Duration::from_secs(20), rx)
+            .await
+            .ok()?
+            .ok()
     }
 
     /// The node's network handle.

@@ -20,7 +20,7 @@ const RANGE_BYTES: u64 = 8 * 1024 * 1024;
 /// Attempts per range before giving up on a peer.
 const RANGE_ATTEMPTS: usize = 3;
 /// How long after start the node looks for peers far ahead of it.
-const JOIN_WINDOW: Duration = Duration::from_secs(120);
+const JOIN_WINDOW: Duration = Duration::from_secs(30);
 /// A served snapshot is reused for range requests this long.
 const SNAPSHOT_TTL: Duration = Duration::from_secs(60);
 
@@ -151,13 +151,15 @@ fn reply(ctx: &Context, served: &Served, request: &StateRequest) -> Result<State
 /// state of the most advanced one once.
 pub(crate) async fn join(ctx: Arc<Context>) {
     let started = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    // Compare with the round this node started from (0 or its checkpoint's): merging peers'
+    // deltas moves the round clock forward without bringing the model up to date.
+    let own_round = ctx.status.borrow().worker.round;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
     while started.elapsed() < JOIN_WINDOW {
         tokio::select! {
             _ = ctx.cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let own_round = ctx.status.borrow().worker.round;
         let Ok(peers) = ctx.net.peers().await else {
             return;
         };

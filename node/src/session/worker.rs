@@ -129,6 +129,8 @@ pub struct WorkerStatus {
     pub reached_target: bool,
     /// Local training throughput, samples per second.
     pub samples_per_sec: f64,
+    /// Round of the last peer state this node downloaded and adopted, if any.
+    pub adopted_round: Option<u64>,
 }
 
 /// The training thread's state.
@@ -293,6 +295,7 @@ impl Worker {
                 self.replica.set_params(&params)?;
                 self.averager.adopt(round);
                 self.status.round = self.averager.round();
+                self.status.adopted_round = Some(round);
                 tracing::info!(round, "adopted the state of a peer");
                 self.evaluate()?;
                 self.publish();

@@ -98,7 +98,6 @@ pub struct Link {
     /// Receiving peer's id.
     pub to: String,
     /// What was measured.
-    #[serde(flatten)]
     pub spec: LinkSpec,
 }
 
@@ -577,7 +576,7 @@ mod tests {
             spec: LinkSpec::default(),
         });
         let text = serde_json::to_string(&input).unwrap();
-        assert!(text.contains(r#""from":"a","to":"b","bytes_per_sec""#));
+        assert!(text.contains(r#""from":"a","to":"b","spec":{"bytes_per_sec""#));
         assert_eq!(serde_json::from_str::<PlanInput>(&text).unwrap(), input);
         let p = plan(&input).unwrap();
         assert_eq!(

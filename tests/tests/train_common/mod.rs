@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
-use murmur_models::{DataSplit, DeviceChoice, ModelKind, TrainConfig, Trainer, builtin_data, select_device, spec_for};
+use murmur_models::{
+    DataSplit, DeviceChoice, ModelKind, TrainConfig, Trainer, builtin_data, select_device, spec_for,
+};
 use murmur_node::averaging::{AveragerConfig, SyncPolicy};
 use murmur_node::identity::NodeIdentity;
 use murmur_node::net::NetConfig;
@@ -28,7 +30,11 @@ pub fn identity(seed: u8) -> NodeIdentity {
 }
 
 /// A session config for loopback tests, bootstrapping from `bootstrap`.
-pub fn config(model: ModelFingerprint, bootstrap: &[Multiaddr], worker: WorkerConfig) -> SessionConfig {
+pub fn config(
+    model: ModelFingerprint,
+    bootstrap: &[Multiaddr],
+    worker: WorkerConfig,
+) -> SessionConfig {
     let mut net = NetConfig::loopback(run());
     net.bootstrap = bootstrap.to_vec();
     net.kad_walk_interval = Some(Duration::from_millis(500));
@@ -64,11 +70,17 @@ pub fn digits() -> DataSplit {
 
 /// An mlp-digits replica on shard `index` of `count`, with the run's shared init seed.
 /// Returns the replica, its anchor (initial parameters) and the run model fingerprint.
-pub fn digits_replica(index: usize, count: usize, steps: u64) -> (Box<dyn Replica>, Vec<f32>, ModelFingerprint) {
+pub fn digits_replica(
+    index: usize,
+    count: usize,
+    steps: u64,
+) -> (Box<dyn Replica>, Vec<f32>, ModelFingerprint) {
     let data = digits();
     let train = data.train.shard(index, count).expect("shard");
     let spec = spec_for(ModelKind::MlpDigits, train.shape()).expect("spec");
-    let device = select_device(DeviceChoice::Flex).expect("flex device").device;
+    let device = select_device(DeviceChoice::Flex)
+        .expect("flex device")
+        .device;
     let seed = 11;
     let config = TrainConfig {
         lr: 3e-3,
@@ -103,7 +115,11 @@ pub async fn start(
 /// The first TCP listen address of `session`, with its `/p2p` suffix.
 pub async fn addr(session: &Session) -> Multiaddr {
     let id = session.network().local_peer_id();
-    let addrs = session.network().listen_addrs().await.expect("listen addrs");
+    let addrs = session
+        .network()
+        .listen_addrs()
+        .await
+        .expect("listen addrs");
     let tcp = addrs
         .into_iter()
         .find(|a| a.iter().any(|p| matches!(p, Protocol::Tcp(_))))
@@ -112,7 +128,11 @@ pub async fn addr(session: &Session) -> Multiaddr {
 }
 
 /// Waits until `check` holds for the latest status of every session, or `limit` passes.
-pub async fn wait_all(sessions: &[&Session], limit: Duration, check: impl Fn(&NodeStatus) -> bool) -> bool {
+pub async fn wait_all(
+    sessions: &[&Session],
+    limit: Duration,
+    check: impl Fn(&NodeStatus) -> bool,
+) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         if sessions.iter().all(|s| check(&s.status().borrow())) {

@@ -1,0 +1,81 @@
+//! A node that joins late downloads the current model state from a peer (digest-checked,
+//! range by range), jumps to its round, and reaches the accuracy of the others.
+
+mod train_common;
+
+use std::time::Duration;
+
+use train_common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_adopts_the_state_and_reaches_the_others_accuracy() {
+    let budget = 600;
+    let mut early = Vec::new();
+    let mut bootstrap = Vec::new();
+    for i in 0..2u8 {
+        let (replica, anchor, model) = digits_replica(usize::from(i), 3, budget);
+        let cfg = config(model, &bootstrap, worker(10, budget, u64::from(i)));
+        let session = start(100 + i, None, replica, anchor, cfg).await;
+        if i == 0 {
+            bootstrap.push(addr(&session).await);
+        }
+        early.push(session);
+    }
+    let refs: Vec<_> = early.iter().collect();
+    let progressed = wait_all(&refs, Duration::from_secs(40), |s| {
+        s.worker.round >= 30 && !s.worker.training
+    })
+    .await;
+    assert!(
+        progressed,
+        "the first nodes make progress: {:?}",
+        early
+            .iter()
+            .map(|s| s.status().borrow().clone())
+            .collect::<Vec<_>>()
+    );
+    let leader_round = early
+        .iter()
+        .map(|s| s.status().borrow().worker.round)
+        .min()
+        .unwrap_or(0);
+    let leader_accuracy = early
+        .iter()
+        .map(|s| accuracy(&s.status().borrow()))
+        .fold(1.0, f32::min);
+    assert!(
+        leader_accuracy >= 0.94,
+        "the first nodes train well: {leader_accuracy}"
+    );
+
+    // The newcomer may train only 30 local steps: without the download it cannot get there.
+    let (replica, anchor, model) = digits_replica(2, 3, 30);
+    let cfg = config(model, &bootstrap, worker(10, 30, 2));
+    let late = start(102, None, replica, anchor, cfg).await;
+    let joined = wait_all(&[&late], Duration::from_secs(30), |s| {
+        s.worker.adopted_round.is_some()
+            && s.worker.round >= leader_round
+            && accuracy(s) >= leader_accuracy - 0.01
+    })
+    .await;
+    let status = late.status().borrow().clone();
+    let _ = tokio::time::timeout(Duration::from_secs(15), late.stop()).await;
+    for s in early {
+        let _ = tokio::time::timeout(Duration::from_secs(15), s.stop()).await;
+    }
+    assert!(
+        joined,
+        "late joiner at round {} (leaders at {leader_round}, accuracy {leader_accuracy}), accuracy {}",
+        status.worker.round,
+        accuracy(&status)
+    );
+    assert!(status.worker.steps <= 30);
+    assert!(
+        status
+            .worker
+            .adopted_round
+            .is_some_and(|r| r + 8 >= leader_round),
+        "the late joiner downloaded a peer's state: {:?}",
+        status.worker.adopted_round
+    );
+}
