@@ -37,9 +37,9 @@ pub enum Command {
     /// Train a model locally on this machine, without peers.
     Train(TrainArgs),
     /// Run as a training peer of a Murmur network (gossip averaging of signed deltas).
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
     /// Run a whole local network: a bootstrap node and N training nodes (the default job).
-    Testnet(TestnetArgs),
+    Testnet(Box<TestnetArgs>),
     /// Manage a closed pool's signed manifest.
     #[command(subcommand)]
     Pool(PoolCommand),

@@ -19,10 +19,35 @@ struct Node {
 
 fn spawn(dir: &Path, extra: &[&str]) -> Node {
     let mut child = Command::new(env!("CARGO_BIN_EXE_murmur"))
-        .args(["--data-dir", dir.to_str().expect("utf-8 path"), "node", "--json", "--stdin-control"])
-        .args(["--run", "crash-test", "--no-mdns", "--kad-server", "--device", "flex"])
-        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--announce-every", "0.5"])
-        .args(["--steps", "500", "--sync", "steps:10", "--checkpoint-every", "1"])
+        .args([
+            "--data-dir",
+            dir.to_str().expect("utf-8 path"),
+            "node",
+            "--json",
+            "--stdin-control",
+        ])
+        .args([
+            "--run",
+            "crash-test",
+            "--no-mdns",
+            "--kad-server",
+            "--device",
+            "flex",
+        ])
+        .args([
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--announce-every",
+            "0.5",
+        ])
+        .args([
+            "--steps",
+            "500",
+            "--sync",
+            "steps:10",
+            "--checkpoint-every",
+            "1",
+        ])
         .args(["--target-accuracy", "0.95", "--eval-every", "10"])
         .args(extra)
         .env("MURMUR_LOG", "warn")
@@ -43,7 +68,11 @@ fn spawn(dir: &Path, extra: &[&str]) -> Node {
             }
         }
     });
-    Node { child, stdin, lines }
+    Node {
+        child,
+        stdin,
+        lines,
+    }
 }
 
 impl Node {
@@ -118,5 +147,8 @@ fn a_node_killed_again_and_again_resumes_from_its_checkpoints_and_the_run_finish
     assert!(reached(&b), "node b reaches the target after its restarts");
     let final_b = b.stop().expect("node b prints a final summary");
     let _ = a.stop();
-    assert!(final_b["test_accuracy"].as_f64().unwrap_or(0.0) >= 0.9, "{final_b}");
+    assert!(
+        final_b["test_accuracy"].as_f64().unwrap_or(0.0) >= 0.9,
+        "{final_b}"
+    );
 }

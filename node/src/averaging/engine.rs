@@ -127,6 +127,7 @@ pub struct Averager {
     replay: ReplayGuard,
     counts: MergeCounts,
     sent: Option<Sent>,
+    training: bool,
 }
 
 impl Averager {
@@ -155,6 +156,7 @@ impl Averager {
             replay,
             counts: MergeCounts::default(),
             sent: None,
+            training: true,
         }
     }
 
@@ -177,6 +179,13 @@ impl Averager {
     /// The configuration.
     pub fn config(&self) -> &AveragerConfig {
         &self.config
+    }
+
+    /// Whether this node still trains. Staleness only matters while models move: with
+    /// training off, old messages are merged at full weight so no mass is lost and the
+    /// average stays exact.
+    pub fn set_training(&mut self, training: bool) {
+        self.training = training;
     }
 
     /// Counts a delta dropped before it reached the engine.
@@ -235,7 +244,11 @@ impl Averager {
         if self.replay.contains(&signer, h.base_round) {
             return Err(Rejection::Replay);
         }
-        let lag = self.round.saturating_sub(h.base_round);
+        let lag = if self.training {
+            self.round.saturating_sub(h.base_round)
+        } else {
+            0
+        };
         if lag > self.config.max_staleness {
             return Err(Rejection::Stale);
         }

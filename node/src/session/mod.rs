@@ -16,7 +16,7 @@ pub mod replica;
 pub mod state_sync;
 pub mod worker;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,7 +32,7 @@ use crate::net::{NetConfig, NetError, Network, PayloadKind};
 use crate::store::{Store, StoreError};
 use checkpoints::{CheckpointStoreError, Checkpoints};
 use replica::Replica;
-use worker::{Worker, WorkerConfig, WorkerInput, WorkerStatus};
+use worker::{Worker, WorkerConfig, WorkerInput, WorkerLinks, WorkerStatus};
 
 /// Everything a session needs besides the replica.
 #[derive(Debug, Clone)]
@@ -135,6 +135,7 @@ pub(crate) struct Context {
     pub(crate) config: SessionConfig,
     pub(crate) inputs: std::sync::mpsc::SyncSender<WorkerInput>,
     pub(crate) live_peers: Arc<Mutex<Vec<PeerId>>>,
+    pub(crate) in_flight: Arc<AtomicUsize>,
     pub(crate) traffic: Traffic,
     pub(crate) status: watch::Sender<NodeStatus>,
     pub(crate) param_count: usize,
@@ -188,13 +189,17 @@ impl Session {
         let (inputs, input_rx) = std::sync::mpsc::sync_channel(64);
         let (outputs, output_rx) = mpsc::channel(64);
         let live_peers = Arc::new(Mutex::new(Vec::new()));
+        let in_flight = Arc::new(AtomicUsize::new(0));
         let mut worker = Worker::new(
             replica,
             averager,
             config.worker.clone(),
-            input_rx,
-            outputs,
-            live_peers.clone(),
+            WorkerLinks {
+                inputs: input_rx,
+                outputs,
+                live_peers: live_peers.clone(),
+                in_flight: in_flight.clone(),
+            },
             checkpoints,
         );
         if let Some(round) = worker.resume()? {
@@ -210,6 +215,7 @@ impl Session {
             config,
             inputs,
             live_peers,
+            in_flight,
             traffic: Traffic::default(),
             status: status_tx,
             param_count,

@@ -55,6 +55,8 @@ pub(crate) async fn outbound(
                 for peer in peers {
                     let (ctx, outgoing, sends) = (ctx.clone(), outgoing.clone(), sends.clone());
                     tasks.spawn(async move {
+                        // Released however the task ends (delivered, failed, cancelled).
+                        let _in_flight = InFlight(ctx.in_flight.clone());
                         let Ok(_permit) = sends.acquire_owned().await else {
                             return;
                         };
@@ -97,5 +99,14 @@ pub(crate) async fn outbound(
             }
             WorkerOutput::Progress(status) => publish_status(&ctx, status),
         }
+    }
+}
+
+/// Decrements the in-flight send count when dropped.
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }

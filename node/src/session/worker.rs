@@ -5,6 +5,7 @@
 //! `sync_channel` (the async side never blocks on it, it drops and counts when full), and
 //! outputs leave on a tokio channel with `blocking_send` (back-pressure on this thread only).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -142,6 +143,8 @@ pub struct Worker {
     pub(crate) outputs: mpsc::Sender<WorkerOutput>,
     pub(crate) live_peers: Arc<Mutex<Vec<PeerId>>>,
     pub(crate) checkpoints: Option<Checkpoints>,
+    /// Sends handed to the network and not finished yet (decremented by the send tasks).
+    pub(crate) in_flight: Arc<AtomicUsize>,
     pub(crate) status: WorkerStatus,
     pub(crate) rng: StdRng,
     steps_since_sync: u64,
@@ -158,22 +161,35 @@ impl std::fmt::Debug for Worker {
     }
 }
 
+/// The channels and shared state between the training thread and the async tasks.
+#[derive(Debug)]
+pub(crate) struct WorkerLinks {
+    pub(crate) inputs: Receiver<WorkerInput>,
+    pub(crate) outputs: mpsc::Sender<WorkerOutput>,
+    pub(crate) live_peers: Arc<Mutex<Vec<PeerId>>>,
+    pub(crate) in_flight: Arc<AtomicUsize>,
+}
+
 enum Flow {
     Continue,
     Stop,
 }
 
 impl Worker {
-    /// A worker over `replica` and `averager`.
+    /// A worker over `replica` and `averager`, connected to the async side by `links`.
     pub(crate) fn new(
         replica: Box<dyn Replica>,
         averager: Averager,
         config: WorkerConfig,
-        inputs: Receiver<WorkerInput>,
-        outputs: mpsc::Sender<WorkerOutput>,
-        live_peers: Arc<Mutex<Vec<PeerId>>>,
+        links: WorkerLinks,
         checkpoints: Option<Checkpoints>,
     ) -> Self {
+        let WorkerLinks {
+            inputs,
+            outputs,
+            live_peers,
+            in_flight,
+        } = links;
         let rng = StdRng::seed_from_u64(config.seed);
         Self {
             replica,
@@ -183,6 +199,7 @@ impl Worker {
             outputs,
             live_peers,
             checkpoints,
+            in_flight,
             status: WorkerStatus::default(),
             rng,
             steps_since_sync: 0,
@@ -229,6 +246,7 @@ impl Worker {
             }
             let training = self.replica.trains() && self.replica.steps() < self.config.step_budget;
             self.status.training = training;
+            self.averager.set_training(training);
             if training {
                 self.train_one()?;
                 let lr = self.replica.lr();
@@ -239,7 +257,11 @@ impl Worker {
                 {
                     self.sync()?;
                 }
-                if self.replica.steps() % self.config.eval_every.max(1) == 0 {
+                if self
+                    .replica
+                    .steps()
+                    .is_multiple_of(self.config.eval_every.max(1))
+                {
                     self.evaluate()?;
                     self.publish();
                 }
@@ -252,6 +274,14 @@ impl Worker {
                     Ok(input) => {
                         if let Flow::Stop = self.handle(input)? {
                             return self.finish();
+                        }
+                        // Averaging only: merge and pass on as soon as every live peer's
+                        // delta is here, instead of waiting for the timer.
+                        let live = self.live_peers.lock().map_or(0, |l| l.len());
+                        if live > 0 && self.averager.pending() >= live {
+                            self.sync()?;
+                            self.evaluate()?;
+                            self.publish();
                         }
                     }
                     Err(RecvTimeoutError::Timeout) => {
@@ -320,6 +350,11 @@ impl Worker {
     }
 
     fn choose_peers(&mut self) -> Vec<PeerId> {
+        // Back-pressure: while a whole fan-out is still in flight (slow links), merge but
+        // do not send more; the transfers' deadlines bound how long that lasts.
+        if self.in_flight.load(Ordering::Acquire) >= self.config.fanout.max(1) {
+            return Vec::new();
+        }
         let live = match self.live_peers.lock() {
             Ok(live) => live.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -347,12 +382,13 @@ impl Worker {
             store.record_next_round(self.averager.round())?;
         }
         if let Some(outgoing) = outgoing {
+            self.in_flight.fetch_add(peers.len(), Ordering::AcqRel);
             let _ = self
                 .outputs
                 .blocking_send(WorkerOutput::Send { peers, outgoing });
         }
         let every = self.config.checkpoint_every;
-        if every > 0 && self.averager.round() % every == 0 {
+        if every > 0 && self.averager.round().is_multiple_of(every) {
             self.checkpoint()?;
         }
         Ok(())

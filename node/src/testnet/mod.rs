@@ -40,7 +40,7 @@ pub struct TestnetArgs {
     #[arg(long)]
     pub steps: Option<u64>,
     /// Sync policy: steps:H, secs:T or qsr:BETA:MIN:MAX.
-    #[arg(long, default_value = "steps:20")]
+    #[arg(long, default_value = "steps:40")]
     pub sync: SyncPolicy,
     /// Peers each delta is sent to.
     #[arg(long, default_value_t = 2)]

@@ -1,0 +1,154 @@
+//! Consensus speed: N nodes on loopback each start with a distinct vector of P f32 (and a
+//! distinct sample weight); time until every node holds the weighted mean within 1e-3
+//! relative L2 error. Full fan-out push-sum, signing and verification on.
+//!
+//! `cargo bench -p murmur-node --bench consensus --profile dev` (dependencies are built
+//! with opt-level 2 in that profile; a release build of burn takes too long here) — sizes via `MURMUR_BENCH_CASES`
+//! (default `4x10000000,8x10000000,4x50000000`), codec via `MURMUR_BENCH_CODEC`
+//! (`f16` default, `raw`).
+
+use std::time::{Duration, Instant};
+
+use murmur_node::averaging::{AveragerConfig, SyncPolicy};
+use murmur_node::identity::NodeIdentity;
+use murmur_node::net::NetConfig;
+use murmur_node::node_cmd::parse_codec;
+use murmur_node::session::replica::VectorReplica;
+use murmur_node::session::worker::WorkerConfig;
+use murmur_node::session::{Session, SessionConfig};
+use murmur_protocol::{ModelFingerprint, RunId};
+
+fn main() {
+    let cases = std::env::var("MURMUR_BENCH_CASES")
+        .unwrap_or_else(|_| "4x10000000,8x10000000,4x50000000".into());
+    let codec = parse_codec(&std::env::var("MURMUR_BENCH_CODEC").unwrap_or_else(|_| "f16".into()))
+        .expect("codec");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for case in cases.split(',') {
+        let Some((n, p)) = case.split_once('x') else {
+            continue;
+        };
+        let (n, p): (usize, usize) = (n.parse().expect("N"), p.parse().expect("P"));
+        match runtime.block_on(measure(n, p, codec)) {
+            Some(t) => {
+                println!("consensus N={n} P={p} codec={codec:?}: {t:.3} s to 1e-3 relative L2")
+            }
+            None => println!("consensus N={n} P={p} codec={codec:?}: not reached within 120 s"),
+        }
+    }
+}
+
+async fn measure(n: usize, p: usize, codec: murmur_protocol::Codec) -> Option<f64> {
+    let run = RunId::from_name("consensus-bench");
+    let model = ModelFingerprint([9; 32]);
+    let weights: Vec<f64> = (0..n).map(|i| 100.0 * (i as f64 + 1.0)).collect();
+    let total: f64 = weights.iter().sum();
+    let mean = weights
+        .iter()
+        .enumerate()
+        .map(|(i, w)| w * (i as f64 + 1.0))
+        .sum::<f64>()
+        / total;
+    // Vectors are built before the clock starts.
+    let vectors: Vec<Vec<f32>> = (0..n).map(|i| vec![i as f32 + 1.0; p]).collect();
+    let mut sessions = Vec::new();
+    let mut bootstrap = Vec::new();
+    for (i, values) in vectors.into_iter().enumerate() {
+        let mut net = NetConfig::loopback(run);
+        net.bootstrap = bootstrap.clone();
+        let mut averager = AveragerConfig::new(run, model);
+        averager.codec = codec;
+        averager.fanout = n - 1;
+        averager.initial_mass = weights[i];
+        let config = SessionConfig {
+            net,
+            averager,
+            worker: WorkerConfig {
+                policy: SyncPolicy::Seconds(1.0),
+                step_budget: 0,
+                target_accuracy: None,
+                eval_every: 1,
+                checkpoint_every: 0,
+                idle_sync: Duration::from_millis(40),
+                fanout: n - 1,
+                seed: i as u64,
+            },
+            announce_every: Duration::from_millis(200),
+            join_lag_rounds: u64::MAX / 2,
+            checkpoint_keep: 1,
+            device: "bench".into(),
+        };
+        let identity = NodeIdentity::from_secret([i as u8 + 1; 32]).expect("identity");
+        let session = Session::start(
+            identity,
+            None,
+            Box::new(VectorReplica(values)),
+            vec![0.0; p],
+            config,
+        )
+        .await
+        .expect("session");
+        if i == 0 {
+            let id = session.network().local_peer_id();
+            let addr = session.network().listen_addrs().await.expect("addrs")[0].clone();
+            bootstrap.push(addr.with(libp2p::multiaddr::Protocol::P2p(id)));
+        }
+        sessions.push(session);
+    }
+    // Wait until everyone sees everyone, then start the clock at the first round that has
+    // all peers (the time to discover peers is not part of the averaging time).
+    let discover = Instant::now();
+    while sessions.iter().any(|s| s.status().borrow().peers < n - 1) {
+        if discover.elapsed() > Duration::from_secs(30) {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = Instant::now();
+    let mut reached = None;
+    while started.elapsed() < Duration::from_secs(120) {
+        let mut worst: f64 = 0.0;
+        for s in &sessions {
+            let snap = s.snapshot().await?;
+            let err = snap
+                .params
+                .iter()
+                .map(|v| (f64::from(*v) - mean).powi(2))
+                .sum::<f64>()
+                .sqrt()
+                / (mean * (p as f64).sqrt());
+            worst = worst.max(err);
+        }
+        if std::env::var_os("MURMUR_BENCH_DEBUG").is_some() {
+            let rounds: Vec<_> = sessions
+                .iter()
+                .map(|s| s.status().borrow().clone())
+                .map(|s| {
+                    (
+                        s.worker.round,
+                        s.worker.counts.merged,
+                        s.worker.counts.rejected.clone(),
+                        s.deltas_sent,
+                        s.send_failures,
+                    )
+                })
+                .collect();
+            println!(
+                "{:.3}s worst {worst:.2e} {rounds:?}",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        if worst < 1e-3 {
+            reached = Some(started.elapsed().as_secs_f64());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for s in sessions {
+        let _ = tokio::time::timeout(Duration::from_secs(20), s.stop()).await;
+    }
+    reached
+}
