@@ -58,7 +58,15 @@ async fn distinct_vectors_converge_to_the_sample_weighted_mean() {
     }
     let counts: Vec<_> = sessions
         .iter()
-        .map(|s| s.status().borrow().worker.counts.clone())
+        .map(|s| {
+            let st = s.status().borrow().clone();
+            (
+                st.worker.counts,
+                st.worker.mass,
+                st.deltas_sent,
+                st.send_failures,
+            )
+        })
         .collect();
     for s in sessions {
         let _ = tokio::time::timeout(Duration::from_secs(15), s.stop()).await;
@@ -67,7 +75,7 @@ async fn distinct_vectors_converge_to_the_sample_weighted_mean() {
         worst < 1e-3,
         "relative L2 error {worst} (expected mean {expected}); {counts:?}"
     );
-    for c in counts {
+    for (c, _, _, _) in counts {
         assert!(c.merged > 0);
         assert_eq!(c.rejected_total(), 0, "{c:?}");
     }

@@ -418,13 +418,22 @@ impl Averager {
 
     /// Adopts a model downloaded from a peer (late join): its parameters are the caller's,
     /// the round jumps to the peer's, queued deltas are dropped.
+    ///
+    /// The node's mass is forfeited: its old model is gone, and keeping the mass with the
+    /// adopted copy would count the peer's model twice in the network-wide average.
     pub fn adopt(&mut self, round: u64) {
         self.round = self.round.max(round);
+        self.mass = 0.0;
         self.pending.clear();
         self.sent = None;
         if let Some((_, previous)) = &mut self.outer {
             previous.clear();
         }
+    }
+
+    /// Moves the round clock forward to at least `round` (never backwards).
+    pub fn advance_round(&mut self, round: u64) {
+        self.round = self.round.max(round);
     }
 
     /// What a checkpoint keeps.

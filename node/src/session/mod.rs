@@ -139,6 +139,7 @@ pub(crate) struct Context {
     pub(crate) traffic: Traffic,
     pub(crate) status: watch::Sender<NodeStatus>,
     pub(crate) param_count: usize,
+    pub(crate) trains: bool,
     pub(crate) cancel: CancellationToken,
 }
 
@@ -168,6 +169,7 @@ impl Session {
         config: SessionConfig,
     ) -> Result<Self, SessionError> {
         let param_count = replica.len();
+        let trains = replica.trains();
         let replay = match &store {
             Some(store) => ReplayGuard::persistent(store.raw_tree(replay::MERGED_TREE)?)?,
             None => ReplayGuard::in_memory(),
@@ -219,6 +221,7 @@ impl Session {
             traffic: Traffic::default(),
             status: status_tx,
             param_count,
+            trains,
             cancel: CancellationToken::new(),
         });
         let handle = std::thread::Builder::new()

@@ -150,6 +150,11 @@ fn reply(ctx: &Context, served: &Served, request: &StateRequest) -> Result<State
 /// Watches for peers far ahead (late join, restart after a long outage) and adopts the
 /// state of the most advanced one once.
 pub(crate) async fn join(ctx: Arc<Context>) {
+    // Only a training node can be behind: with training off every model is as good as any
+    // other, and averaging alone brings it to the mean.
+    if !ctx.trains {
+        return;
+    }
     let started = Instant::now();
     // Compare with the round this node started from (0 or its checkpoint's): merging peers'
     // deltas moves the round clock forward without bringing the model up to date.

@@ -216,7 +216,7 @@ impl Worker {
         };
         let next_round = store.next_round()?;
         let Some(ckpt) = store.latest()? else {
-            self.averager.adopt(next_round);
+            self.averager.advance_round(next_round);
             return Ok(None);
         };
         self.replica.restore(&ckpt.replica)?;
