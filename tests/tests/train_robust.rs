@@ -9,7 +9,7 @@ use murmur_node::averaging::{Rejection, RobustConfig, Tamper};
 use train_common::*;
 
 async fn run_with(tamper: Tamper, seed_base: u8) -> Vec<murmur_node::session::NodeStatus> {
-    let budget = 700;
+    let budget = 1000;
     let mut sessions = Vec::new();
     let mut bootstrap = Vec::new();
     for i in 0..5u8 {

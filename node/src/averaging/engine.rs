@@ -128,6 +128,30 @@ pub struct Averager {
     counts: MergeCounts,
     sent: Option<Sent>,
     training: bool,
+    /// Norms (distance from the anchor) of recently merged models.
+    norm_history: History,
+    /// Distances from the own model of recently merged models (robust clipping radius).
+    distance_history: History,
+}
+
+/// The last few values of a statistic, for robust reference levels.
+#[derive(Debug, Default)]
+struct History(std::collections::VecDeque<f64>);
+
+impl History {
+    const LEN: usize = 32;
+
+    fn push(&mut self, value: f64) {
+        if self.0.len() == Self::LEN {
+            self.0.pop_front();
+        }
+        self.0.push_back(value);
+    }
+
+    fn median(&self) -> Option<f64> {
+        let values: Vec<f64> = self.0.iter().copied().collect();
+        (values.len() >= 3).then(|| mixing::median(&values))
+    }
 }
 
 impl Averager {
@@ -157,6 +181,8 @@ impl Averager {
             counts: MergeCounts::default(),
             sent: None,
             training: true,
+            norm_history: History::default(),
+            distance_history: History::default(),
         }
     }
 
@@ -379,18 +405,19 @@ impl Averager {
         if pending.is_empty() {
             return;
         }
+        // Norm outliers: a model much further from the anchor than this node's own model and
+        // than the models merged recently (e.g. a delta scaled ×100) is refused. The candidate
+        // itself never sets the reference, so a lone attacker cannot raise it.
         let own_norm = mixing::l2_distance(params, &self.anchor);
-        let norms: Vec<f64> = pending
-            .iter()
-            .map(|c| mixing::l2_distance(&c.values, &self.anchor))
-            .collect();
-        let all: Vec<f64> = norms.iter().copied().chain([own_norm]).collect();
-        let limit = self.config.outlier_ratio * mixing::median(&all).max(1e-12);
+        let reference = self.norm_history.median().unwrap_or(0.0).max(own_norm);
+        let limit = self.config.outlier_ratio * reference.max(1e-12);
         let mut accepted = Vec::with_capacity(pending.len());
-        for (candidate, norm) in pending.into_iter().zip(norms) {
+        for candidate in pending {
+            let norm = mixing::l2_distance(&candidate.values, &self.anchor);
             if norm > limit {
                 self.counts.reject(Rejection::NormOutlier);
             } else {
+                self.norm_history.push(norm);
                 accepted.push(candidate);
             }
         }
@@ -398,7 +425,12 @@ impl Averager {
         match self.config.robust {
             Some(robust) => {
                 let others: Vec<&[f32]> = accepted.iter().map(|c| c.values.as_slice()).collect();
-                mixing::robust_aggregate(params, &others, robust);
+                let reference = self.distance_history.median();
+                for other in &others {
+                    self.distance_history
+                        .push(mixing::l2_distance(params, other));
+                }
+                mixing::robust_aggregate(params, &others, robust, reference);
                 self.mass += accepted.iter().map(|c| c.mass).sum::<f64>();
             }
             None => {

@@ -81,15 +81,21 @@ impl Default for RobustConfig {
 }
 
 /// Replaces `own` with the robust aggregate of `own` and `others`: every candidate is
-/// clipped to `clip_multiple × median distance` around `own`, then each coordinate is the
-/// mean of the candidates left after trimming the extremes. Returns how many candidates
-/// were clipped.
-pub fn robust_aggregate(own: &mut [f32], others: &[&[f32]], config: RobustConfig) -> usize {
+/// clipped to `clip_multiple × reference` around `own` (`reference`: a typical honest
+/// distance, e.g. the median of recently accepted distances; the median of this batch's
+/// distances when `None`), then each coordinate is the mean of the candidates left after
+/// trimming the extremes. Returns how many candidates were clipped.
+pub fn robust_aggregate(
+    own: &mut [f32],
+    others: &[&[f32]],
+    config: RobustConfig,
+    reference: Option<f64>,
+) -> usize {
     if others.is_empty() {
         return 0;
     }
     let distances: Vec<f64> = others.iter().map(|o| l2_distance(own, o)).collect();
-    let radius = config.clip_multiple * median(&distances);
+    let radius = config.clip_multiple * reference.unwrap_or_else(|| median(&distances));
     let mut clipped = 0;
     let scales: Vec<f32> = distances
         .iter()
@@ -203,7 +209,7 @@ mod tests {
             .map(Vec::as_slice)
             .chain([scaled.as_slice(), flipped.as_slice()])
             .collect();
-        let clipped = robust_aggregate(&mut own, &others, RobustConfig::default());
+        let clipped = robust_aggregate(&mut own, &others, RobustConfig::default(), None);
         assert!(clipped >= 1);
         for v in own {
             assert!((0.85..1.2).contains(&v), "{v}");
