@@ -24,6 +24,9 @@ use crate::averaging::{SyncPolicy, Tamper};
 use child::{ChildProc, Layout, Line};
 use render::{NodeView, Summary};
 
+/// How long nodes keep averaging after all of them used their step budget.
+const SETTLE: Duration = Duration::from_secs(5);
+
 /// Flags of `murmur testnet`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TestnetArgs {
@@ -133,7 +136,7 @@ fn node_args(args: &TestnetArgs, layout: &Layout, index: usize, bootstrap: &str)
     let honest = args.nodes;
     let total = honest + usize::from(args.malicious.is_some());
     let is_mlp = matches!(args.model, ModelKind::MlpDigits);
-    let steps = args.steps.unwrap_or(if is_mlp { 1000 } else { 300 });
+    let steps = args.steps.unwrap_or(if is_mlp { 1500 } else { 300 });
     let mut a: Vec<String> = vec![
         "--data-dir".into(),
         layout.node_dir(index).display().to_string(),
@@ -264,6 +267,7 @@ async fn orchestrate(args: &TestnetArgs, layout: Layout) -> anyhow::Result<()> {
     let mut next_churn = churn.map(|c| Instant::now() + c);
     let mut restarts = 0u32;
     let mut all_reached_at: Option<f64> = None;
+    let mut budget_done: Option<Instant> = None;
     let outcome = loop {
         tokio::select! {
             Some(line) = lines.recv() => {
@@ -291,7 +295,11 @@ async fn orchestrate(args: &TestnetArgs, layout: Layout) -> anyhow::Result<()> {
             .iter()
             .all(|v| v.started && !v.training && v.steps > 0)
         {
-            break "every node used its step budget";
+            // Averaging goes on a little longer so the models settle on their consensus.
+            let since = *budget_done.get_or_insert_with(Instant::now);
+            if since.elapsed() >= SETTLE {
+                break "every node used its step budget";
+            }
         }
         if Instant::now() >= deadline {
             break "time limit reached";
