@@ -36,7 +36,7 @@ fn main() {
             Some(t) => {
                 println!("consensus N={n} P={p} codec={codec:?}: {t:.3} s to 1e-3 relative L2")
             }
-            None => println!("consensus N={n} P={p} codec={codec:?}: not reached within 120 s"),
+            None => println!("consensus N={n} P={p} codec={codec:?}: not reached within 60 s"),
         }
     }
 }
@@ -109,10 +109,14 @@ async fn measure(n: usize, p: usize, codec: murmur_protocol::Codec) -> Option<f6
     }
     let started = Instant::now();
     let mut reached = None;
-    while started.elapsed() < Duration::from_secs(120) {
+    while started.elapsed() < Duration::from_secs(60) {
         let mut worst: f64 = 0.0;
         for s in &sessions {
-            let snap = s.snapshot().await?;
+            // A busy node may not answer in time; that counts as not converged yet.
+            let Some(snap) = s.snapshot().await else {
+                worst = f64::INFINITY;
+                continue;
+            };
             let err = snap
                 .params
                 .iter()

@@ -385,7 +385,7 @@ impl SignedManifest {
         for member in &m.members {
             line("member", &member.to_hex());
         }
-        line("signature", &encode_hex(&self.signature));
+        line("signature", &crate::ids::hex(&self.signature));
         format!("{TEXT_HEADER}\n{out}")
     }
 
@@ -537,16 +537,6 @@ fn parse_hex<const N: usize>(
     Ok(out)
 }
 
-fn encode_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -569,7 +559,7 @@ mod tests {
     #[test]
     fn hex_helpers_round_trip_and_reject() {
         let bytes: [u8; 64] = std::array::from_fn(|i| u8::try_from(i * 4 % 256).unwrap());
-        let text = encode_hex(&bytes);
+        let text = crate::ids::hex(&bytes);
         assert_eq!(parse_hex::<64>(1, "signature", &text).unwrap(), bytes);
         assert_eq!(
             parse_hex::<64>(1, "signature", &text.to_uppercase()).unwrap(),

@@ -20,8 +20,13 @@ const LEN: usize = 256;
 const MODEL: ModelFingerprint = ModelFingerprint([5; 32]);
 
 fn delta(signer: u8, claimed: u8, round: u64, values: &[f32]) -> (Vec<u8>, Vec<u8>) {
+    let payload = Codec::RawF32.encode(values).expect("encode");
+    signed(signer, claimed, round, payload)
+}
+
+/// A raw-f32 delta header for `payload` (any bytes), signed by `signer` claiming `claimed`.
+fn signed(signer: u8, claimed: u8, round: u64, payload: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
     let codec = Codec::RawF32;
-    let payload = codec.encode(values).expect("encode");
     let header = DeltaHeader {
         run: run(),
         model: MODEL,
@@ -31,7 +36,7 @@ fn delta(signer: u8, claimed: u8, round: u64, values: &[f32]) -> (Vec<u8>, Vec<u
         samples: 10,
         weight: 10.0,
         codec,
-        element_count: values.len() as u64,
+        element_count: payload.len() as u64 / 4,
         payload_len: payload.len() as u64,
         payload_digest: murmur_protocol::Digest::of(&payload),
         timestamp_ms: 0,
@@ -133,27 +138,9 @@ async fn tampered_forged_and_replayed_deltas_are_rejected_and_counted() {
 
     let mut bad = vec![3.0f32; LEN];
     bad[9] = f32::NAN;
-    let nan = {
-        // RawF32 refuses to encode NaN, so build the payload bytes by hand.
-        let payload: Vec<u8> = bad.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let header = DeltaHeader {
-            run: run(),
-            model: MODEL,
-            peer: identity(71).peer_key(),
-            base_round: 4,
-            local_steps: 1,
-            samples: 10,
-            weight: 10.0,
-            codec: Codec::RawF32,
-            element_count: LEN as u64,
-            payload_len: payload.len() as u64,
-            payload_digest: murmur_protocol::Digest::of(&payload),
-            timestamp_ms: 0,
-        };
-        let env = SignedEnvelope::sign(identity(71).signing_key(), &Message::Delta(header))
-            .expect("sign");
-        (env.to_bytes(), payload)
-    };
+    // RawF32 refuses to encode NaN, so the payload bytes are written by hand.
+    let nan: Vec<u8> = bad.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let nan = signed(71, 71, 4, nan);
     send(&net, &node, &nan).await;
     assert!(rejected(&node, Rejection::NonFinite, 1).await, "NaN delta");
 
