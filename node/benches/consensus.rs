@@ -59,6 +59,8 @@ async fn measure(n: usize, p: usize, codec: murmur_protocol::Codec) -> Option<f6
     for (i, values) in vectors.into_iter().enumerate() {
         let mut net = NetConfig::loopback(run);
         net.bootstrap = bootstrap.clone();
+        // Full fan-out: every peer may push to this node at once.
+        net.limits.max_inbound_transfers = n;
         let mut averager = AveragerConfig::new(run, model);
         averager.codec = codec;
         averager.fanout = n - 1;
