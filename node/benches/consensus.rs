@@ -19,6 +19,12 @@ use murmur_node::session::{Session, SessionConfig};
 use murmur_protocol::{ModelFingerprint, RunId};
 
 fn main() {
+    if let Ok(filter) = std::env::var("MURMUR_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let cases = std::env::var("MURMUR_BENCH_CASES")
         .unwrap_or_else(|_| "4x10000000,8x10000000,4x50000000".into());
     let codec = parse_codec(&std::env::var("MURMUR_BENCH_CODEC").unwrap_or_else(|_| "f16".into()))
