@@ -20,7 +20,8 @@ cleanup() {
   wait 2>/dev/null || true
   echo "stopped; data and logs in $root/"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 # The bootstrap node prints its addresses as JSON lines and stops when its stdin closes,
 # so keep a pipe open to it for the lifetime of this script.
