@@ -279,16 +279,10 @@ impl Worker {
                         // delta is here, instead of waiting for the timer.
                         let live = self.live_peers.lock().map_or(0, |l| l.len());
                         if live > 0 && self.averager.pending() >= live {
-                            self.sync()?;
-                            self.evaluate()?;
-                            self.publish();
+                            self.idle_sync()?;
                         }
                     }
-                    Err(RecvTimeoutError::Timeout) => {
-                        self.sync()?;
-                        self.evaluate()?;
-                        self.publish();
-                    }
+                    Err(RecvTimeoutError::Timeout) => self.idle_sync()?,
                     Err(RecvTimeoutError::Disconnected) => return self.finish(),
                 }
             }
@@ -391,6 +385,18 @@ impl Worker {
         if every > 0 && self.averager.round().is_multiple_of(every) {
             self.checkpoint()?;
         }
+        Ok(())
+    }
+
+    /// A sync while not training; the model is evaluated again only if the sync merged
+    /// something (held-out evaluation of a large model costs more than a sync).
+    fn idle_sync(&mut self) -> Result<(), SessionError> {
+        let merged = self.averager.counts().merged;
+        self.sync()?;
+        if self.averager.counts().merged != merged || self.status.eval.is_none() {
+            self.evaluate()?;
+        }
+        self.publish();
         Ok(())
     }
 
