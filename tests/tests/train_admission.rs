@@ -87,6 +87,13 @@ async fn send(net: &Network, to: &Session, (header, payload): &(Vec<u8>, Vec<u8>
     panic!("could not open a stream");
 }
 
+async fn merged(session: &Session) -> bool {
+    wait_all(&[session], Duration::from_secs(10), |s| {
+        s.worker.counts.merged >= 1
+    })
+    .await
+}
+
 async fn rejected(session: &Session, reason: Rejection, at_least: u64) -> bool {
     wait_all(&[session], Duration::from_secs(10), |s| {
         s.worker.counts.rejected.get(&reason).copied().unwrap_or(0) >= at_least
@@ -100,15 +107,7 @@ async fn tampered_forged_and_replayed_deltas_are_rejected_and_counted() {
     let net = raw_peer(71, &node).await;
     let good = delta(71, 71, 0, &[3.0; LEN]);
     send(&net, &node, &good).await;
-    assert!(
-        wait_all(&[&node], Duration::from_secs(10), |s| s
-            .worker
-            .counts
-            .merged
-            >= 1)
-        .await,
-        "a valid delta is merged"
-    );
+    assert!(merged(&node).await, "a valid delta is merged");
     send(&net, &node, &good).await;
     assert!(rejected(&node, Rejection::Replay, 1).await, "replay");
 
@@ -182,15 +181,7 @@ async fn a_closed_pool_refuses_deltas_and_state_to_non_members() {
 
     let member = raw_peer(81, &node).await;
     send(&member, &node, &delta(81, 81, 0, &[2.0; LEN])).await;
-    assert!(
-        wait_all(&[&node], Duration::from_secs(10), |s| s
-            .worker
-            .counts
-            .merged
-            >= 1)
-        .await,
-        "a member's delta is merged"
-    );
+    assert!(merged(&node).await, "a member's delta is merged");
     outsider.shutdown().await;
     member.shutdown().await;
     let status = tokio::time::timeout(Duration::from_secs(15), node.stop())
