@@ -81,7 +81,6 @@ async fn measure(n: usize, p: usize, codec: murmur_protocol::Codec) -> Option<f6
                 eval_every: 1,
                 checkpoint_every: 0,
                 idle_sync: Duration::from_millis(40),
-                fanout: n - 1,
                 seed: i as u64,
             },
             announce_every: Duration::from_millis(200),

@@ -4,14 +4,13 @@
 //! `--pool FILE` only merge deltas from, and serve state to, the peers it lists.
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use libp2p::PeerId;
 use murmur_protocol::{PeerKey, PoolManifest, RunId, SignedManifest};
 
 use crate::identity::NodeIdentity;
-use crate::net::peer_key_of;
+use crate::net::{now_ms, peer_key_of};
 
 /// `murmur pool` subcommands.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -95,12 +94,6 @@ pub fn run(command: &PoolCommand, data_dir: &Path) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn read(file: &Path) -> anyhow::Result<SignedManifest> {

@@ -28,7 +28,7 @@ async fn distinct_vectors_converge_to_the_sample_weighted_mean() {
         let mut cfg = config(model, &bootstrap, worker(1, 0, i as u64));
         cfg.averager.codec = Codec::RawF32;
         cfg.averager.initial_mass = *mass;
-        cfg.worker.fanout = 1;
+        cfg.averager.fanout = 1;
         let replica = Box::new(VectorReplica(vec![i as f32 + 1.0; LEN]));
         let session = start(30 + i as u8, None, replica, vec![0.0; LEN], cfg).await;
         if i == 0 {

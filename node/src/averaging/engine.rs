@@ -381,7 +381,7 @@ impl Averager {
             element_count: params.len() as u64,
             payload_len: compressed.payload.len() as u64,
             payload_digest: compressed.digest,
-            timestamp_ms: now_ms(),
+            timestamp_ms: crate::net::now_ms(),
         };
         let envelope = SignedEnvelope::sign(&self.key, &Message::Delta(header))?;
         let mut sent = compressed.decoded;
@@ -500,10 +500,4 @@ impl Averager {
         self.pending.clear();
         self.sent = None;
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -39,15 +39,6 @@ pub fn split_mass(mass: f64, recipients: usize) -> (f64, f64) {
     (share, share)
 }
 
-/// Euclidean norm, accumulated in f64.
-pub fn l2_norm(values: &[f32]) -> f64 {
-    values
-        .iter()
-        .map(|v| f64::from(*v) * f64::from(*v))
-        .sum::<f64>()
-        .sqrt()
-}
-
 /// Euclidean distance, accumulated in f64.
 pub fn l2_distance(a: &[f32], b: &[f32]) -> f64 {
     a.iter()

@@ -35,6 +35,7 @@ pub use gossip::{ReceivedAnnouncement, announcement_topic};
 pub use handle::Network;
 pub use keys::{key_matches_peer, peer_id_of, peer_key_of};
 pub use peers::PeerInfo;
+pub(crate) use peers::now_ms;
 pub use start::{NetEvents, peer_id_of_addr};
 pub use state::{STATE_PROTOCOL, StateReply, StateRequestEvent, StateResponse};
 pub use transfer::PayloadKind;

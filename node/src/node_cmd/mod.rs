@@ -41,8 +41,13 @@ pub fn run(args: &NodeArgs, data_dir: &Path) -> anyhow::Result<()> {
 
 /// The initialisation seed every peer of `run` shares unless one is given.
 pub fn run_seed(run: &RunId) -> u64 {
+    u64_prefix(run.as_bytes())
+}
+
+/// The first 8 bytes of a 32-byte id as a little-endian integer.
+fn u64_prefix(bytes: &[u8; 32]) -> u64 {
     let mut first = [0u8; 8];
-    first.copy_from_slice(&run.as_bytes()[..8]);
+    first.copy_from_slice(&bytes[..8]);
     u64::from_le_bytes(first)
 }
 
@@ -123,8 +128,7 @@ async fn serve(args: &NodeArgs, identity: NodeIdentity, store: Store) -> anyhow:
             eval_every: args.eval_every,
             checkpoint_every: args.checkpoint_every,
             idle_sync: Duration::from_millis(300),
-            fanout: args.fanout,
-            seed: seed ^ u64::from_le_bytes(first8(identity.peer_key().as_bytes())),
+            seed: seed ^ u64_prefix(identity.peer_key().as_bytes()),
         },
         announce_every: Duration::from_secs_f64(args.announce_every.max(0.1)),
         join_lag_rounds: 8,
@@ -161,12 +165,6 @@ async fn serve(args: &NodeArgs, identity: NodeIdentity, store: Store) -> anyhow:
     let last = session.stop().await?;
     out.final_summary(&last, started.elapsed());
     Ok(())
-}
-
-fn first8(bytes: &[u8; 32]) -> [u8; 8] {
-    let mut out = [0u8; 8];
-    out.copy_from_slice(&bytes[..8]);
-    out
 }
 
 /// Resolves when the node should stop: Ctrl-C, `--duration`, or stdin closing.

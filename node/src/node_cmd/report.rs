@@ -40,6 +40,7 @@ pub fn status_json(peer: &PeerId, s: &NodeStatus, elapsed: Duration) -> serde_js
         "bytes_received": s.bytes_received,
         "deltas_sent": s.deltas_sent,
         "send_failures": s.send_failures,
+        "states_served": s.states_served,
         "states_refused": s.states_refused,
         "peers": s.peers,
         "samples_per_sec": w.samples_per_sec,

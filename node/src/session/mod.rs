@@ -109,6 +109,8 @@ pub struct NodeStatus {
     pub deltas_sent: u64,
     /// Deltas not delivered.
     pub send_failures: u64,
+    /// State downloads (ranges) served.
+    pub states_served: u64,
     /// State requests refused.
     pub states_refused: u64,
     /// Live training peers of the same run and model.
@@ -121,6 +123,7 @@ impl NodeStatus {
         self.bytes_received = traffic.bytes_received.load(Ordering::Relaxed);
         self.deltas_sent = traffic.deltas_sent.load(Ordering::Relaxed);
         self.send_failures = traffic.send_failures.load(Ordering::Relaxed);
+        self.states_served = traffic.states_served.load(Ordering::Relaxed);
         self.states_refused = traffic.states_refused.load(Ordering::Relaxed);
         self.peers = peers;
         self

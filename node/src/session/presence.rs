@@ -2,7 +2,7 @@
 //! and the live peer set the training thread picks recipients from.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use libp2p::PeerId;
 use murmur_protocol::message::MAX_LISTEN_ADDRS;
@@ -93,9 +93,6 @@ async fn announce(ctx: &Context, peers: &[PeerInfo]) -> Result<(), Box<dyn std::
         })
         .take(murmur_protocol::message::MAX_LINKS)
         .collect();
-    let timestamp_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
     let message = Message::Announcement(Announcement {
         peer: ctx.identity.peer_key(),
         run: ctx.config.averager.run,
@@ -109,7 +106,7 @@ async fn announce(ctx: &Context, peers: &[PeerInfo]) -> Result<(), Box<dyn std::
         },
         round: status.worker.round,
         listen_addrs,
-        timestamp_ms,
+        timestamp_ms: crate::net::now_ms(),
     });
     let envelope = SignedEnvelope::sign(ctx.identity.signing_key(), &message)?;
     ctx.net.publish_announcement(&envelope).await?;

@@ -105,8 +105,14 @@ async fn snapshot(ctx: &Context) -> Option<Served> {
         .await
         .ok()?
         .ok()?;
-    let bytes: Vec<u8> = params.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let digest = Digest::of(&bytes);
+    // Serialising and hashing a whole model is heavy: keep it off the async workers.
+    let (bytes, digest) = tokio::task::spawn_blocking(move || {
+        let bytes: Vec<u8> = params.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let digest = Digest::of(&bytes);
+        (bytes, digest)
+    })
+    .await
+    .ok()?;
     Some(Served {
         round,
         samples,
@@ -240,16 +246,22 @@ async fn download(
     let Some(header) = first else {
         return Err("no state".into());
     };
-    if Digest::of(&buf) != header.total_digest {
-        return Err("state digest mismatch".into());
-    }
-    let params: Vec<f32> = buf
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    if params.iter().any(|v| !v.is_finite()) {
-        return Err("state holds non-finite values".into());
-    }
+    let expected = header.total_digest;
+    let params = tokio::task::spawn_blocking(move || {
+        if Digest::of(&buf) != expected {
+            return Err("state digest mismatch".to_owned());
+        }
+        let params: Vec<f32> = buf
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        if params.iter().any(|v| !v.is_finite()) {
+            return Err("state holds non-finite values".to_owned());
+        }
+        Ok(params)
+    })
+    .await
+    .map_err(|e| format!("checking the state: {e}"))??;
     Ok((header.round, params))
 }
 

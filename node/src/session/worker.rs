@@ -37,8 +37,6 @@ pub struct WorkerConfig {
     pub checkpoint_every: u64,
     /// Sync period once the node no longer trains.
     pub idle_sync: Duration,
-    /// Peers per sync.
-    pub fanout: usize,
     /// Seed for choosing peers.
     pub seed: u64,
 }
@@ -346,14 +344,15 @@ impl Worker {
     fn choose_peers(&mut self) -> Vec<PeerId> {
         // Back-pressure: while a whole fan-out is still in flight (slow links), merge but
         // do not send more; the transfers' deadlines bound how long that lasts.
-        if self.in_flight.load(Ordering::Acquire) >= self.config.fanout.max(1) {
+        let fanout = self.averager.config().fanout;
+        if self.in_flight.load(Ordering::Acquire) >= fanout.max(1) {
             return Vec::new();
         }
         let live = match self.live_peers.lock() {
             Ok(live) => live.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         };
-        live.choose_multiple(&mut self.rng, self.config.fanout)
+        live.choose_multiple(&mut self.rng, fanout)
             .copied()
             .collect()
     }

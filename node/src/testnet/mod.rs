@@ -93,36 +93,30 @@ pub fn run(args: &TestnetArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    // Without --dir the nodes live in a fresh temporary directory, removed on drop.
     let temp = match &args.dir {
         Some(_) => None,
-        None => Some(tempfile_dir()?),
+        None => Some(
+            tempfile::Builder::new()
+                .prefix("murmur-testnet-")
+                .tempdir()
+                .context("creating a temporary directory")?,
+        ),
     };
-    let root = args
-        .dir
-        .clone()
-        .or_else(|| temp.as_ref().map(|t| t.path().to_path_buf()))
-        .context("no directory for the testnet")?;
+    let root = match (&args.dir, &temp) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(temp)) => temp.path().to_path_buf(),
+        (None, None) => bail!("no directory for the testnet"),
+    };
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     let result = runtime.block_on(orchestrate(args, Layout { root: root.clone() }));
     if args.keep || args.dir.is_some() {
+        if let Some(temp) = temp {
+            let _ = temp.keep();
+        }
         println!("node data and logs kept in {}", root.display());
-    } else if let Some(temp) = temp {
-        let _ = std::fs::remove_dir_all(temp.path());
     }
     result
-}
-
-struct TempDir(PathBuf);
-impl TempDir {
-    fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-fn tempfile_dir() -> anyhow::Result<TempDir> {
-    let base = std::env::temp_dir().join(format!("murmur-testnet-{}", std::process::id()));
-    std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
-    Ok(TempDir(base))
 }
 
 fn target(args: &TestnetArgs) -> Option<f32> {

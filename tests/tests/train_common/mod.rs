@@ -58,7 +58,6 @@ pub fn worker(h: u64, budget: u64, seed: u64) -> WorkerConfig {
         eval_every: h,
         checkpoint_every: 4,
         idle_sync: Duration::from_millis(100),
-        fanout: 2,
         seed,
     }
 }
