@@ -8,6 +8,7 @@
 //! * [`params`] — path-keyed flat parameter layout and fingerprint.
 //! * [`wire`] — activations as plain data for crossing processes.
 //! * [`data`] — built-in and user data sets, sharding, shuffling, batching, resumable cursors.
+//! * [`pipeline`] — one pipeline shard: micro-batched forward/backward of a stage range, AdamW.
 //! * [`trainer`] — AdamW with warmup + cosine schedule and gradient clipping; checkpoints.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -19,6 +20,7 @@ pub mod model;
 pub mod network;
 mod optim;
 pub mod params;
+pub mod pipeline;
 pub mod spec;
 pub mod trainer;
 pub mod wire;
