@@ -10,6 +10,8 @@
 //!   int8, top-k) with exact decode contracts and error feedback;
 //! - [`framing`]: a chunked, digest-checked stream framing over any
 //!   `futures::io::{AsyncRead, AsyncWrite}`;
+//! - [`pipeline`]: the header of activation, gradient and control payloads between
+//!   the holders of consecutive layer shards;
 //! - [`manifest`]: the owner-signed [`PoolManifest`] listing the peers allowed to
 //!   contribute to a closed run, and its text file format.
 //!
@@ -28,6 +30,7 @@ pub mod framing;
 pub mod ids;
 pub mod manifest;
 pub mod message;
+pub mod pipeline;
 mod wire;
 
 pub use codec::{Codec, CodecError, ErrorFeedback};

@@ -91,6 +91,18 @@ impl From<FrameError> for TransferError {
 }
 
 impl TransferError {
+    /// Whether retrying the transfer may succeed: the stream could not be opened or broke
+    /// before the acknowledgement (a connection replaced during start-up, a busy receiver
+    /// resetting it), as opposed to a refusal, bad data or a dead peer's deadline.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            TransferError::Open { .. }
+                | TransferError::Io(_)
+                | TransferError::Frame(FrameError::Truncated { .. })
+        )
+    }
+
     /// Whether this error is the remote's fault (bad data) rather than a network failure,
     /// i.e. whether it should count against the peer's misbehaviour score.
     pub fn is_misbehaviour(&self) -> bool {

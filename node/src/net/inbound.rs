@@ -1,9 +1,12 @@
 //! Accept loops for inbound streams: one task per protocol, one bounded task per stream.
 //!
-//! `libp2p-stream` drops inbound streams when the accept loop lags, so the loop only checks a
-//! semaphore and spawns; streams over the concurrency limit are dropped (the remote sees a
-//! reset and a typed error). Every spawned task is tracked, cancelled on shutdown, and
-//! bounded by the transfer deadline.
+//! `libp2p-stream` drops inbound streams when the accept loop lags, so the loop only checks
+//! two semaphores and spawns. At most `max_inbound_transfers` streams per protocol are read at
+//! once; up to [`QUEUE_FACTOR`] times as many more wait (unread, so they hold no payload
+//! memory, only the muxer's window) for a permit for at most half the stall timeout, so a burst
+//! of small pipeline messages is served in turn rather than reset. Streams beyond that are
+//! dropped (the remote sees a reset and a typed error). Every spawned task is tracked,
+//! cancelled on shutdown, and bounded by the transfer deadline.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,6 +21,9 @@ use super::events::NetEvent;
 use super::shared::Shared;
 use super::transfer::classify;
 
+/// Streams that may wait for a permit, as a multiple of the concurrency limit.
+const QUEUE_FACTOR: usize = 4;
+
 /// Spawns the accept loop for `protocol`; `handler` runs once per inbound stream.
 pub(crate) fn spawn_accept_loop<F, Fut>(
     shared: Arc<Shared>,
@@ -28,7 +34,9 @@ pub(crate) fn spawn_accept_loop<F, Fut>(
     F: Fn(PeerId, Stream) -> Fut + Send + 'static,
     Fut: Future<Output = Result<(), TransferError>> + Send + 'static,
 {
-    let permits = Arc::new(Semaphore::new(shared.limits.max_inbound_transfers.max(1)));
+    let limit = shared.limits.max_inbound_transfers.max(1);
+    let permits = Arc::new(Semaphore::new(limit));
+    let admitted = Arc::new(Semaphore::new(limit * (1 + QUEUE_FACTOR)));
     let tracker = shared.tasks.clone();
     tracker.spawn(async move {
         loop {
@@ -38,14 +46,23 @@ pub(crate) fn spawn_accept_loop<F, Fut>(
                 next = incoming.next() => next,
             };
             let Some((peer, stream)) = next else { break };
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
+            let Ok(slot) = admitted.clone().try_acquire_owned() else {
                 tracing::warn!(%peer, protocol, "too many inbound transfers; dropping stream");
                 continue;
             };
-            let shared = shared.clone();
+            let (shared, permits) = (shared.clone(), permits.clone());
             let work = handler(peer, stream);
             shared.tasks.clone().spawn(async move {
-                let _permit = permit;
+                let _slot = slot;
+                let wait = shared.limits.stall_timeout / 2;
+                let queued = shared
+                    .cancel
+                    .run_until_cancelled(tokio::time::timeout(wait, permits.acquire_owned()))
+                    .await;
+                let Some(Ok(Ok(_permit))) = queued else {
+                    tracing::warn!(%peer, protocol, "inbound stream waited too long; dropped");
+                    return;
+                };
                 let _active = shared.transfer_started();
                 let deadline = shared
                     .limits

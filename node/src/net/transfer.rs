@@ -42,16 +42,19 @@ pub enum PayloadKind {
     Activations,
     /// Pipeline gradients (backward pass).
     Gradients,
+    /// Pipeline control: plan notices and step commits.
+    Control,
     /// Anything else (tools, tests, benchmarks).
     Blob,
 }
 
 impl PayloadKind {
     /// Every kind.
-    pub const ALL: [PayloadKind; 4] = [
+    pub const ALL: [PayloadKind; 5] = [
         PayloadKind::Delta,
         PayloadKind::Activations,
         PayloadKind::Gradients,
+        PayloadKind::Control,
         PayloadKind::Blob,
     ];
 
@@ -66,6 +69,7 @@ impl PayloadKind {
             PayloadKind::Delta => "/murmur/delta/1.0.0",
             PayloadKind::Activations => "/murmur/activations/1.0.0",
             PayloadKind::Gradients => "/murmur/gradients/1.0.0",
+            PayloadKind::Control => "/murmur/pipeline-control/1.0.0",
             PayloadKind::Blob => "/murmur/blob/1.0.0",
         }
     }

@@ -1,0 +1,367 @@
+//! Forming a pipeline: announce this node's measured capacity, wait for the run's members, and
+//! agree on a plan.
+//!
+//! Members are connected peers whose latest signed announcement names this run and model with a
+//! measured capacity. Once `members` are known (this node included), the one with the lowest
+//! peer id computes the plan from their announced capacities and links and sends a notice (the
+//! plan *and* its inputs) to every other member over the pipeline control protocol. A member
+//! accepts a notice only from the lowest id of the members it lists, only if it is listed, and
+//! only if re-computing the plan from the notice's inputs gives the same placement, so a
+//! deterministic planner and an honest leader are checked rather than trusted.
+
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use libp2p::PeerId;
+use murmur_protocol::message::MAX_LISTEN_ADDRS;
+use murmur_protocol::pipeline::{PIPE_VERSION, PipeBody, PipeHeader};
+use murmur_protocol::{Announcement, Message, SignedEnvelope};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::mailbox::{Inbound, Mailbox};
+use super::{Placement, PipelineConfig, PipelineError};
+use crate::net::{Network, PayloadKind, PeerInfo};
+use crate::shard::capacity::Capacity;
+use crate::shard::planner::{
+    Link, LinkSpec, MemoryModel, PeerCapacity, Plan, PlanInput, PlanStage, even_split, plan,
+};
+
+/// Link assumed between members with no measured throughput: a 1 Gbit/s LAN, 1 ms round trip.
+pub const DEFAULT_LINK: LinkSpec = LinkSpec {
+    bytes_per_sec: 125e6,
+    rtt_secs: 0.001,
+};
+/// Largest plan notice accepted, bytes.
+pub const MAX_NOTICE_BYTES: usize = 4 << 20;
+
+/// The plan every member runs, with what it was computed from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanNotice {
+    /// Plan epoch (1 for the first plan of a run).
+    pub epoch: u64,
+    /// Placement policy used.
+    pub placement: Placement,
+    /// The members' peer ids.
+    pub members: Vec<String>,
+    /// The planner's inputs.
+    pub input: PlanInput,
+    /// The plan that runs.
+    pub plan: Plan,
+}
+
+impl PlanNotice {
+    /// Computes the notice for `input` under `placement`.
+    pub fn compute(
+        epoch: u64,
+        placement: Placement,
+        members: Vec<String>,
+        input: PlanInput,
+    ) -> Result<Self, PipelineError> {
+        let plan = match placement {
+            Placement::CapacityAware => plan(&input)?,
+            Placement::Even => even_split(&input)?,
+        };
+        Ok(Self {
+            epoch,
+            placement,
+            members,
+            input,
+            plan,
+        })
+    }
+
+    /// The chain's peers in pipeline order.
+    pub fn chain(&self) -> Result<Vec<PeerId>, PipelineError> {
+        self.plan
+            .assignments
+            .iter()
+            .map(|a| {
+                a.peer
+                    .parse()
+                    .map_err(|_| PipelineError::Protocol(format!("bad peer id {:?}", a.peer)))
+            })
+            .collect()
+    }
+}
+
+/// Announces the latest `capacity` for the run twice a second until `cancel` fires.
+pub fn spawn_announcer(
+    net: Network,
+    signing: SigningKey,
+    config: &PipelineConfig,
+    capacity: watch::Receiver<Capacity>,
+    cancel: CancellationToken,
+) {
+    let (run, model, device) = (config.run, config.model, config.device_name.clone());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let listen_addrs = match net.listen_addrs().await {
+                Ok(addrs) => addrs
+                    .into_iter()
+                    .take(MAX_LISTEN_ADDRS)
+                    .map(|a| a.to_string())
+                    .collect(),
+                Err(_) => return,
+            };
+            let capacity = *capacity.borrow();
+            let message = Message::Announcement(Announcement {
+                peer: murmur_protocol::PeerKey(signing.verifying_key().to_bytes()),
+                run,
+                model,
+                capacity: murmur_protocol::Capacity {
+                    samples_per_sec: capacity.samples_per_sec as f32,
+                    flops_per_sec: capacity.flops_per_sec,
+                    memory_bytes: capacity.memory_bytes,
+                    device: device.chars().take(100).collect(),
+                    links: Vec::new(),
+                },
+                round: 0,
+                listen_addrs,
+                timestamp_ms: crate::net::now_ms(),
+            });
+            match SignedEnvelope::sign(&signing, &message) {
+                Ok(envelope) => {
+                    if let Err(err) = net.publish_announcement(&envelope).await {
+                        tracing::trace!(%err, "capacity announcement not published");
+                    }
+                }
+                Err(err) => tracing::warn!(%err, "cannot sign the capacity announcement"),
+            }
+        }
+    });
+}
+
+/// Waits for the members and returns the agreed notice; messages that arrive early for the
+/// pipeline itself are put back into `mailbox`.
+pub(crate) async fn agree(
+    net: &Network,
+    mailbox: &mut Mailbox,
+    config: &PipelineConfig,
+    own: Capacity,
+) -> Result<PlanNotice, PipelineError> {
+    let me = net.local_peer_id();
+    let deadline = tokio::time::Instant::now() + config.form_timeout;
+    let members = loop {
+        let peers = net.peers().await?;
+        let mut members = candidates(&peers, config);
+        members.push((me, own));
+        if members.len() >= config.members {
+            members.sort_by_key(|(peer, _)| peer.to_string());
+            members.truncate(config.members);
+            break members;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(PipelineError::Formation(format!(
+                "{} of {} members found within {:?}",
+                members.len(),
+                config.members,
+                config.form_timeout
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let ids: Vec<String> = members.iter().map(|(p, _)| p.to_string()).collect();
+    if !ids.contains(&me.to_string()) {
+        return Err(PipelineError::Formation(
+            "more members than needed; this node is not among them".into(),
+        ));
+    }
+    let leader = members[0].0;
+    if leader == me {
+        let input = plan_input(config, &members, &net.peers().await?);
+        let notice = PlanNotice::compute(1, config.placement, ids, input)?;
+        let bytes = encode_notice(&notice)?;
+        for (peer, _) in members.iter().skip(1) {
+            let header = PipeHeader {
+                version: PIPE_VERSION,
+                run: config.run,
+                epoch: notice.epoch,
+                step: 0,
+                micro: 0,
+                micros: 1,
+                tensor: None,
+                body: PipeBody::Plan,
+            };
+            let header = header
+                .to_bytes()
+                .map_err(|e| PipelineError::Protocol(e.to_string()))?;
+            net.send_payload(*peer, PayloadKind::Control, &header, &bytes)
+                .await
+                .map_err(|error| PipelineError::Send { peer: *peer, error })?;
+        }
+        return Ok(notice);
+    }
+    wait_for_notice(mailbox, config, me, leader, deadline).await
+}
+
+async fn wait_for_notice(
+    mailbox: &mut Mailbox,
+    config: &PipelineConfig,
+    me: PeerId,
+    leader: PeerId,
+    deadline: tokio::time::Instant,
+) -> Result<PlanNotice, PipelineError> {
+    let mut early: Vec<Inbound> = Vec::new();
+    let result = loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(message) = mailbox.recv(left).await else {
+            break Err(PipelineError::PeerSilent {
+                peer: leader,
+                waited: config.form_timeout,
+            });
+        };
+        if message.header.body != PipeBody::Plan {
+            if early.len() >= 256 {
+                break Err(PipelineError::Protocol("too many messages before the plan".into()));
+            }
+            early.push(message);
+            continue;
+        }
+        match check_notice(&message, me) {
+            Ok(notice) => break Ok(notice),
+            Err(err) => tracing::warn!(peer = %message.peer, %err, "plan notice refused"),
+        }
+    };
+    mailbox.requeue(early);
+    result
+}
+
+fn check_notice(message: &Inbound, me: PeerId) -> Result<PlanNotice, PipelineError> {
+    let notice = decode_notice(&message.payload)?;
+    let mut sorted = notice.members.clone();
+    sorted.sort();
+    if sorted.first() != Some(&message.peer.to_string()) {
+        return Err(PipelineError::Protocol("the sender is not the lowest member".into()));
+    }
+    if !notice.members.contains(&me.to_string()) {
+        return Err(PipelineError::Protocol("this node is not a listed member".into()));
+    }
+    let again = PlanNotice::compute(
+        notice.epoch,
+        notice.placement,
+        notice.members.clone(),
+        notice.input.clone(),
+    )?;
+    if again.plan.assignments != notice.plan.assignments {
+        return Err(PipelineError::Protocol(
+            "the plan is not what its inputs give".into(),
+        ));
+    }
+    notice.chain()?;
+    Ok(notice)
+}
+
+/// bincode (serde) with fixed-width little-endian numbers: floats travel bit-exact, so every
+/// member re-computes the plan from exactly the leader's inputs.
+fn notice_config() -> impl bincode::config::Config {
+    bincode::config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding()
+        .with_limit::<MAX_NOTICE_BYTES>()
+}
+
+/// Encodes a plan notice (the payload of a `Plan` control message).
+pub fn encode_notice(notice: &PlanNotice) -> Result<Vec<u8>, PipelineError> {
+    bincode::serde::encode_to_vec(notice, notice_config())
+        .map_err(|e| PipelineError::Protocol(format!("cannot encode the plan: {e}")))
+}
+
+/// Decodes a plan notice; at most [`MAX_NOTICE_BYTES`], no trailing bytes.
+pub fn decode_notice(bytes: &[u8]) -> Result<PlanNotice, PipelineError> {
+    if bytes.len() > MAX_NOTICE_BYTES {
+        return Err(PipelineError::Protocol("plan notice too large".into()));
+    }
+    let (notice, used) = bincode::serde::decode_from_slice(bytes, notice_config())
+        .map_err(|e| PipelineError::Protocol(format!("malformed plan notice: {e}")))?;
+    if used != bytes.len() {
+        return Err(PipelineError::Protocol("trailing bytes after the plan notice".into()));
+    }
+    Ok(notice)
+}
+
+/// Connected peers announcing this run and model with a measured capacity.
+fn candidates(peers: &[PeerInfo], config: &PipelineConfig) -> Vec<(PeerId, Capacity)> {
+    peers
+        .iter()
+        .filter(|p| p.connected)
+        .filter_map(|p| {
+            let a = p.announcement.as_ref()?;
+            let usable = a.run == config.run
+                && a.model == config.model
+                && a.capacity.flops_per_sec.is_finite()
+                && a.capacity.flops_per_sec > 0.0
+                && a.capacity.memory_bytes > 0;
+            usable.then(|| {
+                let capacity = Capacity {
+                    flops_per_sec: a.capacity.flops_per_sec,
+                    samples_per_sec: f64::from(a.capacity.samples_per_sec),
+                    memory_bytes: a.capacity.memory_bytes,
+                };
+                (p.peer_id, capacity)
+            })
+        })
+        .collect()
+}
+
+/// The planner's input: the model's stage costs, the members' capacities, and the links the
+/// leader measured to each member (round trip from ping, throughput from transfers).
+pub fn plan_input(
+    config: &PipelineConfig,
+    members: &[(PeerId, Capacity)],
+    peers: &[PeerInfo],
+) -> PlanInput {
+    let stages = config
+        .spec
+        .stage_costs()
+        .iter()
+        .map(|c| PlanStage {
+            flops_per_sample: c.flops_per_sample as f64,
+            activation_bytes_per_sample: c.activation_bytes_per_sample,
+            param_bytes: c.param_bytes,
+        })
+        .collect();
+    let capacities = members
+        .iter()
+        .map(|(peer, c)| PeerCapacity {
+            id: peer.to_string(),
+            flops_per_sec: c.flops_per_sec,
+            memory_bytes: c.memory_bytes,
+        })
+        .collect();
+    let Some((leader, _)) = members.first() else {
+        return PlanInput::new(stages, capacities);
+    };
+    let mut links = Vec::new();
+    for info in peers.iter().filter(|p| members.iter().any(|(m, _)| *m == p.peer_id)) {
+        let Some(rtt) = info.rtt else { continue };
+        let spec = LinkSpec {
+            bytes_per_sec: info
+                .throughput_bps
+                .filter(|b| b.is_finite() && *b > 0.0)
+                .unwrap_or(DEFAULT_LINK.bytes_per_sec),
+            rtt_secs: rtt.as_secs_f64(),
+        };
+        links.push(Link {
+            from: leader.to_string(),
+            to: info.peer_id.to_string(),
+            spec,
+        });
+    }
+    PlanInput {
+        links,
+        default_link: DEFAULT_LINK,
+        memory: MemoryModel {
+            state_multiplier: 4,
+            micro_batch_samples: config.micro_samples().max(1) as u64,
+            in_flight_micro_batches: u64::from(config.micro_batches.max(1)),
+        },
+        ..PlanInput::new(stages, capacities)
+    }
+}

@@ -1,0 +1,183 @@
+//! Pipeline training across peers: each peer of a plan holds a contiguous range of stages
+//! (a [`murmur_models::pipeline::StageShard`]) and the run trains as a micro-batched pipeline
+//! (GPipe schedule: a step's micro-batches flow forward, their gradients flow back, then one
+//! commit carries the global gradient norm down the chain and every shard updates).
+//!
+//! - [`form`]: measure capacity, announce it, wait for the run's members, and agree on a plan
+//!   (the member with the lowest peer id computes it and sends it; everyone re-computes it from
+//!   the inputs in the notice and refuses a plan that is not the optimum for them);
+//! - [`stage`]: one peer's part of the pipeline (the first shard also reads the data);
+//! - [`mailbox`]: decoded inbound pipeline messages and bounded outbound sends;
+//! - `session`: [`run`], the whole of it for one node;
+//! - [`compute`]: the shard's compute thread; [`tensor`]: tensors on the wire.
+
+mod compute;
+pub mod form;
+mod mailbox;
+mod session;
+mod stage;
+mod tensor;
+
+use std::ops::Range;
+use std::time::Duration;
+
+use libp2p::PeerId;
+use murmur_models::pipeline::ShardError;
+use murmur_models::{Dataset, Device, ModelSpec, TrainConfig};
+use murmur_protocol::{ModelFingerprint, RunId};
+use serde::{Deserialize, Serialize};
+
+pub use session::run;
+
+use super::planner::{Plan, PlanError};
+use crate::net::{NetError, TransferError};
+
+/// How stages are placed on the members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Placement {
+    /// In proportion to measured capacity ([`super::planner::plan`]).
+    CapacityAware,
+    /// The same number of stages on every member ([`super::planner::even_split`]).
+    Even,
+}
+
+/// Everything a node needs to take part in a pipeline run.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// The run.
+    pub run: RunId,
+    /// The model architecture.
+    pub spec: ModelSpec,
+    /// Architecture + initialisation fingerprint peers must share.
+    pub model: ModelFingerprint,
+    /// Optimiser and schedule; `batch_size` is the whole step's batch and `seed` the shared
+    /// initialisation and data-order seed.
+    pub train: TrainConfig,
+    /// Micro-batches per step (divides `train.batch_size`).
+    pub micro_batches: u32,
+    /// Optimisation steps to run.
+    pub steps: u64,
+    /// Members the pipeline waits for (this node included).
+    pub members: usize,
+    /// Capacity-aware or even placement.
+    pub placement: Placement,
+    /// Emulated slowdown of this node's device (≥ 1).
+    pub slowdown: f64,
+    /// The device the shard computes on.
+    pub device: Device,
+    /// The device's description, announced.
+    pub device_name: String,
+    /// Training data (read only by the first shard).
+    pub data: Dataset,
+    /// Longest wait for a neighbour's message before the run fails.
+    pub peer_deadline: Duration,
+    /// Longest wait for the members and the plan.
+    pub form_timeout: Duration,
+    /// Time spent on the start-up capacity benchmark.
+    pub capacity_budget: Duration,
+}
+
+impl PipelineConfig {
+    /// Samples per micro-batch.
+    pub fn micro_samples(&self) -> usize {
+        self.train.batch_size / self.micro_batches.max(1) as usize
+    }
+
+    fn validate(&self) -> Result<(), PipelineError> {
+        let m = self.micro_batches as usize;
+        if m == 0 || self.train.batch_size == 0 || self.train.batch_size % m != 0 {
+            return Err(PipelineError::Config(format!(
+                "batch size {} is not a positive multiple of {m} micro-batches",
+                self.train.batch_size
+            )));
+        }
+        if self.members == 0 || !(self.slowdown.is_finite() && self.slowdown >= 1.0) {
+            return Err(PipelineError::Config(
+                "members must be ≥ 1 and slowdown a finite number ≥ 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why a pipeline run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The configuration cannot work.
+    #[error("invalid pipeline configuration: {0}")]
+    Config(String),
+    /// A peer sent something malformed or out of protocol.
+    #[error("pipeline protocol: {0}")]
+    Protocol(String),
+    /// The shard's compute thread failed.
+    #[error("shard compute: {0}")]
+    Compute(String),
+    /// The shard rejected an input or diverged.
+    #[error(transparent)]
+    Shard(#[from] ShardError),
+    /// No plan could be made.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// The network is gone.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// A send to a neighbour failed.
+    #[error("sending to {peer} failed: {error}")]
+    Send {
+        /// The neighbour.
+        peer: PeerId,
+        /// What went wrong.
+        error: TransferError,
+    },
+    /// A neighbour sent nothing within the deadline.
+    #[error("no message from {peer} within {waited:?}: it left or stalled")]
+    PeerSilent {
+        /// The neighbour waited on.
+        peer: PeerId,
+        /// How long.
+        waited: Duration,
+    },
+    /// The members or the plan did not come together in time.
+    #[error("pipeline formation: {0}")]
+    Formation(String),
+}
+
+/// Live figures of this node's part, for progress lines.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StageProgress {
+    /// Steps completed (committed) by this shard.
+    pub step: u64,
+    /// Latest step loss (first shard only).
+    pub loss: Option<f32>,
+    /// Compute time so far, seconds (slowdown included).
+    pub busy_secs: f64,
+    /// Time since this shard's first step began, seconds.
+    pub elapsed_secs: f64,
+}
+
+/// What this node did in a pipeline run.
+#[derive(Debug, Clone, Serialize)]
+pub struct PipelineReport {
+    /// The plan that ran.
+    pub plan: Plan,
+    /// An even split of the same stages over the same members, as planned.
+    pub even: Plan,
+    /// Sum of the members' capacities in samples per second.
+    pub ideal_samples_per_sec: f64,
+    /// This node's measured capacity, FLOP/s.
+    pub flops_per_sec: f64,
+    /// This node's position in the plan (None when the plan does not use it).
+    pub position: Option<usize>,
+    /// The stages it held.
+    pub range: Option<Range<usize>>,
+    /// Steps completed.
+    pub steps: u64,
+    /// Samples per step.
+    pub batch_samples: usize,
+    /// From this shard's first step to its last commit, seconds.
+    pub wall_secs: f64,
+    /// Compute time, seconds (slowdown included).
+    pub busy_secs: f64,
+    /// Loss of every step (first shard only).
+    pub losses: Vec<f32>,
+}

@@ -1,0 +1,117 @@
+//! One node's whole pipeline run: measure capacity, announce it (refined while training), agree
+//! on the plan, run this node's shard, and report.
+
+use ed25519_dalek::SigningKey;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::mailbox::Mailbox;
+use super::stage::{self, Position, StageOutcome};
+use super::{PipelineConfig, PipelineError, PipelineReport, StageProgress, form};
+use crate::net::Network;
+use crate::shard::capacity::{self, Capacity};
+use crate::shard::planner::{even_split, ideal_samples_per_sec};
+
+/// Runs this node's part of the pipeline run described by `config` and reports it; live
+/// figures go to `progress`.
+pub async fn run(
+    net: Network,
+    signing: SigningKey,
+    config: PipelineConfig,
+    progress: watch::Sender<StageProgress>,
+) -> Result<PipelineReport, PipelineError> {
+    config.validate()?;
+    let mut mailbox = Mailbox::open(&net, config.run)?;
+    let (spec, device) = (config.spec.clone(), config.device.clone());
+    let (samples, slowdown, budget) = (
+        config.micro_samples(),
+        config.slowdown,
+        config.capacity_budget,
+    );
+    let measured = tokio::task::spawn_blocking(move || {
+        capacity::measure(&spec, &device, samples, slowdown, budget)
+    })
+    .await
+    .map_err(|e| PipelineError::Compute(e.to_string()))??;
+    tracing::info!(
+        flops_per_sec = measured.flops_per_sec,
+        samples_per_sec = measured.samples_per_sec,
+        "capacity measured"
+    );
+    let (capacity_tx, capacity_rx) = watch::channel(measured);
+    let cancel = CancellationToken::new();
+    let _stop_announcing = cancel.clone().drop_guard();
+    form::spawn_announcer(net.clone(), signing, &config, capacity_rx, cancel.clone());
+
+    let notice = form::agree(&net, &mut mailbox, &config, measured).await?;
+    let even = even_split(&notice.input)?;
+    let ideal_samples_per_sec = ideal_samples_per_sec(&notice.input)?;
+    let me = net.local_peer_id().to_string();
+    let index = notice.plan.assignments.iter().position(|a| a.peer == me);
+    tracing::info!(epoch = notice.epoch, ?index, "plan agreed");
+    let outcome = match index {
+        Some(index) => {
+            let range = notice.plan.assignments[index].stages();
+            let position = Position {
+                epoch: notice.epoch,
+                index,
+                chain: notice.chain()?,
+                range: range.clone(),
+            };
+            let range_flops: f64 = config.spec.stage_costs()[range]
+                .iter()
+                .map(|c| c.flops_per_sample as f64)
+                .sum();
+            let refine = refine_from_progress(
+                progress.subscribe(),
+                capacity_tx,
+                range_flops * config.train.batch_size as f64,
+                cancel.clone(),
+            );
+            let result = stage::run(&net, &mut mailbox, &config, &position, &progress).await;
+            refine.abort();
+            result?
+        }
+        None => StageOutcome::default(),
+    };
+    let range = index.map(|i| notice.plan.assignments[i].stages());
+    Ok(PipelineReport {
+        range,
+        plan: notice.plan,
+        even,
+        ideal_samples_per_sec,
+        flops_per_sec: measured.flops_per_sec,
+        position: index,
+        steps: outcome.steps,
+        batch_samples: config.train.batch_size,
+        wall_secs: outcome.wall_secs,
+        busy_secs: outcome.busy_secs,
+        losses: outcome.losses,
+    })
+}
+
+/// Refines the announced capacity from the shard's observed compute time per step:
+/// `flops_per_step` of work took the busy time between two progress updates.
+fn refine_from_progress(
+    mut progress: watch::Receiver<StageProgress>,
+    capacity: watch::Sender<Capacity>,
+    flops_per_step: f64,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let (mut steps, mut busy) = (0u64, 0.0f64);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                changed = progress.changed() => if changed.is_err() { return },
+            }
+            let now = progress.borrow_and_update().clone();
+            let (d_steps, d_busy) = (now.step.saturating_sub(steps), now.busy_secs - busy);
+            if d_steps > 0 && d_busy > 0.0 {
+                let observed = flops_per_step * d_steps as f64 / d_busy;
+                capacity.send_modify(|c| c.refine(observed));
+            }
+            (steps, busy) = (now.step, now.busy_secs);
+        }
+    })
+}

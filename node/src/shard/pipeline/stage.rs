@@ -1,0 +1,425 @@
+//! One peer's part of a pipeline run (GPipe schedule, see the module docs of `pipeline`).
+//!
+//! The first shard reads the data: per step it runs the forward of every micro-batch and sends
+//! the activations on, then takes the micro-batches' gradients back, computes the global
+//! gradient norm from its own and the downstream shards' (which arrives with the last gradient),
+//! updates, and sends a commit down the chain. Every other shard answers what arrives: a forward
+//! (run it and send it on, or, on the last shard, compute the loss and send the gradient back),
+//! a backward (send the input gradient up; with the last one of the step, the sum of the
+//! squared gradient norms from here down), a commit (update and pass it on). Messages of a later
+//! step wait until the current step's commit; a neighbour that sends nothing within the
+//! deadline fails the run with [`PipelineError::PeerSilent`] instead of hanging it.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use murmur_models::data::BatchStream;
+use murmur_models::pipeline::StageShard;
+use murmur_models::{Batch, WireActivation};
+use murmur_protocol::pipeline::{PIPE_VERSION, PipeBody, PipeHeader};
+use tokio::sync::watch;
+
+use super::compute::Compute;
+use super::mailbox::{Inbound, Mailbox, Outbox};
+use super::{PipelineConfig, PipelineError, StageProgress, tensor};
+use crate::net::{Network, PayloadKind};
+
+/// How often a waiting shard checks its outgoing sends.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Where this node sits in the running plan.
+#[derive(Debug, Clone)]
+pub(crate) struct Position {
+    /// Plan epoch.
+    pub epoch: u64,
+    /// Index in the chain.
+    pub index: usize,
+    /// The chain's peers, in pipeline order.
+    pub chain: Vec<PeerId>,
+    /// The stages this node holds.
+    pub range: std::ops::Range<usize>,
+}
+
+impl Position {
+    fn prev(&self) -> Option<PeerId> {
+        self.index.checked_sub(1).map(|i| self.chain[i])
+    }
+    fn next(&self) -> Option<PeerId> {
+        self.chain.get(self.index + 1).copied()
+    }
+}
+
+/// What this shard did.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StageOutcome {
+    /// Steps committed.
+    pub steps: u64,
+    /// From the first step to the last commit, seconds.
+    pub wall_secs: f64,
+    /// Compute time, seconds (slowdown included).
+    pub busy_secs: f64,
+    /// Step losses (first shard only).
+    pub losses: Vec<f32>,
+}
+
+/// Runs this node's shard for `config.steps` steps.
+pub(crate) async fn run(
+    net: &Network,
+    mailbox: &mut Mailbox,
+    config: &PipelineConfig,
+    position: &Position,
+    progress: &watch::Sender<StageProgress>,
+) -> Result<StageOutcome, PipelineError> {
+    let (spec, device, range, train) = (
+        config.spec.clone(),
+        config.device.clone(),
+        position.range.clone(),
+        config.train.clone(),
+    );
+    let shard = tokio::task::spawn_blocking(move || StageShard::new(&spec, &device, range, train))
+        .await
+        .map_err(|e| PipelineError::Compute(e.to_string()))??;
+    let last = shard.is_last();
+    let compute = Compute::start(shard, config.slowdown)?;
+    let mut stage = Stage {
+        mailbox,
+        // Receivers drop streams beyond their per-protocol limit rather than queue them, so
+        // never have more in flight than a peer with default limits accepts.
+        outbox: Outbox::new(net.clone(), net.limits().max_inbound_transfers),
+        config,
+        position,
+        compute,
+        progress,
+        last,
+        started: Instant::now(),
+        outcome: StageOutcome::default(),
+    };
+    if position.index == 0 {
+        stage.lead().await?;
+    } else {
+        stage.follow().await?;
+    }
+    stage.outbox.flush().await?;
+    stage.outcome.wall_secs = stage.started.elapsed().as_secs_f64();
+    stage.outcome.busy_secs = stage.compute.busy().as_secs_f64();
+    Ok(stage.outcome)
+}
+
+struct Stage<'a> {
+    mailbox: &'a mut Mailbox,
+    outbox: Outbox,
+    config: &'a PipelineConfig,
+    position: &'a Position,
+    compute: Compute,
+    progress: &'a watch::Sender<StageProgress>,
+    last: bool,
+    started: Instant,
+    outcome: StageOutcome,
+}
+
+impl Stage<'_> {
+    fn header(&self, step: u64, micro: u32, body: PipeBody) -> PipeHeader {
+        PipeHeader {
+            version: PIPE_VERSION,
+            run: self.config.run,
+            epoch: self.position.epoch,
+            step,
+            micro,
+            micros: self.config.micro_batches,
+            tensor: None,
+            body,
+        }
+    }
+
+    async fn send(
+        &mut self,
+        peer: Option<PeerId>,
+        kind: PayloadKind,
+        mut header: PipeHeader,
+        tensor: Option<WireActivation>,
+    ) -> Result<(), PipelineError> {
+        let peer = peer.ok_or_else(|| PipelineError::Protocol("no neighbour to send to".into()))?;
+        let payload = match tensor {
+            Some(t) => {
+                let (meta, bytes) =
+                    tokio::task::spawn_blocking(move || tensor::encode(&t))
+                        .await
+                        .map_err(|e| PipelineError::Compute(e.to_string()))??;
+                header.tensor = Some(meta);
+                bytes
+            }
+            None => Vec::new(),
+        };
+        self.outbox.send(peer, kind, &header, payload).await
+    }
+
+    fn report(&mut self, step: u64, loss: Option<f32>) {
+        self.outcome.steps = step;
+        if let Some(loss) = loss {
+            self.outcome.losses.push(loss);
+        }
+        self.progress.send_replace(StageProgress {
+            step,
+            loss,
+            busy_secs: self.compute.busy().as_secs_f64(),
+            elapsed_secs: self.started.elapsed().as_secs_f64(),
+        });
+    }
+
+    /// The next message of this epoch from an expected neighbour, within the deadline.
+    async fn next_message(&mut self, waiting_on: Option<PeerId>) -> Result<Inbound, PipelineError> {
+        let wait = self.config.peer_deadline;
+        let deadline = Instant::now() + wait;
+        loop {
+            // Poll in short slices so a failed send surfaces at once, not after the deadline.
+            self.outbox.reap()?;
+            let Some(message) = self.mailbox.recv(POLL).await else {
+                if Instant::now() >= deadline {
+                    return Err(PipelineError::PeerSilent {
+                        peer: waiting_on.unwrap_or(self.position.chain[0]),
+                        waited: wait,
+                    });
+                }
+                continue;
+            };
+            let h = &message.header;
+            let expected = match h.body {
+                PipeBody::Forward { .. } | PipeBody::Commit { .. } => self.position.prev(),
+                PipeBody::Backward { .. } => self.position.next(),
+                PipeBody::Plan => None,
+            };
+            if h.epoch != self.position.epoch || Some(message.peer) != expected {
+                tracing::debug!(peer = %message.peer, epoch = h.epoch, "pipeline message not for this position, dropped");
+                continue;
+            }
+            if h.micros != self.config.micro_batches {
+                return Err(PipelineError::Protocol(format!(
+                    "{} micro-batches per step, this run uses {}",
+                    h.micros, self.config.micro_batches
+                )));
+            }
+            return Ok(message);
+        }
+    }
+
+    /// The first shard: reads data, drives the steps.
+    async fn lead(&mut self) -> Result<(), PipelineError> {
+        let data = &self.config.data;
+        let mut stream = BatchStream::new(data.len(), self.config.train.seed);
+        let micros = self.config.micro_batches;
+        let scale = 1.0 / micros as f32;
+        for step in 0..self.config.steps {
+            let batch = data.batch(&stream.next_batch(self.config.train.batch_size));
+            let mut loss_sum = 0.0f32;
+            for (m, (input, targets)) in split(&batch, micros as usize)?.into_iter().enumerate() {
+                let m = m as u32;
+                if self.last {
+                    let (loss, _) = self
+                        .compute
+                        .call(move |s| s.loss_backward(input, &targets, scale))
+                        .await??;
+                    loss_sum += loss;
+                } else {
+                    let out = self.compute.call(move |s| s.forward(m, input)).await??;
+                    let header = self.header(step, m, PipeBody::Forward { targets });
+                    self.send(self.position.next(), PayloadKind::Activations, header, Some(out))
+                        .await?;
+                }
+            }
+            let mut tail = 0.0;
+            if !self.last {
+                let (losses, downstream) = self.collect_backwards(step).await?;
+                loss_sum += losses;
+                tail = downstream;
+            }
+            let own = self.compute.call(|s| s.grad_norm_sq()).await?;
+            let grad_norm = (own + tail).sqrt() as f32;
+            self.compute.call(move |s| s.apply(grad_norm)).await??;
+            if !self.last {
+                let header = self.header(step, 0, PipeBody::Commit { grad_norm });
+                self.send(self.position.next(), PayloadKind::Control, header, None)
+                    .await?;
+            }
+            let loss = loss_sum / micros as f32;
+            tracing::debug!(step, loss, grad_norm, "pipeline step");
+            self.report(step + 1, Some(loss));
+        }
+        Ok(())
+    }
+
+    /// The first shard's backward half of a step: returns the summed micro-batch losses and the
+    /// downstream shards' squared gradient norm.
+    async fn collect_backwards(&mut self, step: u64) -> Result<(f32, f64), PipelineError> {
+        let (mut done, mut losses, mut tail) = (0u32, 0.0f32, None);
+        let mut seen = HashSet::new();
+        while done < self.config.micro_batches {
+            let message = self.next_message(self.position.next()).await?;
+            let h = message.header;
+            if h.step < step || !seen.insert(h.micro) {
+                continue; // a retried send delivered twice
+            }
+            let PipeBody::Backward { loss, tail_norm_sq } = h.body else {
+                return Err(PipelineError::Protocol("the first shard got a forward".into()));
+            };
+            if h.step != step {
+                return Err(PipelineError::Protocol(format!(
+                    "gradient of step {} during step {step}",
+                    h.step
+                )));
+            }
+            let grad = decode(&h.tensor, &message.payload)?;
+            self.compute.call(move |s| s.backward(h.micro, &grad)).await??;
+            losses += loss;
+            tail = tail.or(tail_norm_sq);
+            done += 1;
+        }
+        let tail = tail.ok_or_else(|| {
+            PipelineError::Protocol("the downstream gradient norm never arrived".into())
+        })?;
+        Ok((losses, tail))
+    }
+
+    /// Every other shard: answers forwards, backwards and commits.
+    async fn follow(&mut self) -> Result<(), PipelineError> {
+        let micros = self.config.micro_batches;
+        let scale = 1.0 / micros as f32;
+        let (mut step, mut done, mut tail) = (0u64, 0u32, None::<f64>);
+        let mut later: Vec<Inbound> = Vec::new();
+        // (message kind, micro-batch) pairs handled this step: retried sends may repeat.
+        let mut seen: HashSet<(u8, u32)> = HashSet::new();
+        while step < self.config.steps {
+            let waiting_on = if done == micros && !self.last {
+                self.position.next()
+            } else {
+                self.position.prev()
+            };
+            let message = self.next_message(waiting_on).await?;
+            let h = message.header;
+            if h.step > step {
+                if later.len() >= 4 * micros as usize {
+                    return Err(PipelineError::Protocol("too many messages ahead".into()));
+                }
+                later.push(Inbound { header: h, ..message });
+                continue;
+            }
+            if h.step < step || !seen.insert((kind_tag(&h.body), h.micro)) {
+                continue;
+            }
+            match h.body {
+                PipeBody::Forward { targets } => {
+                    let input = decode(&h.tensor, &message.payload)?;
+                    if self.last {
+                        let (loss, grad) = self
+                            .compute
+                            .call(move |s| s.loss_backward(input, &targets, scale))
+                            .await??;
+                        done += 1;
+                        let tail_norm_sq = if done == micros {
+                            Some(self.compute.call(|s| s.grad_norm_sq()).await?)
+                        } else {
+                            None
+                        };
+                        let body = PipeBody::Backward { loss, tail_norm_sq };
+                        let header = self.header(step, h.micro, body);
+                        self.send(self.position.prev(), PayloadKind::Gradients, header, grad)
+                            .await?;
+                    } else {
+                        let out = self.compute.call(move |s| s.forward(h.micro, input)).await??;
+                        let header = self.header(step, h.micro, PipeBody::Forward { targets });
+                        self.send(self.position.next(), PayloadKind::Activations, header, Some(out))
+                            .await?;
+                    }
+                }
+                PipeBody::Backward { loss, tail_norm_sq } => {
+                    let grad = decode(&h.tensor, &message.payload)?;
+                    let up = self.compute.call(move |s| s.backward(h.micro, &grad)).await??;
+                    done += 1;
+                    tail = tail.or(tail_norm_sq);
+                    let tail_norm_sq = if done == micros {
+                        let own = self.compute.call(|s| s.grad_norm_sq()).await?;
+                        Some(own + tail.ok_or_else(|| {
+                            PipelineError::Protocol("downstream gradient norm missing".into())
+                        })?)
+                    } else {
+                        None
+                    };
+                    let header = self.header(step, h.micro, PipeBody::Backward { loss, tail_norm_sq });
+                    self.send(self.position.prev(), PayloadKind::Gradients, header, up)
+                        .await?;
+                }
+                PipeBody::Commit { grad_norm } => {
+                    if done != micros {
+                        return Err(PipelineError::Protocol(format!(
+                            "commit of step {step} after {done} of {micros} backwards"
+                        )));
+                    }
+                    self.compute.call(move |s| s.apply(grad_norm)).await??;
+                    if !self.last {
+                        let header = self.header(step, 0, PipeBody::Commit { grad_norm });
+                        self.send(self.position.next(), PayloadKind::Control, header, None)
+                            .await?;
+                    }
+                    step += 1;
+                    (done, tail) = (0, None);
+                    seen.clear();
+                    self.report(step, None);
+                    self.mailbox.requeue(std::mem::take(&mut later));
+                }
+                PipeBody::Plan => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn kind_tag(body: &PipeBody) -> u8 {
+    match body {
+        PipeBody::Forward { .. } => 0,
+        PipeBody::Backward { .. } => 1,
+        PipeBody::Commit { .. } => 2,
+        PipeBody::Plan => 3,
+    }
+}
+
+fn decode(
+    meta: &Option<murmur_protocol::pipeline::TensorMeta>,
+    payload: &[u8],
+) -> Result<WireActivation, PipelineError> {
+    let meta = meta
+        .as_ref()
+        .ok_or_else(|| PipelineError::Protocol("a tensor message without a tensor".into()))?;
+    tensor::decode(meta, payload)
+}
+
+/// Splits a batch into `micros` equal micro-batches of (input, targets).
+fn split(batch: &Batch, micros: usize) -> Result<Vec<(WireActivation, Vec<u32>)>, PipelineError> {
+    let b = batch.samples;
+    if micros == 0 || b % micros != 0 {
+        return Err(PipelineError::Config(format!(
+            "{b} samples do not split into {micros} micro-batches"
+        )));
+    }
+    let per = b / micros;
+    let targets_per = batch.targets.len() / b.max(1);
+    let mut out = Vec::with_capacity(micros);
+    for m in 0..micros {
+        let rows = m * per..(m + 1) * per;
+        let targets = batch.targets[rows.start * targets_per..rows.end * targets_per].to_vec();
+        let input = match &batch.input {
+            WireActivation::Tokens { shape, ids } => WireActivation::Tokens {
+                shape: [per, shape[1]],
+                ids: ids[rows.start * shape[1]..rows.end * shape[1]].to_vec(),
+            },
+            WireActivation::Hidden { shape, values } => {
+                let w = shape[1] * shape[2];
+                WireActivation::Hidden {
+                    shape: [per, shape[1], shape[2]],
+                    values: values[rows.start * w..rows.end * w].to_vec(),
+                }
+            }
+        };
+        out.push((input, targets));
+    }
+    Ok(out)
+}

@@ -1,0 +1,235 @@
+//! Pipeline messages: the header that travels with every activation, gradient and control
+//! payload between the holders of consecutive layer shards.
+//!
+//! The header is bincode like every other message (bounded by the 64 KiB message limit); the
+//! tensor, when there is one, is the stream payload itself as little-endian `f32` values or
+//! `u32` token ids, described by [`TensorMeta`]. [`TensorMeta::check_payload`] bounds the
+//! payload against the declared shape before anything is allocated from it.
+//!
+//! Authenticity: pipeline payloads travel only over Noise-authenticated streams, and the
+//! receiver accepts them only from the peer that the current plan puts next to it, so no
+//! per-message signature is needed (unlike gossip deltas, which are relayed and stored).
+
+use bincode::{Decode, Encode};
+
+use crate::ids::RunId;
+use crate::message::MessageError;
+use crate::wire;
+
+/// Version of [`PipeHeader`] this build speaks.
+pub const PIPE_VERSION: u8 = 1;
+/// Most targets one micro-batch carries.
+pub const MAX_TARGETS: usize = 8192;
+/// Most dimensions of a pipeline tensor.
+pub const MAX_DIMS: usize = 4;
+
+/// Element type of a pipeline tensor payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum TensorKind {
+    /// `u32` token ids.
+    Tokens,
+    /// `f32` values (hidden states, gradients).
+    F32,
+}
+
+/// Shape and element type of the payload that follows a header.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct TensorMeta {
+    /// Element type.
+    pub kind: TensorKind,
+    /// Dimensions, outermost first.
+    pub shape: Vec<u32>,
+}
+
+impl TensorMeta {
+    /// Number of elements (None on overflow).
+    pub fn elements(&self) -> Option<usize> {
+        self.shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d as usize))
+    }
+
+    /// Checks that `payload` holds exactly the declared elements (4 bytes each).
+    pub fn check_payload(&self, payload: &[u8]) -> Result<usize, MessageError> {
+        let n = self
+            .elements()
+            .filter(|n| n.checked_mul(4) == Some(payload.len()))
+            .ok_or(MessageError::BadRange {
+                offset: 0,
+                len: payload.len() as u64,
+                total: self.elements().map_or(u64::MAX, |n| n as u64 * 4),
+            })?;
+        Ok(n)
+    }
+}
+
+/// What a pipeline message is.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub enum PipeBody {
+    /// Activations of micro-batch `micro` going downstream, with the micro-batch's targets
+    /// (one per output position) for the shard that computes the loss.
+    Forward {
+        /// Class labels or next-token ids.
+        targets: Vec<u32>,
+    },
+    /// The gradient w.r.t. the receiver's output for micro-batch `micro`, going upstream.
+    Backward {
+        /// The micro-batch's loss (computed by the last shard, passed on unchanged).
+        loss: f32,
+        /// On the sender's last backward of the step: the sum of the squared gradient norms
+        /// of the sender's shard and every shard after it.
+        tail_norm_sq: Option<f64>,
+    },
+    /// The step is complete: apply the update clipped by this global gradient norm, then pass
+    /// the commit downstream.
+    Commit {
+        /// Global gradient norm of the step.
+        grad_norm: f32,
+    },
+    /// The plan of epoch `epoch` (payload: the plan notice, see `docs/protocol.md`).
+    Plan,
+}
+
+/// The header of every pipeline payload.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub struct PipeHeader {
+    /// [`PIPE_VERSION`].
+    pub version: u8,
+    /// The run.
+    pub run: RunId,
+    /// Plan epoch the message belongs to; messages of other epochs are dropped.
+    pub epoch: u64,
+    /// Optimisation step.
+    pub step: u64,
+    /// Micro-batch index within the step.
+    pub micro: u32,
+    /// Micro-batches per step.
+    pub micros: u32,
+    /// The tensor in the payload, if any.
+    pub tensor: Option<TensorMeta>,
+    /// What the message is.
+    pub body: PipeBody,
+}
+
+impl PipeHeader {
+    /// Checks version and bounds.
+    pub fn validate(&self) -> Result<(), MessageError> {
+        if self.version != PIPE_VERSION {
+            return Err(MessageError::Encode(format!(
+                "pipeline header version {} (this build speaks {PIPE_VERSION})",
+                self.version
+            )));
+        }
+        if self.micros == 0 || self.micro >= self.micros {
+            return Err(MessageError::FieldTooLong {
+                field: "micro",
+                len: self.micro as usize,
+                max: self.micros.saturating_sub(1) as usize,
+            });
+        }
+        if let Some(t) = &self.tensor {
+            if t.shape.len() > MAX_DIMS {
+                return Err(MessageError::FieldTooLong {
+                    field: "tensor.shape",
+                    len: t.shape.len(),
+                    max: MAX_DIMS,
+                });
+            }
+        }
+        match &self.body {
+            PipeBody::Forward { targets } if targets.len() > MAX_TARGETS => {
+                Err(MessageError::FieldTooLong {
+                    field: "targets",
+                    len: targets.len(),
+                    max: MAX_TARGETS,
+                })
+            }
+            PipeBody::Backward { loss, tail_norm_sq } => {
+                let finite_sq = tail_norm_sq.is_none_or(|v| v.is_finite() && v >= 0.0);
+                if !loss.is_finite() || !finite_sq {
+                    return Err(MessageError::NotFinite("backward"));
+                }
+                Ok(())
+            }
+            PipeBody::Commit { grad_norm } if !grad_norm.is_finite() || *grad_norm < 0.0 => {
+                Err(MessageError::NotFinite("grad_norm"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Validates and encodes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, MessageError> {
+        self.validate()?;
+        wire::encode(self).map_err(|e| MessageError::Encode(e.to_string()))
+    }
+
+    /// Decodes and validates.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, MessageError> {
+        let header: Self = wire::decode(bytes)?;
+        header.validate()?;
+        Ok(header)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(body: PipeBody) -> PipeHeader {
+        PipeHeader {
+            version: PIPE_VERSION,
+            run: RunId::from_name("t"),
+            epoch: 1,
+            step: 2,
+            micro: 3,
+            micros: 4,
+            tensor: Some(TensorMeta {
+                kind: TensorKind::F32,
+                shape: vec![2, 3],
+            }),
+            body,
+        }
+    }
+
+    #[test]
+    fn round_trips_and_rejects_bad_fields() {
+        let h = header(PipeBody::Forward {
+            targets: vec![1, 2],
+        });
+        assert_eq!(PipeHeader::from_bytes(&h.to_bytes().unwrap()).unwrap(), h);
+        let mut bad = h.clone();
+        bad.micro = 4;
+        assert!(bad.to_bytes().is_err());
+        bad = header(PipeBody::Backward {
+            loss: f32::NAN,
+            tail_norm_sq: None,
+        });
+        assert!(bad.to_bytes().is_err());
+        bad = header(PipeBody::Commit { grad_norm: -1.0 });
+        assert!(bad.to_bytes().is_err());
+        bad = header(PipeBody::Forward {
+            targets: vec![0; MAX_TARGETS + 1],
+        });
+        assert!(bad.to_bytes().is_err());
+        let mut bytes = h.to_bytes().unwrap();
+        bytes[0] = 9;
+        assert!(PipeHeader::from_bytes(&bytes).is_err());
+        assert!(PipeHeader::from_bytes(&bytes[..5]).is_err());
+    }
+
+    #[test]
+    fn payload_must_match_the_shape() {
+        let meta = TensorMeta {
+            kind: TensorKind::F32,
+            shape: vec![2, 3],
+        };
+        assert_eq!(meta.check_payload(&[0; 24]).unwrap(), 6);
+        assert!(meta.check_payload(&[0; 20]).is_err());
+        let huge = TensorMeta {
+            kind: TensorKind::F32,
+            shape: vec![u32::MAX, u32::MAX, u32::MAX],
+        };
+        assert!(huge.check_payload(&[0; 4]).is_err());
+    }
+}

@@ -1,0 +1,128 @@
+//! Pipeline training across three in-process nodes on loopback: the plan is agreed over the
+//! network, every shard holder trains its range, and the losses equal single-node training.
+
+#[path = "net_common/mod.rs"]
+mod net_common;
+
+use std::time::Duration;
+
+use murmur_models::{
+    GptConfig, ModelKind, ModelSpec, TrainConfig, Trainer, builtin_data, spec_for,
+};
+use murmur_node::net::Network;
+use murmur_node::shard::pipeline::{self, Placement, PipelineConfig, PipelineReport};
+use murmur_protocol::ModelFingerprint;
+use tokio::sync::watch;
+
+fn spec() -> ModelSpec {
+    let data = builtin_data(ModelKind::CharGpt).expect("embedded corpus");
+    match spec_for(ModelKind::CharGpt, data.train.shape()).expect("spec") {
+        ModelSpec::Gpt(full) => ModelSpec::Gpt(GptConfig {
+            d_model: 16,
+            heads: 2,
+            ..full
+        }),
+        other => other,
+    }
+}
+
+fn train_config() -> TrainConfig {
+    TrainConfig {
+        lr: 3e-3,
+        warmup_steps: 2,
+        total_steps: 20,
+        grad_clip: Some(0.5),
+        batch_size: 8,
+        seed: 11,
+        ..TrainConfig::default()
+    }
+}
+
+fn config(steps: u64, placement: Placement, slowdown: f64) -> PipelineConfig {
+    let data = builtin_data(ModelKind::CharGpt).expect("embedded corpus");
+    PipelineConfig {
+        run: net_common::run(),
+        spec: spec(),
+        model: ModelFingerprint([3; 32]),
+        train: train_config(),
+        micro_batches: 4,
+        steps,
+        members: 3,
+        placement,
+        slowdown,
+        device: murmur_models::Device::flex(),
+        device_name: "flex".into(),
+        data: data.train,
+        peer_deadline: Duration::from_secs(20),
+        form_timeout: Duration::from_secs(30),
+        capacity_budget: Duration::from_millis(50),
+    }
+}
+
+/// Three connected nodes (the second and third bootstrap from the first).
+async fn three_nodes() -> Vec<(net_common::Identity, Network)> {
+    let (id1, first, _e1) = net_common::start(1, net_common::loopback()).await;
+    let boot = net_common::addr_of(&first, "tcp").await;
+    let mut nodes = vec![(id1, first)];
+    for seed in 2..=3 {
+        let mut config = net_common::loopback();
+        config.bootstrap = vec![boot.clone()];
+        let (id, net, _events) = net_common::start(seed, config).await;
+        nodes.push((id, net));
+    }
+    nodes
+}
+
+async fn run_all(nodes: &[(net_common::Identity, Network)], configs: Vec<PipelineConfig>) -> Vec<PipelineReport> {
+    let runs = nodes.iter().zip(configs).map(|((id, net), config)| {
+        let (progress, _) = watch::channel(Default::default());
+        pipeline::run(net.clone(), id.signing.clone(), config, progress)
+    });
+    let all = futures::future::join_all(runs);
+    let reports = tokio::time::timeout(Duration::from_secs(50), all)
+        .await
+        .expect("the pipeline finishes within 50 s");
+    let failures: Vec<String> = reports
+        .iter()
+        .zip(nodes)
+        .filter_map(|(r, (_, net))| r.as_ref().err().map(|e| format!("{}: {e}", net.local_peer_id())))
+        .collect();
+    assert!(failures.is_empty(), "failed parts: {failures:#?}");
+    reports.into_iter().filter_map(Result::ok).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_node_pipeline_matches_single_node_training() {
+    let nodes = three_nodes().await;
+    let steps = 5;
+    let configs = (0..3).map(|_| config(steps, Placement::Even, 1.0)).collect();
+    let reports = run_all(&nodes, configs).await;
+
+    let mut positions: Vec<usize> = reports.iter().filter_map(|r| r.position).collect();
+    positions.sort();
+    assert_eq!(positions, vec![0, 1, 2], "each node holds one range");
+    assert!(reports.iter().all(|r| r.steps == steps));
+    let head = reports.iter().find(|r| r.position == Some(0)).expect("a head");
+    assert_eq!(head.range, Some(0..2));
+
+    let data = builtin_data(ModelKind::CharGpt).expect("embedded corpus");
+    let mut trainer = Trainer::new(
+        &spec(),
+        data.train,
+        data.test,
+        train_config(),
+        &murmur_models::Device::flex(),
+    )
+    .expect("trainer");
+    for (step, got) in head.losses.iter().enumerate() {
+        let expected = trainer.step().expect("step").loss;
+        assert!(
+            (expected - got).abs() < 1e-4 * expected.abs().max(1.0),
+            "step {step}: single node {expected}, pipeline {got}"
+        );
+    }
+    assert_eq!(head.losses.len(), steps as usize);
+    for (_, net) in &nodes {
+        net.shutdown().await;
+    }
+}
