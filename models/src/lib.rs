@@ -25,12 +25,12 @@ pub mod spec;
 pub mod trainer;
 pub mod wire;
 
+pub use burn::tensor::Device;
 pub use checkpoint::CheckpointError;
 pub use data::{Batch, DataError, DataShape, DataSplit, Dataset};
 pub use device::{
     DeviceChoice, DeviceClass, DeviceError, DeviceInfo, SelectedDevice, select_device,
 };
-pub use burn::tensor::Device;
 pub use model::{Model, ModelError, RangeGrads};
 pub use network::{Activation, StageError};
 pub use optim::lr_at;

@@ -18,13 +18,15 @@ pub enum ModelKind {
     CharGpt,
     /// Character GPT with ≥ 25 M parameters ([`GptConfig::large`]), for benchmarks.
     CharGptLarge,
+    /// Narrow, deep character GPT ([`GptConfig::deep`]): 14 stages, for pipeline sharding.
+    CharGptDeep,
 }
 
 /// The model name was not recognised.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
     /// Unknown `--model` name.
-    #[error("unknown model {0:?}; expected mlp-digits, char-gpt or char-gpt-large")]
+    #[error("unknown model {0:?}; expected mlp-digits, char-gpt, char-gpt-deep or char-gpt-large")]
     UnknownModel(String),
     /// A configuration that cannot be built.
     #[error("invalid model configuration: {0}")]
@@ -39,6 +41,7 @@ impl FromStr for ModelKind {
             "mlp-digits" => Ok(Self::MlpDigits),
             "char-gpt" => Ok(Self::CharGpt),
             "char-gpt-large" => Ok(Self::CharGptLarge),
+            "char-gpt-deep" => Ok(Self::CharGptDeep),
             other => Err(SpecError::UnknownModel(other.to_string())),
         }
     }
@@ -50,6 +53,7 @@ impl fmt::Display for ModelKind {
             Self::MlpDigits => "mlp-digits",
             Self::CharGpt => "char-gpt",
             Self::CharGptLarge => "char-gpt-large",
+            Self::CharGptDeep => "char-gpt-deep",
         })
     }
 }
@@ -61,6 +65,7 @@ impl ModelKind {
             Self::MlpDigits => ModelSpec::Mlp(MlpConfig::digits()),
             Self::CharGpt => ModelSpec::Gpt(GptConfig::small(vocab)),
             Self::CharGptLarge => ModelSpec::Gpt(GptConfig::large(vocab)),
+            Self::CharGptDeep => ModelSpec::Gpt(GptConfig::deep(vocab)),
         }
     }
 }
@@ -106,6 +111,15 @@ impl GptConfig {
             d_model: 64,
             heads: 4,
             layers: 2,
+        }
+    }
+
+    /// The pipeline preset: the small model's width with 12 blocks (≈ 0.6 M parameters, 14
+    /// stages), so layer ranges can be sized to peers' capacities at a fine grain.
+    pub fn deep(vocab: usize) -> Self {
+        Self {
+            layers: 12,
+            ..Self::small(vocab)
         }
     }
 

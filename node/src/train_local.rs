@@ -162,7 +162,7 @@ pub(crate) fn load_split(
             };
             read_csv_file(path, &options)?
         }
-        ModelKind::CharGpt | ModelKind::CharGptLarge => {
+        ModelKind::CharGpt | ModelKind::CharGptLarge | ModelKind::CharGptDeep => {
             let context = match model.spec(0) {
                 murmur_models::ModelSpec::Gpt(c) => c.context,
                 murmur_models::ModelSpec::Mlp(_) => 64,

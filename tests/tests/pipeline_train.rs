@@ -10,7 +10,7 @@ use murmur_models::{
     GptConfig, ModelKind, ModelSpec, TrainConfig, Trainer, builtin_data, spec_for,
 };
 use murmur_node::net::Network;
-use murmur_node::shard::pipeline::{self, Placement, PipelineConfig, PipelineReport};
+use murmur_node::shard::pipeline::{self, PipelineConfig, PipelineReport, Placement};
 use murmur_protocol::ModelFingerprint;
 use tokio::sync::watch;
 
@@ -73,7 +73,10 @@ async fn three_nodes() -> Vec<(net_common::Identity, Network)> {
     nodes
 }
 
-async fn run_all(nodes: &[(net_common::Identity, Network)], configs: Vec<PipelineConfig>) -> Vec<PipelineReport> {
+async fn run_all(
+    nodes: &[(net_common::Identity, Network)],
+    configs: Vec<PipelineConfig>,
+) -> Vec<PipelineReport> {
     let runs = nodes.iter().zip(configs).map(|((id, net), config)| {
         let (progress, _) = watch::channel(Default::default());
         pipeline::run(net.clone(), id.signing.clone(), config, progress)
@@ -85,7 +88,11 @@ async fn run_all(nodes: &[(net_common::Identity, Network)], configs: Vec<Pipelin
     let failures: Vec<String> = reports
         .iter()
         .zip(nodes)
-        .filter_map(|(r, (_, net))| r.as_ref().err().map(|e| format!("{}: {e}", net.local_peer_id())))
+        .filter_map(|(r, (_, net))| {
+            r.as_ref()
+                .err()
+                .map(|e| format!("{}: {e}", net.local_peer_id()))
+        })
         .collect();
     assert!(failures.is_empty(), "failed parts: {failures:#?}");
     reports.into_iter().filter_map(Result::ok).collect()
@@ -95,14 +102,19 @@ async fn run_all(nodes: &[(net_common::Identity, Network)], configs: Vec<Pipelin
 async fn three_node_pipeline_matches_single_node_training() {
     let nodes = three_nodes().await;
     let steps = 5;
-    let configs = (0..3).map(|_| config(steps, Placement::Even, 1.0)).collect();
+    let configs = (0..3)
+        .map(|_| config(steps, Placement::Even, 1.0))
+        .collect();
     let reports = run_all(&nodes, configs).await;
 
     let mut positions: Vec<usize> = reports.iter().filter_map(|r| r.position).collect();
     positions.sort();
     assert_eq!(positions, vec![0, 1, 2], "each node holds one range");
     assert!(reports.iter().all(|r| r.steps == steps));
-    let head = reports.iter().find(|r| r.position == Some(0)).expect("a head");
+    let head = reports
+        .iter()
+        .find(|r| r.position == Some(0))
+        .expect("a head");
     assert_eq!(head.range, Some(0..2));
 
     let data = builtin_data(ModelKind::CharGpt).expect("embedded corpus");

@@ -107,6 +107,7 @@ pub fn builtin_data(kind: ModelKind) -> Result<DataSplit, DataError> {
         ModelKind::MlpDigits => digits(),
         ModelKind::CharGpt => shakespeare(GptConfig::small(0).context),
         ModelKind::CharGptLarge => shakespeare(GptConfig::large(0).context),
+        ModelKind::CharGptDeep => shakespeare(GptConfig::deep(0).context),
     }
 }
 
@@ -122,7 +123,10 @@ pub fn spec_for(kind: ModelKind, shape: DataShape) -> Result<ModelSpec, TrainErr
         ) => Ok(ModelSpec::Mlp(MlpConfig {
             widths: vec![n_features, 128, 128, n_classes],
         })),
-        (ModelKind::CharGpt | ModelKind::CharGptLarge, DataShape::Text { vocab, context }) => {
+        (
+            ModelKind::CharGpt | ModelKind::CharGptLarge | ModelKind::CharGptDeep,
+            DataShape::Text { vocab, context },
+        ) => {
             let mut spec = kind.spec(vocab);
             if let ModelSpec::Gpt(c) = &mut spec {
                 c.context = c.context.max(context);

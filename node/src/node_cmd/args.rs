@@ -8,6 +8,7 @@ use murmur_models::{DeviceChoice, ModelKind};
 use murmur_protocol::Codec;
 
 use crate::averaging::{SyncPolicy, Tamper};
+use crate::shard::pipeline::Placement;
 use crate::train_local::parse_shard;
 
 /// Flags of `murmur node`.
@@ -47,7 +48,7 @@ pub struct NodeArgs {
     pub announce_every: f64,
 
     // ---- model and data ----
-    /// Model: mlp-digits, char-gpt or char-gpt-large.
+    /// Model: mlp-digits, char-gpt, char-gpt-deep or char-gpt-large.
     #[arg(long, default_value = "mlp-digits", env = "MURMUR_MODEL")]
     pub model: ModelKind,
     /// Compute device: auto, gpu, wgpu-cpu or flex.
@@ -107,6 +108,26 @@ pub struct NodeArgs {
     #[arg(long, env = "MURMUR_POOL")]
     pub pool: Option<PathBuf>,
 
+    // ---- pipeline sharding ----
+    /// Train one layer shard of a pipeline across peers instead of a whole model replica.
+    #[arg(long, env = "MURMUR_SHARDED")]
+    pub sharded: bool,
+    /// Members the pipeline waits for, this node included (with --sharded).
+    #[arg(long, default_value_t = 3, env = "MURMUR_PIPELINE_PEERS")]
+    pub pipeline_peers: usize,
+    /// Micro-batches per step (divides --batch-size; with --sharded).
+    #[arg(long, default_value_t = 4, env = "MURMUR_MICRO_BATCHES")]
+    pub micro_batches: u32,
+    /// Stage placement: capacity (proportional to measured capacity) or even.
+    #[arg(long, default_value = "capacity", value_parser = parse_placement, env = "MURMUR_PLACEMENT")]
+    pub placement: Placement,
+    /// Emulate a device this many times slower (≥ 1), to try heterogeneous pipelines.
+    #[arg(long, default_value_t = 1.0, env = "MURMUR_SLOWDOWN")]
+    pub slowdown: f64,
+    /// Seconds to wait for a pipeline neighbour before the run fails.
+    #[arg(long, default_value_t = 30.0, env = "MURMUR_PEER_DEADLINE")]
+    pub peer_deadline: f64,
+
     // ---- state ----
     /// Checkpoint every this many rounds.
     #[arg(long, default_value_t = 4, env = "MURMUR_CHECKPOINT_EVERY")]
@@ -128,6 +149,17 @@ pub struct NodeArgs {
     /// Red team only: corrupt every delta this node sends (flip or scale:F).
     #[arg(long, hide = true)]
     pub tamper: Option<Tamper>,
+}
+
+/// Parses `capacity` or `even`.
+pub fn parse_placement(s: &str) -> Result<Placement, String> {
+    match s {
+        "capacity" => Ok(Placement::CapacityAware),
+        "even" => Ok(Placement::Even),
+        _ => Err(format!(
+            "unknown placement {s:?}: expected capacity or even"
+        )),
+    }
 }
 
 /// Parses `int8`, `int8:BLOCK`, `raw`, `f16`, `bf16`, `topk:K`.

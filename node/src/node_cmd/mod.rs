@@ -9,6 +9,7 @@ mod args;
 pub mod bootstrap_child;
 pub mod config_file;
 pub mod report;
+mod sharded;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -17,7 +18,7 @@ use anyhow::Context;
 use murmur_models::{ModelKind, TrainConfig, Trainer, select_device, spec_for};
 use murmur_protocol::{ModelFingerprint, RunId, SignedManifest};
 
-pub use args::{NodeArgs, parse_codec};
+pub use args::{NodeArgs, parse_codec, parse_placement};
 
 use crate::averaging::{Admission, AveragerConfig, OuterConfig, RobustConfig};
 use crate::identity::NodeIdentity;
@@ -36,6 +37,9 @@ pub fn run(args: &NodeArgs, data_dir: &Path) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    if args.sharded {
+        return runtime.block_on(sharded::serve(args, identity, store));
+    }
     runtime.block_on(serve(args, identity, store))
 }
 
@@ -77,6 +81,20 @@ fn admission(args: &NodeArgs, run: &RunId) -> anyhow::Result<Admission> {
     ))
 }
 
+/// The network configuration the flags describe.
+fn net_config(args: &NodeArgs, run: RunId) -> NetConfig {
+    let mut net = NetConfig::new(run, args.port);
+    if !args.listen.is_empty() {
+        net.listen_addrs = args.listen.clone();
+    }
+    net.bootstrap = args.bootstrap.clone();
+    net.relays = args.relay.clone();
+    net.external_addrs = args.external_addr.clone();
+    net.mdns = !args.no_mdns;
+    net.kad_server = args.kad_server || !args.external_addr.is_empty();
+    net
+}
+
 async fn serve(args: &NodeArgs, identity: NodeIdentity, store: Store) -> anyhow::Result<()> {
     let run = RunId::from_name(&args.run);
     let selected = select_device(args.device).context("selecting a compute device")?;
@@ -99,15 +117,7 @@ async fn serve(args: &NodeArgs, identity: NodeIdentity, store: Store) -> anyhow:
     let trainer = Trainer::new(&spec, train, data.test, train_config, &selected.device)?;
     let anchor = trainer.flat_params()?;
     let model = run_model_fingerprint(trainer.fingerprint(), seed);
-    let mut net = NetConfig::new(run, args.port);
-    if !args.listen.is_empty() {
-        net.listen_addrs = args.listen.clone();
-    }
-    net.bootstrap = args.bootstrap.clone();
-    net.relays = args.relay.clone();
-    net.external_addrs = args.external_addr.clone();
-    net.mdns = !args.no_mdns;
-    net.kad_server = args.kad_server || !args.external_addr.is_empty();
+    let net = net_config(args, run);
     let mut averager = AveragerConfig::new(run, model);
     averager.codec = args.codec;
     averager.fanout = args.fanout;

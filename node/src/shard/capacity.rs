@@ -31,7 +31,8 @@ impl Capacity {
         if !(observed_flops_per_sec.is_finite() && observed_flops_per_sec > 0.0) {
             return;
         }
-        let next = (1.0 - REFINE_WEIGHT) * self.flops_per_sec + REFINE_WEIGHT * observed_flops_per_sec;
+        let next =
+            (1.0 - REFINE_WEIGHT) * self.flops_per_sec + REFINE_WEIGHT * observed_flops_per_sec;
         self.samples_per_sec *= next / self.flops_per_sec.max(f64::MIN_POSITIVE);
         self.flops_per_sec = next;
     }

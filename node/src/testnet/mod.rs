@@ -9,6 +9,7 @@
 
 mod child;
 mod render;
+mod sharded;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -33,9 +34,9 @@ pub struct TestnetArgs {
     /// Honest training nodes.
     #[arg(long, default_value_t = 4)]
     pub nodes: usize,
-    /// Model: mlp-digits or char-gpt.
-    #[arg(long, default_value = "mlp-digits")]
-    pub model: ModelKind,
+    /// Model: mlp-digits, char-gpt, char-gpt-deep (default with --sharded) or char-gpt-large.
+    #[arg(long)]
+    pub model: Option<ModelKind>,
     /// Compute device of every node.
     #[arg(long, default_value = "flex")]
     pub device: DeviceChoice,
@@ -82,6 +83,38 @@ pub struct TestnetArgs {
     /// Print one compact line per second instead of the full table.
     #[arg(long)]
     pub plain: bool,
+
+    // ---- pipeline sharding ----
+    /// Train one model as a pipeline of layer shards across the nodes (char-gpt-deep by
+    /// default) instead of gossip-averaged replicas.
+    #[arg(long)]
+    pub sharded: bool,
+    /// With --sharded: one node per entry, each emulating a device this many times slower.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    pub slowdown: Vec<f64>,
+    /// With --sharded: stage placement, capacity or even.
+    #[arg(long, default_value = "capacity", value_parser = crate::node_cmd::parse_placement)]
+    pub placement: crate::shard::pipeline::Placement,
+    /// With --sharded: run the capacity-aware plan and then an even split, and compare.
+    #[arg(long)]
+    pub compare_even: bool,
+    /// With --sharded: samples per step.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// With --sharded: micro-batches per step.
+    #[arg(long, default_value_t = 8)]
+    pub micro_batches: u32,
+}
+
+impl TestnetArgs {
+    /// The model trained: `--model`, else char-gpt-deep with `--sharded`, else mlp-digits.
+    pub fn model(&self) -> ModelKind {
+        self.model.unwrap_or(if self.sharded {
+            ModelKind::CharGptDeep
+        } else {
+            ModelKind::MlpDigits
+        })
+    }
 }
 
 /// Runs a local testnet and prints its summary.
@@ -120,7 +153,7 @@ pub fn run(args: &TestnetArgs) -> anyhow::Result<()> {
 }
 
 fn target(args: &TestnetArgs) -> Option<f32> {
-    match args.model {
+    match args.model() {
         ModelKind::MlpDigits => Some(args.target_accuracy.unwrap_or(0.96)),
         _ => args.target_accuracy,
     }
@@ -129,7 +162,7 @@ fn target(args: &TestnetArgs) -> Option<f32> {
 fn node_args(args: &TestnetArgs, layout: &Layout, index: usize, bootstrap: &str) -> Vec<String> {
     let honest = args.nodes;
     let total = honest + usize::from(args.malicious.is_some());
-    let is_mlp = matches!(args.model, ModelKind::MlpDigits);
+    let is_mlp = matches!(args.model(), ModelKind::MlpDigits);
     let steps = args.steps.unwrap_or(if is_mlp { 1500 } else { 300 });
     let mut a: Vec<String> = vec![
         "--data-dir".into(),
@@ -148,7 +181,7 @@ fn node_args(args: &TestnetArgs, layout: &Layout, index: usize, bootstrap: &str)
         "--announce-every".into(),
         "1".into(),
         "--model".into(),
-        args.model.to_string(),
+        args.model().to_string(),
         "--device".into(),
         args.device.to_string(),
         "--shard".into(),
@@ -196,22 +229,27 @@ fn codec_arg(codec: murmur_protocol::Codec) -> String {
     }
 }
 
-async fn orchestrate(args: &TestnetArgs, layout: Layout) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let (lines_tx, mut lines) = mpsc::channel::<Line>(1024);
+/// Starts the bootstrap node (data in `layout.root/<name>`) and returns it with its TCP
+/// multiaddr.
+async fn start_bootstrap(
+    layout: &Layout,
+    name: &str,
+    lines_tx: &mpsc::Sender<Line>,
+    lines: &mut mpsc::Receiver<Line>,
+) -> anyhow::Result<(ChildProc, String)> {
     let boot_args: Vec<String> = vec![
         "--data-dir".into(),
-        layout.root.join("bootstrap").display().to_string(),
+        layout.root.join(name).display().to_string(),
         "bootstrap-node".into(),
     ];
-    let mut bootstrap = child::spawn(
+    let bootstrap = child::spawn(
         usize::MAX,
         0,
         &boot_args,
-        &layout.log("bootstrap"),
+        &layout.log(name),
         lines_tx.clone(),
     )?;
-    let boot_addr = tokio::time::timeout(Duration::from_secs(20), async {
+    let addr = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(line) = lines.recv().await {
             if line.index == usize::MAX
                 && let Some(addr) = line.value.get("addr").and_then(|a| a.as_str())
@@ -226,6 +264,17 @@ async fn orchestrate(args: &TestnetArgs, layout: Layout) -> anyhow::Result<()> {
     .ok()
     .flatten()
     .context("the bootstrap node did not report its address")?;
+    Ok((bootstrap, addr))
+}
+
+async fn orchestrate(args: &TestnetArgs, layout: Layout) -> anyhow::Result<()> {
+    if args.sharded {
+        return sharded::orchestrate(args, &layout).await;
+    }
+    let started = Instant::now();
+    let (lines_tx, mut lines) = mpsc::channel::<Line>(1024);
+    let (mut bootstrap, boot_addr) =
+        start_bootstrap(&layout, "bootstrap", &lines_tx, &mut lines).await?;
     let honest = args.nodes;
     let total = honest + usize::from(args.malicious.is_some());
     println!(
@@ -235,7 +284,7 @@ async fn orchestrate(args: &TestnetArgs, layout: Layout) -> anyhow::Result<()> {
         } else {
             ""
         },
-        args.model,
+        args.model(),
         layout.root.display()
     );
     let mut children: BTreeMap<usize, ChildProc> = BTreeMap::new();
@@ -339,7 +388,7 @@ async fn orchestrate(args: &TestnetArgs, layout: Layout) -> anyhow::Result<()> {
         target,
         restarts,
         finals_received: finals,
-        model: args.model.to_string(),
+        model: args.model().to_string(),
     };
     summary.print(&views);
     if target.is_some() && all_reached_at.is_none() {

@@ -27,7 +27,11 @@ impl Compute {
         let (jobs, mut queue) = mpsc::channel::<Job>(4);
         let busy_us = Arc::new(AtomicU64::new(0));
         let busy = busy_us.clone();
-        let slowdown = if slowdown.is_finite() { slowdown.max(1.0) } else { 1.0 };
+        let slowdown = if slowdown.is_finite() {
+            slowdown.max(1.0)
+        } else {
+            1.0
+        };
         std::thread::Builder::new()
             .name("murmur-shard".into())
             .spawn(move || {

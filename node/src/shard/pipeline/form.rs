@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::mailbox::{Inbound, Mailbox};
-use super::{Placement, PipelineConfig, PipelineError};
+use super::{PipelineConfig, PipelineError, Placement};
 use crate::net::{Network, PayloadKind, PeerInfo};
 use crate::shard::capacity::Capacity;
 use crate::shard::planner::{
@@ -219,7 +219,9 @@ async fn wait_for_notice(
         };
         if message.header.body != PipeBody::Plan {
             if early.len() >= 256 {
-                break Err(PipelineError::Protocol("too many messages before the plan".into()));
+                break Err(PipelineError::Protocol(
+                    "too many messages before the plan".into(),
+                ));
             }
             early.push(message);
             continue;
@@ -238,10 +240,14 @@ fn check_notice(message: &Inbound, me: PeerId) -> Result<PlanNotice, PipelineErr
     let mut sorted = notice.members.clone();
     sorted.sort();
     if sorted.first() != Some(&message.peer.to_string()) {
-        return Err(PipelineError::Protocol("the sender is not the lowest member".into()));
+        return Err(PipelineError::Protocol(
+            "the sender is not the lowest member".into(),
+        ));
     }
     if !notice.members.contains(&me.to_string()) {
-        return Err(PipelineError::Protocol("this node is not a listed member".into()));
+        return Err(PipelineError::Protocol(
+            "this node is not a listed member".into(),
+        ));
     }
     let again = PlanNotice::compute(
         notice.epoch,
@@ -281,7 +287,9 @@ pub fn decode_notice(bytes: &[u8]) -> Result<PlanNotice, PipelineError> {
     let (notice, used) = bincode::serde::decode_from_slice(bytes, notice_config())
         .map_err(|e| PipelineError::Protocol(format!("malformed plan notice: {e}")))?;
     if used != bytes.len() {
-        return Err(PipelineError::Protocol("trailing bytes after the plan notice".into()));
+        return Err(PipelineError::Protocol(
+            "trailing bytes after the plan notice".into(),
+        ));
     }
     Ok(notice)
 }
@@ -339,7 +347,10 @@ pub fn plan_input(
         return PlanInput::new(stages, capacities);
     };
     let mut links = Vec::new();
-    for info in peers.iter().filter(|p| members.iter().any(|(m, _)| *m == p.peer_id)) {
+    for info in peers
+        .iter()
+        .filter(|p| members.iter().any(|(m, _)| *m == p.peer_id))
+    {
         let Some(rtt) = info.rtt else { continue };
         let spec = LinkSpec {
             bytes_per_sec: info

@@ -68,7 +68,10 @@ impl Mailbox {
         if let Some(message) = self.backlog.pop_front() {
             return Some(message);
         }
-        tokio::time::timeout(wait, self.rx.recv()).await.ok().flatten()
+        tokio::time::timeout(wait, self.rx.recv())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Puts messages back, to be received before anything new (in the given order).

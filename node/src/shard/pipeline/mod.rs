@@ -145,6 +145,10 @@ pub enum PipelineError {
 /// Live figures of this node's part, for progress lines.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StageProgress {
+    /// This node's position in the chain.
+    pub position: usize,
+    /// The stages it holds.
+    pub range: Option<Range<usize>>,
     /// Steps completed (committed) by this shard.
     pub step: u64,
     /// Latest step loss (first shard only).
@@ -156,7 +160,7 @@ pub struct StageProgress {
 }
 
 /// What this node did in a pipeline run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PipelineReport {
     /// The plan that ran.
     pub plan: Plan,

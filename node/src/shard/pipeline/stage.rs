@@ -95,6 +95,7 @@ pub(crate) async fn run(
         started: Instant::now(),
         outcome: StageOutcome::default(),
     };
+    stage.report(0, None);
     if position.index == 0 {
         stage.lead().await?;
     } else {
@@ -142,10 +143,9 @@ impl Stage<'_> {
         let peer = peer.ok_or_else(|| PipelineError::Protocol("no neighbour to send to".into()))?;
         let payload = match tensor {
             Some(t) => {
-                let (meta, bytes) =
-                    tokio::task::spawn_blocking(move || tensor::encode(&t))
-                        .await
-                        .map_err(|e| PipelineError::Compute(e.to_string()))??;
+                let (meta, bytes) = tokio::task::spawn_blocking(move || tensor::encode(&t))
+                    .await
+                    .map_err(|e| PipelineError::Compute(e.to_string()))??;
                 header.tensor = Some(meta);
                 bytes
             }
@@ -156,10 +156,12 @@ impl Stage<'_> {
 
     fn report(&mut self, step: u64, loss: Option<f32>) {
         self.outcome.steps = step;
-        if let Some(loss) = loss {
+        if let Some(loss) = loss.filter(|_| step > 0) {
             self.outcome.losses.push(loss);
         }
         self.progress.send_replace(StageProgress {
+            position: self.position.index,
+            range: Some(self.position.range.clone()),
             step,
             loss,
             busy_secs: self.compute.busy().as_secs_f64(),
@@ -223,8 +225,13 @@ impl Stage<'_> {
                 } else {
                     let out = self.compute.call(move |s| s.forward(m, input)).await??;
                     let header = self.header(step, m, PipeBody::Forward { targets });
-                    self.send(self.position.next(), PayloadKind::Activations, header, Some(out))
-                        .await?;
+                    self.send(
+                        self.position.next(),
+                        PayloadKind::Activations,
+                        header,
+                        Some(out),
+                    )
+                    .await?;
                 }
             }
             let mut tail = 0.0;
@@ -260,7 +267,9 @@ impl Stage<'_> {
                 continue; // a retried send delivered twice
             }
             let PipeBody::Backward { loss, tail_norm_sq } = h.body else {
-                return Err(PipelineError::Protocol("the first shard got a forward".into()));
+                return Err(PipelineError::Protocol(
+                    "the first shard got a forward".into(),
+                ));
             };
             if h.step != step {
                 return Err(PipelineError::Protocol(format!(
@@ -269,7 +278,9 @@ impl Stage<'_> {
                 )));
             }
             let grad = decode(&h.tensor, &message.payload)?;
-            self.compute.call(move |s| s.backward(h.micro, &grad)).await??;
+            self.compute
+                .call(move |s| s.backward(h.micro, &grad))
+                .await??;
             losses += loss;
             tail = tail.or(tail_norm_sq);
             done += 1;
@@ -300,7 +311,10 @@ impl Stage<'_> {
                 if later.len() >= 4 * micros as usize {
                     return Err(PipelineError::Protocol("too many messages ahead".into()));
                 }
-                later.push(Inbound { header: h, ..message });
+                later.push(Inbound {
+                    header: h,
+                    ..message
+                });
                 continue;
             }
             if h.step < step || !seen.insert((kind_tag(&h.body), h.micro)) {
@@ -325,26 +339,40 @@ impl Stage<'_> {
                         self.send(self.position.prev(), PayloadKind::Gradients, header, grad)
                             .await?;
                     } else {
-                        let out = self.compute.call(move |s| s.forward(h.micro, input)).await??;
+                        let out = self
+                            .compute
+                            .call(move |s| s.forward(h.micro, input))
+                            .await??;
                         let header = self.header(step, h.micro, PipeBody::Forward { targets });
-                        self.send(self.position.next(), PayloadKind::Activations, header, Some(out))
-                            .await?;
+                        self.send(
+                            self.position.next(),
+                            PayloadKind::Activations,
+                            header,
+                            Some(out),
+                        )
+                        .await?;
                     }
                 }
                 PipeBody::Backward { loss, tail_norm_sq } => {
                     let grad = decode(&h.tensor, &message.payload)?;
-                    let up = self.compute.call(move |s| s.backward(h.micro, &grad)).await??;
+                    let up = self
+                        .compute
+                        .call(move |s| s.backward(h.micro, &grad))
+                        .await??;
                     done += 1;
                     tail = tail.or(tail_norm_sq);
                     let tail_norm_sq = if done == micros {
                         let own = self.compute.call(|s| s.grad_norm_sq()).await?;
-                        Some(own + tail.ok_or_else(|| {
-                            PipelineError::Protocol("downstream gradient norm missing".into())
-                        })?)
+                        Some(
+                            own + tail.ok_or_else(|| {
+                                PipelineError::Protocol("downstream gradient norm missing".into())
+                            })?,
+                        )
                     } else {
                         None
                     };
-                    let header = self.header(step, h.micro, PipeBody::Backward { loss, tail_norm_sq });
+                    let header =
+                        self.header(step, h.micro, PipeBody::Backward { loss, tail_norm_sq });
                     self.send(self.position.prev(), PayloadKind::Gradients, header, up)
                         .await?;
                 }

@@ -1,0 +1,286 @@
+//! `murmur testnet --sharded`: one model trained as a pipeline of layer shards across local
+//! node processes, each emulating a device `--slowdown` times slower, with the plan, live
+//! per-stage utilisation, and a final JSON line comparing the measured throughput of the
+//! capacity-aware plan with an even split (`--compare-even`) and with the ideal bound.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::child::{self, ChildProc, Layout, Line};
+use super::{TestnetArgs, start_bootstrap};
+use crate::shard::pipeline::{PipelineReport, Placement};
+
+/// Default optimisation steps of a sharded testnet run.
+const DEFAULT_STEPS: u64 = 24;
+
+/// What one pipeline run measured.
+#[derive(Debug)]
+struct Measured {
+    placement: Placement,
+    reports: Vec<PipelineReport>,
+    /// Samples per second from the first shard's first step to its last commit.
+    samples_per_sec: f64,
+    /// Samples per second the busiest shard's compute time allows (no fill or drain).
+    steady_samples_per_sec: f64,
+    final_loss: Option<f32>,
+}
+
+/// Runs the sharded testnet (once, or capacity-aware then even with `--compare-even`).
+pub(super) async fn orchestrate(args: &TestnetArgs, layout: &Layout) -> anyhow::Result<()> {
+    let slowdowns = &args.slowdown;
+    if slowdowns.is_empty() || slowdowns.iter().any(|s| !(s.is_finite() && *s >= 1.0)) {
+        bail!("--slowdown takes one factor ≥ 1 per node, e.g. 1,2,4");
+    }
+    let placements = if args.compare_even {
+        vec![Placement::CapacityAware, Placement::Even]
+    } else {
+        vec![args.placement]
+    };
+    let mut runs = Vec::new();
+    for placement in placements {
+        runs.push(run_once(args, layout, placement).await?);
+    }
+    summarise(args, &runs)
+}
+
+fn name(placement: Placement) -> &'static str {
+    match placement {
+        Placement::CapacityAware => "capacity",
+        Placement::Even => "even",
+    }
+}
+
+fn node_args(
+    args: &TestnetArgs,
+    layout: &Layout,
+    placement: Placement,
+    index: usize,
+    bootstrap: &str,
+) -> Vec<String> {
+    let dir = layout
+        .root
+        .join(format!("{}-node-{index}", name(placement)));
+    vec![
+        "--data-dir".into(),
+        dir.display().to_string(),
+        "node".into(),
+        "--json".into(),
+        "--stdin-control".into(),
+        "--run".into(),
+        format!("murmur-testnet-sharded-{}", name(placement)),
+        "--no-mdns".into(),
+        "--kad-server".into(),
+        "--listen".into(),
+        "/ip4/127.0.0.1/tcp/0".into(),
+        "--bootstrap".into(),
+        bootstrap.into(),
+        "--model".into(),
+        args.model().to_string(),
+        "--device".into(),
+        args.device.to_string(),
+        "--sharded".into(),
+        "--pipeline-peers".into(),
+        args.slowdown.len().to_string(),
+        "--placement".into(),
+        name(placement).into(),
+        "--slowdown".into(),
+        args.slowdown[index].to_string(),
+        "--steps".into(),
+        args.steps.unwrap_or(DEFAULT_STEPS).to_string(),
+        "--batch-size".into(),
+        args.batch_size.to_string(),
+        "--micro-batches".into(),
+        args.micro_batches.to_string(),
+    ]
+}
+
+async fn run_once(
+    args: &TestnetArgs,
+    layout: &Layout,
+    placement: Placement,
+) -> anyhow::Result<Measured> {
+    let started = Instant::now();
+    let (lines_tx, mut lines) = mpsc::channel::<Line>(1024);
+    let boot_name = format!("{}-bootstrap", name(placement));
+    let (mut bootstrap, boot_addr) =
+        start_bootstrap(layout, &boot_name, &lines_tx, &mut lines).await?;
+    let n = args.slowdown.len();
+    println!(
+        "testnet: {} placement, {n} nodes slowed {:?}×, {} over a pipeline",
+        name(placement),
+        args.slowdown,
+        args.model()
+    );
+    let mut children: BTreeMap<usize, ChildProc> = BTreeMap::new();
+    for i in 0..n {
+        let node_args = node_args(args, layout, placement, i, &boot_addr);
+        let log = layout.log(&format!("{}-node-{i}", name(placement)));
+        children.insert(i, child::spawn(i, 0, &node_args, &log, lines_tx.clone())?);
+    }
+    let deadline = started + Duration::from_secs(args.timeout);
+    let mut stages: Vec<Value> = vec![Value::Null; n];
+    let mut finals: BTreeMap<usize, Value> = BTreeMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    while finals.len() < n && Instant::now() < deadline {
+        tokio::select! {
+            Some(line) = lines.recv() => {
+                let Some(slot) = stages.get_mut(line.index) else { continue };
+                match line.value.get("event").and_then(Value::as_str) {
+                    Some("stage") => *slot = line.value,
+                    Some("final") => { finals.insert(line.index, line.value); }
+                    _ => {}
+                }
+            }
+            _ = tick.tick() => render(args, &stages, started.elapsed()),
+        }
+    }
+    for proc_ in children.values_mut() {
+        proc_.request_stop();
+    }
+    for proc_ in children.values_mut() {
+        proc_.wait_or_kill(Duration::from_secs(5)).await;
+    }
+    bootstrap.request_stop();
+    bootstrap.kill().await;
+    render(args, &stages, started.elapsed());
+    let mut reports = Vec::new();
+    for i in 0..n {
+        let Some(value) = finals.get(&i) else {
+            bail!(
+                "node {i} did not finish within {} s (see its log)",
+                args.timeout
+            );
+        };
+        if let Some(err) = value.get("error").and_then(Value::as_str) {
+            bail!("node {i} failed: {err}");
+        }
+        let report: PipelineReport =
+            serde_json::from_value(value.get("pipeline").cloned().unwrap_or(Value::Null))
+                .with_context(|| format!("node {i} sent no pipeline report"))?;
+        reports.push(report);
+    }
+    measure(placement, reports)
+}
+
+fn measure(placement: Placement, reports: Vec<PipelineReport>) -> anyhow::Result<Measured> {
+    let head = reports
+        .iter()
+        .find(|r| r.position == Some(0))
+        .context("no node held the first stage")?;
+    let samples = head.steps as f64 * head.batch_samples as f64;
+    let busiest = reports
+        .iter()
+        .filter(|r| r.position.is_some())
+        .map(|r| r.busy_secs)
+        .fold(0.0, f64::max);
+    Ok(Measured {
+        placement,
+        samples_per_sec: samples / head.wall_secs.max(1e-9),
+        steady_samples_per_sec: samples / busiest.max(1e-9),
+        final_loss: head.losses.last().copied(),
+        reports,
+    })
+}
+
+fn render(args: &TestnetArgs, stages: &[Value], elapsed: Duration) {
+    let mut line = format!("[{:>5.1} s]", elapsed.as_secs_f64());
+    for (i, s) in stages.iter().enumerate() {
+        let range = s
+            .get("range")
+            .and_then(Value::as_array)
+            .map(|r| {
+                let at = |k: usize| r.get(k).and_then(Value::as_u64).unwrap_or(0);
+                format!("{}..{}", at(0), at(1))
+            })
+            .unwrap_or_else(|| "-".into());
+        let step = s.get("step").and_then(Value::as_u64).unwrap_or(0);
+        let util = s.get("utilisation").and_then(Value::as_f64).unwrap_or(0.0);
+        let loss = s
+            .get("loss")
+            .and_then(Value::as_f64)
+            .map_or(String::new(), |l| format!(" loss {l:.3}"));
+        line.push_str(&format!(
+            " | node {i} ×{} stages {range} step {step} util {:>3.0}%{loss}",
+            args.slowdown[i],
+            100.0 * util
+        ));
+    }
+    println!("{line}");
+}
+
+fn plan_text(report: &PipelineReport) -> String {
+    report
+        .plan
+        .assignments
+        .iter()
+        .map(|a| {
+            format!(
+                "{}..{} on {}",
+                a.start,
+                a.end,
+                &a.peer[a.peer.len().saturating_sub(6)..]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn summarise(args: &TestnetArgs, runs: &[Measured]) -> anyhow::Result<()> {
+    let mut out = serde_json::Map::new();
+    for run in runs {
+        let Some(any) = run.reports.first() else {
+            continue;
+        };
+        println!(
+            "testnet: {} plan [{}]: measured {:.2} samples/s end to end, {:.2} samples/s steady state (planned {:.2}), final loss {}",
+            name(run.placement),
+            plan_text(any),
+            run.samples_per_sec,
+            run.steady_samples_per_sec,
+            any.plan.samples_per_sec,
+            run.final_loss.map_or("-".into(), |l| format!("{l:.4}"))
+        );
+        out.insert(
+            name(run.placement).into(),
+            json!({
+                "samples_per_sec": run.samples_per_sec,
+                "steady_samples_per_sec": run.steady_samples_per_sec,
+                "planned_samples_per_sec": any.plan.samples_per_sec,
+                "plan": any.plan.assignments.iter().map(|a| json!({
+                    "peer": a.peer, "start": a.start, "end": a.end,
+                })).collect::<Vec<_>>(),
+                "final_loss": run.final_loss,
+                "losses": run.reports.iter().find(|r| r.position == Some(0)).map(|r| r.losses.clone()),
+            }),
+        );
+    }
+    let first = runs.first().and_then(|r| r.reports.first());
+    let ideal = first.map(|r| r.ideal_samples_per_sec);
+    out.insert("ideal_samples_per_sec".into(), json!(ideal));
+    out.insert("slowdowns".into(), json!(args.slowdown));
+    out.insert("model".into(), json!(args.model().to_string()));
+    if let [aware, even] = runs {
+        let speedup = aware.samples_per_sec / even.samples_per_sec.max(1e-9);
+        let steady = aware.steady_samples_per_sec / even.steady_samples_per_sec.max(1e-9);
+        println!(
+            "testnet: capacity-aware vs even split: {speedup:.2}× end to end, {steady:.2}× steady state"
+        );
+        out.insert("speedup_vs_even".into(), json!(speedup));
+        out.insert("steady_speedup_vs_even".into(), json!(steady));
+    }
+    if let (Some(run), Some(ideal)) = (runs.first(), ideal) {
+        let fraction = run.steady_samples_per_sec / ideal.max(1e-9);
+        println!(
+            "testnet: {} plan reaches {:.0} % of the ideal bound in steady state",
+            name(run.placement),
+            100.0 * fraction
+        );
+        out.insert("steady_fraction_of_ideal".into(), json!(fraction));
+    }
+    println!("{}", Value::Object(out));
+    Ok(())
+}
