@@ -56,13 +56,19 @@ pub fn measure(
     let mut shard = StageShard::new(spec, device, 0..stages, config)?;
     let (input, targets) = synthetic_batch(spec, samples.max(1));
     shard.loss_backward(input.clone(), &targets, 1.0)?; // warm-up (kernels, allocations)
+    // A slowed peer sleeps after each iteration as its compute thread will, so the machine's
+    // load while measuring is the load while training.
     let started = Instant::now();
     let mut iterations = 0u32;
     while iterations == 0 || (started.elapsed() < budget && iterations < 20) {
+        let t = Instant::now();
         shard.loss_backward(input.clone(), &targets, 1.0)?;
+        if slowdown > 1.0 {
+            std::thread::sleep(t.elapsed().mul_f64(slowdown - 1.0));
+        }
         iterations += 1;
     }
-    let secs = started.elapsed().as_secs_f64() * slowdown.max(1.0);
+    let secs = started.elapsed().as_secs_f64();
     let flops_per_sample: f64 = spec
         .stage_costs()
         .iter()

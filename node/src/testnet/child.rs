@@ -34,6 +34,18 @@ pub(crate) fn spawn(
     log: &Path,
     lines: mpsc::Sender<Line>,
 ) -> anyhow::Result<ChildProc> {
+    spawn_with_env(index, generation, args, &[], log, lines)
+}
+
+/// [`spawn`] with extra environment variables.
+pub(crate) fn spawn_with_env(
+    index: usize,
+    generation: u32,
+    args: &[String],
+    env: &[(&str, &str)],
+    log: &Path,
+    lines: mpsc::Sender<Line>,
+) -> anyhow::Result<ChildProc> {
     let exe = std::env::current_exe().context("locating the murmur binary")?;
     let stderr = std::fs::OpenOptions::new()
         .create(true)
@@ -46,6 +58,7 @@ pub(crate) fn spawn(
             "MURMUR_LOG",
             std::env::var("MURMUR_LOG").unwrap_or_else(|_| "info".into()),
         )
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(stderr))

@@ -119,7 +119,11 @@ async fn run_once(
     for i in 0..n {
         let node_args = node_args(args, layout, placement, i, &boot_addr);
         let log = layout.log(&format!("{}-node-{i}", name(placement)));
-        children.insert(i, child::spawn(i, 0, &node_args, &log, lines_tx.clone())?);
+        // One compute thread per node, so each emulates one device instead of all of them
+        // sharing every core.
+        let env = [("RAYON_NUM_THREADS", "1")];
+        let child = child::spawn_with_env(i, 0, &node_args, &env, &log, lines_tx.clone())?;
+        children.insert(i, child);
     }
     let deadline = started + Duration::from_secs(args.timeout);
     let mut stages: Vec<Value> = vec![Value::Null; n];
@@ -231,6 +235,7 @@ fn plan_text(report: &PipelineReport) -> String {
 
 fn summarise(args: &TestnetArgs, runs: &[Measured]) -> anyhow::Result<()> {
     let mut out = serde_json::Map::new();
+    out.insert("event".into(), json!("testnet-sharded"));
     for run in runs {
         let Some(any) = run.reports.first() else {
             continue;

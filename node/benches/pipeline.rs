@@ -1,0 +1,54 @@
+//! Pipeline training throughput across heterogeneous peers: `murmur testnet --sharded
+//! --compare-even` (3 node processes, char-gpt-deep, 14 stages) with the peers slowed 1×/2×/4×
+//! and 1×/1×/8×. Prints, per setting, the measured samples/s of the capacity-aware plan and of
+//! an even split (end to end, fill and drain included; and steady state, from the busiest
+//! shard's compute time), the ideal bound (sum of the measured capacities), and the ratios.
+//!
+//! `cargo bench -p murmur-node --bench pipeline --profile dev`; `MURMUR_BENCH_STEPS` sets the
+//! steps per run (default 24).
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn main() {
+    let steps = std::env::var("MURMUR_BENCH_STEPS").unwrap_or_else(|_| "24".into());
+    println!("slowdowns | capacity-aware e2e / steady | even e2e / steady | ideal | speedup e2e / steady | steady / ideal");
+    for slowdowns in ["1,2,4", "1,1,8"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_murmur"))
+            .args([
+                "testnet",
+                "--sharded",
+                "--compare-even",
+                "--slowdown",
+                slowdowns,
+                "--steps",
+                &steps,
+            ])
+            .env("MURMUR_LOG", "warn")
+            .output()
+            .expect("murmur testnet runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let Some(s) = stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["event"] == "testnet-sharded")
+        else {
+            println!("{slowdowns}: no summary (exit {:?})", out.status.code());
+            continue;
+        };
+        let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+        println!(
+            "{slowdowns} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} | {:.2}× / {:.2}× | {:.0} %",
+            f(&s["capacity"]["samples_per_sec"]),
+            f(&s["capacity"]["steady_samples_per_sec"]),
+            f(&s["even"]["samples_per_sec"]),
+            f(&s["even"]["steady_samples_per_sec"]),
+            f(&s["ideal_samples_per_sec"]),
+            f(&s["speedup_vs_even"]),
+            f(&s["steady_speedup_vs_even"]),
+            100.0 * f(&s["steady_fraction_of_ideal"]),
+        );
+        println!("  plans: capacity-aware {}, even {}", s["capacity"]["plan"], s["even"]["plan"]);
+    }
+}
