@@ -13,7 +13,9 @@ use serde_json::Value;
 
 fn main() {
     let steps = std::env::var("MURMUR_BENCH_STEPS").unwrap_or_else(|_| "24".into());
-    println!("slowdowns | capacity-aware e2e / steady | even e2e / steady | ideal | speedup e2e / steady | steady / ideal");
+    println!(
+        "slowdowns | capacity-aware e2e / steady | even e2e / steady | ideal | speedup e2e / steady | steady / ideal"
+    );
     for slowdowns in ["1,2,4", "1,1,8"] {
         let out = Command::new(env!("CARGO_BIN_EXE_murmur"))
             .args([
@@ -49,6 +51,9 @@ fn main() {
             f(&s["steady_speedup_vs_even"]),
             100.0 * f(&s["steady_fraction_of_ideal"]),
         );
-        println!("  plans: capacity-aware {}, even {}", s["capacity"]["plan"], s["even"]["plan"]);
+        println!(
+            "  plans: capacity-aware {}, even {}",
+            s["capacity"]["plan"], s["even"]["plan"]
+        );
     }
 }

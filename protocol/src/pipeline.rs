@@ -88,6 +88,15 @@ pub enum PipeBody {
     },
     /// The plan of epoch `epoch` (payload: the plan notice, see `docs/protocol.md`).
     Plan,
+    /// A copy of the sender's shard (stages `start..end`) after step `step`: parameters and
+    /// optimizer moments (payload: the shard state, see `docs/protocol.md`), kept by the
+    /// receiver so the range survives its holder.
+    Replica {
+        /// First stage.
+        start: u32,
+        /// One past the last stage.
+        end: u32,
+    },
 }
 
 /// The header of every pipeline payload.

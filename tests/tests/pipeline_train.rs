@@ -10,7 +10,9 @@ use murmur_models::{
     GptConfig, ModelKind, ModelSpec, TrainConfig, Trainer, builtin_data, spec_for,
 };
 use murmur_node::net::Network;
-use murmur_node::shard::pipeline::{self, PipelineConfig, PipelineReport, Placement};
+use murmur_node::shard::pipeline::{
+    self, PipelineConfig, PipelineReport, Placement, StageProgress,
+};
 use murmur_protocol::ModelFingerprint;
 use tokio::sync::watch;
 
@@ -56,6 +58,7 @@ fn config(steps: u64, placement: Placement, slowdown: f64) -> PipelineConfig {
         peer_deadline: Duration::from_secs(20),
         form_timeout: Duration::from_secs(30),
         capacity_budget: Duration::from_millis(50),
+        replicate_every: 2,
     }
 }
 
@@ -134,6 +137,78 @@ async fn three_node_pipeline_matches_single_node_training() {
         );
     }
     assert_eq!(head.losses.len(), steps as usize);
+    for (_, net) in &nodes {
+        net.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_middle_node_replans_and_training_goes_on() {
+    let nodes = three_nodes().await;
+    let steps = 30;
+    let mut handles = Vec::new();
+    let mut progress = Vec::new();
+    for (id, net) in &nodes {
+        let mut config = config(steps, Placement::Even, 1.0);
+        config.peer_deadline = Duration::from_secs(3);
+        let (tx, rx) = watch::channel(StageProgress::default());
+        progress.push(rx);
+        handles.push(tokio::spawn(pipeline::run(
+            net.clone(),
+            id.signing.clone(),
+            config,
+            tx,
+        )));
+    }
+    // Kill the holder of the middle range once it has committed a few steps.
+    let victim = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            for (i, p) in progress.iter().enumerate() {
+                let p = p.borrow();
+                if p.range.is_some() && p.position == 1 && p.step >= 5 {
+                    return i;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the middle shard makes progress");
+    handles[victim].abort();
+    nodes[victim].1.shutdown().await;
+
+    let mut head_losses = None;
+    for (i, handle) in handles.into_iter().enumerate() {
+        if i == victim {
+            continue;
+        }
+        let report = tokio::time::timeout(Duration::from_secs(45), handle)
+            .await
+            .expect("survivors finish within 45 s")
+            .expect("task joins")
+            .expect("survivors re-plan and finish");
+        assert_eq!(report.steps, steps, "node {i} trained every step");
+        assert_eq!((report.epoch, report.replans), (2, 1));
+        assert_eq!(
+            report.plan.assignments.len(),
+            2,
+            "the plan has the two survivors"
+        );
+        let victim_id = nodes[victim].1.local_peer_id().to_string();
+        assert!(report.plan.assignments.iter().all(|a| a.peer != victim_id));
+        if report.position == Some(0) {
+            head_losses = Some(report.losses);
+        }
+    }
+    let losses = head_losses.expect("a survivor leads the new plan");
+    assert_eq!(losses.len(), steps as usize);
+    assert!(losses.iter().all(|l| l.is_finite()));
+    let early: f32 = losses[..5].iter().sum::<f32>() / 5.0;
+    let late: f32 = losses[losses.len() - 5..].iter().sum::<f32>() / 5.0;
+    assert!(
+        late < early,
+        "training went on after the re-plan: {losses:?}"
+    );
     for (_, net) in &nodes {
         net.shutdown().await;
     }

@@ -124,7 +124,11 @@ pub struct NodeArgs {
     /// Emulate a device this many times slower (≥ 1), to try heterogeneous pipelines.
     #[arg(long, default_value_t = 1.0, env = "MURMUR_SLOWDOWN")]
     pub slowdown: f64,
-    /// Seconds to wait for a pipeline neighbour before the run fails.
+    /// Snapshot this node's shard to the other members every this many steps, so the run
+    /// re-plans and goes on when a member leaves (0: never; a departure ends the run).
+    #[arg(long, default_value_t = 4, env = "MURMUR_REPLICATE_EVERY")]
+    pub replicate_every: u64,
+    /// Seconds to wait for a pipeline neighbour before the run fails or re-plans.
     #[arg(long, default_value_t = 30.0, env = "MURMUR_PEER_DEADLINE")]
     pub peer_deadline: f64,
 

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::mailbox::{Inbound, Mailbox};
+use super::replicas::Replicas;
 use super::{PipelineConfig, PipelineError, Placement};
 use crate::net::{Network, PayloadKind, PeerInfo};
 use crate::shard::capacity::Capacity;
@@ -35,6 +36,8 @@ pub const DEFAULT_LINK: LinkSpec = LinkSpec {
 };
 /// Largest plan notice accepted, bytes.
 pub const MAX_NOTICE_BYTES: usize = 4 << 20;
+/// Wait before counting the members left after a failure.
+const REPLAN_GRACE: Duration = Duration::from_millis(1000);
 
 /// The plan every member runs, with what it was computed from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,6 +52,9 @@ pub struct PlanNotice {
     pub input: PlanInput,
     /// The plan that runs.
     pub plan: Plan,
+    /// The step training resumes from (0 at the start; after a re-plan, the latest step of
+    /// which a snapshot of every range of the previous plan is held).
+    pub resume_step: u64,
 }
 
 impl PlanNotice {
@@ -69,7 +75,13 @@ impl PlanNotice {
             members,
             input,
             plan,
+            resume_step: 0,
         })
+    }
+
+    /// The stage ranges of the plan, in order.
+    pub fn ranges(&self) -> Vec<std::ops::Range<usize>> {
+        self.plan.assignments.iter().map(|a| a.stages()).collect()
     }
 
     /// The chain's peers in pipeline order.
@@ -177,8 +189,73 @@ pub(crate) async fn agree(
     if leader == me {
         let input = plan_input(config, &members, &net.peers().await?);
         let notice = PlanNotice::compute(1, config.placement, ids, input)?;
-        let bytes = encode_notice(&notice)?;
-        for (peer, _) in members.iter().skip(1) {
+        send_notice(net, config, &notice).await?;
+        return Ok(notice);
+    }
+    wait_for_notice(mailbox, config, me, leader, 1, deadline).await
+}
+
+/// Agrees on the plan of the next epoch after `previous` stopped working (a member left or
+/// stalled): the members still connected are re-planned from the previous inputs, resuming
+/// from the latest step at which every old range has a snapshot in `replicas`.
+pub(crate) async fn replan(
+    net: &Network,
+    mailbox: &mut Mailbox,
+    config: &PipelineConfig,
+    previous: &PlanNotice,
+    replicas: &Replicas,
+) -> Result<PlanNotice, PipelineError> {
+    let me = net.local_peer_id();
+    let epoch = previous.epoch + 1;
+    // Let the transport notice departed peers before counting who is left.
+    tokio::time::sleep(REPLAN_GRACE).await;
+    let connected: Vec<String> = net
+        .peers()
+        .await?
+        .into_iter()
+        .filter(|p| p.connected)
+        .map(|p| p.peer_id.to_string())
+        .collect();
+    let mut survivors: Vec<String> = previous
+        .members
+        .iter()
+        .filter(|m| **m == me.to_string() || connected.contains(m))
+        .cloned()
+        .collect();
+    survivors.sort();
+    let deadline = tokio::time::Instant::now() + config.form_timeout;
+    let leader: PeerId = survivors
+        .first()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| PipelineError::Formation("no members left".into()))?;
+    tracing::warn!(epoch, survivors = survivors.len(), %leader, "re-planning the pipeline");
+    if leader == me {
+        let mut input = previous.input.clone();
+        input.peers.retain(|p| survivors.contains(&p.id));
+        input
+            .links
+            .retain(|l| survivors.contains(&l.from) && survivors.contains(&l.to));
+        let mut notice = PlanNotice::compute(epoch, previous.placement, survivors, input)?;
+        notice.resume_step = replicas.common_step(&previous.ranges());
+        send_notice(net, config, &notice).await?;
+        return Ok(notice);
+    }
+    wait_for_notice(mailbox, config, me, leader, epoch, deadline).await
+}
+
+/// Sends `notice` to every member but this node.
+async fn send_notice(
+    net: &Network,
+    config: &PipelineConfig,
+    notice: &PlanNotice,
+) -> Result<(), PipelineError> {
+    let me = net.local_peer_id().to_string();
+    let bytes = encode_notice(notice)?;
+    for member in notice.members.iter().filter(|m| **m != me) {
+        let peer: PeerId = member
+            .parse()
+            .map_err(|_| PipelineError::Protocol(format!("bad peer id {member:?}")))?;
+        {
             let header = PipeHeader {
                 version: PIPE_VERSION,
                 run: config.run,
@@ -192,13 +269,12 @@ pub(crate) async fn agree(
             let header = header
                 .to_bytes()
                 .map_err(|e| PipelineError::Protocol(e.to_string()))?;
-            net.send_payload(*peer, PayloadKind::Control, &header, &bytes)
+            net.send_payload(peer, PayloadKind::Control, &header, &bytes)
                 .await
-                .map_err(|error| PipelineError::Send { peer: *peer, error })?;
+                .map_err(|error| PipelineError::Send { peer, error })?;
         }
-        return Ok(notice);
     }
-    wait_for_notice(mailbox, config, me, leader, deadline).await
+    Ok(())
 }
 
 async fn wait_for_notice(
@@ -206,6 +282,7 @@ async fn wait_for_notice(
     config: &PipelineConfig,
     me: PeerId,
     leader: PeerId,
+    epoch: u64,
     deadline: tokio::time::Instant,
 ) -> Result<PlanNotice, PipelineError> {
     let mut early: Vec<Inbound> = Vec::new();
@@ -217,6 +294,9 @@ async fn wait_for_notice(
                 waited: config.form_timeout,
             });
         };
+        if message.header.epoch < epoch {
+            continue; // left over from an epoch that is over
+        }
         if message.header.body != PipeBody::Plan {
             if early.len() >= 256 {
                 break Err(PipelineError::Protocol(

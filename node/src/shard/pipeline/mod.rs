@@ -7,6 +7,7 @@
 //!   (the member with the lowest peer id computes it and sends it; everyone re-computes it from
 //!   the inputs in the notice and refuses a plan that is not the optimum for them);
 //! - [`stage`]: one peer's part of the pipeline (the first shard also reads the data);
+//! - [`replicas`]: snapshots of every range, so a range survives its holder;
 //! - [`mailbox`]: decoded inbound pipeline messages and bounded outbound sends;
 //! - `session`: [`run`], the whole of it for one node;
 //! - [`compute`]: the shard's compute thread; [`tensor`]: tensors on the wire.
@@ -14,6 +15,7 @@
 mod compute;
 pub mod form;
 mod mailbox;
+mod replicas;
 mod session;
 mod stage;
 mod tensor;
@@ -75,6 +77,9 @@ pub struct PipelineConfig {
     pub form_timeout: Duration,
     /// Time spent on the start-up capacity benchmark.
     pub capacity_budget: Duration,
+    /// Snapshot every range to the other members every this many steps (0: never; a departed
+    /// member then ends the run).
+    pub replicate_every: u64,
 }
 
 impl PipelineConfig {
@@ -140,6 +145,25 @@ pub enum PipelineError {
     /// The members or the plan did not come together in time.
     #[error("pipeline formation: {0}")]
     Formation(String),
+    /// A member announced a new plan (after another member left); this one is over.
+    #[error("re-planned to epoch {epoch}")]
+    Replanned {
+        /// The new epoch.
+        epoch: u64,
+    },
+}
+
+impl PipelineError {
+    /// Whether the run can go on under a new plan: a neighbour went silent or unreachable, or
+    /// a new plan was announced.
+    pub fn calls_for_replan(&self) -> bool {
+        matches!(
+            self,
+            PipelineError::PeerSilent { .. }
+                | PipelineError::Send { .. }
+                | PipelineError::Replanned { .. }
+        )
+    }
 }
 
 /// Live figures of this node's part, for progress lines.
@@ -176,9 +200,13 @@ pub struct PipelineReport {
     pub range: Option<Range<usize>>,
     /// Steps completed.
     pub steps: u64,
+    /// Times the run was re-planned after a member left.
+    pub replans: u32,
+    /// Plan epoch at the end.
+    pub epoch: u64,
     /// Samples per step.
     pub batch_samples: usize,
-    /// From this shard's first step to its last commit, seconds.
+    /// From the first plan's agreement to this shard's last commit (re-plans included), seconds.
     pub wall_secs: f64,
     /// Compute time, seconds (slowdown included).
     pub busy_secs: f64,

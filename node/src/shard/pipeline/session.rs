@@ -6,11 +6,15 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::mailbox::Mailbox;
-use super::stage::{self, Position, StageOutcome};
+use super::replicas::Replicas;
+use super::stage::{self, Position, Resume, StageOutcome};
 use super::{PipelineConfig, PipelineError, PipelineReport, StageProgress, form};
 use crate::net::Network;
 use crate::shard::capacity::{self, Capacity};
 use crate::shard::planner::{even_split, ideal_samples_per_sec};
+
+/// Re-plans tolerated per run before giving up.
+const MAX_REPLANS: u32 = 8;
 
 /// Runs this node's part of the pipeline run described by `config` and reports it; live
 /// figures go to `progress`.
@@ -39,44 +43,86 @@ pub async fn run(
         "capacity measured"
     );
     let (capacity_tx, capacity_rx) = watch::channel(measured);
+    let capacity_tx = std::sync::Arc::new(capacity_tx);
     let cancel = CancellationToken::new();
     let _stop_announcing = cancel.clone().drop_guard();
     form::spawn_announcer(net.clone(), signing, &config, capacity_rx, cancel.clone());
 
-    let notice = form::agree(&net, &mut mailbox, &config, measured).await?;
+    let mut notice = form::agree(&net, &mut mailbox, &config, measured).await?;
+    let started = std::time::Instant::now();
+    let mut replicas = Replicas::default();
+    let mut outcome = StageOutcome::default();
+    let mut previous_ranges: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut replans = 0u32;
+    let me = net.local_peer_id().to_string();
+    let index = loop {
+        let index = notice.plan.assignments.iter().position(|a| a.peer == me);
+        tracing::info!(
+            epoch = notice.epoch,
+            ?index,
+            resume = notice.resume_step,
+            "plan agreed"
+        );
+        let Some(index) = index else { break None };
+        let range = notice.plan.assignments[index].stages();
+        let resume = Resume {
+            step: notice.resume_step,
+            parts: if notice.resume_step == 0 {
+                Vec::new()
+            } else {
+                replicas.parts(&previous_ranges, &range, notice.resume_step)?
+            },
+        };
+        let position = Position {
+            epoch: notice.epoch,
+            index,
+            chain: notice.chain()?,
+            range: range.clone(),
+        };
+        let range_flops: f64 = config.spec.stage_costs()[range]
+            .iter()
+            .map(|c| c.flops_per_sample as f64)
+            .sum();
+        let refine = refine_from_progress(
+            progress.subscribe(),
+            capacity_tx.clone(),
+            range_flops * config.train.batch_size as f64,
+            cancel.clone(),
+        );
+        let result = stage::run(
+            &net,
+            &mut mailbox,
+            &config,
+            &position,
+            &progress,
+            &mut replicas,
+            resume,
+            &mut outcome,
+        )
+        .await;
+        refine.abort();
+        match result {
+            Ok(()) => break Some(index),
+            Err(err)
+                if err.calls_for_replan()
+                    && config.replicate_every > 0
+                    && replans < MAX_REPLANS =>
+            {
+                tracing::warn!(%err, epoch = notice.epoch, "pipeline broken; re-planning");
+                replans += 1;
+                previous_ranges = notice.ranges();
+                notice = form::replan(&net, &mut mailbox, &config, &notice, &replicas).await?;
+            }
+            Err(err) => return Err(err),
+        }
+    };
     let even = even_split(&notice.input)?;
     let ideal_samples_per_sec = ideal_samples_per_sec(&notice.input)?;
-    let me = net.local_peer_id().to_string();
-    let index = notice.plan.assignments.iter().position(|a| a.peer == me);
-    tracing::info!(epoch = notice.epoch, ?index, "plan agreed");
-    let outcome = match index {
-        Some(index) => {
-            let range = notice.plan.assignments[index].stages();
-            let position = Position {
-                epoch: notice.epoch,
-                index,
-                chain: notice.chain()?,
-                range: range.clone(),
-            };
-            let range_flops: f64 = config.spec.stage_costs()[range]
-                .iter()
-                .map(|c| c.flops_per_sample as f64)
-                .sum();
-            let refine = refine_from_progress(
-                progress.subscribe(),
-                capacity_tx,
-                range_flops * config.train.batch_size as f64,
-                cancel.clone(),
-            );
-            let result = stage::run(&net, &mut mailbox, &config, &position, &progress).await;
-            refine.abort();
-            result?
-        }
-        None => StageOutcome::default(),
-    };
     let range = index.map(|i| notice.plan.assignments[i].stages());
     Ok(PipelineReport {
         range,
+        epoch: notice.epoch,
+        replans,
         plan: notice.plan,
         even,
         ideal_samples_per_sec,
@@ -84,7 +130,7 @@ pub async fn run(
         position: index,
         steps: outcome.steps,
         batch_samples: config.train.batch_size,
-        wall_secs: outcome.wall_secs,
+        wall_secs: started.elapsed().as_secs_f64(),
         busy_secs: outcome.busy_secs,
         losses: outcome.losses,
     })
@@ -94,7 +140,7 @@ pub async fn run(
 /// `flops_per_step` of work took the busy time between two progress updates.
 fn refine_from_progress(
     mut progress: watch::Receiver<StageProgress>,
-    capacity: watch::Sender<Capacity>,
+    capacity: std::sync::Arc<watch::Sender<Capacity>>,
     flops_per_step: f64,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {

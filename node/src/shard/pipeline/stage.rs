@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use super::compute::Compute;
 use super::mailbox::{Inbound, Mailbox, Outbox};
+use super::replicas::{self, Replicas};
 use super::{PipelineConfig, PipelineError, StageProgress, tensor};
 use crate::net::{Network, PayloadKind};
 
@@ -50,36 +51,54 @@ impl Position {
     }
 }
 
-/// What this shard did.
+/// What this shard did, accumulated over every plan epoch it ran in.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct StageOutcome {
     /// Steps committed.
     pub steps: u64,
-    /// From the first step to the last commit, seconds.
-    pub wall_secs: f64,
     /// Compute time, seconds (slowdown included).
     pub busy_secs: f64,
-    /// Step losses (first shard only).
+    /// Loss of each step by step index (first shard only; repeated steps overwrite).
     pub losses: Vec<f32>,
 }
 
-/// Runs this node's shard for `config.steps` steps.
+/// Where a shard starts: the step, and the snapshots its range is rebuilt from (none: the
+/// shared initial model).
+#[derive(Debug, Default)]
+pub(crate) struct Resume {
+    pub step: u64,
+    pub parts: Vec<murmur_models::pipeline::ShardState>,
+}
+
+/// Runs this node's shard from `resume` up to `config.steps` steps; figures accumulate in
+/// `outcome` (also when the run fails), snapshots in `replicas`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     net: &Network,
     mailbox: &mut Mailbox,
     config: &PipelineConfig,
     position: &Position,
     progress: &watch::Sender<StageProgress>,
-) -> Result<StageOutcome, PipelineError> {
+    replicas: &mut Replicas,
+    resume: Resume,
+    outcome: &mut StageOutcome,
+) -> Result<(), PipelineError> {
     let (spec, device, range, train) = (
         config.spec.clone(),
         config.device.clone(),
         position.range.clone(),
         config.train.clone(),
     );
-    let shard = tokio::task::spawn_blocking(move || StageShard::new(&spec, &device, range, train))
-        .await
-        .map_err(|e| PipelineError::Compute(e.to_string()))??;
+    let parts = resume.parts;
+    let shard = tokio::task::spawn_blocking(move || {
+        let mut shard = StageShard::new(&spec, &device, range, train)?;
+        if !parts.is_empty() {
+            shard.restore_from_parts(&parts)?;
+        }
+        Ok::<_, murmur_models::pipeline::ShardError>(shard)
+    })
+    .await
+    .map_err(|e| PipelineError::Compute(e.to_string()))??;
     let last = shard.is_last();
     let compute = Compute::start(shard, config.slowdown)?;
     let mut stage = Stage {
@@ -93,18 +112,23 @@ pub(crate) async fn run(
         progress,
         last,
         started: Instant::now(),
-        outcome: StageOutcome::default(),
+        busy_before: outcome.busy_secs,
+        outcome,
+        replicas,
+        resume: resume.step,
     };
-    stage.report(0, None);
-    if position.index == 0 {
-        stage.lead().await?;
+    stage.report(resume.step, None);
+    let result = if position.index == 0 {
+        stage.lead().await
     } else {
-        stage.follow().await?;
-    }
-    stage.outbox.flush().await?;
-    stage.outcome.wall_secs = stage.started.elapsed().as_secs_f64();
-    stage.outcome.busy_secs = stage.compute.busy().as_secs_f64();
-    Ok(stage.outcome)
+        stage.follow().await
+    };
+    let result = match result {
+        Ok(()) => stage.outbox.flush().await,
+        Err(err) => Err(err),
+    };
+    stage.outcome.busy_secs = stage.busy_before + stage.compute.busy().as_secs_f64();
+    result
 }
 
 struct Stage<'a> {
@@ -116,7 +140,10 @@ struct Stage<'a> {
     progress: &'a watch::Sender<StageProgress>,
     last: bool,
     started: Instant,
-    outcome: StageOutcome,
+    busy_before: f64,
+    outcome: &'a mut StageOutcome,
+    replicas: &'a mut Replicas,
+    resume: u64,
 }
 
 impl Stage<'_> {
@@ -157,6 +184,7 @@ impl Stage<'_> {
     fn report(&mut self, step: u64, loss: Option<f32>) {
         self.outcome.steps = step;
         if let Some(loss) = loss.filter(|_| step > 0) {
+            self.outcome.losses.truncate(step as usize - 1);
             self.outcome.losses.push(loss);
         }
         self.progress.send_replace(StageProgress {
@@ -164,9 +192,60 @@ impl Stage<'_> {
             range: Some(self.position.range.clone()),
             step,
             loss,
-            busy_secs: self.compute.busy().as_secs_f64(),
+            busy_secs: self.busy_before + self.compute.busy().as_secs_f64(),
             elapsed_secs: self.started.elapsed().as_secs_f64(),
         });
+    }
+
+    /// After the update of step `done` (1-based): every `replicate_every` steps, snapshot the
+    /// shard, keep the snapshot and send it to every other member of the chain.
+    async fn replicate(&mut self, done: u64) -> Result<(), PipelineError> {
+        let every = self.config.replicate_every;
+        if every == 0 || done % every != 0 || self.position.chain.len() < 2 {
+            return Ok(());
+        }
+        let state = self.compute.call(|s| s.state()).await??;
+        let (state, bytes) = tokio::task::spawn_blocking(move || {
+            let bytes = replicas::encode(&state);
+            (state, bytes)
+        })
+        .await
+        .map_err(|e| PipelineError::Compute(e.to_string()))?;
+        let bytes = bytes?;
+        let range = &self.position.range;
+        let body = PipeBody::Replica {
+            start: range.start as u32,
+            end: range.end as u32,
+        };
+        let me = self.position.chain[self.position.index];
+        for peer in self.position.chain.clone().into_iter().filter(|p| *p != me) {
+            let header = self.header(done, 0, body.clone());
+            let header = PipeHeader {
+                tensor: None,
+                ..header
+            };
+            self.outbox
+                .send(peer, PayloadKind::Control, &header, bytes.clone())
+                .await?;
+        }
+        self.replicas.insert(state);
+        Ok(())
+    }
+
+    /// Keeps a replica another member sent.
+    async fn keep_replica(&mut self, message: Inbound) -> Result<(), PipelineError> {
+        let PipeBody::Replica { start, end } = message.header.body else {
+            return Ok(());
+        };
+        let payload = message.payload;
+        let state = tokio::task::spawn_blocking(move || replicas::decode(&payload, start, end))
+            .await
+            .map_err(|e| PipelineError::Compute(e.to_string()))?;
+        match state {
+            Ok(state) => self.replicas.insert(state),
+            Err(err) => tracing::warn!(peer = %message.peer, %err, "replica refused"),
+        }
+        Ok(())
     }
 
     /// The next message of this epoch from an expected neighbour, within the deadline.
@@ -186,10 +265,21 @@ impl Stage<'_> {
                 continue;
             };
             let h = &message.header;
+            if h.body == PipeBody::Plan && h.epoch > self.position.epoch {
+                let epoch = h.epoch;
+                self.mailbox.requeue(vec![message]);
+                return Err(PipelineError::Replanned { epoch });
+            }
+            if matches!(h.body, PipeBody::Replica { .. }) {
+                if self.position.chain.contains(&message.peer) && h.epoch == self.position.epoch {
+                    self.keep_replica(message).await?;
+                }
+                continue;
+            }
             let expected = match h.body {
                 PipeBody::Forward { .. } | PipeBody::Commit { .. } => self.position.prev(),
                 PipeBody::Backward { .. } => self.position.next(),
-                PipeBody::Plan => None,
+                PipeBody::Plan | PipeBody::Replica { .. } => None,
             };
             if h.epoch != self.position.epoch || Some(message.peer) != expected {
                 tracing::debug!(peer = %message.peer, epoch = h.epoch, "pipeline message not for this position, dropped");
@@ -209,9 +299,12 @@ impl Stage<'_> {
     async fn lead(&mut self) -> Result<(), PipelineError> {
         let data = &self.config.data;
         let mut stream = BatchStream::new(data.len(), self.config.train.seed);
+        for _ in 0..self.resume {
+            stream.next_batch(self.config.train.batch_size);
+        }
         let micros = self.config.micro_batches;
         let scale = 1.0 / micros as f32;
-        for step in 0..self.config.steps {
+        for step in self.resume..self.config.steps {
             let batch = data.batch(&stream.next_batch(self.config.train.batch_size));
             let mut loss_sum = 0.0f32;
             for (m, (input, targets)) in split(&batch, micros as usize)?.into_iter().enumerate() {
@@ -251,6 +344,7 @@ impl Stage<'_> {
             let loss = loss_sum / micros as f32;
             tracing::debug!(step, loss, grad_norm, "pipeline step");
             self.report(step + 1, Some(loss));
+            self.replicate(step + 1).await?;
         }
         Ok(())
     }
@@ -295,7 +389,7 @@ impl Stage<'_> {
     async fn follow(&mut self) -> Result<(), PipelineError> {
         let micros = self.config.micro_batches;
         let scale = 1.0 / micros as f32;
-        let (mut step, mut done, mut tail) = (0u64, 0u32, None::<f64>);
+        let (mut step, mut done, mut tail) = (self.resume, 0u32, None::<f64>);
         let mut later: Vec<Inbound> = Vec::new();
         // (message kind, micro-batch) pairs handled this step: retried sends may repeat.
         let mut seen: HashSet<(u8, u32)> = HashSet::new();
@@ -392,9 +486,10 @@ impl Stage<'_> {
                     (done, tail) = (0, None);
                     seen.clear();
                     self.report(step, None);
+                    self.replicate(step).await?;
                     self.mailbox.requeue(std::mem::take(&mut later));
                 }
-                PipeBody::Plan => {}
+                PipeBody::Plan | PipeBody::Replica { .. } => {}
             }
         }
         Ok(())
@@ -407,6 +502,7 @@ fn kind_tag(body: &PipeBody) -> u8 {
         PipeBody::Backward { .. } => 1,
         PipeBody::Commit { .. } => 2,
         PipeBody::Plan => 3,
+        PipeBody::Replica { .. } => 4,
     }
 }
 

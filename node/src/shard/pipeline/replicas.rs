@@ -1,0 +1,162 @@
+//! Copies of shard state kept so that every range survives its holder.
+//!
+//! Every `replicate_every` steps each shard holder snapshots its range (parameters and AdamW
+//! moments, after the step's update) and streams the snapshot to every other member of the
+//! chain; it keeps its own snapshot too. After a member disappears the survivors roll back to the
+//! latest step at which a snapshot of *every* range of the old plan is held, and build the ranges
+//! of the new plan from those snapshots, so all shards resume from one consistent model state and
+//! at most `replicate_every` steps are repeated.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+
+use murmur_models::pipeline::ShardState;
+
+use super::PipelineError;
+
+/// Snapshots kept per range (the newest may be incomplete when a holder dies mid-broadcast).
+const KEEP: usize = 2;
+/// Largest encoded shard state accepted.
+pub(crate) const MAX_STATE_BYTES: usize = 1 << 30;
+
+/// Shard snapshots by range and step.
+#[derive(Debug, Default)]
+pub(crate) struct Replicas {
+    by_range: HashMap<(usize, usize), BTreeMap<u64, ShardState>>,
+}
+
+impl Replicas {
+    /// Stores `state` (its range and step come with it), keeping the newest [`KEEP`].
+    pub(crate) fn insert(&mut self, state: ShardState) {
+        let steps = self
+            .by_range
+            .entry((state.range.start, state.range.end))
+            .or_default();
+        steps.insert(state.steps, state);
+        while steps.len() > KEEP {
+            steps.pop_first();
+        }
+    }
+
+    /// The latest step at which a snapshot of every range in `ranges` is held (0, the shared
+    /// initial model, when there is none).
+    pub(crate) fn common_step(&self, ranges: &[Range<usize>]) -> u64 {
+        let mut candidates: Vec<u64> = ranges
+            .first()
+            .and_then(|r| self.by_range.get(&(r.start, r.end)))
+            .map(|s| s.keys().copied().collect())
+            .unwrap_or_default();
+        candidates.sort_unstable_by(|a, b| b.cmp(a));
+        candidates
+            .into_iter()
+            .find(|step| {
+                ranges.iter().all(|r| {
+                    self.by_range
+                        .get(&(r.start, r.end))
+                        .is_some_and(|s| s.contains_key(step))
+                })
+            })
+            .unwrap_or(0)
+    }
+
+    /// The snapshots at `step` of the `old` ranges that overlap `wanted`, in order.
+    pub(crate) fn parts(
+        &self,
+        old: &[Range<usize>],
+        wanted: &Range<usize>,
+        step: u64,
+    ) -> Result<Vec<ShardState>, PipelineError> {
+        old.iter()
+            .filter(|r| r.start < wanted.end && wanted.start < r.end)
+            .map(|r| {
+                self.by_range
+                    .get(&(r.start, r.end))
+                    .and_then(|s| s.get(&step))
+                    .cloned()
+                    .ok_or_else(|| {
+                        PipelineError::Formation(format!(
+                            "no copy of stages {}..{} at step {step}",
+                            r.start, r.end
+                        ))
+                    })
+            })
+            .collect()
+    }
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding()
+        .with_limit::<MAX_STATE_BYTES>()
+}
+
+/// Encodes a shard state (floats bit-exact).
+pub(crate) fn encode(state: &ShardState) -> Result<Vec<u8>, PipelineError> {
+    bincode::serde::encode_to_vec(state, config())
+        .map_err(|e| PipelineError::Protocol(format!("cannot encode a shard state: {e}")))
+}
+
+/// Decodes a shard state sent as a replica of stages `start..end`.
+pub(crate) fn decode(bytes: &[u8], start: u32, end: u32) -> Result<ShardState, PipelineError> {
+    let (state, used): (ShardState, usize) = bincode::serde::decode_from_slice(bytes, config())
+        .map_err(|e| PipelineError::Protocol(format!("malformed shard state: {e}")))?;
+    let bad = used != bytes.len()
+        || state.range != (start as usize..end as usize)
+        || state
+            .params
+            .iter()
+            .chain(&state.optim.m)
+            .chain(&state.optim.v)
+            .any(|v| !v.is_finite());
+    if bad {
+        return Err(PipelineError::Protocol(
+            "shard state does not match its header or holds non-finite values".into(),
+        ));
+    }
+    Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use murmur_models::pipeline::FlatAdamW;
+
+    fn state(range: Range<usize>, steps: u64) -> ShardState {
+        ShardState {
+            range,
+            steps,
+            params: vec![steps as f32; 3],
+            optim: FlatAdamW::default(),
+        }
+    }
+
+    #[test]
+    fn rolls_back_to_the_latest_step_every_range_has() {
+        let mut r = Replicas::default();
+        let ranges = [0..2, 2..4];
+        assert_eq!(r.common_step(&ranges), 0);
+        for step in [2, 4, 6] {
+            r.insert(state(0..2, step));
+        }
+        r.insert(state(2..4, 4));
+        assert_eq!(r.common_step(&ranges), 4);
+        let parts = r.parts(&ranges, &(1..4), 4).unwrap();
+        assert_eq!(parts.len(), 2);
+        assert!(r.parts(&ranges, &(0..4), 6).is_err());
+        // Only the newest two are kept.
+        assert!(r.parts(&ranges[..1], &(0..2), 2).is_err());
+    }
+
+    #[test]
+    fn decoding_checks_range_and_finiteness() {
+        let s = state(1..3, 5);
+        let bytes = encode(&s).unwrap();
+        assert_eq!(decode(&bytes, 1, 3).unwrap(), s);
+        assert!(decode(&bytes, 0, 3).is_err());
+        let mut nan = s.clone();
+        nan.params[0] = f32::NAN;
+        assert!(decode(&encode(&nan).unwrap(), 1, 3).is_err());
+        assert!(decode(&bytes[..bytes.len() - 1], 1, 3).is_err());
+    }
+}
