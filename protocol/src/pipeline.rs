@@ -97,6 +97,9 @@ pub enum PipeBody {
         /// One past the last stage.
         end: u32,
     },
+    /// A link measurement from the member computing the plan (payload: filler bytes); the
+    /// receiver only acknowledges it.
+    Probe,
 }
 
 /// The header of every pipeline payload.
@@ -136,14 +139,14 @@ impl PipeHeader {
                 max: self.micros.saturating_sub(1) as usize,
             });
         }
-        if let Some(t) = &self.tensor {
-            if t.shape.len() > MAX_DIMS {
-                return Err(MessageError::FieldTooLong {
-                    field: "tensor.shape",
-                    len: t.shape.len(),
-                    max: MAX_DIMS,
-                });
-            }
+        if let Some(t) = &self.tensor
+            && t.shape.len() > MAX_DIMS
+        {
+            return Err(MessageError::FieldTooLong {
+                field: "tensor.shape",
+                len: t.shape.len(),
+                max: MAX_DIMS,
+            });
         }
         match &self.body {
             PipeBody::Forward { targets } if targets.len() > MAX_TARGETS => {

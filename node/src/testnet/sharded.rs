@@ -135,7 +135,12 @@ async fn run_once(
                 let Some(slot) = stages.get_mut(line.index) else { continue };
                 match line.value.get("event").and_then(Value::as_str) {
                     Some("stage") => *slot = line.value,
-                    Some("final") => { finals.insert(line.index, line.value); }
+                    Some("final") => {
+                        if std::env::var_os("MURMUR_TESTNET_DEBUG").is_some() || line.value.get("pipeline").is_none() {
+                            println!("testnet: node {} ended: {}", line.index, line.value);
+                        }
+                        finals.insert(line.index, line.value);
+                    }
                     _ => {}
                 }
             }

@@ -187,7 +187,11 @@ pub(crate) async fn agree(
     }
     let leader = members[0].0;
     if leader == me {
-        let input = plan_input(config, &members, &net.peers().await?);
+        let links = probe_links(net, config, &members).await;
+        let input = plan_input(config, &members, links);
+        if let Ok(json) = serde_json::to_string(&input) {
+            tracing::debug!(input = %json, "planner input");
+        }
         let notice = PlanNotice::compute(1, config.placement, ids, input)?;
         send_notice(net, config, &notice).await?;
         return Ok(notice);
@@ -271,7 +275,10 @@ async fn send_notice(
                 .map_err(|e| PipelineError::Protocol(e.to_string()))?;
             net.send_payload(peer, PayloadKind::Control, &header, &bytes)
                 .await
-                .map_err(|error| PipelineError::Send { peer, error })?;
+                .map_err(|error| PipelineError::Send {
+                    peer,
+                    error: Box::new(error),
+                })?;
         }
     }
     Ok(())
@@ -294,8 +301,8 @@ async fn wait_for_notice(
                 waited: config.form_timeout,
             });
         };
-        if message.header.epoch < epoch {
-            continue; // left over from an epoch that is over
+        if message.header.epoch < epoch || message.header.body == PipeBody::Probe {
+            continue; // left over from an epoch that is over, or a link probe
         }
         if message.header.body != PipeBody::Plan {
             if early.len() >= 256 {
@@ -374,11 +381,17 @@ pub fn decode_notice(bytes: &[u8]) -> Result<PlanNotice, PipelineError> {
     Ok(notice)
 }
 
-/// Connected peers announcing this run and model with a measured capacity.
+/// How recent an announcement of a member that is not connected must be, milliseconds.
+const RECENT_MS: u64 = 10_000;
+
+/// Connected or recently announced peers announcing this run and model with a measured capacity.
 fn candidates(peers: &[PeerInfo], config: &PipelineConfig) -> Vec<(PeerId, Capacity)> {
+    // Announcements reach every member through the gossip mesh; a member not (yet) connected
+    // directly is dialled when the plan is sent, so a recent announcement is enough.
+    let now = crate::net::now_ms();
     peers
         .iter()
-        .filter(|p| p.connected)
+        .filter(|p| p.connected || now.saturating_sub(p.last_seen_ms) < RECENT_MS)
         .filter_map(|p| {
             let a = p.announcement.as_ref()?;
             let usable = a.run == config.run
@@ -398,12 +411,71 @@ fn candidates(peers: &[PeerInfo], config: &PipelineConfig) -> Vec<(PeerId, Capac
         .collect()
 }
 
+/// Measures the link from this node to each other member the way pipeline messages use it:
+/// the round trip is the fastest of three small pushes (stream open, frame, acknowledgement),
+/// the throughput comes from one 1 MiB push. Members that cannot be reached get no link (the
+/// planner then assumes [`DEFAULT_LINK`]).
+async fn probe_links(
+    net: &Network,
+    config: &PipelineConfig,
+    members: &[(PeerId, Capacity)],
+) -> Vec<Link> {
+    const SMALL: usize = 1024;
+    const LARGE: usize = 1 << 20;
+    let me = net.local_peer_id();
+    let header = PipeHeader {
+        version: PIPE_VERSION,
+        run: config.run,
+        epoch: 0,
+        step: 0,
+        micro: 0,
+        micros: 1,
+        tensor: None,
+        body: PipeBody::Probe,
+    };
+    let Ok(header) = header.to_bytes() else {
+        return Vec::new();
+    };
+    let push = |peer: PeerId, len: usize| {
+        let header = header.clone();
+        async move {
+            net.send_payload(peer, PayloadKind::Control, &header, &vec![0u8; len])
+                .await
+                .map(|stats| stats.elapsed.as_secs_f64())
+        }
+    };
+    let mut links = Vec::new();
+    for (peer, _) in members.iter().filter(|(p, _)| *p != me) {
+        let mut rtt = f64::INFINITY;
+        for _ in 0..3 {
+            if let Ok(secs) = push(*peer, SMALL).await {
+                rtt = rtt.min(secs);
+            }
+        }
+        let Ok(large) = push(*peer, LARGE).await else {
+            continue;
+        };
+        if !rtt.is_finite() {
+            continue;
+        }
+        links.push(Link {
+            from: me.to_string(),
+            to: peer.to_string(),
+            spec: LinkSpec {
+                bytes_per_sec: LARGE as f64 / (large - rtt).max(1e-6),
+                rtt_secs: rtt,
+            },
+        });
+    }
+    links
+}
+
 /// The planner's input: the model's stage costs, the members' capacities, and the links the
-/// leader measured to each member (round trip from ping, throughput from transfers).
+/// leader measured to each member.
 pub fn plan_input(
     config: &PipelineConfig,
     members: &[(PeerId, Capacity)],
-    peers: &[PeerInfo],
+    links: Vec<Link>,
 ) -> PlanInput {
     let stages = config
         .spec
@@ -423,28 +495,6 @@ pub fn plan_input(
             memory_bytes: c.memory_bytes,
         })
         .collect();
-    let Some((leader, _)) = members.first() else {
-        return PlanInput::new(stages, capacities);
-    };
-    let mut links = Vec::new();
-    for info in peers
-        .iter()
-        .filter(|p| members.iter().any(|(m, _)| *m == p.peer_id))
-    {
-        let Some(rtt) = info.rtt else { continue };
-        let spec = LinkSpec {
-            bytes_per_sec: info
-                .throughput_bps
-                .filter(|b| b.is_finite() && *b > 0.0)
-                .unwrap_or(DEFAULT_LINK.bytes_per_sec),
-            rtt_secs: rtt.as_secs_f64(),
-        };
-        links.push(Link {
-            from: leader.to_string(),
-            to: info.peer_id.to_string(),
-            spec,
-        });
-    }
     PlanInput {
         links,
         default_link: DEFAULT_LINK,

@@ -162,7 +162,12 @@ impl Outbox {
                         tracing::debug!(%peer, %error, attempt, "pipeline send retried");
                         tokio::time::sleep(RETRY_BACKOFF * attempt).await;
                     }
-                    Err(error) => return Err(PipelineError::Send { peer, error }),
+                    Err(error) => {
+                        return Err(PipelineError::Send {
+                            peer,
+                            error: Box::new(error),
+                        });
+                    }
                 }
             }
         });

@@ -90,7 +90,7 @@ impl PipelineConfig {
 
     fn validate(&self) -> Result<(), PipelineError> {
         let m = self.micro_batches as usize;
-        if m == 0 || self.train.batch_size == 0 || self.train.batch_size % m != 0 {
+        if m == 0 || self.train.batch_size == 0 || !self.train.batch_size.is_multiple_of(m) {
             return Err(PipelineError::Config(format!(
                 "batch size {} is not a positive multiple of {m} micro-batches",
                 self.train.batch_size
@@ -131,8 +131,8 @@ pub enum PipelineError {
     Send {
         /// The neighbour.
         peer: PeerId,
-        /// What went wrong.
-        error: TransferError,
+        /// What went wrong (boxed: transfer errors are large).
+        error: Box<TransferError>,
     },
     /// A neighbour sent nothing within the deadline.
     #[error("no message from {peer} within {waited:?}: it left or stalled")]

@@ -1,7 +1,10 @@
 //! One node's whole pipeline run: measure capacity, announce it (refined while training), agree
 //! on the plan, run this node's shard, and report.
 
+use std::time::Duration;
+
 use ed25519_dalek::SigningKey;
+use murmur_protocol::pipeline::PipeBody;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -13,6 +16,8 @@ use crate::net::Network;
 use crate::shard::capacity::{self, Capacity};
 use crate::shard::planner::{even_split, ideal_samples_per_sec};
 
+/// Longest wait for snapshots still in flight when a new plan starts.
+const PARTS_WAIT: Duration = Duration::from_secs(5);
 /// Re-plans tolerated per run before giving up.
 const MAX_REPLANS: u32 = 8;
 
@@ -65,13 +70,15 @@ pub async fn run(
         );
         let Some(index) = index else { break None };
         let range = notice.plan.assignments[index].stages();
+        let parts = if notice.resume_step == 0 {
+            Vec::new()
+        } else {
+            let wanted = (&previous_ranges[..], &range, notice.resume_step);
+            await_parts(&mut mailbox, &mut replicas, wanted).await?
+        };
         let resume = Resume {
             step: notice.resume_step,
-            parts: if notice.resume_step == 0 {
-                Vec::new()
-            } else {
-                replicas.parts(&previous_ranges, &range, notice.resume_step)?
-            },
+            parts,
         };
         let position = Position {
             epoch: notice.epoch,
@@ -134,6 +141,44 @@ pub async fn run(
         busy_secs: outcome.busy_secs,
         losses: outcome.losses,
     })
+}
+
+/// The snapshots of `old` ranges covering `range` at `step`; replicas still queued in the
+/// mailbox (sent just before the re-plan) are taken in for up to [`PARTS_WAIT`].
+async fn await_parts(
+    mailbox: &mut Mailbox,
+    replicas: &mut Replicas,
+    (old, range, step): (&[std::ops::Range<usize>], &std::ops::Range<usize>, u64),
+) -> Result<Vec<murmur_models::pipeline::ShardState>, PipelineError> {
+    let deadline = std::time::Instant::now() + PARTS_WAIT;
+    let mut others = Vec::new();
+    let result = loop {
+        match replicas.parts(old, range, step) {
+            Ok(parts) => break Ok(parts),
+            Err(err) if std::time::Instant::now() >= deadline => break Err(err),
+            Err(_) => {}
+        }
+        let Some(message) = mailbox.recv(Duration::from_millis(100)).await else {
+            continue;
+        };
+        match message.header.body {
+            PipeBody::Replica { start, end } => {
+                let payload = message.payload;
+                let decoded = tokio::task::spawn_blocking(move || {
+                    super::replicas::decode(&payload, start, end)
+                })
+                .await
+                .map_err(|e| PipelineError::Compute(e.to_string()))?;
+                match decoded {
+                    Ok(state) => replicas.insert(state),
+                    Err(err) => tracing::warn!(peer = %message.peer, %err, "replica refused"),
+                }
+            }
+            _ => others.push(message),
+        }
+    };
+    mailbox.requeue(others);
+    result
 }
 
 /// Refines the announced capacity from the shard's observed compute time per step:

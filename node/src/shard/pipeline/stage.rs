@@ -201,7 +201,9 @@ impl Stage<'_> {
     /// shard, keep the snapshot and send it to every other member of the chain.
     async fn replicate(&mut self, done: u64) -> Result<(), PipelineError> {
         let every = self.config.replicate_every;
-        if every == 0 || done % every != 0 || self.position.chain.len() < 2 {
+        // No snapshot after the last step: the run is over, and members may already be gone.
+        let last_step = done >= self.config.steps;
+        if every == 0 || !done.is_multiple_of(every) || last_step || self.position.chain.len() < 2 {
             return Ok(());
         }
         let state = self.compute.call(|s| s.state()).await??;
@@ -270,6 +272,9 @@ impl Stage<'_> {
                 self.mailbox.requeue(vec![message]);
                 return Err(PipelineError::Replanned { epoch });
             }
+            if h.body == PipeBody::Probe {
+                continue;
+            }
             if matches!(h.body, PipeBody::Replica { .. }) {
                 if self.position.chain.contains(&message.peer) && h.epoch == self.position.epoch {
                     self.keep_replica(message).await?;
@@ -279,7 +284,7 @@ impl Stage<'_> {
             let expected = match h.body {
                 PipeBody::Forward { .. } | PipeBody::Commit { .. } => self.position.prev(),
                 PipeBody::Backward { .. } => self.position.next(),
-                PipeBody::Plan | PipeBody::Replica { .. } => None,
+                PipeBody::Plan | PipeBody::Replica { .. } | PipeBody::Probe => None,
             };
             if h.epoch != self.position.epoch || Some(message.peer) != expected {
                 tracing::debug!(peer = %message.peer, epoch = h.epoch, "pipeline message not for this position, dropped");
@@ -489,7 +494,7 @@ impl Stage<'_> {
                     self.replicate(step).await?;
                     self.mailbox.requeue(std::mem::take(&mut later));
                 }
-                PipeBody::Plan | PipeBody::Replica { .. } => {}
+                PipeBody::Plan | PipeBody::Replica { .. } | PipeBody::Probe => {}
             }
         }
         Ok(())
@@ -503,6 +508,7 @@ fn kind_tag(body: &PipeBody) -> u8 {
         PipeBody::Commit { .. } => 2,
         PipeBody::Plan => 3,
         PipeBody::Replica { .. } => 4,
+        PipeBody::Probe => 5,
     }
 }
 
@@ -519,7 +525,7 @@ fn decode(
 /// Splits a batch into `micros` equal micro-batches of (input, targets).
 fn split(batch: &Batch, micros: usize) -> Result<Vec<(WireActivation, Vec<u32>)>, PipelineError> {
     let b = batch.samples;
-    if micros == 0 || b % micros != 0 {
+    if micros == 0 || !b.is_multiple_of(micros) {
         return Err(PipelineError::Config(format!(
             "{b} samples do not split into {micros} micro-batches"
         )));
