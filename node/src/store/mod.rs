@@ -54,9 +54,24 @@ pub struct Store {
 
 impl Store {
     /// Opens (or creates) the database in `dir`.
+    ///
+    /// sled's background flusher may hold the directory's lock for a moment after the previous
+    /// handle in this process was dropped (a restart in the same process, tests), so a lock
+    /// conflict is retried for up to a second before it is reported.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(dir).open()?;
-        Ok(Self { db })
+        let mut attempts = 0;
+        loop {
+            match sled::Config::new().path(dir).open() {
+                Ok(db) => return Ok(Self { db }),
+                Err(sled::Error::Io(io))
+                    if io.to_string().contains("could not acquire lock") && attempts < 20 =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
     }
 
     /// A throw-away database deleted on drop (tests, benches, ephemeral nodes).
