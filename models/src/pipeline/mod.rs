@@ -24,7 +24,6 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Model, ModelError};
-use crate::optim::lr_at;
 use crate::params::ParamError;
 use crate::spec::ModelSpec;
 use crate::trainer::TrainConfig;
@@ -124,14 +123,7 @@ impl StageShard {
     }
     /// The learning rate of the next update.
     pub fn current_lr(&self) -> f64 {
-        let c = &self.config;
-        lr_at(
-            c.lr,
-            c.warmup_steps,
-            c.total_steps,
-            c.min_lr_ratio,
-            self.steps,
-        )
+        self.config.lr_at_step(self.steps)
     }
 
     /// Forward of the range for micro-batch `micro`; keeps `input` for the backward.

@@ -12,7 +12,7 @@ use burn::tensor::Device;
 use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::data::{BatchStream, DataCursor, DataShape, Dataset};
 use crate::model::{Model, ModelError, cross_entropy, scalar};
-use crate::optim::{AdamW, lr_at};
+use crate::optim::AdamW;
 use crate::spec::ModelSpec;
 use crate::wire::WireError;
 use setup::check_fit;
@@ -180,14 +180,7 @@ impl Trainer {
     }
     /// Learning rate the next step will use.
     pub fn current_lr(&self) -> f64 {
-        let c = &self.config;
-        lr_at(
-            c.lr,
-            c.warmup_steps,
-            c.total_steps,
-            c.min_lr_ratio,
-            self.steps,
-        )
+        self.config.lr_at_step(self.steps)
     }
     /// Where the data stream stands.
     pub fn cursor(&self) -> DataCursor {

@@ -33,6 +33,19 @@ pub struct TrainConfig {
     pub eval_samples: usize,
 }
 
+impl TrainConfig {
+    /// The learning rate of step `step` (0-based) under this schedule.
+    pub fn lr_at_step(&self, step: u64) -> f64 {
+        crate::optim::lr_at(
+            self.lr,
+            self.warmup_steps,
+            self.total_steps,
+            self.min_lr_ratio,
+            step,
+        )
+    }
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {

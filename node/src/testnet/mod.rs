@@ -164,20 +164,8 @@ fn node_args(args: &TestnetArgs, layout: &Layout, index: usize, bootstrap: &str)
     let total = honest + usize::from(args.malicious.is_some());
     let is_mlp = matches!(args.model(), ModelKind::MlpDigits);
     let steps = args.steps.unwrap_or(if is_mlp { 1500 } else { 300 });
-    let mut a: Vec<String> = vec![
-        "--data-dir".into(),
-        layout.node_dir(index).display().to_string(),
-        "node".into(),
-        "--json".into(),
-        "--stdin-control".into(),
-        "--run".into(),
-        "murmur-testnet".into(),
-        "--no-mdns".into(),
-        "--kad-server".into(),
-        "--listen".into(),
-        "/ip4/127.0.0.1/tcp/0".into(),
-        "--bootstrap".into(),
-        bootstrap.into(),
+    let mut a = child_node_args(&layout.node_dir(index), "murmur-testnet", bootstrap);
+    a.extend::<[String; _]>([
         "--announce-every".into(),
         "1".into(),
         "--model".into(),
@@ -194,7 +182,7 @@ fn node_args(args: &TestnetArgs, layout: &Layout, index: usize, bootstrap: &str)
         args.fanout.min(total.saturating_sub(1)).max(1).to_string(),
         "--codec".into(),
         codec_arg(args.codec),
-    ];
+    ]);
     if let Some(t) = target(args) {
         a.extend(["--target-accuracy".into(), t.to_string()]);
     }
@@ -227,6 +215,26 @@ fn codec_arg(codec: murmur_protocol::Codec) -> String {
         Codec::Int8Block { block } => format!("int8:{block}"),
         Codec::TopK { k } => format!("topk:{k}"),
     }
+}
+
+/// The arguments every testnet node process starts with: its data directory, JSON progress,
+/// stop on stdin EOF, the run, loopback TCP only, no mDNS, the testnet's bootstrap node.
+pub(crate) fn child_node_args(dir: &std::path::Path, run: &str, bootstrap: &str) -> Vec<String> {
+    vec![
+        "--data-dir".into(),
+        dir.display().to_string(),
+        "node".into(),
+        "--json".into(),
+        "--stdin-control".into(),
+        "--run".into(),
+        run.into(),
+        "--no-mdns".into(),
+        "--kad-server".into(),
+        "--listen".into(),
+        "/ip4/127.0.0.1/tcp/0".into(),
+        "--bootstrap".into(),
+        bootstrap.into(),
+    ]
 }
 
 /// Starts the bootstrap node (data in `layout.root/<name>`) and returns it with its TCP

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::child::{self, ChildProc, Layout, Line};
-use super::{TestnetArgs, start_bootstrap};
+use super::{TestnetArgs, child_node_args, start_bootstrap};
 use crate::shard::pipeline::{PipelineReport, Placement};
 
 /// Default optimisation steps of a sharded testnet run.
@@ -64,20 +64,9 @@ fn node_args(
     let dir = layout
         .root
         .join(format!("{}-node-{index}", name(placement)));
-    vec![
-        "--data-dir".into(),
-        dir.display().to_string(),
-        "node".into(),
-        "--json".into(),
-        "--stdin-control".into(),
-        "--run".into(),
-        format!("murmur-testnet-sharded-{}", name(placement)),
-        "--no-mdns".into(),
-        "--kad-server".into(),
-        "--listen".into(),
-        "/ip4/127.0.0.1/tcp/0".into(),
-        "--bootstrap".into(),
-        bootstrap.into(),
+    let run = format!("murmur-testnet-sharded-{}", name(placement));
+    let mut a = child_node_args(&dir, &run, bootstrap);
+    a.extend::<[String; _]>([
         "--model".into(),
         args.model().to_string(),
         "--device".into(),
@@ -95,7 +84,8 @@ fn node_args(
         args.batch_size.to_string(),
         "--micro-batches".into(),
         args.micro_batches.to_string(),
-    ]
+    ]);
+    a
 }
 
 async fn run_once(

@@ -300,6 +300,24 @@ impl Stage<'_> {
         }
     }
 
+    /// Runs the forward of micro-batch `micro` and sends the activation downstream.
+    async fn forward_on(
+        &mut self,
+        step: u64,
+        micro: u32,
+        input: WireActivation,
+        targets: Vec<u32>,
+    ) -> Result<(), PipelineError> {
+        let out = self
+            .compute
+            .call(move |s| s.forward(micro, input))
+            .await??;
+        let header = self.header(step, micro, PipeBody::Forward { targets });
+        let next = self.position.next();
+        self.send(next, PayloadKind::Activations, header, Some(out))
+            .await
+    }
+
     /// The first shard: reads data, drives the steps.
     async fn lead(&mut self) -> Result<(), PipelineError> {
         let data = &self.config.data;
@@ -321,15 +339,7 @@ impl Stage<'_> {
                         .await??;
                     loss_sum += loss;
                 } else {
-                    let out = self.compute.call(move |s| s.forward(m, input)).await??;
-                    let header = self.header(step, m, PipeBody::Forward { targets });
-                    self.send(
-                        self.position.next(),
-                        PayloadKind::Activations,
-                        header,
-                        Some(out),
-                    )
-                    .await?;
+                    self.forward_on(step, m, input, targets).await?;
                 }
             }
             let mut tail = 0.0;
@@ -438,18 +448,7 @@ impl Stage<'_> {
                         self.send(self.position.prev(), PayloadKind::Gradients, header, grad)
                             .await?;
                     } else {
-                        let out = self
-                            .compute
-                            .call(move |s| s.forward(h.micro, input))
-                            .await??;
-                        let header = self.header(step, h.micro, PipeBody::Forward { targets });
-                        self.send(
-                            self.position.next(),
-                            PayloadKind::Activations,
-                            header,
-                            Some(out),
-                        )
-                        .await?;
+                        self.forward_on(step, h.micro, input, targets).await?;
                     }
                 }
                 PipeBody::Backward { loss, tail_norm_sq } => {
