@@ -17,11 +17,17 @@ use murmur_protocol::ModelFingerprint;
 use tokio::sync::watch;
 
 fn spec() -> ModelSpec {
+    spec_with_layers(2)
+}
+
+/// A narrow char-gpt with `layers` blocks (`layers + 2` stages).
+fn spec_with_layers(layers: usize) -> ModelSpec {
     let data = builtin_data(ModelKind::CharGpt).expect("embedded corpus");
     match spec_for(ModelKind::CharGpt, data.train.shape()).expect("spec") {
         ModelSpec::Gpt(full) => ModelSpec::Gpt(GptConfig {
             d_model: 16,
             heads: 2,
+            layers,
             ..full
         }),
         other => other,
@@ -197,11 +203,12 @@ async fn killing_the_middle_node_replans_and_training_goes_on() {
         let victim_id = nodes[victim].1.local_peer_id().to_string();
         assert!(report.plan.assignments.iter().all(|a| a.peer != victim_id));
         if report.position == Some(0) {
-            head_losses = Some(report.losses);
+            head_losses = Some((report.first_loss_step, report.losses));
         }
     }
-    let losses = head_losses.expect("a survivor leads the new plan");
-    assert_eq!(losses.len(), steps as usize);
+    let (first, losses) = head_losses.expect("a survivor leads the new plan");
+    assert_eq!(first + losses.len() as u64, steps);
+    assert!(losses.len() >= 10, "{losses:?}");
     assert!(losses.iter().all(|l| l.is_finite()));
     let early: f32 = losses[..5].iter().sum::<f32>() / 5.0;
     let late: f32 = losses[losses.len() - 5..].iter().sum::<f32>() / 5.0;
@@ -209,6 +216,74 @@ async fn killing_the_middle_node_replans_and_training_goes_on() {
         late < early,
         "training went on after the re-plan: {losses:?}"
     );
+    for (_, net) in &nodes {
+        net.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_joins_a_running_pipeline_is_planned_in() {
+    let nodes = three_nodes().await;
+    let steps = 300;
+    let config = |members| {
+        let mut c = config(steps, Placement::CapacityAware, 1.0);
+        c.spec = spec_with_layers(6);
+        c.members = members;
+        c.peer_deadline = Duration::from_secs(10);
+        c
+    };
+    let mut handles = Vec::new();
+    let mut progress = Vec::new();
+    for (id, net) in &nodes[..2] {
+        let (tx, rx) = watch::channel(StageProgress::default());
+        progress.push(rx);
+        handles.push(tokio::spawn(pipeline::run(
+            net.clone(),
+            id.signing.clone(),
+            config(2),
+            tx,
+        )));
+    }
+    // The third node starts once the two-node pipeline is training.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !progress.iter().any(|p| p.borrow().step >= 3) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the two-node pipeline trains");
+    let (id, net) = &nodes[2];
+    let (tx, _rx) = watch::channel(StageProgress::default());
+    handles.push(tokio::spawn(pipeline::run(
+        net.clone(),
+        id.signing.clone(),
+        config(2),
+        tx,
+    )));
+
+    let mut reports = Vec::new();
+    for handle in handles {
+        let report = tokio::time::timeout(Duration::from_secs(50), handle)
+            .await
+            .expect("every node finishes within 50 s")
+            .expect("task joins")
+            .expect("every node's part succeeds");
+        reports.push(report);
+    }
+    let joiner = &reports[2];
+    assert!(joiner.position.is_some(), "the newcomer holds a range");
+    assert!(joiner.epoch >= 2, "it was planned in by a later epoch");
+    assert_eq!(joiner.plan.assignments.len(), 3);
+    for r in &reports {
+        assert_eq!(r.steps, steps);
+        assert_eq!(r.epoch, joiner.epoch, "everyone ends on the same plan");
+    }
+    let head = reports
+        .iter()
+        .find(|r| r.position == Some(0))
+        .expect("a first shard");
+    assert_eq!(head.first_loss_step + head.losses.len() as u64, steps);
+    assert!(head.losses.iter().all(|l| l.is_finite()));
     for (_, net) in &nodes {
         net.shutdown().await;
     }

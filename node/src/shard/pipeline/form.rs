@@ -55,6 +55,9 @@ pub struct PlanNotice {
     /// The step training resumes from (0 at the start; after a re-plan, the latest step of
     /// which a snapshot of every range of the previous plan is held).
     pub resume_step: u64,
+    /// The stage ranges of the previous plan, whose snapshots at `resume_step` every member
+    /// builds its new range from (empty for the first plan).
+    pub previous_ranges: Vec<std::ops::Range<usize>>,
 }
 
 impl PlanNotice {
@@ -76,6 +79,7 @@ impl PlanNotice {
             input,
             plan,
             resume_step: 0,
+            previous_ranges: Vec::new(),
         })
     }
 
@@ -104,6 +108,7 @@ pub fn spawn_announcer(
     signing: SigningKey,
     config: &PipelineConfig,
     capacity: watch::Receiver<Capacity>,
+    epoch: watch::Receiver<u64>,
     cancel: CancellationToken,
 ) {
     let (run, model, device) = (config.run, config.model, config.device_name.clone());
@@ -134,7 +139,9 @@ pub fn spawn_announcer(
                     device: device.chars().take(100).collect(),
                     links: Vec::new(),
                 },
-                round: 0,
+                // The plan epoch this node runs (0 while forming): newcomers that see a running
+                // pipeline wait for the next plan instead of forming one.
+                round: *epoch.borrow(),
                 listen_addrs,
                 timestamp_ms: crate::net::now_ms(),
             });
@@ -163,6 +170,10 @@ pub(crate) async fn agree(
     let members = loop {
         let peers = net.peers().await?;
         let mut members = candidates(&peers, config);
+        if let Some(running) = running_leader(&peers, config) {
+            tracing::info!(%running, "a pipeline of this run is running; waiting to be planned in");
+            return wait_for_notice(mailbox, config, me, running, 1, deadline).await;
+        }
         members.push((me, own));
         if members.len() >= config.members {
             members.sort_by_key(|(peer, _)| peer.to_string());
@@ -241,6 +252,7 @@ pub(crate) async fn replan(
             .retain(|l| survivors.contains(&l.from) && survivors.contains(&l.to));
         let mut notice = PlanNotice::compute(epoch, previous.placement, survivors, input)?;
         notice.resume_step = replicas.common_step(&previous.ranges());
+        notice.previous_ranges = previous.ranges();
         send_notice(net, config, &notice).await?;
         return Ok(notice);
     }
@@ -326,9 +338,17 @@ fn check_notice(message: &Inbound, me: PeerId) -> Result<PlanNotice, PipelineErr
     let notice = decode_notice(&message.payload)?;
     let mut sorted = notice.members.clone();
     sorted.sort();
-    if sorted.first() != Some(&message.peer.to_string()) {
+    let sender = message.peer.to_string();
+    // The first plan comes from the lowest member; later ones (re-plans after a departure, a
+    // join or a capacity drift) from the member that saw the change, which must be listed.
+    let allowed = if notice.epoch <= 1 {
+        sorted.first() == Some(&sender)
+    } else {
+        sorted.contains(&sender)
+    };
+    if !allowed {
         return Err(PipelineError::Protocol(
-            "the sender is not the lowest member".into(),
+            "the sender may not issue this plan".into(),
         ));
     }
     if !notice.members.contains(&me.to_string()) {
@@ -379,6 +399,123 @@ pub fn decode_notice(bytes: &[u8]) -> Result<PlanNotice, PipelineError> {
         ));
     }
     Ok(notice)
+}
+
+/// The lowest-id member of a pipeline of this run that is already running (announcing a plan
+/// epoch), if any.
+fn running_leader(peers: &[PeerInfo], config: &PipelineConfig) -> Option<PeerId> {
+    peers
+        .iter()
+        .filter(|p| p.connected)
+        .filter(|p| {
+            p.announcement
+                .as_ref()
+                .is_some_and(|a| a.run == config.run && a.model == config.model && a.round > 0)
+        })
+        .map(|p| p.peer_id)
+        .min_by_key(|p| p.to_string())
+}
+
+/// The planner input for re-balancing a running pipeline: the members of `previous` still
+/// connected plus newcomers announcing this run, each with its latest announced capacity (this
+/// node's from `own`), and the previous links among them.
+pub(crate) fn rebalance_input(
+    config: &PipelineConfig,
+    previous: &PlanNotice,
+    peers: &[PeerInfo],
+    me: PeerId,
+    own: Capacity,
+) -> (Vec<String>, PlanInput) {
+    let mut members = candidates(peers, config);
+    members.retain(|(p, _)| {
+        let id = p.to_string();
+        // Keep members still connected; newcomers must be connected to be planned in.
+        peers.iter().any(|i| i.peer_id == *p && i.connected) || previous.members.contains(&id)
+    });
+    members.retain(|(p, _)| *p != me);
+    members.push((me, own));
+    members.sort_by_key(|(p, _)| p.to_string());
+    let ids: Vec<String> = members.iter().map(|(p, _)| p.to_string()).collect();
+    let mut input = previous.input.clone();
+    input.peers = members
+        .iter()
+        .map(|(p, c)| PeerCapacity {
+            id: p.to_string(),
+            flops_per_sec: c.flops_per_sec,
+            memory_bytes: c.memory_bytes,
+        })
+        .collect();
+    input
+        .links
+        .retain(|l| ids.contains(&l.from) && ids.contains(&l.to));
+    (ids, input)
+}
+
+/// Sends the notice of a re-balanced plan to its members, and to members new to the pipeline
+/// the snapshots (at the notice's resume step) of every range of `old_ranges`, which they
+/// build their ranges from.
+pub(crate) async fn announce_rebalance(
+    net: &Network,
+    config: &PipelineConfig,
+    notice: &PlanNotice,
+    previous: &PlanNotice,
+    replicas: &Replicas,
+) -> Result<(), PipelineError> {
+    send_notice(net, config, notice).await?;
+    if notice.resume_step == 0 {
+        return Ok(());
+    }
+    let old = previous.ranges();
+    for joiner in notice
+        .members
+        .iter()
+        .filter(|m| !previous.members.contains(m))
+    {
+        let peer: PeerId = joiner
+            .parse()
+            .map_err(|_| PipelineError::Protocol(format!("bad peer id {joiner:?}")))?;
+        for range in &old {
+            let part = replicas.parts(std::slice::from_ref(range), range, notice.resume_step)?;
+            for state in part {
+                let bytes = super::replicas::encode(&state)?;
+                let header = PipeHeader {
+                    version: PIPE_VERSION,
+                    run: config.run,
+                    epoch: notice.epoch,
+                    step: notice.resume_step,
+                    micro: 0,
+                    micros: 1,
+                    tensor: None,
+                    body: PipeBody::Replica {
+                        start: range.start as u32,
+                        end: range.end as u32,
+                    },
+                };
+                let header = header
+                    .to_bytes()
+                    .map_err(|e| PipelineError::Protocol(e.to_string()))?;
+                net.send_payload(peer, PayloadKind::Control, &header, &bytes)
+                    .await
+                    .map_err(|error| PipelineError::Send {
+                        peer,
+                        error: Box::new(error),
+                    })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Waits for the notice of epoch `epoch` or later (after a stage saw it arrive).
+pub(crate) async fn await_notice(
+    mailbox: &mut Mailbox,
+    config: &PipelineConfig,
+    me: PeerId,
+    from: PeerId,
+    epoch: u64,
+) -> Result<PlanNotice, PipelineError> {
+    let deadline = tokio::time::Instant::now() + config.form_timeout;
+    wait_for_notice(mailbox, config, me, from, epoch, deadline).await
 }
 
 /// How recent an announcement of a member that is not connected must be, milliseconds.

@@ -210,6 +210,8 @@ pub struct PipelineReport {
     pub wall_secs: f64,
     /// Compute time, seconds (slowdown included).
     pub busy_secs: f64,
-    /// Loss of every step (first shard only).
+    /// Loss of every step from `first_loss_step` on, while this node held the first shard.
     pub losses: Vec<f32>,
+    /// The step of `losses[0]` (0 unless this node became the first shard after a re-plan).
+    pub first_loss_step: u64,
 }

@@ -8,14 +8,18 @@ use murmur_protocol::pipeline::PipeBody;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::Placement;
 use super::mailbox::Mailbox;
 use super::replicas::Replicas;
 use super::stage::{self, Position, Resume, StageOutcome};
 use super::{PipelineConfig, PipelineError, PipelineReport, StageProgress, form};
 use crate::net::Network;
 use crate::shard::capacity::{self, Capacity};
+use crate::shard::planner::{Decision, ReplanConfig, Replanner};
 use crate::shard::planner::{even_split, ideal_samples_per_sec};
 
+/// How often the member issuing plans looks for joins and drift.
+const REBALANCE_EVERY: Duration = Duration::from_secs(2);
 /// Longest wait for snapshots still in flight when a new plan starts.
 const PARTS_WAIT: Duration = Duration::from_secs(5);
 /// Re-plans tolerated per run before giving up.
@@ -49,18 +53,27 @@ pub async fn run(
     );
     let (capacity_tx, capacity_rx) = watch::channel(measured);
     let capacity_tx = std::sync::Arc::new(capacity_tx);
+    let (epoch_tx, epoch_rx) = watch::channel(0u64);
     let cancel = CancellationToken::new();
     let _stop_announcing = cancel.clone().drop_guard();
-    form::spawn_announcer(net.clone(), signing, &config, capacity_rx, cancel.clone());
+    let announced = capacity_rx.clone();
+    form::spawn_announcer(
+        net.clone(),
+        signing,
+        &config,
+        announced,
+        epoch_rx,
+        cancel.clone(),
+    );
 
     let mut notice = form::agree(&net, &mut mailbox, &config, measured).await?;
     let started = std::time::Instant::now();
     let mut replicas = Replicas::default();
     let mut outcome = StageOutcome::default();
-    let mut previous_ranges: Vec<std::ops::Range<usize>> = Vec::new();
     let mut replans = 0u32;
     let me = net.local_peer_id().to_string();
     let index = loop {
+        epoch_tx.send_replace(notice.epoch);
         let index = notice.plan.assignments.iter().position(|a| a.peer == me);
         tracing::info!(
             epoch = notice.epoch,
@@ -73,7 +86,7 @@ pub async fn run(
         let parts = if notice.resume_step == 0 {
             Vec::new()
         } else {
-            let wanted = (&previous_ranges[..], &range, notice.resume_step);
+            let wanted = (&notice.previous_ranges[..], &range, notice.resume_step);
             await_parts(&mut mailbox, &mut replicas, wanted).await?
         };
         let resume = Resume {
@@ -96,20 +109,50 @@ pub async fn run(
             range_flops * config.train.batch_size as f64,
             cancel.clone(),
         );
-        let result = stage::run(
-            &net,
-            &mut mailbox,
-            &config,
-            &position,
-            &progress,
-            &mut replicas,
-            resume,
-            &mut outcome,
-        )
-        .await;
+        // The member issuing plans (the lowest id) also watches for joins and capacity drift.
+        let watches = config.placement == Placement::CapacityAware
+            && config.replicate_every > 0
+            && notice.members.iter().min() == Some(&me);
+        let result = {
+            let run = stage::run(
+                &net,
+                &mut mailbox,
+                &config,
+                &position,
+                &progress,
+                &mut replicas,
+                resume,
+                &mut outcome,
+            );
+            if watches {
+                tokio::select! {
+                    result = run => Ok(result),
+                    rebalance = watch_for_rebalance(&net, &config, &notice, capacity_rx.clone()) => Err(rebalance),
+                }
+            } else {
+                Ok(run.await)
+            }
+        };
         refine.abort();
+        let result = match result {
+            Ok(result) => result,
+            Err(rebalance) => {
+                let mut next = rebalance?;
+                next.resume_step = replicas.common_step(&notice.ranges());
+                next.previous_ranges = notice.ranges();
+                form::announce_rebalance(&net, &config, &next, &notice, &replicas).await?;
+                replans += 1;
+                notice = next;
+                continue;
+            }
+        };
         match result {
             Ok(()) => break Some(index),
+            Err(PipelineError::Replanned { epoch }) if replans < MAX_REPLANS => {
+                replans += 1;
+                let me = net.local_peer_id();
+                notice = form::await_notice(&mut mailbox, &config, me, me, epoch).await?;
+            }
             Err(err)
                 if err.calls_for_replan()
                     && config.replicate_every > 0
@@ -117,7 +160,6 @@ pub async fn run(
             {
                 tracing::warn!(%err, epoch = notice.epoch, "pipeline broken; re-planning");
                 replans += 1;
-                previous_ranges = notice.ranges();
                 notice = form::replan(&net, &mut mailbox, &config, &notice, &replicas).await?;
             }
             Err(err) => return Err(err),
@@ -140,7 +182,45 @@ pub async fn run(
         wall_secs: started.elapsed().as_secs_f64(),
         busy_secs: outcome.busy_secs,
         losses: outcome.losses,
+        first_loss_step: outcome.first_loss_step,
     })
+}
+
+/// Runs on the member issuing plans while its shard trains: every [`REBALANCE_EVERY`] it
+/// re-reads the members' announced capacities and any newcomers, and returns the notice of the
+/// next epoch once the [`Replanner`] adopts a new placement (a join, a leave or a capacity drift
+/// beyond 20 % that makes the pipeline at least 10 % faster). Never returns otherwise.
+async fn watch_for_rebalance(
+    net: &Network,
+    config: &PipelineConfig,
+    current: &form::PlanNotice,
+    own: watch::Receiver<Capacity>,
+) -> Result<form::PlanNotice, PipelineError> {
+    let mut replanner = Replanner::new(ReplanConfig::default());
+    replanner.update(&current.input)?;
+    let me = net.local_peer_id();
+    loop {
+        tokio::time::sleep(REBALANCE_EVERY).await;
+        let peers = net.peers().await?;
+        let own = *own.borrow();
+        let (members, input) = form::rebalance_input(config, current, &peers, me, own);
+        match replanner.update(&input) {
+            Ok(Decision::Adopted { trigger, gain }) => {
+                tracing::info!(?trigger, ?gain, "re-balancing the pipeline");
+                return form::PlanNotice::compute(
+                    current.epoch + 1,
+                    current.placement,
+                    members,
+                    input,
+                );
+            }
+            Ok(Decision::Kept { trigger, gain }) => {
+                tracing::debug!(?trigger, gain, "re-plan considered, placement kept");
+            }
+            Ok(Decision::Unchanged) => {}
+            Err(err) => tracing::debug!(%err, "re-plan not possible"),
+        }
+    }
 }
 
 /// The snapshots of `old` ranges covering `range` at `step`; replicas still queued in the

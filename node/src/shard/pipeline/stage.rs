@@ -58,8 +58,11 @@ pub(crate) struct StageOutcome {
     pub steps: u64,
     /// Compute time, seconds (slowdown included).
     pub busy_secs: f64,
-    /// Loss of each step by step index (first shard only; repeated steps overwrite).
+    /// Loss of steps `first_loss_step..` while this node held the first shard (repeated steps
+    /// overwrite).
     pub losses: Vec<f32>,
+    /// The step of `losses[0]`.
+    pub first_loss_step: u64,
 }
 
 /// Where a shard starts: the step, and the snapshots its range is rebuilt from (none: the
@@ -184,8 +187,14 @@ impl Stage<'_> {
     fn report(&mut self, step: u64, loss: Option<f32>) {
         self.outcome.steps = step;
         if let Some(loss) = loss.filter(|_| step > 0) {
-            self.outcome.losses.truncate(step as usize - 1);
-            self.outcome.losses.push(loss);
+            let at = step - 1;
+            let out = &mut *self.outcome;
+            if out.losses.is_empty() || at < out.first_loss_step {
+                out.losses.clear();
+                out.first_loss_step = at;
+            }
+            out.losses.truncate((at - out.first_loss_step) as usize);
+            out.losses.push(loss);
         }
         self.progress.send_replace(StageProgress {
             position: self.position.index,
