@@ -7,6 +7,8 @@
 //!   (the member with the lowest peer id computes it and sends it; everyone re-computes it from
 //!   the inputs in the notice and refuses a plan that is not the optimum for them);
 //! - [`stage`]: one peer's part of the pipeline (the first shard also reads the data);
+//! - [`notice`]: the plan notice, its encoding and checks; `members`: candidates, link
+//!   probes and the planner's input;
 //! - [`replicas`]: snapshots of every range, so a range survives its holder;
 //! - [`mailbox`]: decoded inbound pipeline messages and bounded outbound sends;
 //! - `session`: [`run`], the whole of it for one node;
@@ -15,6 +17,8 @@
 mod compute;
 pub mod form;
 mod mailbox;
+mod members;
+pub mod notice;
 mod replicas;
 mod session;
 mod stage;

@@ -1,0 +1,237 @@
+//! The plan notice: the plan every member of an epoch runs, with the inputs it was computed
+//! from; its bit-exact encoding; the checks a member applies before accepting one; and sending
+//! it (with the snapshots newcomers need) to the members.
+
+use libp2p::PeerId;
+use murmur_protocol::pipeline::{PIPE_VERSION, PipeBody, PipeHeader};
+use serde::{Deserialize, Serialize};
+
+use super::mailbox::Inbound;
+use super::replicas::Replicas;
+use super::{PipelineConfig, PipelineError, Placement};
+use crate::net::{Network, PayloadKind};
+use crate::shard::planner::{Plan, PlanInput, even_split, plan};
+
+/// Largest plan notice accepted, bytes.
+pub const MAX_NOTICE_BYTES: usize = 4 << 20;
+
+/// The plan every member runs, with what it was computed from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanNotice {
+    /// Plan epoch (1 for the first plan of a run).
+    pub epoch: u64,
+    /// Placement policy used.
+    pub placement: Placement,
+    /// The members' peer ids.
+    pub members: Vec<String>,
+    /// The planner's inputs.
+    pub input: PlanInput,
+    /// The plan that runs.
+    pub plan: Plan,
+    /// The step training resumes from (0 at the start; after a re-plan, the latest step of
+    /// which a snapshot of every range of the previous plan is held).
+    pub resume_step: u64,
+    /// The stage ranges of the previous plan, whose snapshots at `resume_step` every member
+    /// builds its new range from (empty for the first plan).
+    pub previous_ranges: Vec<std::ops::Range<usize>>,
+}
+
+impl PlanNotice {
+    /// Computes the notice for `input` under `placement`.
+    pub fn compute(
+        epoch: u64,
+        placement: Placement,
+        members: Vec<String>,
+        input: PlanInput,
+    ) -> Result<Self, PipelineError> {
+        let plan = match placement {
+            Placement::CapacityAware => plan(&input)?,
+            Placement::Even => even_split(&input)?,
+        };
+        Ok(Self {
+            epoch,
+            placement,
+            members,
+            input,
+            plan,
+            resume_step: 0,
+            previous_ranges: Vec::new(),
+        })
+    }
+
+    /// The stage ranges of the plan, in order.
+    pub fn ranges(&self) -> Vec<std::ops::Range<usize>> {
+        self.plan.assignments.iter().map(|a| a.stages()).collect()
+    }
+
+    /// The chain's peers in pipeline order.
+    pub fn chain(&self) -> Result<Vec<PeerId>, PipelineError> {
+        self.plan
+            .assignments
+            .iter()
+            .map(|a| {
+                a.peer
+                    .parse()
+                    .map_err(|_| PipelineError::Protocol(format!("bad peer id {:?}", a.peer)))
+            })
+            .collect()
+    }
+}
+
+/// The encoded header of a control message (no micro-batch, no tensor).
+pub(super) fn control_header(
+    config: &PipelineConfig,
+    epoch: u64,
+    step: u64,
+    body: PipeBody,
+) -> Result<Vec<u8>, PipelineError> {
+    let header = PipeHeader {
+        version: PIPE_VERSION,
+        run: config.run,
+        epoch,
+        step,
+        micro: 0,
+        micros: 1,
+        tensor: None,
+        body,
+    };
+    header
+        .to_bytes()
+        .map_err(|e| PipelineError::Protocol(e.to_string()))
+}
+
+/// Sends `notice` to every member but this node.
+pub(super) async fn send_notice(
+    net: &Network,
+    config: &PipelineConfig,
+    notice: &PlanNotice,
+) -> Result<(), PipelineError> {
+    let me = net.local_peer_id().to_string();
+    let bytes = encode_notice(notice)?;
+    for member in notice.members.iter().filter(|m| **m != me) {
+        let peer: PeerId = member
+            .parse()
+            .map_err(|_| PipelineError::Protocol(format!("bad peer id {member:?}")))?;
+        {
+            let header = control_header(config, notice.epoch, 0, PipeBody::Plan)?;
+            net.send_payload(peer, PayloadKind::Control, &header, &bytes)
+                .await
+                .map_err(|error| PipelineError::Send {
+                    peer,
+                    error: Box::new(error),
+                })?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn check_notice(message: &Inbound, me: PeerId) -> Result<PlanNotice, PipelineError> {
+    let notice = decode_notice(&message.payload)?;
+    let mut sorted = notice.members.clone();
+    sorted.sort();
+    let sender = message.peer.to_string();
+    // The first plan comes from the lowest member; later ones (re-plans after a departure, a
+    // join or a capacity drift) from the member that saw the change, which must be listed.
+    let allowed = if notice.epoch <= 1 {
+        sorted.first() == Some(&sender)
+    } else {
+        sorted.contains(&sender)
+    };
+    if !allowed {
+        return Err(PipelineError::Protocol(
+            "the sender may not issue this plan".into(),
+        ));
+    }
+    if !notice.members.contains(&me.to_string()) {
+        return Err(PipelineError::Protocol(
+            "this node is not a listed member".into(),
+        ));
+    }
+    let again = PlanNotice::compute(
+        notice.epoch,
+        notice.placement,
+        notice.members.clone(),
+        notice.input.clone(),
+    )?;
+    if again.plan.assignments != notice.plan.assignments {
+        return Err(PipelineError::Protocol(
+            "the plan is not what its inputs give".into(),
+        ));
+    }
+    notice.chain()?;
+    Ok(notice)
+}
+
+/// bincode (serde) with fixed-width little-endian numbers: floats travel bit-exact, so every
+/// member re-computes the plan from exactly the leader's inputs.
+fn notice_config() -> impl bincode::config::Config {
+    bincode::config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding()
+        .with_limit::<MAX_NOTICE_BYTES>()
+}
+
+/// Encodes a plan notice (the payload of a `Plan` control message).
+pub fn encode_notice(notice: &PlanNotice) -> Result<Vec<u8>, PipelineError> {
+    bincode::serde::encode_to_vec(notice, notice_config())
+        .map_err(|e| PipelineError::Protocol(format!("cannot encode the plan: {e}")))
+}
+
+/// Decodes a plan notice; at most [`MAX_NOTICE_BYTES`], no trailing bytes.
+pub fn decode_notice(bytes: &[u8]) -> Result<PlanNotice, PipelineError> {
+    if bytes.len() > MAX_NOTICE_BYTES {
+        return Err(PipelineError::Protocol("plan notice too large".into()));
+    }
+    let (notice, used) = bincode::serde::decode_from_slice(bytes, notice_config())
+        .map_err(|e| PipelineError::Protocol(format!("malformed plan notice: {e}")))?;
+    if used != bytes.len() {
+        return Err(PipelineError::Protocol(
+            "trailing bytes after the plan notice".into(),
+        ));
+    }
+    Ok(notice)
+}
+
+/// Sends the notice of a re-balanced plan to its members, and to members new to the pipeline
+/// the snapshots (at the notice's resume step) of every range of `old_ranges`, which they
+/// build their ranges from.
+pub(crate) async fn announce_rebalance(
+    net: &Network,
+    config: &PipelineConfig,
+    notice: &PlanNotice,
+    previous: &PlanNotice,
+    replicas: &Replicas,
+) -> Result<(), PipelineError> {
+    send_notice(net, config, notice).await?;
+    if notice.resume_step == 0 {
+        return Ok(());
+    }
+    let old = previous.ranges();
+    for joiner in notice
+        .members
+        .iter()
+        .filter(|m| !previous.members.contains(m))
+    {
+        let peer: PeerId = joiner
+            .parse()
+            .map_err(|_| PipelineError::Protocol(format!("bad peer id {joiner:?}")))?;
+        for range in &old {
+            let part = replicas.parts(std::slice::from_ref(range), range, notice.resume_step)?;
+            for state in part {
+                let bytes = super::replicas::encode(&state)?;
+                let body = PipeBody::Replica {
+                    start: range.start as u32,
+                    end: range.end as u32,
+                };
+                let header = control_header(config, notice.epoch, notice.resume_step, body)?;
+                net.send_payload(peer, PayloadKind::Control, &header, &bytes)
+                    .await
+                    .map_err(|error| PipelineError::Send {
+                        peer,
+                        error: Box::new(error),
+                    })?;
+            }
+        }
+    }
+    Ok(())
+}
