@@ -7,7 +7,10 @@
 //! plan *and* its inputs) to every other member over the pipeline control protocol. A member
 //! accepts a notice only from the lowest id of the members it lists, only if it is listed, and
 //! only if re-computing the plan from the notice's inputs gives the same placement, so a
-//! deterministic planner and an honest leader are checked rather than trusted.
+//! deterministic planner and an honest leader are checked rather than trusted. Later epochs come
+//! from the member that saw the change: after a departure ([`replan`], the lowest survivor) or a
+//! join or capacity drift (the issuer's re-balancing in `session`); a newcomer that sees a
+//! running pipeline waits for such a notice instead of forming its own.
 
 use std::time::Duration;
 
