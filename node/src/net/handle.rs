@@ -99,6 +99,7 @@ impl Network {
         spawn_accept_loop(
             self.shared.clone(),
             kind.protocol_str(),
+            kind.queues_when_busy(),
             incoming,
             move |peer, stream| {
                 let (shared, tx) = (shared.clone(), tx.clone());
@@ -145,6 +146,7 @@ impl Network {
         spawn_accept_loop(
             self.shared.clone(),
             "/murmur/state/1.0.0",
+            false,
             incoming,
             move |peer, stream| {
                 let (shared, tx) = (shared.clone(), tx.clone());

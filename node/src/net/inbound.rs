@@ -2,10 +2,11 @@
 //!
 //! `libp2p-stream` drops inbound streams when the accept loop lags, so the loop only checks
 //! two semaphores and spawns. At most `max_inbound_transfers` streams per protocol are read at
-//! once; up to [`QUEUE_FACTOR`] times as many more wait (unread, so they hold no payload
-//! memory, only the muxer's window) for a permit for at most half the stall timeout, so a burst
-//! of small pipeline messages is served in turn rather than reset. Streams beyond that are
-//! dropped (the remote sees a reset and a typed error). Every spawned task is tracked,
+//! once. On protocols that queue (the pipeline's: bursts of small messages that the receiver
+//! drains at once), up to [`QUEUE_FACTOR`] times as many more wait (unread, so they hold no
+//! payload memory, only the muxer's window) for a permit for at most half the stall timeout, so
+//! they are served in turn rather than reset. Other streams beyond the limit are dropped (the
+//! remote sees a reset and a typed error). Every spawned task is tracked,
 //! cancelled on shutdown, and bounded by the transfer deadline.
 
 use std::future::Future;
@@ -28,6 +29,7 @@ const QUEUE_FACTOR: usize = 4;
 pub(crate) fn spawn_accept_loop<F, Fut>(
     shared: Arc<Shared>,
     protocol: &'static str,
+    queue: bool,
     mut incoming: IncomingStreams,
     handler: F,
 ) where
@@ -36,7 +38,8 @@ pub(crate) fn spawn_accept_loop<F, Fut>(
 {
     let limit = shared.limits.max_inbound_transfers.max(1);
     let permits = Arc::new(Semaphore::new(limit));
-    let admitted = Arc::new(Semaphore::new(limit * (1 + QUEUE_FACTOR)));
+    let waiting = if queue { QUEUE_FACTOR } else { 0 };
+    let admitted = Arc::new(Semaphore::new(limit * (1 + waiting)));
     let tracker = shared.tasks.clone();
     tracker.spawn(async move {
         loop {

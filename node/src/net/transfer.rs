@@ -63,6 +63,15 @@ impl PayloadKind {
         StreamProtocol::new(self.protocol_str())
     }
 
+    /// Whether streams beyond the receiver's concurrency limit wait for a turn (the pipeline's
+    /// small, promptly drained messages) rather than being reset (deltas, blobs).
+    pub fn queues_when_busy(self) -> bool {
+        matches!(
+            self,
+            PayloadKind::Activations | PayloadKind::Gradients | PayloadKind::Control
+        )
+    }
+
     /// The stream protocol id as text.
     pub fn protocol_str(self) -> &'static str {
         match self {

@@ -58,8 +58,8 @@ pub(crate) struct StageOutcome {
     pub steps: u64,
     /// Compute time, seconds (slowdown included).
     pub busy_secs: f64,
-    /// Loss of steps `first_loss_step..` while this node held the first shard (repeated steps
-    /// overwrite).
+    /// Loss of steps `first_loss_step..` while this node held the first shard, the latest
+    /// contiguous stretch (repeated steps overwrite).
     pub losses: Vec<f32>,
     /// The step of `losses[0]`.
     pub first_loss_step: u64,
@@ -189,7 +189,9 @@ impl Stage<'_> {
         if let Some(loss) = loss.filter(|_| step > 0) {
             let at = step - 1;
             let out = &mut *self.outcome;
-            if out.losses.is_empty() || at < out.first_loss_step {
+            let next = out.first_loss_step + out.losses.len() as u64;
+            // Keep one contiguous stretch: start over after a gap (another member led meanwhile).
+            if out.losses.is_empty() || at < out.first_loss_step || at > next {
                 out.losses.clear();
                 out.first_loss_step = at;
             }
