@@ -57,7 +57,7 @@ pub(super) async fn serve(
         data: data.train,
         peer_deadline: Duration::from_secs_f64(args.peer_deadline.max(0.1)),
         form_timeout: Duration::from_secs(120),
-        capacity_budget: Duration::from_millis(500),
+        capacity_budget: Duration::from_millis(1500),
         replicate_every: args.replicate_every,
     };
     let (net, mut events) = Network::start(identity.keypair(), net_config(args, run), Some(&store))

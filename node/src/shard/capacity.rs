@@ -60,7 +60,7 @@ pub fn measure(
     // load while measuring is the load while training.
     let started = Instant::now();
     let mut iterations = 0u32;
-    while iterations == 0 || (started.elapsed() < budget && iterations < 20) {
+    while iterations == 0 || (started.elapsed() < budget && iterations < 50) {
         let t = Instant::now();
         shard.loss_backward(input.clone(), &targets, 1.0)?;
         if slowdown > 1.0 {
