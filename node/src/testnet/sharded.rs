@@ -126,7 +126,7 @@ async fn run_once(
                 match line.value.get("event").and_then(Value::as_str) {
                     Some("stage") => *slot = line.value,
                     Some("final") => {
-                        if std::env::var_os("MURMUR_TESTNET_DEBUG").is_some() || line.value.get("pipeline").is_none() {
+                        if line.value.get("pipeline").is_none() {
                             println!("testnet: node {} ended: {}", line.index, line.value);
                         }
                         finals.insert(line.index, line.value);
@@ -146,7 +146,7 @@ async fn run_once(
     bootstrap.request_stop();
     bootstrap.kill().await;
     render(args, &stages, started.elapsed());
-    let mut reports = Vec::new();
+    let mut reports: Vec<PipelineReport> = Vec::new();
     for i in 0..n {
         let Some(value) = finals.get(&i) else {
             bail!(
@@ -160,6 +160,22 @@ async fn run_once(
         let report: PipelineReport =
             serde_json::from_value(value.get("pipeline").cloned().unwrap_or(Value::Null))
                 .with_context(|| format!("node {i} sent no pipeline report"))?;
+        println!(
+            "testnet: node {i} (×{}): {}, plan epoch {}, {} re-plans, {} steps, busy {:.1} s of {:.1} s",
+            args.slowdown[i],
+            report
+                .range
+                .as_ref()
+                .map_or("not in the plan".into(), |r| format!(
+                    "stages {}..{}",
+                    r.start, r.end
+                )),
+            report.epoch,
+            report.replans,
+            report.steps,
+            report.busy_secs,
+            report.wall_secs,
+        );
         reports.push(report);
     }
     measure(placement, reports)
