@@ -108,20 +108,29 @@ pub(super) async fn send_notice(
 ) -> Result<(), PipelineError> {
     let me = net.local_peer_id().to_string();
     let bytes = encode_notice(notice)?;
+    let header = control_header(config, notice.epoch, 0, PipeBody::Plan)?;
     for member in notice.members.iter().filter(|m| **m != me) {
-        let peer: PeerId = member
-            .parse()
-            .map_err(|_| PipelineError::Protocol(format!("bad peer id {member:?}")))?;
-        {
-            let header = control_header(config, notice.epoch, 0, PipeBody::Plan)?;
-            net.send_payload(peer, PayloadKind::Control, &header, &bytes)
-                .await
-                .map_err(|error| PipelineError::Send {
-                    peer,
-                    error: Box::new(error),
-                })?;
-        }
+        send_control(net, member, &header, &bytes).await?;
     }
+    Ok(())
+}
+
+/// Sends one control message to the member with peer id text `member`.
+async fn send_control(
+    net: &Network,
+    member: &str,
+    header: &[u8],
+    payload: &[u8],
+) -> Result<(), PipelineError> {
+    let peer: PeerId = member
+        .parse()
+        .map_err(|_| PipelineError::Protocol(format!("bad peer id {member:?}")))?;
+    net.send_payload(peer, PayloadKind::Control, header, payload)
+        .await
+        .map_err(|error| PipelineError::Send {
+            peer,
+            error: Box::new(error),
+        })?;
     Ok(())
 }
 
@@ -212,9 +221,6 @@ pub(crate) async fn announce_rebalance(
         .iter()
         .filter(|m| !previous.members.contains(m))
     {
-        let peer: PeerId = joiner
-            .parse()
-            .map_err(|_| PipelineError::Protocol(format!("bad peer id {joiner:?}")))?;
         for range in &old {
             let part = replicas.parts(std::slice::from_ref(range), range, notice.resume_step)?;
             for state in part {
@@ -224,12 +230,7 @@ pub(crate) async fn announce_rebalance(
                     end: range.end as u32,
                 };
                 let header = control_header(config, notice.epoch, notice.resume_step, body)?;
-                net.send_payload(peer, PayloadKind::Control, &header, &bytes)
-                    .await
-                    .map_err(|error| PipelineError::Send {
-                        peer,
-                        error: Box::new(error),
-                    })?;
+                send_control(net, joiner, &header, &bytes).await?;
             }
         }
     }
