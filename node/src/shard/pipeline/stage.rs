@@ -397,7 +397,7 @@ impl Stage<'_> {
                     h.step
                 )));
             }
-            let grad = decode(&h.tensor, &message.payload)?;
+            let grad = decode_off_thread(h.tensor.clone(), message.payload).await?;
             self.compute
                 .call(move |s| s.backward(h.micro, &grad))
                 .await??;
@@ -442,7 +442,7 @@ impl Stage<'_> {
             }
             match h.body {
                 PipeBody::Forward { targets } => {
-                    let input = decode(&h.tensor, &message.payload)?;
+                    let input = decode_off_thread(h.tensor.clone(), message.payload).await?;
                     if self.last {
                         let (loss, grad) = self
                             .compute
@@ -463,7 +463,7 @@ impl Stage<'_> {
                     }
                 }
                 PipeBody::Backward { loss, tail_norm_sq } => {
-                    let grad = decode(&h.tensor, &message.payload)?;
+                    let grad = decode_off_thread(h.tensor.clone(), message.payload).await?;
                     let up = self
                         .compute
                         .call(move |s| s.backward(h.micro, &grad))
@@ -520,6 +520,16 @@ fn kind_tag(body: &PipeBody) -> u8 {
         PipeBody::Replica { .. } => 4,
         PipeBody::Probe => 5,
     }
+}
+
+/// [`decode`] on a blocking thread (activations can be megabytes).
+async fn decode_off_thread(
+    meta: Option<murmur_protocol::pipeline::TensorMeta>,
+    payload: Vec<u8>,
+) -> Result<WireActivation, PipelineError> {
+    tokio::task::spawn_blocking(move || decode(&meta, &payload))
+        .await
+        .map_err(|e| PipelineError::Compute(e.to_string()))?
 }
 
 fn decode(
