@@ -74,6 +74,7 @@ async fn raw_peer(seed: u8, to: &Session) -> Network {
 
 async fn send(net: &Network, to: &Session, (header, payload): &(Vec<u8>, Vec<u8>)) {
     let peer = to.network().local_peer_id();
+    let mut retried = false;
     for _ in 0..50 {
         match net
             .send_payload(peer, PayloadKind::Delta, header, payload)
@@ -81,6 +82,10 @@ async fn send(net: &Network, to: &Session, (header, payload): &(Vec<u8>, Vec<u8>
         {
             Ok(_) => return,
             Err(TransferError::Open { .. }) => tokio::time::sleep(Duration::from_millis(100)).await,
+            // A stream the receiver never picked up (seen intermittently under load, not yet
+            // diagnosed) ends at the transfer deadline; a real sender retries, and so does this
+            // one, once.
+            Err(TransferError::Deadline(_)) if !retried => retried = true,
             Err(err) => panic!("send failed: {err}"),
         }
     }
