@@ -28,12 +28,8 @@ use super::{PipelineConfig, PipelineError};
 use crate::net::Network;
 use crate::shard::capacity::Capacity;
 
-pub(crate) use super::members::rebalance_input;
-pub use super::members::{DEFAULT_LINK, plan_input};
-use super::members::{candidates, probe_links, running_leader};
-pub(crate) use super::notice::announce_rebalance;
-pub use super::notice::{MAX_NOTICE_BYTES, PlanNotice, decode_notice, encode_notice};
-use super::notice::{check_notice, send_notice};
+use super::members::{candidates, plan_input, probe_links, running_leader};
+use super::notice::{PlanNotice, check_notice, send_notice};
 
 /// Wait before counting the members left after a failure.
 const REPLAN_GRACE: Duration = Duration::from_millis(1000);

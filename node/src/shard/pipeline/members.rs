@@ -12,7 +12,7 @@ use crate::shard::capacity::Capacity;
 use crate::shard::planner::{Link, LinkSpec, MemoryModel, PeerCapacity, PlanInput, PlanStage};
 
 /// Link assumed between members with no measured throughput: a 1 Gbit/s LAN, 1 ms round trip.
-pub const DEFAULT_LINK: LinkSpec = LinkSpec {
+pub(super) const DEFAULT_LINK: LinkSpec = LinkSpec {
     bytes_per_sec: 125e6,
     rtt_secs: 0.001,
 };
@@ -148,7 +148,7 @@ pub(super) async fn probe_links(
 
 /// The planner's input: the model's stage costs, the members' capacities, and the links the
 /// leader measured to each member.
-pub fn plan_input(
+pub(super) fn plan_input(
     config: &PipelineConfig,
     members: &[(PeerId, Capacity)],
     links: Vec<Link>,

@@ -10,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::Placement;
 use super::mailbox::Mailbox;
+use super::members::rebalance_input;
+use super::notice::{PlanNotice, announce_rebalance};
 use super::replicas::Replicas;
 use super::stage::{self, Position, Resume, StageOutcome};
 use super::{PipelineConfig, PipelineError, PipelineReport, StageProgress, form};
@@ -140,7 +142,7 @@ pub async fn run(
                 let mut next = rebalance?;
                 next.resume_step = replicas.common_step(&notice.ranges());
                 next.previous_ranges = notice.ranges();
-                form::announce_rebalance(&net, &config, &next, &notice, &replicas).await?;
+                announce_rebalance(&net, &config, &next, &notice, &replicas).await?;
                 replans += 1;
                 notice = next;
                 continue;
@@ -193,9 +195,9 @@ pub async fn run(
 async fn watch_for_rebalance(
     net: &Network,
     config: &PipelineConfig,
-    current: &form::PlanNotice,
+    current: &PlanNotice,
     own: watch::Receiver<Capacity>,
-) -> Result<form::PlanNotice, PipelineError> {
+) -> Result<PlanNotice, PipelineError> {
     let mut replanner = Replanner::new(ReplanConfig::default());
     replanner.update(&current.input)?;
     let me = net.local_peer_id();
@@ -203,16 +205,11 @@ async fn watch_for_rebalance(
         tokio::time::sleep(REBALANCE_EVERY).await;
         let peers = net.peers().await?;
         let own = *own.borrow();
-        let (members, input) = form::rebalance_input(config, current, &peers, me, own);
+        let (members, input) = rebalance_input(config, current, &peers, me, own);
         match replanner.update(&input) {
             Ok(Decision::Adopted { trigger, gain }) => {
                 tracing::info!(?trigger, ?gain, "re-balancing the pipeline");
-                return form::PlanNotice::compute(
-                    current.epoch + 1,
-                    current.placement,
-                    members,
-                    input,
-                );
+                return PlanNotice::compute(current.epoch + 1, current.placement, members, input);
             }
             Ok(Decision::Kept { trigger, gain }) => {
                 tracing::debug!(?trigger, gain, "re-plan considered, placement kept");
