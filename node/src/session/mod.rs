@@ -150,7 +150,35 @@ impl Context {
     pub(crate) fn live_peer_count(&self) -> usize {
         self.live_peers.lock().map_or(0, |l| l.len())
     }
+
+    /// Hands an input the training thread must not miss (an adopted state, returned
+    /// mass, a snapshot request) to it, waiting while its queue is full of deltas instead
+    /// of dropping the input. Gives up after [`DELIVER_LIMIT`], on shutdown, or when the
+    /// thread is gone; returns whether the input was queued.
+    pub(crate) async fn deliver(&self, mut input: WorkerInput) -> bool {
+        let started = tokio::time::Instant::now();
+        loop {
+            match self.inputs.try_send(input) {
+                Ok(()) => return true,
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return false,
+                Err(std::sync::mpsc::TrySendError::Full(back)) => input = back,
+            }
+            if started.elapsed() >= DELIVER_LIMIT {
+                tracing::warn!("training thread did not take an input in time");
+                return false;
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => return false,
+                _ = tokio::time::sleep(DELIVER_RETRY) => {}
+            }
+        }
+    }
 }
+
+/// How long [`Context::deliver`] waits for room in the training thread's queue.
+const DELIVER_LIMIT: Duration = Duration::from_secs(30);
+/// How often it retries meanwhile.
+const DELIVER_RETRY: Duration = Duration::from_millis(10);
 
 /// A running node.
 #[derive(Debug)]

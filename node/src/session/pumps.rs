@@ -79,10 +79,13 @@ pub(crate) async fn outbound(
                             Err(err) => {
                                 tracing::debug!(%peer, %err, "delta not delivered; mass returned");
                                 ctx.traffic.send_failures.fetch_add(1, Ordering::Relaxed);
-                                let _ = ctx.inputs.try_send(WorkerInput::SendFailed {
+                                let returned = WorkerInput::SendFailed {
                                     round: outgoing.round,
                                     mass: outgoing.mass_each,
-                                });
+                                };
+                                if !ctx.deliver(returned).await {
+                                    tracing::warn!(%peer, "undelivered delta's mass not returned: node stopping");
+                                }
                             }
                         }
                     });

@@ -96,7 +96,9 @@ fn check_request(ctx: &Context, peer: &PeerId, bytes: &[u8]) -> Result<StateRequ
 
 async fn snapshot(ctx: &Context) -> Option<Served> {
     let (tx, rx) = oneshot::channel();
-    ctx.inputs.try_send(WorkerInput::Snapshot(tx)).ok()?;
+    if !ctx.deliver(WorkerInput::Snapshot(tx)).await {
+        return None;
+    }
     let Snapshot {
         round,
         samples,
@@ -187,7 +189,9 @@ pub(crate) async fn join(ctx: Arc<Context>) {
         match download(&ctx, peer, announced).await {
             Ok((round, params)) => {
                 tracing::info!(%peer, round, "downloaded model state");
-                let _ = ctx.inputs.try_send(WorkerInput::Adopt { round, params });
+                if !ctx.deliver(WorkerInput::Adopt { round, params }).await {
+                    tracing::warn!(%peer, round, "downloaded state not adopted: node stopping");
+                }
                 return;
             }
             Err(err) => tracing::warn!(%peer, %err, "state download failed; will retry"),
