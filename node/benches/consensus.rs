@@ -118,6 +118,7 @@ async fn measure(n: usize, p: usize, codec: murmur_protocol::Codec) -> Option<f6
     let mut reached = None;
     while started.elapsed() < Duration::from_secs(60) {
         let mut worst: f64 = 0.0;
+        let mut errors = String::new();
         for s in &sessions {
             // A busy node may not answer in time; that counts as not converged yet.
             let Some(snap) = s.snapshot().await else {
@@ -132,6 +133,7 @@ async fn measure(n: usize, p: usize, codec: murmur_protocol::Codec) -> Option<f6
                 .sqrt()
                 / (mean * (p as f64).sqrt());
             worst = worst.max(err);
+            errors.push_str(&format!("{err:.1e} "));
         }
         if std::env::var_os("MURMUR_BENCH_DEBUG").is_some() {
             let rounds: Vec<_> = sessions
@@ -148,7 +150,7 @@ async fn measure(n: usize, p: usize, codec: murmur_protocol::Codec) -> Option<f6
                 })
                 .collect();
             println!(
-                "{:.3}s worst {worst:.2e} {rounds:?}",
+                "{:.3}s worst {worst:.2e} [{errors}] {rounds:?}",
                 started.elapsed().as_secs_f64()
             );
         }

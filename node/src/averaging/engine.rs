@@ -106,12 +106,6 @@ struct Candidate {
     mass: f64,
 }
 
-#[derive(Debug)]
-struct Sent {
-    round: u64,
-    values: Vec<f32>,
-}
-
 /// The averaging engine of one node.
 #[derive(Debug)]
 pub struct Averager {
@@ -126,7 +120,9 @@ pub struct Averager {
     pending: Vec<Candidate>,
     replay: ReplayGuard,
     counts: MergeCounts,
-    sent: Option<Sent>,
+    /// Sends of earlier rounds come back as mass only (after adopting or restoring a
+    /// state, the model they carried is no longer part of this node's share).
+    returns_from: u64,
     training: bool,
     /// Norms (distance from the anchor) of recently merged models.
     norm_history: History,
@@ -179,7 +175,7 @@ impl Averager {
             pending: Vec::new(),
             replay,
             counts: MergeCounts::default(),
-            sent: None,
+            returns_from: 0,
             training: true,
             norm_history: History::default(),
             distance_history: History::default(),
@@ -308,21 +304,43 @@ impl Averager {
         })
     }
 
-    /// Gives back the mass of a send that failed: the sent model is folded back in.
-    pub fn returned(&mut self, round: u64, mass: f64, params: &mut [f32]) {
-        match &self.sent {
-            Some(sent) if sent.round == round => {
-                self.mass = mixing::absorb(
-                    params,
-                    self.mass,
-                    Weighted {
-                        values: &sent.values,
-                        mass,
-                    },
-                );
-            }
-            _ => self.mass += mass,
+    /// Gives back a send that failed: the model it carried, decoded from the very bytes
+    /// that were to be sent, is folded back in with its mass. Push-sum then conserves the
+    /// network's weighted total exactly, however many syncs happened since the send.
+    /// A send from before an adopted or restored state is dropped with its mass (the
+    /// state it belonged to is gone, as in [`adopt`](Self::adopt)).
+    pub fn returned(&mut self, outgoing: &Outgoing, params: &mut [f32]) {
+        if outgoing.round < self.returns_from {
+            return;
         }
+        let decoded = SignedEnvelope::open_bytes(&outgoing.header, MAX_ENVELOPE_BYTES)
+            .ok()
+            .and_then(|(_, message)| match message {
+                Message::Delta(h) => h
+                    .decode_payload(&outgoing.payload, self.anchor.len() as u64)
+                    .ok(),
+                _ => None,
+            });
+        let Some(mut values) = decoded else {
+            // Cannot happen for a message this engine built; keep the mass at least.
+            tracing::warn!(
+                round = outgoing.round,
+                "returned delta unreadable; mass kept"
+            );
+            self.mass += outgoing.mass_each;
+            return;
+        };
+        for (v, a) in values.iter_mut().zip(&self.anchor) {
+            *v += a;
+        }
+        self.mass = mixing::absorb(
+            params,
+            self.mass,
+            Weighted {
+                values: &values,
+                mass: outgoing.mass_each,
+            },
+        );
     }
 
     /// One sync: adds `fresh_samples` to the mass, merges the queued deltas into `params`,
@@ -384,14 +402,6 @@ impl Averager {
             timestamp_ms: crate::net::now_ms(),
         };
         let envelope = SignedEnvelope::sign(&self.key, &Message::Delta(header))?;
-        let mut sent = compressed.decoded;
-        for (v, a) in sent.iter_mut().zip(&self.anchor) {
-            *v += a;
-        }
-        self.sent = Some(Sent {
-            round,
-            values: sent,
-        });
         Ok(Some(Outgoing {
             round,
             header: envelope.to_bytes(),
@@ -457,7 +467,7 @@ impl Averager {
         self.round = self.round.max(round);
         self.mass = 0.0;
         self.pending.clear();
-        self.sent = None;
+        self.returns_from = self.round;
         if let Some((_, previous)) = &mut self.outer {
             previous.clear();
         }
@@ -498,6 +508,6 @@ impl Averager {
             *prev = state.outer_previous;
         }
         self.pending.clear();
-        self.sent = None;
+        self.returns_from = self.round;
     }
 }

@@ -10,13 +10,14 @@
 //! - [`state_sync`]: serving and downloading model state (late joiners).
 
 pub mod checkpoints;
+mod in_flight;
 pub mod presence;
 pub mod pumps;
 pub mod replica;
 pub mod state_sync;
 pub mod worker;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ use crate::identity::NodeIdentity;
 use crate::net::{NetConfig, NetError, Network, PayloadKind};
 use crate::store::{Store, StoreError};
 use checkpoints::{CheckpointStoreError, Checkpoints};
+use in_flight::SendsInFlight;
 use replica::Replica;
 use worker::{Worker, WorkerConfig, WorkerInput, WorkerLinks, WorkerStatus};
 
@@ -138,7 +140,7 @@ pub(crate) struct Context {
     pub(crate) config: SessionConfig,
     pub(crate) inputs: std::sync::mpsc::SyncSender<WorkerInput>,
     pub(crate) live_peers: Arc<Mutex<Vec<PeerId>>>,
-    pub(crate) in_flight: Arc<AtomicUsize>,
+    pub(crate) in_flight: Arc<SendsInFlight>,
     pub(crate) traffic: Traffic,
     pub(crate) status: watch::Sender<NodeStatus>,
     pub(crate) param_count: usize,
@@ -222,7 +224,7 @@ impl Session {
         let (inputs, input_rx) = std::sync::mpsc::sync_channel(64);
         let (outputs, output_rx) = mpsc::channel(64);
         let live_peers = Arc::new(Mutex::new(Vec::new()));
-        let in_flight = Arc::new(AtomicUsize::new(0));
+        let in_flight = Arc::new(SendsInFlight::default());
         let mut worker = Worker::new(
             replica,
             averager,

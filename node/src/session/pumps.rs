@@ -56,7 +56,7 @@ pub(crate) async fn outbound(
                     let (ctx, outgoing, sends) = (ctx.clone(), outgoing.clone(), sends.clone());
                     tasks.spawn(async move {
                         // Released however the task ends (delivered, failed, cancelled).
-                        let _in_flight = InFlight(ctx.in_flight.clone());
+                        let _slot = ctx.in_flight.slot(peer);
                         let Ok(_permit) = sends.acquire_owned().await else {
                             return;
                         };
@@ -79,11 +79,7 @@ pub(crate) async fn outbound(
                             Err(err) => {
                                 tracing::debug!(%peer, %err, "delta not delivered; mass returned");
                                 ctx.traffic.send_failures.fetch_add(1, Ordering::Relaxed);
-                                let returned = WorkerInput::SendFailed {
-                                    round: outgoing.round,
-                                    mass: outgoing.mass_each,
-                                };
-                                if !ctx.deliver(returned).await {
+                                if !ctx.deliver(WorkerInput::SendFailed(outgoing)).await {
                                     tracing::warn!(%peer, "undelivered delta's mass not returned: node stopping");
                                 }
                             }
@@ -102,14 +98,5 @@ pub(crate) async fn outbound(
             }
             WorkerOutput::Progress(status) => publish_status(&ctx, status),
         }
-    }
-}
-
-/// Decrements the in-flight send count when dropped.
-struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -5,7 +5,6 @@
 //! `sync_channel` (the async side never blocks on it, it drops and counts when full), and
 //! outputs leave on a tokio channel with `blocking_send` (back-pressure on this thread only).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::SessionError;
 use super::checkpoints::{Checkpoints, SessionCheckpoint};
+use super::in_flight::SendsInFlight;
 use super::replica::Replica;
 use crate::averaging::{Averager, MergeCounts, Outgoing, Rejection, SyncPolicy};
 
@@ -53,13 +53,8 @@ pub enum WorkerInput {
         /// Encoded payload.
         payload: Vec<u8>,
     },
-    /// A delta sent in `round` could not be delivered; its mass comes back.
-    SendFailed {
-        /// Round of the delta.
-        round: u64,
-        /// Mass it carried.
-        mass: f64,
-    },
+    /// A delta could not be delivered; the model and mass it carried come back.
+    SendFailed(Outgoing),
     /// Current parameters for a state download.
     Snapshot(oneshot::Sender<Snapshot>),
     /// Adopt a downloaded model state.
@@ -141,8 +136,8 @@ pub struct Worker {
     pub(crate) outputs: mpsc::Sender<WorkerOutput>,
     pub(crate) live_peers: Arc<Mutex<Vec<PeerId>>>,
     pub(crate) checkpoints: Option<Checkpoints>,
-    /// Sends handed to the network and not finished yet (decremented by the send tasks).
-    pub(crate) in_flight: Arc<AtomicUsize>,
+    /// Sends handed to the network and not finished yet (finished by the send tasks).
+    pub(crate) in_flight: Arc<SendsInFlight>,
     pub(crate) status: WorkerStatus,
     pub(crate) rng: StdRng,
     steps_since_sync: u64,
@@ -165,7 +160,7 @@ pub(crate) struct WorkerLinks {
     pub(crate) inputs: Receiver<WorkerInput>,
     pub(crate) outputs: mpsc::Sender<WorkerOutput>,
     pub(crate) live_peers: Arc<Mutex<Vec<PeerId>>>,
-    pub(crate) in_flight: Arc<AtomicUsize>,
+    pub(crate) in_flight: Arc<SendsInFlight>,
 }
 
 enum Flow {
@@ -275,7 +270,7 @@ impl Worker {
                         }
                         // Averaging only: merge and pass on as soon as every live peer's
                         // delta is here, instead of waiting for the timer.
-                        let live = self.live_peers.lock().map_or(0, |l| l.len());
+                        let live = self.live_peer_count();
                         if live > 0 && self.averager.pending() >= live {
                             self.idle_sync()?;
                         }
@@ -301,9 +296,9 @@ impl Worker {
                         .blocking_send(WorkerOutput::Rejected { peer, reason });
                 }
             }
-            WorkerInput::SendFailed { round, mass } => {
+            WorkerInput::SendFailed(outgoing) => {
                 let mut params = self.replica.params()?;
-                self.averager.returned(round, mass, &mut params);
+                self.averager.returned(&outgoing, &mut params);
                 self.replica.set_params(&params)?;
             }
             WorkerInput::Snapshot(reply) => {
@@ -341,18 +336,27 @@ impl Worker {
         Ok(())
     }
 
+    fn live_peer_count(&self) -> usize {
+        self.live_peers.lock().map_or(0, |l| l.len())
+    }
+
     fn choose_peers(&mut self) -> Vec<PeerId> {
         // Back-pressure: while a whole fan-out is still in flight (slow links), merge but
-        // do not send more; the transfers' deadlines bound how long that lasts.
+        // do not send more, and never send to a peer still receiving the previous delta;
+        // the transfers' deadlines bound how long that lasts.
         let fanout = self.averager.config().fanout;
-        if self.in_flight.load(Ordering::Acquire) >= fanout.max(1) {
+        if self.in_flight.total() >= fanout.max(1) {
             return Vec::new();
         }
         let live = match self.live_peers.lock() {
             Ok(live) => live.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         };
-        live.choose_multiple(&mut self.rng, fanout)
+        let idle: Vec<PeerId> = live
+            .into_iter()
+            .filter(|p| !self.in_flight.busy(p))
+            .collect();
+        idle.choose_multiple(&mut self.rng, fanout)
             .copied()
             .collect()
     }
@@ -375,7 +379,7 @@ impl Worker {
             store.record_next_round(self.averager.round())?;
         }
         if let Some(outgoing) = outgoing {
-            self.in_flight.fetch_add(peers.len(), Ordering::AcqRel);
+            self.in_flight.begin(&peers);
             let _ = self
                 .outputs
                 .blocking_send(WorkerOutput::Send { peers, outgoing });
@@ -389,7 +393,19 @@ impl Worker {
 
     /// A sync while not training; the model is evaluated again only if the sync merged
     /// something (held-out evaluation of a large model costs more than a sync).
+    ///
+    /// With nothing queued to merge and nobody to send to (no live peer, or a whole
+    /// fan-out still in flight) the sync is skipped: it would copy the model twice and
+    /// advance the round clock for nothing, which for a large model is most of a core.
     fn idle_sync(&mut self) -> Result<(), SessionError> {
+        let fanout = self.averager.config().fanout.max(1);
+        let blocked = self.in_flight.total() >= fanout;
+        if self.averager.pending() == 0 && (blocked || self.live_peer_count() == 0) {
+            self.last_sync = Instant::now();
+            // Rejections and peers still change: keep the status current (cheap).
+            self.publish();
+            return Ok(());
+        }
         let merged = self.averager.counts().merged;
         self.sync()?;
         if self.averager.counts().merged != merged || self.status.eval.is_none() {
