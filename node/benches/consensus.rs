@@ -5,7 +5,8 @@
 //! `cargo bench -p murmur-node --bench consensus --profile dev` (dependencies are built
 //! with opt-level 2 in that profile; a release build of burn takes too long here) — sizes via `MURMUR_BENCH_CASES`
 //! (default `4x10000000,8x10000000,4x50000000`), codec via `MURMUR_BENCH_CODEC`
-//! (`f16` default, `raw`).
+//! (`f16` default, `raw`), idle sync period via `MURMUR_BENCH_IDLE_MS` (default 40),
+//! per-node progress every 100 ms with `MURMUR_BENCH_DEBUG=1`.
 
 use std::time::{Duration, Instant};
 
@@ -60,6 +61,12 @@ async fn measure(n: usize, p: usize, codec: murmur_protocol::Codec) -> Option<f6
         / total;
     // Vectors are built before the clock starts.
     let vectors: Vec<Vec<f32>> = (0..n).map(|i| vec![i as f32 + 1.0; p]).collect();
+    let idle_sync = Duration::from_millis(
+        std::env::var("MURMUR_BENCH_IDLE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(40),
+    );
     let mut sessions = Vec::new();
     let mut bootstrap = Vec::new();
     for (i, values) in vectors.into_iter().enumerate() {
@@ -80,7 +87,7 @@ async fn measure(n: usize, p: usize, codec: murmur_protocol::Codec) -> Option<f6
                 target_accuracy: None,
                 eval_every: 1,
                 checkpoint_every: 0,
-                idle_sync: Duration::from_millis(40),
+                idle_sync,
                 seed: i as u64,
             },
             announce_every: Duration::from_millis(200),

@@ -394,13 +394,18 @@ impl Worker {
     /// A sync while not training; the model is evaluated again only if the sync merged
     /// something (held-out evaluation of a large model costs more than a sync).
     ///
-    /// With nothing queued to merge and nobody to send to (no live peer, or a whole
-    /// fan-out still in flight) the sync is skipped: it would copy the model twice and
-    /// advance the round clock for nothing, which for a large model is most of a core.
+    /// Averaging alone runs in rounds: a node merges and passes on as soon as every live
+    /// peer's delta is here; otherwise the timer's sync waits until this node's own sends
+    /// are done (the peers' sends to it take about as long), so a large model is not
+    /// re-encoded and re-sent with a fraction of the round merged. With nothing to merge
+    /// and nobody to send to, the sync is skipped: it would copy the model twice and advance
+    /// the round clock for nothing.
     fn idle_sync(&mut self) -> Result<(), SessionError> {
-        let fanout = self.averager.config().fanout.max(1);
-        let blocked = self.in_flight.total() >= fanout;
-        if self.averager.pending() == 0 && (blocked || self.live_peer_count() == 0) {
+        let live = self.live_peer_count();
+        let pending = self.averager.pending();
+        let round_complete = live > 0 && pending >= live;
+        let sending = self.in_flight.total() > 0;
+        if !round_complete && (sending || (pending == 0 && live == 0)) {
             self.last_sync = Instant::now();
             // Rejections and peers still change: keep the status current (cheap).
             self.publish();
