@@ -1,0 +1,129 @@
+//! The first shard's loop: reads the data, splits each batch into micro-batches, drives the
+//! forwards, collects the backwards (with the downstream squared gradient norms), updates with
+//! the global norm and sends the commit down the chain.
+
+use std::collections::HashSet;
+
+use murmur_models::data::BatchStream;
+use murmur_models::{Batch, WireActivation};
+use murmur_protocol::pipeline::PipeBody;
+
+use super::{Stage, decode_off_thread};
+use crate::net::PayloadKind;
+use crate::shard::pipeline::PipelineError;
+
+impl Stage<'_> {
+    /// The first shard: reads data, drives the steps.
+    pub(super) async fn lead(&mut self) -> Result<(), PipelineError> {
+        let data = &self.config.data;
+        let mut stream = BatchStream::new(data.len(), self.config.train.seed);
+        for _ in 0..self.resume {
+            stream.next_batch(self.config.train.batch_size);
+        }
+        let micros = self.config.micro_batches;
+        let scale = 1.0 / micros as f32;
+        for step in self.resume..self.config.steps {
+            let batch = data.batch(&stream.next_batch(self.config.train.batch_size));
+            let mut loss_sum = 0.0f32;
+            for (m, (input, targets)) in split(&batch, micros as usize)?.into_iter().enumerate() {
+                let m = m as u32;
+                if self.last {
+                    let (loss, _) = self
+                        .compute
+                        .call(move |s| s.loss_backward(input, &targets, scale))
+                        .await??;
+                    loss_sum += loss;
+                } else {
+                    self.forward_on(step, m, input, targets).await?;
+                }
+            }
+            let mut tail = 0.0;
+            if !self.last {
+                let (losses, downstream) = self.collect_backwards(step).await?;
+                loss_sum += losses;
+                tail = downstream;
+            }
+            let own = self.compute.call(|s| s.grad_norm_sq()).await?;
+            let grad_norm = (own + tail).sqrt() as f32;
+            self.compute.call(move |s| s.apply(grad_norm)).await??;
+            if !self.last {
+                let header = self.header(step, 0, PipeBody::Commit { grad_norm });
+                self.send(self.position.next(), PayloadKind::Control, header, None)
+                    .await?;
+            }
+            let loss = loss_sum / micros as f32;
+            tracing::debug!(step, loss, grad_norm, "pipeline step");
+            self.report(step + 1, Some(loss));
+            self.replicate(step + 1).await?;
+        }
+        Ok(())
+    }
+
+    /// The first shard's backward half of a step: returns the summed micro-batch losses and the
+    /// downstream shards' squared gradient norm.
+    async fn collect_backwards(&mut self, step: u64) -> Result<(f32, f64), PipelineError> {
+        let (mut done, mut losses, mut tail) = (0u32, 0.0f32, None);
+        let mut seen = HashSet::new();
+        while done < self.config.micro_batches {
+            let message = self.next_message(self.position.next()).await?;
+            let h = message.header;
+            if h.step < step || !seen.insert(h.micro) {
+                continue; // a retried send delivered twice
+            }
+            let PipeBody::Backward { loss, tail_norm_sq } = h.body else {
+                return Err(PipelineError::Protocol(
+                    "the first shard got a forward".into(),
+                ));
+            };
+            if h.step != step {
+                return Err(PipelineError::Protocol(format!(
+                    "gradient of step {} during step {step}",
+                    h.step
+                )));
+            }
+            let grad = decode_off_thread(h.tensor.clone(), message.payload).await?;
+            self.compute
+                .call(move |s| s.backward(h.micro, &grad))
+                .await??;
+            losses += loss;
+            tail = tail.or(tail_norm_sq);
+            done += 1;
+        }
+        let tail = tail.ok_or_else(|| {
+            PipelineError::Protocol("the downstream gradient norm never arrived".into())
+        })?;
+        Ok((losses, tail))
+    }
+}
+
+/// Splits a batch into `micros` equal micro-batches of (input, targets).
+fn split(batch: &Batch, micros: usize) -> Result<Vec<(WireActivation, Vec<u32>)>, PipelineError> {
+    let b = batch.samples;
+    if micros == 0 || !b.is_multiple_of(micros) {
+        return Err(PipelineError::Config(format!(
+            "{b} samples do not split into {micros} micro-batches"
+        )));
+    }
+    let per = b / micros;
+    let targets_per = batch.targets.len() / b.max(1);
+    let mut out = Vec::with_capacity(micros);
+    for m in 0..micros {
+        let rows = m * per..(m + 1) * per;
+        let targets = batch.targets[rows.start * targets_per..rows.end * targets_per].to_vec();
+        let input = match &batch.input {
+            WireActivation::Tokens { shape, ids } => WireActivation::Tokens {
+                shape: [per, shape[1]],
+                ids: ids[rows.start * shape[1]..rows.end * shape[1]].to_vec(),
+            },
+            WireActivation::Hidden { shape, values } => {
+                let w = shape[1] * shape[2];
+                WireActivation::Hidden {
+                    shape: [per, shape[1], shape[2]],
+                    values: values[rows.start * w..rows.end * w].to_vec(),
+                }
+            }
+        };
+        out.push((input, targets));
+    }
+    Ok(out)
+}
