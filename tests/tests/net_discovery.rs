@@ -54,13 +54,50 @@ async fn eight_nodes_discover_each_other_through_one_bootstrap() {
     boot.shutdown().await;
 }
 
+/// Set inside the network namespace the mDNS test creates for itself.
+const IN_NETNS: &str = "MURMUR_TEST_IN_NETNS";
+
+/// Sets up the namespace: loopback, and a veth pair (multicast on) with a private address,
+/// then runs this test binary again, only the mDNS test, inside it.
+const NETNS_SETUP: &str = "ip link set lo up \
+    && ip link add mm0 type veth peer name mm1 \
+    && ip link set mm0 multicast on up && ip link set mm1 up \
+    && ip addr add 10.77.0.1/24 dev mm0 \
+    && exec \"$0\" --exact eight_nodes_discover_each_other_with_mdns_only --nocapture";
+
 /// libp2p-mdns skips loopback interfaces and only advertises listen addresses that match the
-/// multicast interface, so this test must listen on all interfaces (ephemeral ports) and
-/// needs a multicast-capable interface. It is ignored by default to keep the suite
-/// loopback-only; run it with `--ignored` (it passes in the development sandbox).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a multicast LAN interface and listens on 0.0.0.0"]
-async fn eight_nodes_discover_each_other_with_mdns_only() {
+/// multicast interface, so mDNS needs a real multicast-capable interface and listeners on
+/// all interfaces. To stay off the host's network the test runs itself again inside a network
+/// namespace of its own (`unshare --net`, needs root as CI has) with a veth pair, where
+/// "all interfaces" are that pair and loopback.
+#[test]
+fn eight_nodes_discover_each_other_with_mdns_only() {
+    if std::env::var_os(IN_NETNS).is_some() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(mdns_only_discovery());
+        return;
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let out = std::process::Command::new("timeout")
+        .args(["60", "unshare", "--net", "sh", "-c", NETNS_SETUP])
+        .arg(exe)
+        .env(IN_NETNS, "1")
+        .output()
+        .expect("run `timeout`/`unshare` (coreutils, util-linux)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "mDNS test in its own network namespace failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+}
+
+async fn mdns_only_discovery() {
     let mut nets = Vec::new();
     for seed in 11..11 + NODES {
         let mut config = loopback();
