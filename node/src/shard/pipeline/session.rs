@@ -111,10 +111,12 @@ pub async fn run(
             range_flops * config.train.batch_size as f64,
             cancel.clone(),
         );
-        // The member issuing plans (the lowest id) also watches for joins and capacity drift.
+        // The lowest id among the peers the plan uses also watches for joins and capacity
+        // drift (not the lowest member: a member the planner leaves out stops here).
+        let watcher = notice.plan.assignments.iter().map(|a| &a.peer).min();
         let watches = config.placement == Placement::CapacityAware
             && config.replicate_every > 0
-            && notice.members.iter().min() == Some(&me);
+            && watcher == Some(&me);
         let result = {
             let run = stage::run(
                 &net,
