@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use libp2p::{Multiaddr, PeerId};
-use murmur_protocol::Announcement;
+use murmur_protocol::message::MAX_LINKS;
+use murmur_protocol::{Announcement, LinkStat};
 
 use crate::store::{PeerRecord, StoredCapacity};
 
@@ -31,6 +32,25 @@ pub struct PeerInfo {
     pub misbehaviour: u32,
     /// Unix time (ms) the peer was last seen.
     pub last_seen_ms: u64,
+}
+
+/// This node's measured links (RTT, throughput) to the connected peers that announced
+/// themselves, as announcements carry them (at most [`MAX_LINKS`]).
+pub fn link_stats(peers: &[PeerInfo]) -> Vec<LinkStat> {
+    peers
+        .iter()
+        .filter(|p| p.connected)
+        .filter_map(|p| {
+            Some(LinkStat {
+                peer: p.announcement.as_ref()?.peer,
+                rtt_us: p
+                    .rtt
+                    .map_or(0, |d| u32::try_from(d.as_micros()).unwrap_or(u32::MAX)),
+                bytes_per_sec: p.throughput_bps.map_or(0, |b| b as u64),
+            })
+        })
+        .take(MAX_LINKS)
+        .collect()
 }
 
 #[derive(Debug, Default)]
@@ -181,5 +201,53 @@ impl PeerTable {
                 last_seen_ms: e.record.last_seen_ms,
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use murmur_protocol::{Capacity, ModelFingerprint, PeerKey, RunId};
+
+    use super::*;
+
+    fn info(connected: bool, announced: Option<u8>, rtt_ms: u64, bps: f64) -> PeerInfo {
+        PeerInfo {
+            peer_id: PeerId::random(),
+            addrs: Vec::new(),
+            connected,
+            announcement: announced.map(|k| Announcement {
+                peer: PeerKey([k; 32]),
+                run: RunId::from_name("links"),
+                model: ModelFingerprint([0; 32]),
+                capacity: Capacity {
+                    samples_per_sec: 1.0,
+                    flops_per_sec: 1.0,
+                    memory_bytes: 1,
+                    device: "cpu".into(),
+                    links: Vec::new(),
+                },
+                round: 0,
+                listen_addrs: Vec::new(),
+                timestamp_ms: 0,
+            }),
+            rtt: Some(Duration::from_millis(rtt_ms)),
+            throughput_bps: Some(bps),
+            misbehaviour: 0,
+            last_seen_ms: 0,
+        }
+    }
+
+    #[test]
+    fn link_stats_cover_connected_announced_peers() {
+        let peers = [
+            info(true, Some(1), 3, 2.5e8),
+            info(false, Some(2), 1, 1.0),
+            info(true, None, 1, 1.0),
+        ];
+        let links = link_stats(&peers);
+        assert_eq!(links.len(), 1);
+        assert_eq!(links[0].peer, PeerKey([1; 32]));
+        assert_eq!(links[0].rtt_us, 3000);
+        assert_eq!(links[0].bytes_per_sec, 250_000_000);
     }
 }

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use libp2p::PeerId;
 use murmur_protocol::message::MAX_LISTEN_ADDRS;
-use murmur_protocol::{Announcement, Capacity, LinkStat, Message, SignedEnvelope};
+use murmur_protocol::{Announcement, Capacity, Message, SignedEnvelope};
 
 use super::Context;
-use crate::net::{NetEvents, PeerInfo};
+use crate::net::{NetEvents, PeerInfo, link_stats};
 
 /// How often the live peer set is refreshed.
 const REFRESH: Duration = Duration::from_millis(300);
@@ -78,21 +78,7 @@ async fn announce(ctx: &Context, peers: &[PeerInfo]) -> Result<(), Box<dyn std::
         .take(MAX_LISTEN_ADDRS)
         .map(|a| a.to_string())
         .collect();
-    let links = peers
-        .iter()
-        .filter(|p| p.connected)
-        .filter_map(|p| {
-            let key = p.announcement.as_ref()?.peer;
-            Some(LinkStat {
-                peer: key,
-                rtt_us: p
-                    .rtt
-                    .map_or(0, |d| u32::try_from(d.as_micros()).unwrap_or(u32::MAX)),
-                bytes_per_sec: p.throughput_bps.map_or(0, |b| b as u64),
-            })
-        })
-        .take(murmur_protocol::message::MAX_LINKS)
-        .collect();
+    let links = link_stats(peers);
     let message = Message::Announcement(Announcement {
         peer: ctx.identity.peer_key(),
         run: ctx.config.averager.run,

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::mailbox::{Inbound, Mailbox};
 use super::replicas::Replicas;
 use super::{PipelineConfig, PipelineError};
-use crate::net::Network;
+use crate::net::{Network, link_stats};
 use crate::shard::capacity::Capacity;
 
 use super::members::{candidates, plan_input, probe_links, running_leader};
@@ -34,7 +34,8 @@ use super::notice::{PlanNotice, check_notice, send_notice};
 /// Wait before counting the members left after a failure.
 const REPLAN_GRACE: Duration = Duration::from_millis(1000);
 
-/// Announces the latest `capacity` for the run twice a second until `cancel` fires.
+/// Announces the latest `capacity` and this node's measured links for the run twice a
+/// second until `cancel` fires.
 pub fn spawn_announcer(
     net: Network,
     signing: SigningKey,
@@ -59,6 +60,11 @@ pub fn spawn_announcer(
                     .collect(),
                 Err(_) => return,
             };
+            // Measured links (ping RTT, transfer throughput) to the peers this node knows.
+            let links = match net.peers().await {
+                Ok(peers) => link_stats(&peers),
+                Err(_) => return,
+            };
             let capacity = *capacity.borrow();
             let message = Message::Announcement(Announcement {
                 peer: murmur_protocol::PeerKey(signing.verifying_key().to_bytes()),
@@ -69,7 +75,7 @@ pub fn spawn_announcer(
                     flops_per_sec: capacity.flops_per_sec,
                     memory_bytes: capacity.memory_bytes,
                     device: device.chars().take(100).collect(),
-                    links: Vec::new(),
+                    links,
                 },
                 // The plan epoch this node runs (0 while forming): newcomers that see a running
                 // pipeline wait for the next plan instead of forming one.
