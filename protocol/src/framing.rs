@@ -129,6 +129,27 @@ pub async fn write_payload<W: AsyncWrite + Unpin>(
     payload: &[u8],
     chunk: u32,
 ) -> Result<Digest, FrameError> {
+    write_chunks(w, payload, chunk, None).await
+}
+
+/// Like [`write_payload`] for a payload whose BLAKE3 digest the caller already holds (e.g.
+/// from the signed header that travels with it): the payload is not hashed again. A wrong
+/// `digest` makes the receiver refuse the payload with [`FrameError::DigestMismatch`].
+pub async fn write_payload_with_digest<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    payload: &[u8],
+    chunk: u32,
+    digest: Digest,
+) -> Result<Digest, FrameError> {
+    write_chunks(w, payload, chunk, Some(digest)).await
+}
+
+async fn write_chunks<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    payload: &[u8],
+    chunk: u32,
+    known: Option<Digest>,
+) -> Result<Digest, FrameError> {
     let chunk = chunk.max(1);
     let mut header = [0u8; HEADER_LEN];
     header[..4].copy_from_slice(MAGIC);
@@ -138,11 +159,13 @@ pub async fn write_payload<W: AsyncWrite + Unpin>(
     w.write_all(&header).await?;
     let mut hasher = blake3::Hasher::new();
     for part in payload.chunks(chunk as usize) {
-        hasher.update(part);
+        if known.is_none() {
+            hasher.update(part);
+        }
         w.write_all(&(part.len() as u32).to_le_bytes()).await?;
         w.write_all(part).await?;
     }
-    let digest = Digest::from(hasher.finalize());
+    let digest = known.unwrap_or_else(|| Digest::from(hasher.finalize()));
     w.write_all(digest.as_bytes()).await?;
     w.flush().await?;
     Ok(digest)

@@ -310,6 +310,37 @@ impl DeltaHeader {
         self.codec
             .decode_into(payload, self.element_count, Some(&self.payload_digest), out)
     }
+
+    /// Like [`decode_payload`](Self::decode_payload) for a payload whose BLAKE3 digest was
+    /// already computed in transit (`transfer_digest`, checked by the stream framing against
+    /// the bytes received): when it equals the signed `payload_digest` the payload is not
+    /// hashed a second time; otherwise it is checked as usual (and refused).
+    pub fn decode_received_payload(
+        &self,
+        payload: &[u8],
+        expected_elements: u64,
+        transfer_digest: &Digest,
+    ) -> Result<Vec<f32>, CodecError> {
+        if *transfer_digest != self.payload_digest {
+            return self.decode_payload(payload, expected_elements);
+        }
+        if self.element_count != expected_elements {
+            return Err(CodecError::WrongElementCount {
+                expected: expected_elements,
+                actual: self.element_count,
+            });
+        }
+        if payload.len() as u64 != self.payload_len {
+            return Err(CodecError::WrongLength {
+                expected: self.payload_len,
+                actual: payload.len() as u64,
+            });
+        }
+        let mut out = Vec::new();
+        self.codec
+            .decode_into(payload, self.element_count, None, &mut out)?;
+        Ok(out)
+    }
 }
 
 impl StateHeader {

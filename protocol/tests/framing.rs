@@ -6,6 +6,7 @@ use futures::io::Cursor;
 use murmur_protocol::Digest;
 use murmur_protocol::framing::{
     FrameError, FrameLimits, read_message, read_payload, write_message, write_payload,
+    write_payload_with_digest,
 };
 use proptest::prelude::*;
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
@@ -72,6 +73,34 @@ fn corrupted_chunk_gives_digest_mismatch() {
         let mut bytes = framed(&payload, 1000).await;
         bytes[20 + 4 + 10] ^= 0xff; // inside the first chunk's data
         let result = read_payload(&mut Cursor::new(bytes), &FrameLimits::default()).await;
+        assert!(matches!(result, Err(FrameError::DigestMismatch)));
+    });
+}
+
+#[test]
+fn a_known_digest_is_sent_as_is_and_a_wrong_one_is_refused() {
+    block_on(async {
+        let payload = vec![3u8; 9_000];
+        let mut same = Cursor::new(Vec::new());
+        let sent = write_payload_with_digest(&mut same, &payload, 1000, Digest::of(&payload))
+            .await
+            .unwrap();
+        assert_eq!(same.get_ref(), &framed(&payload, 1000).await);
+        let (got, digest) =
+            read_payload(&mut Cursor::new(same.into_inner()), &FrameLimits::default())
+                .await
+                .unwrap();
+        assert_eq!((got, digest), (payload.clone(), sent));
+
+        let mut wrong = Cursor::new(Vec::new());
+        write_payload_with_digest(&mut wrong, &payload, 1000, Digest::of(b"other"))
+            .await
+            .unwrap();
+        let result = read_payload(
+            &mut Cursor::new(wrong.into_inner()),
+            &FrameLimits::default(),
+        )
+        .await;
         assert!(matches!(result, Err(FrameError::DigestMismatch)));
     });
 }

@@ -95,6 +95,17 @@ proptest! {
         let mut tampered = payload.clone();
         tampered[pos.index(payload.len())] ^= 1 << bit;
         prop_assert_eq!(header.decode_payload(&tampered, values.len() as u64), Err(CodecError::DigestMismatch));
+        // With the digest the transfer computed over the received bytes: the same outcome,
+        // without hashing twice when it matches the signed one.
+        let n = values.len() as u64;
+        prop_assert_eq!(
+            header.decode_received_payload(&payload, n, &Digest::of(&payload)),
+            header.decode_payload(&payload, n)
+        );
+        prop_assert_eq!(
+            header.decode_received_payload(&tampered, n, &Digest::of(&tampered)),
+            Err(CodecError::DigestMismatch)
+        );
     }
 }
 

@@ -167,7 +167,7 @@ async fn killing_the_middle_node_replans_and_training_goes_on() {
         )));
     }
     // Kill the holder of the middle range once it has committed a few steps.
-    let victim = tokio::time::timeout(Duration::from_secs(30), async {
+    let victim = tokio::time::timeout(Duration::from_secs(40), async {
         loop {
             for (i, p) in progress.iter().enumerate() {
                 let p = p.borrow();

@@ -7,8 +7,8 @@
 
 use libp2p::PeerId;
 use murmur_protocol::{
-    Codec, CodecError, DeltaHeader, ErrorFeedback, Message, ModelFingerprint, PeerKey, RunId,
-    SignedEnvelope, envelope::MAX_ENVELOPE_BYTES,
+    Codec, CodecError, DeltaHeader, Digest, ErrorFeedback, Message, ModelFingerprint, PeerKey,
+    RunId, SignedEnvelope, envelope::MAX_ENVELOPE_BYTES,
 };
 use serde::{Deserialize, Serialize};
 
@@ -81,6 +81,8 @@ pub struct Outgoing {
     pub header: Vec<u8>,
     /// The encoded payload.
     pub payload: bytes::Bytes,
+    /// BLAKE3 digest of `payload` (signed in the header; the transfer need not hash again).
+    pub digest: Digest,
     /// Mass given to each recipient (returned to the sender if a send fails).
     pub mass_each: f64,
 }
@@ -222,7 +224,20 @@ impl Averager {
         header: &[u8],
         payload: &[u8],
     ) -> Result<(), Rejection> {
-        let result = self.check(sender, header, payload);
+        self.receive_transferred(sender, header, payload, None)
+    }
+
+    /// Like [`receive`](Self::receive) for a payload whose digest the transfer already
+    /// computed and checked (`transfer_digest`): a match with the signed digest saves hashing
+    /// the payload again.
+    pub fn receive_transferred(
+        &mut self,
+        sender: &PeerId,
+        header: &[u8],
+        payload: &[u8],
+        transfer_digest: Option<&Digest>,
+    ) -> Result<(), Rejection> {
+        let result = self.check(sender, header, payload, transfer_digest);
         match result {
             Ok(candidate) => {
                 self.pending.push(candidate);
@@ -245,6 +260,7 @@ impl Averager {
         sender: &PeerId,
         header: &[u8],
         payload: &[u8],
+        transfer_digest: Option<&Digest>,
     ) -> Result<Candidate, Rejection> {
         let (signer, message) = SignedEnvelope::open_bytes(header, MAX_ENVELOPE_BYTES)
             .map_err(|_| Rejection::BadEnvelope)?;
@@ -274,12 +290,15 @@ impl Averager {
         if lag > self.config.max_staleness {
             return Err(Rejection::Stale);
         }
-        let mut values = h
-            .decode_payload(payload, self.anchor.len() as u64)
-            .map_err(|e| match e {
-                CodecError::NonFinite(_) => Rejection::NonFinite,
-                _ => Rejection::BadPayload,
-            })?;
+        let expected = self.anchor.len() as u64;
+        let decoded = match transfer_digest {
+            Some(digest) => h.decode_received_payload(payload, expected, digest),
+            None => h.decode_payload(payload, expected),
+        };
+        let mut values = decoded.map_err(|e| match e {
+            CodecError::NonFinite(_) => Rejection::NonFinite,
+            _ => Rejection::BadPayload,
+        })?;
         for (v, a) in values.iter_mut().zip(&self.anchor) {
             *v += a;
         }
@@ -406,6 +425,7 @@ impl Averager {
             round,
             header: envelope.to_bytes(),
             payload: compressed.payload.into(),
+            digest: compressed.digest,
             mass_each: each,
         }))
     }

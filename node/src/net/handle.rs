@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use libp2p::{Multiaddr, PeerId};
-use murmur_protocol::SignedEnvelope;
+use murmur_protocol::{Digest, SignedEnvelope};
 use tokio::sync::{mpsc, oneshot};
 
 use super::config::NetLimits;
@@ -61,6 +61,31 @@ impl Network {
         header: &[u8],
         payload: &[u8],
     ) -> Result<TransferStats, TransferError> {
+        self.push(peer, kind, header, payload, None).await
+    }
+
+    /// Like [`send_payload`](Self::send_payload) for a payload whose BLAKE3 digest the caller
+    /// already holds (e.g. a delta's, from its signed header): it is not hashed again. A wrong
+    /// digest makes the receiver refuse the payload.
+    pub async fn send_hashed_payload(
+        &self,
+        peer: PeerId,
+        kind: PayloadKind,
+        header: &[u8],
+        payload: &[u8],
+        digest: Digest,
+    ) -> Result<TransferStats, TransferError> {
+        self.push(peer, kind, header, payload, Some(digest)).await
+    }
+
+    async fn push(
+        &self,
+        peer: PeerId,
+        kind: PayloadKind,
+        header: &[u8],
+        payload: &[u8],
+        digest: Option<Digest>,
+    ) -> Result<TransferStats, TransferError> {
         let shared = &self.shared;
         let _active = shared.transfer_started();
         let deadline = shared.limits.transfer_deadline(payload.len());
@@ -73,7 +98,7 @@ impl Network {
                     peer,
                     reason: e.to_string(),
                 })?;
-            transfer::send(stream, header, payload, &shared.limits).await
+            transfer::send(stream, header, payload, digest, &shared.limits).await
         };
         let stats = shared.bounded(deadline, work).await?;
         let _ = self.commands.try_send(Command::RecordThroughput {

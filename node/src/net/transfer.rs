@@ -104,11 +104,13 @@ pub(crate) fn classify(error: TransferError, limits: &NetLimits) -> TransferErro
     }
 }
 
-/// Pushes `payload` with `header` to `peer` (the caller bounds it with a deadline).
+/// Pushes `payload` with `header` to `peer` (the caller bounds it with a deadline); `digest`
+/// is the payload's BLAKE3 digest when the caller already holds it (not hashed again).
 pub(crate) async fn send(
     stream: Stream,
     header: &[u8],
     payload: &[u8],
+    digest: Option<Digest>,
     limits: &NetLimits,
 ) -> Result<TransferStats, TransferError> {
     let started = Instant::now();
@@ -124,7 +126,12 @@ pub(crate) async fn send(
     preamble.extend_from_slice(header);
     framing::write_message(&mut stream, &preamble, max_header(limits)).await?;
     let chunk = u32::try_from(limits.chunk_bytes).unwrap_or(framing::DEFAULT_CHUNK);
-    let digest = framing::write_payload(&mut stream, payload, chunk).await?;
+    let digest = match digest {
+        Some(known) => {
+            framing::write_payload_with_digest(&mut stream, payload, chunk, known).await?
+        }
+        None => framing::write_payload(&mut stream, payload, chunk).await?,
+    };
     let acked = read_ack(&mut stream).await?;
     if acked != digest {
         return Err(TransferError::AckMismatch);

@@ -35,6 +35,7 @@ pub(crate) async fn inbound(ctx: Arc<Context>, mut deltas: mpsc::Receiver<Incomi
             peer,
             header: incoming.header,
             payload: incoming.payload,
+            digest: incoming.digest,
         };
         if ctx.inputs.try_send(input).is_err() {
             tracing::warn!(%peer, reason = %Rejection::Overloaded, "delta dropped");
@@ -62,11 +63,12 @@ pub(crate) async fn outbound(
                         };
                         let sent = tokio::select! {
                             _ = ctx.cancel.cancelled() => return,
-                            sent = ctx.net.send_payload(
+                            sent = ctx.net.send_hashed_payload(
                                 peer,
                                 PayloadKind::Delta,
                                 &outgoing.header,
                                 &outgoing.payload,
+                                outgoing.digest,
                             ) => sent,
                         };
                         match sent {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use murmur_models::EvalStats;
+use murmur_protocol::Digest;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
@@ -52,6 +53,8 @@ pub enum WorkerInput {
         header: Vec<u8>,
         /// Encoded payload.
         payload: Vec<u8>,
+        /// Its BLAKE3 digest, computed and checked by the transfer.
+        digest: Digest,
     },
     /// A delta could not be delivered; the model and mass it carried come back.
     SendFailed(Outgoing),
@@ -288,8 +291,12 @@ impl Worker {
                 peer,
                 header,
                 payload,
+                digest,
             } => {
-                if let Err(reason) = self.averager.receive(&peer, &header, &payload) {
+                let received =
+                    self.averager
+                        .receive_transferred(&peer, &header, &payload, Some(&digest));
+                if let Err(reason) = received {
                     tracing::warn!(%peer, %reason, "delta rejected");
                     let _ = self
                         .outputs
