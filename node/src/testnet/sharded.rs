@@ -26,6 +26,9 @@ struct Measured {
     samples_per_sec: f64,
     /// Samples per second the busiest shard's compute time allows (no fill or drain).
     steady_samples_per_sec: f64,
+    /// The ideal bound recomputed from the capacities observed during the run (each shard's
+    /// FLOPs over its compute time), when the run was never re-planned.
+    observed_ideal_samples_per_sec: Option<f64>,
     final_loss: Option<f32>,
 }
 
@@ -192,10 +195,22 @@ fn measure(placement: Placement, reports: Vec<PipelineReport>) -> anyhow::Result
         .filter(|r| r.position.is_some())
         .map(|r| r.busy_secs)
         .fold(0.0, f64::max);
+    // Each planned shard's capacity as observed while training: FLOPs done / compute time.
+    // With shards sharing a machine this is what they achieved together, not alone.
+    let planned: Vec<&PipelineReport> = reports.iter().filter(|r| r.position.is_some()).collect();
+    let total_flops: f64 = planned.iter().map(|r| r.range_flops_per_sample).sum();
+    let observed: f64 = planned
+        .iter()
+        .map(|r| r.range_flops_per_sample * samples / r.busy_secs.max(1e-9))
+        .sum();
+    let never_replanned = reports.iter().all(|r| r.replans == 0);
+    let observed_ideal_samples_per_sec =
+        (never_replanned && total_flops > 0.0).then(|| observed / total_flops);
     Ok(Measured {
         placement,
         samples_per_sec: samples / head.wall_secs.max(1e-9),
         steady_samples_per_sec: samples / busiest.max(1e-9),
+        observed_ideal_samples_per_sec,
         final_loss: head.losses.last().copied(),
         reports,
     })
@@ -265,6 +280,7 @@ fn summarise(args: &TestnetArgs, runs: &[Measured]) -> anyhow::Result<()> {
             json!({
                 "samples_per_sec": run.samples_per_sec,
                 "steady_samples_per_sec": run.steady_samples_per_sec,
+                "observed_ideal_samples_per_sec": run.observed_ideal_samples_per_sec,
                 "planned_samples_per_sec": any.plan.samples_per_sec,
                 "plan": any.plan.assignments.iter().map(|a| json!({
                     "peer": a.peer, "start": a.start, "end": a.end,
@@ -296,6 +312,18 @@ fn summarise(args: &TestnetArgs, runs: &[Measured]) -> anyhow::Result<()> {
             100.0 * fraction
         );
         out.insert("steady_fraction_of_ideal".into(), json!(fraction));
+        // The same bound from the capacities the shards showed while training: the part of
+        // the gap that is placement (load balance) rather than the capacities themselves
+        // changing once every node computes at once (as on one shared machine).
+        if let Some(observed) = run.observed_ideal_samples_per_sec {
+            let balance = run.steady_samples_per_sec / observed.max(1e-9);
+            println!(
+                "testnet: {} plan reaches {:.0} % of the bound from capacities observed while training ({observed:.2} samples/s)",
+                name(run.placement),
+                100.0 * balance
+            );
+            out.insert("steady_fraction_of_observed_ideal".into(), json!(balance));
+        }
     }
     println!("{}", Value::Object(out));
     Ok(())

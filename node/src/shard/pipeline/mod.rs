@@ -202,6 +202,9 @@ pub struct PipelineReport {
     pub position: Option<usize>,
     /// The stages it held.
     pub range: Option<Range<usize>>,
+    /// Forward + backward FLOPs per sample of `range` (0 when not in the plan).
+    #[serde(default)]
+    pub range_flops_per_sample: f64,
     /// Steps completed.
     pub steps: u64,
     /// Times the run was re-planned after a member left.

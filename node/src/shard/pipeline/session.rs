@@ -172,8 +172,15 @@ pub async fn run(
     let even = even_split(&notice.input)?;
     let ideal_samples_per_sec = ideal_samples_per_sec(&notice.input)?;
     let range = index.map(|i| notice.plan.assignments[i].stages());
+    let range_flops_per_sample = range.clone().map_or(0.0, |r| {
+        config.spec.stage_costs()[r]
+            .iter()
+            .map(|c| c.flops_per_sample as f64)
+            .sum()
+    });
     Ok(PipelineReport {
         range,
+        range_flops_per_sample,
         epoch: notice.epoch,
         replans,
         plan: notice.plan,
