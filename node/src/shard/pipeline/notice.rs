@@ -64,6 +64,11 @@ impl PlanNotice {
         self.plan.assignments.iter().map(|a| a.stages()).collect()
     }
 
+    /// Whether the plan gives the member with peer id text `member` a range.
+    pub fn is_planned(&self, member: &str) -> bool {
+        self.plan.assignments.iter().any(|a| a.peer == member)
+    }
+
     /// The chain's peers in pipeline order.
     pub fn chain(&self) -> Result<Vec<PeerId>, PipelineError> {
         self.plan
@@ -100,7 +105,9 @@ pub(super) fn control_header(
         .map_err(|e| PipelineError::Protocol(e.to_string()))
 }
 
-/// Sends `notice` to every member but this node.
+/// Sends `notice` to every member but this node. A member the plan leaves out may already
+/// have gone (it stops once it sees it is not needed): failing to reach it is logged, not an
+/// error. Failing to reach a peer of the chain is.
 pub(super) async fn send_notice(
     net: &Network,
     config: &PipelineConfig,
@@ -110,7 +117,13 @@ pub(super) async fn send_notice(
     let bytes = encode_notice(notice)?;
     let header = control_header(config, notice.epoch, 0, PipeBody::Plan)?;
     for member in notice.members.iter().filter(|m| **m != me) {
-        send_control(net, member, &header, &bytes).await?;
+        match send_control(net, member, &header, &bytes).await {
+            Ok(()) => {}
+            Err(err) if !notice.is_planned(member) => {
+                tracing::info!(%member, %err, "plan notice not delivered to a member left out of the plan");
+            }
+            Err(err) => return Err(err),
+        }
     }
     Ok(())
 }
@@ -219,7 +232,7 @@ pub(crate) async fn announce_rebalance(
     for joiner in notice
         .members
         .iter()
-        .filter(|m| !previous.members.contains(m))
+        .filter(|m| !previous.members.contains(m) && notice.is_planned(m))
     {
         for range in &old {
             let part = replicas.parts(std::slice::from_ref(range), range, notice.resume_step)?;
