@@ -148,8 +148,11 @@ mod tests {
         let fast = measure(&tiny(), &device, 4, 1.0, budget).unwrap();
         let slow = measure(&tiny(), &device, 4, 4.0, budget).unwrap();
         assert!(fast.flops_per_sec > 0.0 && fast.memory_bytes > 0);
+        // The slowed run sleeps 3× each iteration's own compute time (a sleep never ends
+        // early), so it measures at most about a quarter; only the unslowed compute time varies
+        // between the two runs (other tests share the cores), hence the wide upper bound.
         let ratio = fast.flops_per_sec / slow.flops_per_sec;
-        assert!((2.0..8.0).contains(&ratio), "ratio {ratio}");
+        assert!((2.0..100.0).contains(&ratio), "ratio {ratio}");
     }
 
     #[test]
