@@ -89,14 +89,7 @@ async fn throughput(transport: &str, variant: &Variant, sizes: &[usize]) -> Benc
         let stats = sender
             .send_payload(peer, PayloadKind::Blob, b"", &payload)
             .await?;
-        let secs = started.elapsed().as_secs_f64();
-        println!(
-            "{transport:>4} | {:>5} MB | {:.3} GB/s | {:>6.2} s | {}",
-            size / MB,
-            stats.bytes as f64 / secs / 1e9,
-            secs,
-            variant.name
-        );
+        print_row(transport, stats.bytes, started, variant.name, "");
         // The same payload with its digest known beforehand (as for a delta, whose signed
         // header carries it): the sender does not hash it again.
         let digest = murmur_protocol::Digest::of(&payload);
@@ -104,18 +97,28 @@ async fn throughput(transport: &str, variant: &Variant, sizes: &[usize]) -> Benc
         let stats = sender
             .send_hashed_payload(peer, PayloadKind::Blob, b"", &payload, digest)
             .await?;
-        let secs = started.elapsed().as_secs_f64();
-        println!(
-            "{transport:>4} | {:>5} MB | {:.3} GB/s | {:>6.2} s | {}, digest known to the sender",
-            size / MB,
-            stats.bytes as f64 / secs / 1e9,
-            secs,
-            variant.name
+        print_row(
+            transport,
+            stats.bytes,
+            started,
+            variant.name,
+            ", digest known to the sender",
         );
     }
     sender.shutdown().await;
     receiver.shutdown().await;
     Ok(())
+}
+
+/// One result line: `bytes` moved since `started`.
+fn print_row(transport: &str, bytes: u64, started: Instant, variant: &str, note: &str) {
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{transport:>4} | {:>5} MB | {:.3} GB/s | {:>6.2} s | {variant}{note}",
+        bytes as usize / MB,
+        bytes as f64 / secs / 1e9,
+        secs,
+    );
 }
 
 /// Baseline: one raw `libp2p-stream` stream, 1 MiB writes, no framing, no hashing.

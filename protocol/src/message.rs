@@ -295,6 +295,14 @@ impl DeltaHeader {
         expected_elements: u64,
         out: &mut Vec<f32>,
     ) -> Result<(), CodecError> {
+        self.check_sizes(payload, expected_elements)?;
+        self.codec
+            .decode_into(payload, self.element_count, Some(&self.payload_digest), out)
+    }
+
+    /// The header's element count and payload length against what the receiver expects,
+    /// checked before anything is allocated or decoded.
+    fn check_sizes(&self, payload: &[u8], expected_elements: u64) -> Result<(), CodecError> {
         if self.element_count != expected_elements {
             return Err(CodecError::WrongElementCount {
                 expected: expected_elements,
@@ -307,8 +315,7 @@ impl DeltaHeader {
                 actual: payload.len() as u64,
             });
         }
-        self.codec
-            .decode_into(payload, self.element_count, Some(&self.payload_digest), out)
+        Ok(())
     }
 
     /// Like [`decode_payload`](Self::decode_payload) for a payload whose BLAKE3 digest was
@@ -324,18 +331,7 @@ impl DeltaHeader {
         if *transfer_digest != self.payload_digest {
             return self.decode_payload(payload, expected_elements);
         }
-        if self.element_count != expected_elements {
-            return Err(CodecError::WrongElementCount {
-                expected: expected_elements,
-                actual: self.element_count,
-            });
-        }
-        if payload.len() as u64 != self.payload_len {
-            return Err(CodecError::WrongLength {
-                expected: self.payload_len,
-                actual: payload.len() as u64,
-            });
-        }
+        self.check_sizes(payload, expected_elements)?;
         let mut out = Vec::new();
         self.codec
             .decode_into(payload, self.element_count, None, &mut out)?;
