@@ -122,8 +122,8 @@ pub struct Averager {
     pending: Vec<Candidate>,
     replay: ReplayGuard,
     counts: MergeCounts,
-    /// Sends of earlier rounds come back as mass only (after adopting or restoring a
-    /// state, the model they carried is no longer part of this node's share).
+    /// Failed sends of earlier rounds are dropped when they come back: after adopting or
+    /// restoring a state, the model and mass they carried are no longer this node's share.
     returns_from: u64,
     training: bool,
     /// Norms (distance from the anchor) of recently merged models.
@@ -336,7 +336,11 @@ impl Averager {
             .ok()
             .and_then(|(_, message)| match message {
                 Message::Delta(h) => h
-                    .decode_payload(&outgoing.payload, self.anchor.len() as u64)
+                    .decode_received_payload(
+                        &outgoing.payload,
+                        self.anchor.len() as u64,
+                        &outgoing.digest,
+                    )
                     .ok(),
                 _ => None,
             });
