@@ -17,11 +17,10 @@ pub mod replica;
 pub mod state_sync;
 pub mod worker;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use libp2p::PeerId;
 use murmur_models::TrainError;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -33,6 +32,7 @@ use crate::net::{NetConfig, NetError, Network, PayloadKind};
 use crate::store::{Store, StoreError};
 use checkpoints::{CheckpointStoreError, Checkpoints};
 use in_flight::SendsInFlight;
+use presence::LivePeers;
 use replica::Replica;
 use worker::{Worker, WorkerConfig, WorkerInput, WorkerLinks, WorkerStatus};
 
@@ -139,7 +139,7 @@ pub(crate) struct Context {
     pub(crate) identity: NodeIdentity,
     pub(crate) config: SessionConfig,
     pub(crate) inputs: std::sync::mpsc::SyncSender<WorkerInput>,
-    pub(crate) live_peers: Arc<Mutex<Vec<PeerId>>>,
+    pub(crate) live_peers: Arc<LivePeers>,
     pub(crate) in_flight: Arc<SendsInFlight>,
     pub(crate) traffic: Traffic,
     pub(crate) status: watch::Sender<NodeStatus>,
@@ -150,7 +150,7 @@ pub(crate) struct Context {
 
 impl Context {
     pub(crate) fn live_peer_count(&self) -> usize {
-        self.live_peers.lock().map_or(0, |l| l.len())
+        self.live_peers.count()
     }
 
     /// Hands an input the training thread must not miss (an adopted state, returned
@@ -223,7 +223,7 @@ impl Session {
         let state_requests = net.serve_state()?;
         let (inputs, input_rx) = std::sync::mpsc::sync_channel(64);
         let (outputs, output_rx) = mpsc::channel(64);
-        let live_peers = Arc::new(Mutex::new(Vec::new()));
+        let live_peers = Arc::new(LivePeers::default());
         let in_flight = Arc::new(SendsInFlight::default());
         let mut worker = Worker::new(
             replica,

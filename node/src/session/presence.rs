@@ -1,7 +1,7 @@
 //! Presence: signed announcements of this node (run, model, round, capacity, addresses)
 //! and the live peer set the training thread picks recipients from.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use libp2p::PeerId;
@@ -26,9 +26,7 @@ pub(crate) async fn run(ctx: Arc<Context>, mut events: NetEvents) {
                 let Ok(peers) = ctx.net.peers().await else { return };
                 let live = live_peers(&ctx, &peers);
                 let alone = live.is_empty();
-                if let Ok(mut slot) = ctx.live_peers.lock() {
-                    *slot = live;
-                }
+                ctx.live_peers.replace(live);
                 if tokio::time::Instant::now() >= next_announce {
                     if let Err(err) = announce(&ctx, &peers).await {
                         tracing::debug!(%err, "announcement not published");
@@ -44,6 +42,31 @@ pub(crate) async fn run(ctx: Arc<Context>, mut events: NetEvents) {
                 tracing::trace!(from = %a.from, round = a.announcement.round, "announcement");
             }
         }
+    }
+}
+
+/// The live peer set: written by the presence task, read by the training thread (recipients,
+/// round completeness) and the status.
+#[derive(Debug, Default)]
+pub(crate) struct LivePeers(Mutex<Vec<PeerId>>);
+
+impl LivePeers {
+    fn lock(&self) -> MutexGuard<'_, Vec<PeerId>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How many peers are live.
+    pub(crate) fn count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// The live peers now.
+    pub(crate) fn snapshot(&self) -> Vec<PeerId> {
+        self.lock().clone()
+    }
+
+    fn replace(&self, live: Vec<PeerId>) {
+        *self.lock() = live;
     }
 }
 

@@ -5,8 +5,8 @@
 //! `sync_channel` (the async side never blocks on it, it drops and counts when full), and
 //! outputs leave on a tokio channel with `blocking_send` (back-pressure on this thread only).
 
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::SessionError;
 use super::checkpoints::{Checkpoints, SessionCheckpoint};
 use super::in_flight::SendsInFlight;
+use super::presence::LivePeers;
 use super::replica::Replica;
 use crate::averaging::{Averager, MergeCounts, Outgoing, Rejection, SyncPolicy};
 
@@ -137,7 +138,7 @@ pub struct Worker {
     pub(crate) config: WorkerConfig,
     pub(crate) inputs: Receiver<WorkerInput>,
     pub(crate) outputs: mpsc::Sender<WorkerOutput>,
-    pub(crate) live_peers: Arc<Mutex<Vec<PeerId>>>,
+    pub(crate) live_peers: Arc<LivePeers>,
     pub(crate) checkpoints: Option<Checkpoints>,
     /// Sends handed to the network and not finished yet (finished by the send tasks).
     pub(crate) in_flight: Arc<SendsInFlight>,
@@ -162,7 +163,7 @@ impl std::fmt::Debug for Worker {
 pub(crate) struct WorkerLinks {
     pub(crate) inputs: Receiver<WorkerInput>,
     pub(crate) outputs: mpsc::Sender<WorkerOutput>,
-    pub(crate) live_peers: Arc<Mutex<Vec<PeerId>>>,
+    pub(crate) live_peers: Arc<LivePeers>,
     pub(crate) in_flight: Arc<SendsInFlight>,
 }
 
@@ -273,7 +274,7 @@ impl Worker {
                         }
                         // Averaging only: merge and pass on as soon as every live peer's
                         // delta is here, instead of waiting for the timer.
-                        let live = self.live_peer_count();
+                        let live = self.live_peers.count();
                         if live > 0 && self.averager.pending() >= live {
                             self.idle_sync()?;
                         }
@@ -343,10 +344,6 @@ impl Worker {
         Ok(())
     }
 
-    fn live_peer_count(&self) -> usize {
-        self.live_peers.lock().map_or(0, |l| l.len())
-    }
-
     fn choose_peers(&mut self) -> Vec<PeerId> {
         // Back-pressure: while a whole fan-out is still in flight (slow links), merge but
         // do not send more, and never send to a peer still receiving the previous delta;
@@ -355,11 +352,9 @@ impl Worker {
         if self.in_flight.total() >= fanout.max(1) {
             return Vec::new();
         }
-        let live = match self.live_peers.lock() {
-            Ok(live) => live.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
-        let idle: Vec<PeerId> = live
+        let idle: Vec<PeerId> = self
+            .live_peers
+            .snapshot()
             .into_iter()
             .filter(|p| !self.in_flight.busy(p))
             .collect();
@@ -408,7 +403,7 @@ impl Worker {
     /// and nobody to send to, the sync is skipped: it would copy the model twice and advance
     /// the round clock for nothing.
     fn idle_sync(&mut self) -> Result<(), SessionError> {
-        let live = self.live_peer_count();
+        let live = self.live_peers.count();
         let pending = self.averager.pending();
         let round_complete = live > 0 && pending >= live;
         let sending = self.in_flight.total() > 0;

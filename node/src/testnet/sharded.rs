@@ -259,6 +259,23 @@ fn plan_text(report: &PipelineReport) -> String {
         .join(", ")
 }
 
+/// Prints and records `run`'s steady-state throughput as a fraction of `bound` samples/s.
+fn fraction_of(
+    out: &mut serde_json::Map<String, Value>,
+    run: &Measured,
+    bound: f64,
+    what: &str,
+    key: &str,
+) {
+    let fraction = run.steady_samples_per_sec / bound.max(1e-9);
+    println!(
+        "testnet: {} plan reaches {:.0} % of {what} in steady state",
+        name(run.placement),
+        100.0 * fraction
+    );
+    out.insert(key.into(), json!(fraction));
+}
+
 fn summarise(args: &TestnetArgs, runs: &[Measured]) -> anyhow::Result<()> {
     let mut out = serde_json::Map::new();
     out.insert("event".into(), json!("testnet-sharded"));
@@ -305,24 +322,22 @@ fn summarise(args: &TestnetArgs, runs: &[Measured]) -> anyhow::Result<()> {
         out.insert("steady_speedup_vs_even".into(), json!(steady));
     }
     if let (Some(run), Some(ideal)) = (runs.first(), ideal) {
-        let fraction = run.steady_samples_per_sec / ideal.max(1e-9);
-        println!(
-            "testnet: {} plan reaches {:.0} % of the ideal bound in steady state",
-            name(run.placement),
-            100.0 * fraction
-        );
-        out.insert("steady_fraction_of_ideal".into(), json!(fraction));
+        let bound = "the ideal bound".to_string();
+        fraction_of(&mut out, run, ideal, &bound, "steady_fraction_of_ideal");
         // The same bound from the capacities the shards showed while training: the part of
         // the gap that is placement (load balance) rather than the capacities themselves
         // changing once every node computes at once (as on one shared machine).
         if let Some(observed) = run.observed_ideal_samples_per_sec {
-            let balance = run.steady_samples_per_sec / observed.max(1e-9);
-            println!(
-                "testnet: {} plan reaches {:.0} % of the bound from capacities observed while training ({observed:.2} samples/s)",
-                name(run.placement),
-                100.0 * balance
+            let bound = format!(
+                "the bound from capacities observed while training ({observed:.2} samples/s)"
             );
-            out.insert("steady_fraction_of_observed_ideal".into(), json!(balance));
+            fraction_of(
+                &mut out,
+                run,
+                observed,
+                &bound,
+                "steady_fraction_of_observed_ideal",
+            );
         }
     }
     println!("{}", Value::Object(out));
