@@ -65,21 +65,27 @@ fn config(steps: u64, placement: Placement, slowdown: f64) -> PipelineConfig {
         form_timeout: Duration::from_secs(30),
         capacity_budget: Duration::from_millis(50),
         replicate_every: 2,
+        replicas: 1,
+        average_every: 0,
     }
 }
 
-/// Three connected nodes (the second and third bootstrap from the first).
-async fn three_nodes() -> Vec<(net_common::Identity, Network)> {
+/// `n` connected nodes (the others bootstrap from the first).
+async fn nodes(n: u8) -> Vec<(net_common::Identity, Network)> {
     let (id1, first, _e1) = net_common::start(1, net_common::loopback()).await;
     let boot = net_common::addr_of(&first, "tcp").await;
     let mut nodes = vec![(id1, first)];
-    for seed in 2..=3 {
+    for seed in 2..=n {
         let mut config = net_common::loopback();
         config.bootstrap = vec![boot.clone()];
         let (id, net, _events) = net_common::start(seed, config).await;
         nodes.push((id, net));
     }
     nodes
+}
+
+async fn three_nodes() -> Vec<(net_common::Identity, Network)> {
+    nodes(3).await
 }
 
 async fn run_all(
@@ -287,4 +293,104 @@ async fn a_node_that_joins_a_running_pipeline_is_planned_in() {
     for (_, net) in &nodes {
         net.shutdown().await;
     }
+}
+
+/// Four nodes as two chains of two: the holders of each range train it on different data and
+/// gossip-average it every `average_every` steps. Returns, per range, the two holders' final
+/// parameters' distance from each other relative to their mean distance from the initial
+/// parameters, and the reports.
+async fn two_chains(average_every: u64) -> (Vec<f64>, Vec<PipelineReport>) {
+    let nodes = nodes(4).await;
+    let steps = 16;
+    let configs = (0..4)
+        .map(|_| {
+            let mut c = config(steps, Placement::Even, 1.0);
+            c.members = 4;
+            c.replicas = 2;
+            c.average_every = average_every;
+            c.replicate_every = 4;
+            c
+        })
+        .collect();
+    let reports = run_all(&nodes, configs).await;
+    for (_, net) in &nodes {
+        net.shutdown().await;
+    }
+    assert!(reports.iter().all(|r| r.steps == steps && r.lanes == 2));
+    let mut lanes: Vec<(usize, usize)> = reports
+        .iter()
+        .map(|r| (r.lane.expect("planned"), r.position.expect("planned")))
+        .collect();
+    lanes.sort();
+    assert_eq!(
+        lanes,
+        vec![(0, 0), (0, 1), (1, 0), (1, 1)],
+        "two chains of two"
+    );
+    let mut disagreement = Vec::new();
+    for position in 0..2 {
+        let holders: Vec<&PipelineReport> = reports
+            .iter()
+            .filter(|r| r.position == Some(position))
+            .collect();
+        let (a, b) = (&holders[0].final_params, &holders[1].final_params);
+        assert_eq!(
+            holders[0].range, holders[1].range,
+            "replicas hold the same range"
+        );
+        let range = holders[0].range.clone().expect("a range");
+        let init = murmur_models::pipeline::StageShard::new(
+            &spec(),
+            &murmur_models::Device::flex(),
+            range,
+            train_config(),
+        )
+        .and_then(|s| s.params())
+        .expect("initial parameters");
+        let dist = |x: &[f32], y: &[f32]| {
+            x.iter()
+                .zip(y)
+                .map(|(p, q)| f64::from(p - q).powi(2))
+                .sum::<f64>()
+                .sqrt()
+        };
+        let moved = (dist(a, &init) + dist(b, &init)) / 2.0;
+        assert!(moved > 0.0, "the range trained");
+        disagreement.push(dist(a, b) / moved);
+    }
+    for head in reports.iter().filter(|r| r.position == Some(0)) {
+        let (first, last) = (head.losses[0], head.losses[head.losses.len() - 1]);
+        assert!(
+            last < first,
+            "chain {:?} trains: {:?}",
+            head.lane,
+            head.losses
+        );
+    }
+    (disagreement, reports)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_of_a_range_stay_in_agreement_by_gossip_averaging() {
+    let (disagreement, reports) = two_chains(2).await;
+    for r in &reports {
+        let averaging = r.averaging.as_ref().expect("averaging ran");
+        assert_eq!(averaging.syncs, 8, "a sync every 2 of 16 steps");
+        assert!(averaging.merged >= 4, "mates' deltas merged: {averaging:?}");
+        assert_eq!(averaging.rejected, 0, "{averaging:?}");
+    }
+    assert!(
+        disagreement.iter().all(|d| *d < 0.35),
+        "replicas agree: distance / distance moved = {disagreement:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_without_averaging_drift_apart() {
+    let (disagreement, reports) = two_chains(0).await;
+    assert!(reports.iter().all(|r| r.averaging.is_none()));
+    assert!(
+        disagreement.iter().all(|d| *d > 0.5),
+        "chains on different data diverge: {disagreement:?}"
+    );
 }

@@ -247,6 +247,26 @@ impl StageShard {
         })
     }
 
+    /// The range's parameters, flat in layout order.
+    pub fn params(&self) -> Result<Vec<f32>, ShardError> {
+        Ok(self.model.flat_params_range(self.range.clone())?)
+    }
+
+    /// Replaces the range's parameters (e.g. with the average of its replicas); optimizer
+    /// moments and the step count stay.
+    pub fn set_params(&mut self, params: &[f32]) -> Result<(), ShardError> {
+        if params.len() != self.grads.len() {
+            return Err(ShardError::State(format!(
+                "{} parameters for a range of {}",
+                params.len(),
+                self.grads.len()
+            )));
+        }
+        self.model
+            .set_flat_params_range(self.range.clone(), params)?;
+        Ok(())
+    }
+
     /// Adopts `state` (same range): parameters, moments and step count.
     pub fn restore(&mut self, state: &ShardState) -> Result<(), ShardError> {
         if state.range != self.range {

@@ -128,6 +128,15 @@ pub struct NodeArgs {
     /// re-plans and goes on when a member leaves (0: never; a departure ends the run).
     #[arg(long, default_value_t = 4, env = "MURMUR_REPLICATE_EVERY")]
     pub replicate_every: u64,
+    /// Data-parallel copies of the pipeline: members are grouped this many at a time, each
+    /// group's members hold the same layers in different chains that train on different data
+    /// (with --sharded; 1: one chain).
+    #[arg(long, default_value_t = 1, env = "MURMUR_PIPELINE_REPLICAS")]
+    pub pipeline_replicas: u32,
+    /// With several pipeline replicas, gossip-average each layer range with its other holders
+    /// every this many steps (0: never).
+    #[arg(long, default_value_t = 4, env = "MURMUR_AVERAGE_EVERY")]
+    pub average_every: u64,
     /// Seconds to wait for a pipeline neighbour before the run fails or re-plans.
     #[arg(long, default_value_t = 30.0, env = "MURMUR_PEER_DEADLINE")]
     pub peer_deadline: f64,

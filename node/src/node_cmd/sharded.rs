@@ -59,6 +59,8 @@ pub(super) async fn serve(
         form_timeout: Duration::from_secs(120),
         capacity_budget: Duration::from_millis(1500),
         replicate_every: args.replicate_every,
+        replicas: args.pipeline_replicas,
+        average_every: args.average_every,
     };
     let (net, mut events) = Network::start(identity.keypair(), net_config(args, run), Some(&store))
         .await

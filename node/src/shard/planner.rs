@@ -38,6 +38,7 @@
 //! placements are broken deterministically (see [`plan`]).
 
 mod cost;
+mod groups;
 mod replan;
 mod solve;
 
@@ -46,6 +47,7 @@ use std::ops::Range;
 use serde::{Deserialize, Serialize};
 
 use cost::Model;
+pub use groups::{Grouped, group_peers};
 pub use replan::{Decision, ReplanConfig, ReplanTrigger, Replanner};
 
 /// What one pipeline stage costs (mirrors `murmur_models::StageCost`).

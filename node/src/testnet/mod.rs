@@ -104,6 +104,11 @@ pub struct TestnetArgs {
     /// With --sharded: micro-batches per step.
     #[arg(long, default_value_t = 8)]
     pub micro_batches: u32,
+    /// With --sharded: data-parallel copies of the pipeline (the nodes are grouped this many
+    /// at a time; each group holds one range in every chain, kept in agreement by gossip
+    /// averaging).
+    #[arg(long, default_value_t = 1)]
+    pub replicas: u32,
 }
 
 impl TestnetArgs {

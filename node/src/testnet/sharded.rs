@@ -22,9 +22,11 @@ const DEFAULT_STEPS: u64 = 24;
 struct Measured {
     placement: Placement,
     reports: Vec<PipelineReport>,
-    /// Samples per second from the first shard's first step to its last commit.
+    /// Samples per second from the first shard's first step to its last commit, summed over
+    /// the chains.
     samples_per_sec: f64,
-    /// Samples per second the busiest shard's compute time allows (no fill or drain).
+    /// Samples per second the busiest shard's compute time allows (no fill or drain), summed
+    /// over the chains.
     steady_samples_per_sec: f64,
     /// The ideal bound recomputed from the capacities observed during the run (each shard's
     /// FLOPs over its compute time), when the run was never re-planned.
@@ -87,6 +89,8 @@ fn node_args(
         args.batch_size.to_string(),
         "--micro-batches".into(),
         args.micro_batches.to_string(),
+        "--pipeline-replicas".into(),
+        args.replicas.to_string(),
     ]);
     a
 }
@@ -163,8 +167,18 @@ async fn run_once(
         let report: PipelineReport =
             serde_json::from_value(value.get("pipeline").cloned().unwrap_or(Value::Null))
                 .with_context(|| format!("node {i} sent no pipeline report"))?;
+        let lane = match (report.lane, report.lanes) {
+            (Some(lane), lanes) if lanes > 1 => format!("chain {lane}, "),
+            _ => String::new(),
+        };
+        let averaged = report.averaging.as_ref().map_or(String::new(), |a| {
+            format!(
+                ", {} range syncs ({} deltas merged, {} refused)",
+                a.syncs, a.merged, a.rejected
+            )
+        });
         println!(
-            "testnet: node {i} (×{}): {}, plan epoch {}, {} re-plans, {} steps, busy {:.1} s of {:.1} s",
+            "testnet: node {i} (×{}): {lane}{}, plan epoch {}, {} re-plans, {} steps, busy {:.1} s of {:.1} s{averaged}",
             args.slowdown[i],
             report
                 .range
@@ -185,33 +199,43 @@ async fn run_once(
 }
 
 fn measure(placement: Placement, reports: Vec<PipelineReport>) -> anyhow::Result<Measured> {
-    let head = reports
-        .iter()
-        .find(|r| r.position == Some(0))
-        .context("no node held the first stage")?;
-    let samples = head.steps as f64 * head.batch_samples as f64;
-    let busiest = reports
-        .iter()
-        .filter(|r| r.position.is_some())
-        .map(|r| r.busy_secs)
-        .fold(0.0, f64::max);
-    // Each planned shard's capacity as observed while training: FLOPs done / compute time.
-    // With shards sharing a machine this is what they achieved together, not alone.
-    let planned: Vec<&PipelineReport> = reports.iter().filter(|r| r.position.is_some()).collect();
-    let total_flops: f64 = planned.iter().map(|r| r.range_flops_per_sample).sum();
-    let observed: f64 = planned
-        .iter()
-        .map(|r| r.range_flops_per_sample * samples / r.busy_secs.max(1e-9))
-        .sum();
+    let lanes = reports.iter().map(|r| r.lanes).max().unwrap_or(1).max(1);
+    let (mut samples_per_sec, mut steady_samples_per_sec) = (0.0, 0.0);
+    let (mut observed, mut total_flops) = (0.0, 0.0);
+    let mut final_loss = None;
+    for lane in 0..lanes {
+        let chain: Vec<&PipelineReport> = reports
+            .iter()
+            .filter(|r| r.position.is_some() && r.lane.unwrap_or(0) == lane)
+            .collect();
+        let head = chain
+            .iter()
+            .find(|r| r.position == Some(0))
+            .with_context(|| format!("no node held the first stage of chain {lane}"))?;
+        let samples = head.steps as f64 * head.batch_samples as f64;
+        let busiest = chain.iter().map(|r| r.busy_secs).fold(0.0, f64::max);
+        samples_per_sec += samples / head.wall_secs.max(1e-9);
+        steady_samples_per_sec += samples / busiest.max(1e-9);
+        if lane == 0 {
+            final_loss = head.losses.last().copied();
+            total_flops = chain.iter().map(|r| r.range_flops_per_sample).sum();
+        }
+        // Each planned shard's capacity as observed while training: FLOPs done / compute
+        // time. With shards sharing a machine this is what they achieved together, not alone.
+        observed += chain
+            .iter()
+            .map(|r| r.range_flops_per_sample * samples / r.busy_secs.max(1e-9))
+            .sum::<f64>();
+    }
     let never_replanned = reports.iter().all(|r| r.replans == 0);
     let observed_ideal_samples_per_sec =
         (never_replanned && total_flops > 0.0).then(|| observed / total_flops);
     Ok(Measured {
         placement,
-        samples_per_sec: samples / head.wall_secs.max(1e-9),
-        steady_samples_per_sec: samples / busiest.max(1e-9),
+        samples_per_sec,
+        steady_samples_per_sec,
         observed_ideal_samples_per_sec,
-        final_loss: head.losses.last().copied(),
+        final_loss,
         reports,
     })
 }
@@ -289,7 +313,7 @@ fn summarise(args: &TestnetArgs, runs: &[Measured]) -> anyhow::Result<()> {
             plan_text(any),
             run.samples_per_sec,
             run.steady_samples_per_sec,
-            any.plan.samples_per_sec,
+            any.plan.samples_per_sec * any.lanes.max(1) as f64,
             run.final_loss.map_or("-".into(), |l| format!("{l:.4}"))
         );
         out.insert(
@@ -298,7 +322,8 @@ fn summarise(args: &TestnetArgs, runs: &[Measured]) -> anyhow::Result<()> {
                 "samples_per_sec": run.samples_per_sec,
                 "steady_samples_per_sec": run.steady_samples_per_sec,
                 "observed_ideal_samples_per_sec": run.observed_ideal_samples_per_sec,
-                "planned_samples_per_sec": any.plan.samples_per_sec,
+                "planned_samples_per_sec": any.plan.samples_per_sec * any.lanes.max(1) as f64,
+                "chains": any.lanes.max(1),
                 "plan": any.plan.assignments.iter().map(|a| json!({
                     "peer": a.peer, "start": a.start, "end": a.end,
                 })).collect::<Vec<_>>(),

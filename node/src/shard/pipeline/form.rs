@@ -141,7 +141,7 @@ pub(crate) async fn agree(
         if let Ok(json) = serde_json::to_string(&input) {
             tracing::debug!(input = %json, "planner input");
         }
-        let notice = PlanNotice::compute(1, config.placement, ids, input)?;
+        let notice = PlanNotice::compute(1, config.placement, ids, input, config.replicas)?;
         send_notice(net, config, &notice).await?;
         return Ok(notice);
     }
@@ -188,7 +188,13 @@ pub(crate) async fn replan(
         input
             .links
             .retain(|l| survivors.contains(&l.from) && survivors.contains(&l.to));
-        let mut notice = PlanNotice::compute(epoch, previous.placement, survivors, input)?;
+        let mut notice = PlanNotice::compute(
+            epoch,
+            previous.placement,
+            survivors,
+            input,
+            previous.replicas,
+        )?;
         notice.resume_step = replicas.common_step(&previous.ranges());
         notice.previous_ranges = previous.ranges();
         send_notice(net, config, &notice).await?;

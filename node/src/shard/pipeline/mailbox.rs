@@ -142,6 +142,30 @@ impl Outbox {
         header: &PipeHeader,
         payload: Vec<u8>,
     ) -> Result<(), PipelineError> {
+        self.queue(peer, kind, header, payload, true).await
+    }
+
+    /// Like [`send`](Self::send) for a message the run does not depend on (e.g. a snapshot
+    /// for a peer of another chain, which may have finished): a lasting failure is logged,
+    /// not surfaced.
+    pub(crate) async fn send_best_effort(
+        &mut self,
+        peer: PeerId,
+        kind: PayloadKind,
+        header: &PipeHeader,
+        payload: Vec<u8>,
+    ) -> Result<(), PipelineError> {
+        self.queue(peer, kind, header, payload, false).await
+    }
+
+    async fn queue(
+        &mut self,
+        peer: PeerId,
+        kind: PayloadKind,
+        header: &PipeHeader,
+        payload: Vec<u8>,
+        fatal: bool,
+    ) -> Result<(), PipelineError> {
         let header = header
             .to_bytes()
             .map_err(|e| PipelineError::Protocol(e.to_string()))?;
@@ -162,11 +186,15 @@ impl Outbox {
                         tracing::debug!(%peer, %error, attempt, "pipeline send retried");
                         tokio::time::sleep(RETRY_BACKOFF * attempt).await;
                     }
-                    Err(error) => {
+                    Err(error) if fatal => {
                         return Err(PipelineError::Send {
                             peer,
                             error: Box::new(error),
                         });
+                    }
+                    Err(error) => {
+                        tracing::info!(%peer, %error, "best-effort pipeline send dropped");
+                        return Ok(());
                     }
                 }
             }

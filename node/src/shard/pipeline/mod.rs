@@ -10,10 +10,13 @@
 //! - [`notice`]: the plan notice, its encoding and checks; `members`: candidates, link
 //!   probes and the planner's input;
 //! - [`replicas`]: snapshots of every range, so a range survives its holder;
+//! - [`averaging`]: with several chains (data-parallel replicas of the pipeline), the holders
+//!   of a range keep their copies in agreement by gossip averaging;
 //! - [`mailbox`]: decoded inbound pipeline messages and bounded outbound sends;
 //! - `session`: [`run`], the whole of it for one node;
 //! - [`compute`]: the shard's compute thread; [`tensor`]: tensors on the wire.
 
+mod averaging;
 mod compute;
 pub mod form;
 mod mailbox;
@@ -33,6 +36,7 @@ use murmur_models::{Dataset, Device, ModelSpec, TrainConfig};
 use murmur_protocol::{ModelFingerprint, RunId};
 use serde::{Deserialize, Serialize};
 
+pub use averaging::AveragingReport;
 pub use session::run;
 
 use super::planner::{Plan, PlanError};
@@ -84,6 +88,13 @@ pub struct PipelineConfig {
     /// Snapshot every range to the other members every this many steps (0: never; a departed
     /// member then ends the run).
     pub replicate_every: u64,
+    /// Data-parallel copies of the pipeline: the members are grouped this many at a time and
+    /// each group's members hold the same range in different chains (see
+    /// [`crate::shard::planner::group_peers`]). 1: one chain.
+    pub replicas: u32,
+    /// With several replicas, the holders of a range gossip-average it every this many steps
+    /// (0: never, the chains train independently).
+    pub average_every: u64,
 }
 
 impl PipelineConfig {
@@ -104,6 +115,12 @@ impl PipelineConfig {
             return Err(PipelineError::Config(
                 "members must be ≥ 1 and slowdown a finite number ≥ 1".into(),
             ));
+        }
+        if self.replicas == 0 || self.replicas as usize > self.members {
+            return Err(PipelineError::Config(format!(
+                "{} replicas of the pipeline need 1 to {} (the members)",
+                self.replicas, self.members
+            )));
         }
         Ok(())
     }
@@ -200,6 +217,19 @@ pub struct PipelineReport {
     pub flops_per_sec: f64,
     /// This node's position in the plan (None when the plan does not use it).
     pub position: Option<usize>,
+    /// The chain this node ran in (None when the plan does not use it).
+    #[serde(default)]
+    pub lane: Option<usize>,
+    /// Chains (data-parallel replicas of the pipeline) in the plan.
+    #[serde(default)]
+    pub lanes: usize,
+    /// What the gossip averaging of this node's range with its other holders did (None with
+    /// one chain or averaging off).
+    #[serde(default)]
+    pub averaging: Option<AveragingReport>,
+    /// The range's parameters at the end (not serialised).
+    #[serde(skip)]
+    pub final_params: Vec<f32>,
     /// The stages it held.
     pub range: Option<Range<usize>>,
     /// Forward + backward FLOPs per sample of `range` (0 when not in the plan).

@@ -10,7 +10,7 @@ use super::mailbox::Inbound;
 use super::replicas::Replicas;
 use super::{PipelineConfig, PipelineError, Placement};
 use crate::net::{Network, PayloadKind};
-use crate::shard::planner::{Plan, PlanInput, even_split, plan};
+use crate::shard::planner::{Plan, PlanInput, even_split, group_peers, plan};
 
 /// Largest plan notice accepted, bytes.
 pub const MAX_NOTICE_BYTES: usize = 4 << 20;
@@ -34,20 +34,49 @@ pub struct PlanNotice {
     /// The stage ranges of the previous plan, whose snapshots at `resume_step` every member
     /// builds its new range from (empty for the first plan).
     pub previous_ranges: Vec<std::ops::Range<usize>>,
+    /// Data-parallel copies of the pipeline (chains); 1 for a single chain.
+    pub replicas: u32,
+    /// For each assignment of `plan`, the peers holding its range, one per chain (the
+    /// assignment's `peer` first); see [`group_peers`].
+    pub groups: Vec<Vec<String>>,
+}
+
+/// Where one peer sits in a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seat {
+    /// The assignment (position in the chain).
+    pub index: usize,
+    /// The chain (data-parallel replica) it belongs to.
+    pub lane: usize,
 }
 
 impl PlanNotice {
-    /// Computes the notice for `input` under `placement`.
+    /// Computes the notice for `input` under `placement`, with `replicas` chains (the peers
+    /// grouped by [`group_peers`]; one chain when `replicas` ≤ 1).
     pub fn compute(
         epoch: u64,
         placement: Placement,
         members: Vec<String>,
         input: PlanInput,
+        replicas: u32,
     ) -> Result<Self, PipelineError> {
+        let grouped = group_peers(&input, replicas.max(1) as usize)?;
         let plan = match placement {
-            Placement::CapacityAware => plan(&input)?,
-            Placement::Even => even_split(&input)?,
+            Placement::CapacityAware => plan(&grouped.input)?,
+            Placement::Even => even_split(&grouped.input)?,
         };
+        let groups = plan
+            .assignments
+            .iter()
+            .map(|a| {
+                grouped
+                    .group(&a.peer)
+                    .map(<[String]>::to_vec)
+                    .ok_or_else(|| {
+                        PipelineError::Protocol(format!("no replica group named {:?}", a.peer))
+                    })
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             epoch,
             placement,
@@ -56,6 +85,8 @@ impl PlanNotice {
             plan,
             resume_step: 0,
             previous_ranges: Vec::new(),
+            replicas: replicas.max(1),
+            groups,
         })
     }
 
@@ -66,21 +97,70 @@ impl PlanNotice {
 
     /// Whether the plan gives the member with peer id text `member` a range.
     pub fn is_planned(&self, member: &str) -> bool {
-        self.plan.assignments.iter().any(|a| a.peer == member)
+        self.groups.iter().flatten().any(|m| m == member)
     }
 
-    /// The chain's peers in pipeline order.
-    pub fn chain(&self) -> Result<Vec<PeerId>, PipelineError> {
-        self.plan
-            .assignments
+    /// Where the member with peer id text `member` sits, if the plan uses it.
+    pub fn seat(&self, member: &str) -> Option<Seat> {
+        self.groups.iter().enumerate().find_map(|(index, group)| {
+            let lane = group.iter().position(|m| m == member)?;
+            Some(Seat { index, lane })
+        })
+    }
+
+    /// Number of chains the plan runs.
+    pub fn lanes(&self) -> usize {
+        self.groups.iter().map(Vec::len).min().unwrap_or(0)
+    }
+
+    /// The peers of chain `lane` in pipeline order.
+    pub fn chain(&self, lane: usize) -> Result<Vec<PeerId>, PipelineError> {
+        self.groups
             .iter()
-            .map(|a| {
-                a.peer
-                    .parse()
-                    .map_err(|_| PipelineError::Protocol(format!("bad peer id {:?}", a.peer)))
+            .map(|group| {
+                group
+                    .get(lane)
+                    .ok_or_else(|| PipelineError::Protocol(format!("no chain {lane}")))
+                    .and_then(|m| parse_peer(m))
             })
             .collect()
     }
+
+    /// The holders of assignment `index`'s range, one per chain.
+    pub fn group(&self, index: usize) -> Result<Vec<PeerId>, PipelineError> {
+        self.groups
+            .get(index)
+            .map_or(&[][..], Vec::as_slice)
+            .iter()
+            .map(|m| parse_peer(m))
+            .collect()
+    }
+
+    /// Every peer the plan uses.
+    pub fn planned(&self) -> Result<Vec<PeerId>, PipelineError> {
+        self.groups
+            .iter()
+            .flatten()
+            .map(|m| parse_peer(m))
+            .collect()
+    }
+
+    /// The lowest peer id the plan uses (it watches for joins and drift).
+    pub fn watcher(&self) -> Option<&String> {
+        self.groups.iter().flatten().min()
+    }
+
+    /// An even split of the stages over the same groups, for comparison.
+    pub fn even(&self) -> Result<Plan, PipelineError> {
+        let grouped = group_peers(&self.input, self.replicas.max(1) as usize)?;
+        Ok(even_split(&grouped.input)?)
+    }
+}
+
+fn parse_peer(member: &str) -> Result<PeerId, PipelineError> {
+    member
+        .parse()
+        .map_err(|_| PipelineError::Protocol(format!("bad peer id {member:?}")))
 }
 
 /// The encoded header of a control message (no micro-batch, no tensor).
@@ -135,9 +215,7 @@ async fn send_control(
     header: &[u8],
     payload: &[u8],
 ) -> Result<(), PipelineError> {
-    let peer: PeerId = member
-        .parse()
-        .map_err(|_| PipelineError::Protocol(format!("bad peer id {member:?}")))?;
+    let peer = parse_peer(member)?;
     net.send_payload(peer, PayloadKind::Control, header, payload)
         .await
         .map_err(|error| PipelineError::Send {
@@ -174,13 +252,14 @@ pub(super) fn check_notice(message: &Inbound, me: PeerId) -> Result<PlanNotice, 
         notice.placement,
         notice.members.clone(),
         notice.input.clone(),
+        notice.replicas,
     )?;
-    if again.plan.assignments != notice.plan.assignments {
+    if again.plan.assignments != notice.plan.assignments || again.groups != notice.groups {
         return Err(PipelineError::Protocol(
             "the plan is not what its inputs give".into(),
         ));
     }
-    notice.chain()?;
+    notice.planned()?;
     Ok(notice)
 }
 

@@ -14,26 +14,38 @@ use murmur_models::pipeline::ShardState;
 
 use super::PipelineError;
 
-/// Snapshots kept per range (the newest may be incomplete when a holder dies mid-broadcast).
-const KEEP: usize = 2;
+/// Snapshots kept per range and chain (the newest may be incomplete when a holder dies
+/// mid-broadcast).
+const KEEP_PER_CHAIN: usize = 2;
 /// Largest encoded shard state accepted.
 pub(crate) const MAX_STATE_BYTES: usize = 1 << 30;
 
 /// Shard snapshots by range and step.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Replicas {
     by_range: HashMap<(usize, usize), BTreeMap<u64, ShardState>>,
+    keep: usize,
 }
 
 impl Replicas {
-    /// Stores `state` (its range and step come with it), keeping the newest [`KEEP`].
+    /// Room for the snapshots of `chains` chains, which reach a step at different times (a
+    /// snapshot of a range at a step comes from whichever of its holders sent it last; they
+    /// are kept in agreement by averaging).
+    pub(crate) fn new(chains: usize) -> Self {
+        Self {
+            by_range: HashMap::new(),
+            keep: KEEP_PER_CHAIN * chains.max(1),
+        }
+    }
+
+    /// Stores `state` (its range and step come with it), keeping the newest few.
     pub(crate) fn insert(&mut self, state: ShardState) {
         let steps = self
             .by_range
             .entry((state.range.start, state.range.end))
             .or_default();
         steps.insert(state.steps, state);
-        while steps.len() > KEEP {
+        while steps.len() > self.keep {
             steps.pop_first();
         }
     }
@@ -133,7 +145,7 @@ mod tests {
 
     #[test]
     fn rolls_back_to_the_latest_step_every_range_has() {
-        let mut r = Replicas::default();
+        let mut r = Replicas::new(1);
         let ranges = [0..2, 2..4];
         assert_eq!(r.common_step(&ranges), 0);
         for step in [2, 4, 6] {

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::Placement;
+use super::averaging::RangeAveraging;
 use super::mailbox::Mailbox;
 use super::members::rebalance_input;
 use super::notice::{PlanNotice, announce_rebalance};
@@ -17,8 +18,8 @@ use super::stage::{self, Position, Resume, StageOutcome};
 use super::{PipelineConfig, PipelineError, PipelineReport, StageProgress, form};
 use crate::net::Network;
 use crate::shard::capacity::{self, Capacity};
+use crate::shard::planner::ideal_samples_per_sec;
 use crate::shard::planner::{Decision, ReplanConfig, Replanner};
-use crate::shard::planner::{even_split, ideal_samples_per_sec};
 
 /// How often the member issuing plans looks for joins and drift.
 const REBALANCE_EVERY: Duration = Duration::from_secs(2);
@@ -59,6 +60,19 @@ pub async fn run(
     let cancel = CancellationToken::new();
     let _stop_announcing = cancel.clone().drop_guard();
     let announced = capacity_rx.clone();
+    let mut averaging = if config.replicas > 1 && config.average_every > 0 {
+        let seed = config.train.seed
+            ^ u64::from_le_bytes(signing.to_bytes()[..8].try_into().unwrap_or_default());
+        Some(RangeAveraging::open(
+            &net,
+            signing.clone(),
+            config.run,
+            config.model,
+            seed,
+        )?)
+    } else {
+        None
+    };
     form::spawn_announcer(
         net.clone(),
         signing,
@@ -70,20 +84,21 @@ pub async fn run(
 
     let mut notice = form::agree(&net, &mut mailbox, &config, measured).await?;
     let started = std::time::Instant::now();
-    let mut replicas = Replicas::default();
+    let mut replicas = Replicas::new(config.replicas as usize);
     let mut outcome = StageOutcome::default();
     let mut replans = 0u32;
     let me = net.local_peer_id().to_string();
-    let index = loop {
+    let seat = loop {
         epoch_tx.send_replace(notice.epoch);
-        let index = notice.plan.assignments.iter().position(|a| a.peer == me);
+        let seat = notice.seat(&me);
         tracing::info!(
             epoch = notice.epoch,
-            ?index,
+            ?seat,
             resume = notice.resume_step,
             "plan agreed"
         );
-        let Some(index) = index else { break None };
+        let Some(seat) = seat else { break None };
+        let index = seat.index;
         let range = notice.plan.assignments[index].stages();
         let parts = if notice.resume_step == 0 {
             Vec::new()
@@ -95,11 +110,19 @@ pub async fn run(
             step: notice.resume_step,
             parts,
         };
+        let me_id = net.local_peer_id();
         let position = Position {
             epoch: notice.epoch,
             index,
-            chain: notice.chain()?,
+            chain: notice.chain(seat.lane)?,
             range: range.clone(),
+            lane: seat.lane,
+            mates: notice
+                .group(index)?
+                .into_iter()
+                .filter(|p| *p != me_id)
+                .collect(),
+            planned: notice.planned()?,
         };
         let range_flops: f64 = config.spec.stage_costs()[range]
             .iter()
@@ -112,11 +135,12 @@ pub async fn run(
             cancel.clone(),
         );
         // The lowest id among the peers the plan uses also watches for joins and capacity
-        // drift (not the lowest member: a member the planner leaves out stops here).
-        let watcher = notice.plan.assignments.iter().map(|a| &a.peer).min();
+        // drift (not the lowest member: a member the planner leaves out stops here). With
+        // several chains only departures re-plan (the re-planner weighs single chains).
         let watches = config.placement == Placement::CapacityAware
             && config.replicate_every > 0
-            && watcher == Some(&me);
+            && notice.replicas == 1
+            && notice.watcher() == Some(&me);
         let result = {
             let run = stage::run(
                 &net,
@@ -127,6 +151,7 @@ pub async fn run(
                 &mut replicas,
                 resume,
                 &mut outcome,
+                averaging.as_mut(),
             );
             if watches {
                 tokio::select! {
@@ -151,7 +176,7 @@ pub async fn run(
             }
         };
         match result {
-            Ok(()) => break Some(index),
+            Ok(()) => break Some(seat),
             Err(PipelineError::Replanned { epoch }) if replans < MAX_REPLANS => {
                 replans += 1;
                 let me = net.local_peer_id();
@@ -169,8 +194,10 @@ pub async fn run(
             Err(err) => return Err(err),
         }
     };
-    let even = even_split(&notice.input)?;
+    let even = notice.even()?;
     let ideal_samples_per_sec = ideal_samples_per_sec(&notice.input)?;
+    let index = seat.map(|s| s.index);
+    let lanes = notice.lanes();
     let range = index.map(|i| notice.plan.assignments[i].stages());
     let range_flops_per_sample = range.clone().map_or(0.0, |r| {
         config.spec.stage_costs()[r]
@@ -188,6 +215,10 @@ pub async fn run(
         ideal_samples_per_sec,
         flops_per_sec: measured.flops_per_sec,
         position: index,
+        lane: seat.map(|s| s.lane),
+        lanes,
+        averaging: averaging.as_ref().map(RangeAveraging::report),
+        final_params: outcome.final_params,
         steps: outcome.steps,
         batch_samples: config.train.batch_size,
         wall_secs: started.elapsed().as_secs_f64(),
@@ -218,7 +249,13 @@ async fn watch_for_rebalance(
         match replanner.update(&input) {
             Ok(Decision::Adopted { trigger, gain }) => {
                 tracing::info!(?trigger, ?gain, "re-balancing the pipeline");
-                return PlanNotice::compute(current.epoch + 1, current.placement, members, input);
+                return PlanNotice::compute(
+                    current.epoch + 1,
+                    current.placement,
+                    members,
+                    input,
+                    current.replicas,
+                );
             }
             Ok(Decision::Kept { trigger, gain }) => {
                 tracing::debug!(?trigger, gain, "re-plan considered, placement kept");

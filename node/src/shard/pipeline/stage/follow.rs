@@ -102,7 +102,7 @@ impl Stage<'_> {
                     (done, tail) = (0, None);
                     seen.clear();
                     self.report(step, None);
-                    self.replicate(step).await?;
+                    self.after_update(step).await?;
                     self.mailbox.requeue(std::mem::take(&mut later));
                 }
                 PipeBody::Plan | PipeBody::Replica { .. } | PipeBody::Probe => {}

@@ -16,7 +16,10 @@ impl Stage<'_> {
     /// The first shard: reads data, drives the steps.
     pub(super) async fn lead(&mut self) -> Result<(), PipelineError> {
         let data = &self.config.data;
-        let mut stream = BatchStream::new(data.len(), self.config.train.seed);
+        // Each chain reads the data in its own order (chain 0 in the run's).
+        let lane = self.position.lane as u64;
+        let seed = self.config.train.seed ^ lane.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut stream = BatchStream::new(data.len(), seed);
         for _ in 0..self.resume {
             stream.next_batch(self.config.train.batch_size);
         }
@@ -54,7 +57,7 @@ impl Stage<'_> {
             let loss = loss_sum / micros as f32;
             tracing::debug!(step, loss, grad_norm, "pipeline step");
             self.report(step + 1, Some(loss));
-            self.replicate(step + 1).await?;
+            self.after_update(step + 1).await?;
         }
         Ok(())
     }

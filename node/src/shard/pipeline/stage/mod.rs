@@ -24,6 +24,7 @@ use tokio::sync::watch;
 mod follow;
 mod lead;
 
+use super::averaging::RangeAveraging;
 use super::compute::Compute;
 use super::mailbox::{Inbound, Mailbox, Outbox};
 use super::replicas::{self, Replicas};
@@ -44,6 +45,12 @@ pub(crate) struct Position {
     pub chain: Vec<PeerId>,
     /// The stages this node holds.
     pub range: std::ops::Range<usize>,
+    /// The chain (data-parallel replica) this node is in.
+    pub lane: usize,
+    /// The other holders of `range`, one per other chain.
+    pub mates: Vec<PeerId>,
+    /// Every peer of the plan, all chains (range snapshots go to all of them).
+    pub planned: Vec<PeerId>,
 }
 
 impl Position {
@@ -67,6 +74,8 @@ pub(crate) struct StageOutcome {
     pub losses: Vec<f32>,
     /// The step of `losses[0]`.
     pub first_loss_step: u64,
+    /// The range's parameters when the shard finished.
+    pub final_params: Vec<f32>,
 }
 
 /// Where a shard starts: the step, and the snapshots its range is rebuilt from (none: the
@@ -89,6 +98,7 @@ pub(crate) async fn run(
     replicas: &mut Replicas,
     resume: Resume,
     outcome: &mut StageOutcome,
+    mut averaging: Option<&mut RangeAveraging>,
 ) -> Result<(), PipelineError> {
     let (spec, device, range, train) = (
         config.spec.clone(),
@@ -97,15 +107,30 @@ pub(crate) async fn run(
         config.train.clone(),
     );
     let parts = resume.parts;
-    let shard = tokio::task::spawn_blocking(move || {
+    let averages = config.average_every > 0 && !position.mates.is_empty();
+    let (shard, anchor) = tokio::task::spawn_blocking(move || {
         let mut shard = StageShard::new(&spec, &device, range, train)?;
+        // Deltas are encoded relative to the shared initial parameters of the range.
+        let anchor = if averages {
+            shard.params()?
+        } else {
+            Vec::new()
+        };
         if !parts.is_empty() {
             shard.restore_from_parts(&parts)?;
         }
-        Ok::<_, murmur_models::pipeline::ShardError>(shard)
+        Ok::<_, murmur_models::pipeline::ShardError>((shard, anchor))
     })
     .await
     .map_err(|e| PipelineError::Compute(e.to_string()))??;
+    if let Some(averaging) = averaging.as_deref_mut().filter(|_| averages) {
+        averaging.begin(
+            position.epoch,
+            &position.range,
+            anchor,
+            position.mates.clone(),
+        );
+    }
     let last = shard.is_last();
     let compute = Compute::start(shard, config.slowdown)?;
     let mut stage = Stage {
@@ -123,6 +148,7 @@ pub(crate) async fn run(
         outcome,
         replicas,
         resume: resume.step,
+        averaging: averaging.filter(|_| averages),
     };
     stage.report(resume.step, None);
     let result = if position.index == 0 {
@@ -134,6 +160,9 @@ pub(crate) async fn run(
         Ok(()) => stage.outbox.flush().await,
         Err(err) => Err(err),
     };
+    if result.is_ok() {
+        stage.outcome.final_params = stage.compute.call(|s| s.params()).await??;
+    }
     stage.outcome.busy_secs = stage.busy_before + stage.compute.busy().as_secs_f64();
     result
 }
@@ -151,6 +180,7 @@ struct Stage<'a> {
     outcome: &'a mut StageOutcome,
     replicas: &'a mut Replicas,
     resume: u64,
+    averaging: Option<&'a mut RangeAveraging>,
 }
 
 impl Stage<'_> {
@@ -212,13 +242,39 @@ impl Stage<'_> {
         });
     }
 
-    /// After the update of step `done` (1-based): every `replicate_every` steps, snapshot the
-    /// shard, keep the snapshot and send it to every other member of the chain.
+    /// After the update of step `done` (1-based): average the range with its other holders
+    /// when due, then snapshot it when due.
+    async fn after_update(&mut self, done: u64) -> Result<(), PipelineError> {
+        self.average(done).await?;
+        self.replicate(done).await
+    }
+
+    /// Every `average_every` steps, one gossip-averaging sync of the range with its holders in
+    /// the other chains (see [`RangeAveraging`]).
+    async fn average(&mut self, done: u64) -> Result<(), PipelineError> {
+        let every = self.config.average_every;
+        let Some(averaging) = self.averaging.as_deref_mut() else {
+            return Ok(());
+        };
+        if every == 0 || !done.is_multiple_of(every) {
+            return Ok(());
+        }
+        let params = self.compute.call(|s| s.params()).await??;
+        let samples = every * self.config.train.batch_size as u64;
+        let steps = u32::try_from(every).unwrap_or(u32::MAX);
+        let merged = averaging.sync(params, samples, steps).await?;
+        self.compute.call(move |s| s.set_params(&merged)).await??;
+        Ok(())
+    }
+
+    /// Every `replicate_every` steps, snapshot the shard, keep the snapshot and send it to every
+    /// other peer of the plan (all chains).
     async fn replicate(&mut self, done: u64) -> Result<(), PipelineError> {
         let every = self.config.replicate_every;
         // No snapshot after the last step: the run is over, and members may already be gone.
         let last_step = done >= self.config.steps;
-        if every == 0 || !done.is_multiple_of(every) || last_step || self.position.chain.len() < 2 {
+        if every == 0 || !done.is_multiple_of(every) || last_step || self.position.planned.len() < 2
+        {
             return Ok(());
         }
         let state = self.compute.call(|s| s.state()).await??;
@@ -235,15 +291,28 @@ impl Stage<'_> {
             end: range.end as u32,
         };
         let me = self.position.chain[self.position.index];
-        for peer in self.position.chain.clone().into_iter().filter(|p| *p != me) {
+        for peer in self
+            .position
+            .planned
+            .clone()
+            .into_iter()
+            .filter(|p| *p != me)
+        {
             let header = self.header(done, 0, body.clone());
             let header = PipeHeader {
                 tensor: None,
                 ..header
             };
-            self.outbox
-                .send(peer, PayloadKind::Control, &header, bytes.clone())
-                .await?;
+            // Peers of other chains may already have finished their steps.
+            if self.position.chain.contains(&peer) {
+                self.outbox
+                    .send(peer, PayloadKind::Control, &header, bytes.clone())
+                    .await?;
+            } else {
+                self.outbox
+                    .send_best_effort(peer, PayloadKind::Control, &header, bytes.clone())
+                    .await?;
+            }
         }
         self.replicas.insert(state);
         Ok(())
@@ -291,7 +360,7 @@ impl Stage<'_> {
                 continue;
             }
             if matches!(h.body, PipeBody::Replica { .. }) {
-                if self.position.chain.contains(&message.peer) && h.epoch == self.position.epoch {
+                if self.position.planned.contains(&message.peer) && h.epoch == self.position.epoch {
                     self.keep_replica(message).await?;
                 }
                 continue;
