@@ -123,25 +123,38 @@ async fn measure(n: usize, p: usize, codec: murmur_protocol::Codec) -> Option<f6
     }
     let started = Instant::now();
     let mut reached = None;
+    // A node's parameters change only when it syncs, merges or takes back a failed send, all
+    // visible in its status: a snapshot (a copy of the whole vector, and the error computed
+    // over it) is taken only of nodes whose status moved, so polling does not load the machine.
+    let mut seen: Vec<Option<(u64, u64, u64)>> = vec![None; n];
+    let mut errors_of: Vec<f64> = vec![f64::INFINITY; n];
     while started.elapsed() < Duration::from_secs(60) {
-        let mut worst: f64 = 0.0;
-        let mut errors = String::new();
-        for s in &sessions {
+        for (i, s) in sessions.iter().enumerate() {
+            let status = s.status().borrow().clone();
+            let key = (
+                status.worker.round,
+                status.worker.counts.merged,
+                status.worker.mass.to_bits(),
+            );
+            if seen[i] == Some(key) {
+                continue;
+            }
             // A busy node may not answer in time; that counts as not converged yet.
             let Some(snap) = s.snapshot().await else {
-                worst = f64::INFINITY;
+                errors_of[i] = f64::INFINITY;
                 continue;
             };
-            let err = snap
+            seen[i] = Some(key);
+            errors_of[i] = snap
                 .params
                 .iter()
                 .map(|v| (f64::from(*v) - mean).powi(2))
                 .sum::<f64>()
                 .sqrt()
                 / (mean * (p as f64).sqrt());
-            worst = worst.max(err);
-            errors.push_str(&format!("{err:.1e} "));
         }
+        let worst = errors_of.iter().copied().fold(0.0, f64::max);
+        let errors: String = errors_of.iter().map(|e| format!("{e:.1e} ")).collect();
         if std::env::var_os("MURMUR_BENCH_DEBUG").is_some() {
             let rounds: Vec<_> = sessions
                 .iter()
@@ -165,7 +178,7 @@ async fn measure(n: usize, p: usize, codec: murmur_protocol::Codec) -> Option<f6
             reached = Some(started.elapsed().as_secs_f64());
             break;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for s in sessions {
         let _ = tokio::time::timeout(Duration::from_secs(20), s.stop()).await;

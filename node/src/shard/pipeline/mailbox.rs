@@ -115,6 +115,16 @@ async fn forward(
     }
 }
 
+/// Whether the run depends on a send arriving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    /// A lasting failure fails the run (a neighbour is gone).
+    Required,
+    /// A lasting failure is logged (e.g. a snapshot for a peer of another chain, which may
+    /// have finished its steps).
+    BestEffort,
+}
+
 /// Bounded concurrent sends to neighbours.
 #[derive(Debug)]
 pub(crate) struct Outbox {
@@ -133,8 +143,7 @@ impl Outbox {
         }
     }
 
-    /// Queues a send (waits while `max_in_flight` are running); errors with the first failed
-    /// earlier send.
+    /// Queues a required send (see [`send_as`](Self::send_as)).
     pub(crate) async fn send(
         &mut self,
         peer: PeerId,
@@ -142,29 +151,19 @@ impl Outbox {
         header: &PipeHeader,
         payload: Vec<u8>,
     ) -> Result<(), PipelineError> {
-        self.queue(peer, kind, header, payload, true).await
+        self.send_as(peer, kind, header, payload, Delivery::Required)
+            .await
     }
 
-    /// Like [`send`](Self::send) for a message the run does not depend on (e.g. a snapshot
-    /// for a peer of another chain, which may have finished): a lasting failure is logged,
-    /// not surfaced.
-    pub(crate) async fn send_best_effort(
+    /// Queues a send of the given [`Delivery`] (waits while `max_in_flight` are running);
+    /// errors with the first failed earlier send that was required.
+    pub(crate) async fn send_as(
         &mut self,
         peer: PeerId,
         kind: PayloadKind,
         header: &PipeHeader,
         payload: Vec<u8>,
-    ) -> Result<(), PipelineError> {
-        self.queue(peer, kind, header, payload, false).await
-    }
-
-    async fn queue(
-        &mut self,
-        peer: PeerId,
-        kind: PayloadKind,
-        header: &PipeHeader,
-        payload: Vec<u8>,
-        fatal: bool,
+        delivery: Delivery,
     ) -> Result<(), PipelineError> {
         let header = header
             .to_bytes()
@@ -186,7 +185,7 @@ impl Outbox {
                         tracing::debug!(%peer, %error, attempt, "pipeline send retried");
                         tokio::time::sleep(RETRY_BACKOFF * attempt).await;
                     }
-                    Err(error) if fatal => {
+                    Err(error) if delivery == Delivery::Required => {
                         return Err(PipelineError::Send {
                             peer,
                             error: Box::new(error),

@@ -26,7 +26,7 @@ mod lead;
 
 use super::averaging::RangeAveraging;
 use super::compute::Compute;
-use super::mailbox::{Inbound, Mailbox, Outbox};
+use super::mailbox::{Delivery, Inbound, Mailbox, Outbox};
 use super::replicas::{self, Replicas};
 use super::{PipelineConfig, PipelineError, StageProgress, tensor};
 use crate::net::{Network, PayloadKind};
@@ -304,15 +304,14 @@ impl Stage<'_> {
                 ..header
             };
             // Peers of other chains may already have finished their steps.
-            if self.position.chain.contains(&peer) {
-                self.outbox
-                    .send(peer, PayloadKind::Control, &header, bytes.clone())
-                    .await?;
+            let delivery = if self.position.chain.contains(&peer) {
+                Delivery::Required
             } else {
-                self.outbox
-                    .send_best_effort(peer, PayloadKind::Control, &header, bytes.clone())
-                    .await?;
-            }
+                Delivery::BestEffort
+            };
+            self.outbox
+                .send_as(peer, PayloadKind::Control, &header, bytes.clone(), delivery)
+                .await?;
         }
         self.replicas.insert(state);
         Ok(())
