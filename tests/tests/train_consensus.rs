@@ -1,5 +1,6 @@
 //! Averaging correctness: with training off, nodes that start from different constant
-//! vectors and different sample weights all converge to the sample-weighted mean.
+//! vectors and different sample weights all converge to the sample-weighted mean, and then
+//! stop sending.
 
 mod train_common;
 
@@ -56,6 +57,20 @@ async fn distinct_vectors_converge_to_the_sample_weighted_mean() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Once the nodes agree, merges stop moving the models and nobody re-sends: the network
+    // goes quiet (bounded wait: a second without any delta sent).
+    let sent = |sessions: &[murmur_node::session::Session]| -> u64 {
+        sessions.iter().map(|s| s.status().borrow().deltas_sent).sum()
+    };
+    let quiet_deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut quiet = false;
+    let mut before = sent(&sessions);
+    while !quiet && tokio::time::Instant::now() < quiet_deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = sent(&sessions);
+        quiet = now == before;
+        before = now;
+    }
     let counts: Vec<_> = sessions
         .iter()
         .map(|s| {
@@ -75,6 +90,7 @@ async fn distinct_vectors_converge_to_the_sample_weighted_mean() {
         worst < 1e-3,
         "relative L2 error {worst} (expected mean {expected}); {counts:?}"
     );
+    assert!(quiet, "idle nodes that agree stop sending; {counts:?}");
     for (c, _, _, _) in counts {
         assert!(c.merged > 0);
         assert_eq!(c.rejected_total(), 0, "{c:?}");

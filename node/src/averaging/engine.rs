@@ -434,6 +434,44 @@ impl Averager {
         }))
     }
 
+    /// Merges the queued deltas into `params` without producing a message (a later
+    /// [`sync`](Self::sync) then has nothing left to merge) and returns how far the merge moved
+    /// the model, relative to its norm. Errors when `params` has the wrong length.
+    pub fn merge(&mut self, params: &mut [f32]) -> Result<f64, AveragingError> {
+        if params.len() != self.anchor.len() {
+            return Err(AveragingError::WrongLength {
+                expected: self.anchor.len(),
+                actual: params.len(),
+            });
+        }
+        if self.pending.is_empty() {
+            return Ok(0.0);
+        }
+        let before = params.to_vec();
+        self.merge_pending(params);
+        let norm = before
+            .iter()
+            .map(|v| f64::from(*v).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        Ok(mixing::l2_distance(&before, params) / norm.max(f64::MIN_POSITIVE))
+    }
+
+    /// The smallest relative model change worth passing on while only averaging: merges
+    /// that move the model less than this are within the codec's own rounding of what peers
+    /// already hold, so re-sending the model would only repeat it (see
+    /// `session::worker`'s idle syncs).
+    pub fn quiet_change(&self) -> f64 {
+        match self.config.codec {
+            Codec::RawF32 => 1e-6,
+            Codec::F16 => 1e-4,
+            Codec::Bf16 => 1e-3,
+            Codec::Int8Block { .. } => 5e-3,
+            // Sparse deltas rely on error feedback over many sends: never quiet.
+            Codec::TopK { .. } => 0.0,
+        }
+    }
+
     fn merge_pending(&mut self, params: &mut [f32]) {
         let pending = std::mem::take(&mut self.pending);
         if pending.is_empty() {

@@ -5,6 +5,7 @@
 //! `sync_channel` (the async side never blocks on it, it drops and counts when full), and
 //! outputs leave on a tokio channel with `blocking_send` (back-pressure on this thread only).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
@@ -148,6 +149,10 @@ pub struct Worker {
     samples_since_sync: u64,
     last_sync: Instant,
     train_time: Duration,
+    /// Peers sent the model since it last changed (trained, merged beyond the codec's
+    /// rounding, adopted, or took a failed send back): an idle node whose every live peer
+    /// has its model has nothing to tell anyone.
+    told: HashSet<PeerId>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -203,6 +208,7 @@ impl Worker {
             samples_since_sync: 0,
             last_sync: Instant::now(),
             train_time: Duration::ZERO,
+            told: HashSet::new(),
         }
     }
 
@@ -308,6 +314,7 @@ impl Worker {
                 let mut params = self.replica.params()?;
                 self.averager.returned(&outgoing, &mut params);
                 self.replica.set_params(&params)?;
+                self.changed();
             }
             WorkerInput::Snapshot(reply) => {
                 let _ = reply.send(Snapshot {
@@ -319,6 +326,7 @@ impl Worker {
             WorkerInput::Adopt { round, params } => {
                 self.replica.set_params(&params)?;
                 self.averager.adopt(round);
+                self.changed();
                 self.status.round = self.averager.round();
                 self.status.adopted_round = Some(round);
                 tracing::info!(round, "adopted the state of a peer");
@@ -333,6 +341,7 @@ impl Worker {
     fn train_one(&mut self) -> Result<(), SessionError> {
         let started = Instant::now();
         let step = self.replica.step()?;
+        self.changed();
         self.train_time += started.elapsed();
         self.steps_since_sync += 1;
         self.samples_since_sync += step.samples;
@@ -352,11 +361,12 @@ impl Worker {
         if self.in_flight.total() >= fanout.max(1) {
             return Vec::new();
         }
+        // Peers that already have the current model gain nothing from it again.
         let idle: Vec<PeerId> = self
             .live_peers
             .snapshot()
             .into_iter()
-            .filter(|p| !self.in_flight.busy(p))
+            .filter(|p| !self.in_flight.busy(p) && !self.told.contains(p))
             .collect();
         idle.choose_multiple(&mut self.rng, fanout)
             .copied()
@@ -364,7 +374,12 @@ impl Worker {
     }
 
     fn sync(&mut self) -> Result<(), SessionError> {
-        let mut params = self.replica.params()?;
+        let params = self.replica.params()?;
+        self.sync_params(params)
+    }
+
+    /// A sync of `params` (the replica's current parameters).
+    fn sync_params(&mut self, mut params: Vec<f32>) -> Result<(), SessionError> {
         let peers = self.choose_peers();
         let outgoing = self.averager.sync(
             &mut params,
@@ -381,6 +396,7 @@ impl Worker {
             store.record_next_round(self.averager.round())?;
         }
         if let Some(outgoing) = outgoing {
+            self.told.extend(peers.iter().copied());
             self.in_flight.begin(&peers);
             let _ = self
                 .outputs
@@ -399,27 +415,57 @@ impl Worker {
     /// Averaging alone runs in rounds: a node merges and passes on as soon as every live
     /// peer's delta is here; otherwise the timer's sync waits until this node's own sends
     /// are done (the peers' sends to it take about as long), so a large model is not
-    /// re-encoded and re-sent with a fraction of the round merged. With nothing to merge
-    /// and nobody to send to, the sync is skipped: it would copy the model twice and advance
-    /// the round clock for nothing.
+    /// re-encoded and re-sent with a fraction of the round merged. A node sends only while it
+    /// has news (see `has_news`): a merge that moves the model less than the codec's rounding
+    /// ([`Averager::quiet_change`]) is kept but is no news, so once the peers agree and each
+    /// has told every other its model the network goes quiet instead of re-sending the model
+    /// every period (a peer with news wakes it up). With nothing to merge and no news, the
+    /// sync is skipped: it would copy the model twice and advance the round clock for nothing.
     fn idle_sync(&mut self) -> Result<(), SessionError> {
         let live = self.live_peers.count();
         let pending = self.averager.pending();
         let round_complete = live > 0 && pending >= live;
         let sending = self.in_flight.total() > 0;
-        if !round_complete && (sending || (pending == 0 && live == 0)) {
+        let nothing_to_send = !self.has_news();
+        if !round_complete && (sending || (pending == 0 && nothing_to_send)) {
             self.last_sync = Instant::now();
             // Rejections and peers still change: keep the status current (cheap).
             self.publish();
             return Ok(());
         }
         let merged = self.averager.counts().merged;
-        self.sync()?;
+        let mut params = self.replica.params()?;
+        let moved = self.averager.merge(&mut params)?;
+        if moved > self.averager.quiet_change() {
+            self.changed();
+        }
+        if self.has_news() {
+            self.sync_params(params)?;
+        } else {
+            self.replica.set_params(&params)?;
+            self.last_sync = Instant::now();
+        }
         if self.averager.counts().merged != merged || self.status.eval.is_none() {
             self.evaluate()?;
         }
         self.publish();
         Ok(())
+    }
+
+    /// The model changed beyond the codec's rounding: it is news for every peer.
+    fn changed(&mut self) {
+        self.told.clear();
+    }
+
+    /// Whether an idle node has something to send: a live peer that has not been sent the
+    /// model since it last changed. Each node passing its own changes to every peer is what
+    /// spreads the average (push-sum mixes only along sends), and it ends: merges shrink
+    /// below the codec's rounding, and then every peer has been told.
+    fn has_news(&self) -> bool {
+        self.live_peers
+            .snapshot()
+            .iter()
+            .any(|p| !self.told.contains(p))
     }
 
     fn checkpoint(&mut self) -> Result<(), SessionError> {
