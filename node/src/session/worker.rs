@@ -153,6 +153,13 @@ pub struct Worker {
     /// rounding, adopted, or took a failed send back): an idle node whose every live peer
     /// has its model has nothing to tell anyone.
     told: HashSet<PeerId>,
+    /// When the oldest delta still waiting to be merged arrived.
+    pending_since: Option<Instant>,
+    /// When this node's last fan-out was handed to the network, until seen delivered.
+    sent_at: Option<Instant>,
+    /// How long this node's last fan-out took to deliver: about how long the peers'
+    /// deltas of a round take to arrive after the first one.
+    fanout_took: Duration,
 }
 
 impl std::fmt::Debug for Worker {
@@ -171,6 +178,9 @@ pub(crate) struct WorkerLinks {
     pub(crate) live_peers: Arc<LivePeers>,
     pub(crate) in_flight: Arc<SendsInFlight>,
 }
+
+/// Longest wait for the rest of a round before merging part of it (idle averaging).
+const MAX_ROUND_WAIT: Duration = Duration::from_secs(10);
 
 enum Flow {
     Continue,
@@ -209,6 +219,9 @@ impl Worker {
             last_sync: Instant::now(),
             train_time: Duration::ZERO,
             told: HashSet::new(),
+            pending_since: None,
+            sent_at: None,
+            fanout_took: Duration::ZERO,
         }
     }
 
@@ -303,6 +316,9 @@ impl Worker {
                 let received =
                     self.averager
                         .receive_transferred(&peer, &header, &payload, Some(&digest));
+                if received.is_ok() {
+                    self.pending_since.get_or_insert_with(Instant::now);
+                }
                 if let Err(reason) = received {
                     tracing::warn!(%peer, %reason, "delta rejected");
                     let _ = self
@@ -388,6 +404,7 @@ impl Worker {
             peers.len(),
         )?;
         self.replica.set_params(&params)?;
+        self.pending_since = None;
         self.steps_since_sync = 0;
         self.samples_since_sync = 0;
         self.last_sync = Instant::now();
@@ -396,6 +413,7 @@ impl Worker {
             store.record_next_round(self.averager.round())?;
         }
         if let Some(outgoing) = outgoing {
+            self.sent_at = Some(Instant::now());
             self.told.extend(peers.iter().copied());
             self.in_flight.begin(&peers);
             let _ = self
@@ -414,7 +432,8 @@ impl Worker {
     ///
     /// Averaging alone runs in rounds: a node merges and passes on as soon as every live
     /// peer's delta is here; otherwise the timer's sync waits until this node's own sends
-    /// are done (the peers' sends to it take about as long), so a large model is not
+    /// are done and, after the first delta of a round arrived, about as long as its own last
+    /// fan-out took (the peers' sends to it take about as long), so a large model is not
     /// re-encoded and re-sent with a fraction of the round merged. A node sends only while it
     /// has news (see `has_news`): a merge that moves the model less than the codec's rounding
     /// ([`Averager::quiet_change`]) is kept but is no news, so once the peers agree and each
@@ -426,8 +445,15 @@ impl Worker {
         let pending = self.averager.pending();
         let round_complete = live > 0 && pending >= live;
         let sending = self.in_flight.total() > 0;
+        if !sending && let Some(sent) = self.sent_at.take() {
+            self.fanout_took = sent.elapsed().min(MAX_ROUND_WAIT);
+        }
+        // The rest of a round arrives within about one fan-out time of its first delta.
+        let patient = self
+            .pending_since
+            .is_some_and(|first| first.elapsed() < self.fanout_took);
         let nothing_to_send = !self.has_news();
-        if !round_complete && (sending || (pending == 0 && nothing_to_send)) {
+        if !round_complete && (sending || patient || (pending == 0 && nothing_to_send)) {
             self.last_sync = Instant::now();
             // Rejections and peers still change: keep the status current (cheap).
             self.publish();
@@ -436,6 +462,7 @@ impl Worker {
         let merged = self.averager.counts().merged;
         let mut params = self.replica.params()?;
         let moved = self.averager.merge(&mut params)?;
+        self.pending_since = None;
         if moved > self.averager.quiet_change() {
             self.changed();
         }
