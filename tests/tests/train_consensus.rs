@@ -60,7 +60,10 @@ async fn distinct_vectors_converge_to_the_sample_weighted_mean() {
     // Once the nodes agree, merges stop moving the models and nobody re-sends: the network
     // goes quiet (bounded wait: a second without any delta sent).
     let sent = |sessions: &[murmur_node::session::Session]| -> u64 {
-        sessions.iter().map(|s| s.status().borrow().deltas_sent).sum()
+        sessions
+            .iter()
+            .map(|s| s.status().borrow().deltas_sent)
+            .sum()
     };
     let quiet_deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut quiet = false;
