@@ -70,12 +70,13 @@ fn config(steps: u64, placement: Placement, slowdown: f64) -> PipelineConfig {
     }
 }
 
-/// `n` connected nodes (the others bootstrap from the first).
-async fn nodes(n: u8) -> Vec<(net_common::Identity, Network)> {
-    let (id1, first, _e1) = net_common::start(1, net_common::loopback()).await;
-    let boot = net_common::addr_of(&first, "tcp").await;
-    let mut nodes = vec![(id1, first)];
-    for seed in 2..=n {
+/// `n` connected nodes with identities from `first` on (the others bootstrap from the first).
+/// Tests running at once use different identities, so no node is mistaken for another's.
+async fn nodes(first: u8, n: u8) -> Vec<(net_common::Identity, Network)> {
+    let (id1, head, _e1) = net_common::start(first, net_common::loopback()).await;
+    let boot = net_common::addr_of(&head, "tcp").await;
+    let mut nodes = vec![(id1, head)];
+    for seed in first + 1..first + n {
         let mut config = net_common::loopback();
         config.bootstrap = vec![boot.clone()];
         let (id, net, _events) = net_common::start(seed, config).await;
@@ -85,7 +86,7 @@ async fn nodes(n: u8) -> Vec<(net_common::Identity, Network)> {
 }
 
 async fn three_nodes() -> Vec<(net_common::Identity, Network)> {
-    nodes(3).await
+    nodes(1, 3).await
 }
 
 async fn run_all(
@@ -300,7 +301,8 @@ async fn a_node_that_joins_a_running_pipeline_is_planned_in() {
 /// parameters' distance from each other relative to their mean distance from the initial
 /// parameters, and the reports.
 async fn two_chains(average_every: u64) -> (Vec<f64>, Vec<PipelineReport>) {
-    let nodes = nodes(4).await;
+    // Both two-chain tests run beside the three-node ones: identities of their own.
+    let nodes = nodes(10 + 4 * u8::from(average_every > 0), 4).await;
     let steps = 16;
     let configs = (0..4)
         .map(|_| {

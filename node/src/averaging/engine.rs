@@ -435,32 +435,30 @@ impl Averager {
     }
 
     /// Merges the queued deltas into `params` without producing a message (a later
-    /// [`sync`](Self::sync) then has nothing left to merge) and returns how far the merge moved
-    /// the model, relative to its norm. Errors when `params` has the wrong length.
-    pub fn merge(&mut self, params: &mut [f32]) -> Result<f64, AveragingError> {
+    /// [`sync`](Self::sync) then has nothing left to merge). Errors when `params` has the
+    /// wrong length.
+    pub fn merge(&mut self, params: &mut [f32]) -> Result<(), AveragingError> {
         if params.len() != self.anchor.len() {
             return Err(AveragingError::WrongLength {
                 expected: self.anchor.len(),
                 actual: params.len(),
             });
         }
-        if self.pending.is_empty() {
-            return Ok(0.0);
-        }
-        let before = params.to_vec();
         self.merge_pending(params);
-        let norm = before
-            .iter()
-            .map(|v| f64::from(*v).powi(2))
-            .sum::<f64>()
-            .sqrt();
-        Ok(mixing::l2_distance(&before, params) / norm.max(f64::MIN_POSITIVE))
+        Ok(())
     }
 
-    /// The smallest relative model change worth passing on while only averaging: merges
-    /// that move the model less than this are within the codec's own rounding of what peers
-    /// already hold, so re-sending the model would only repeat it (see
-    /// `session::worker`'s idle syncs).
+    /// How far `to` is from `from`, relative to `from`'s distance from the anchor (what
+    /// deltas encode).
+    pub fn relative_distance(&self, from: &[f32], to: &[f32]) -> f64 {
+        let scale = mixing::l2_distance(from, &self.anchor);
+        mixing::l2_distance(from, to) / scale.max(f64::MIN_POSITIVE)
+    }
+
+    /// The smallest change of the model (relative to its distance from the anchor) worth
+    /// passing on while only averaging: about the codec's own relative rounding of a delta,
+    /// below which a re-send mostly repeats what the peers were sent (see
+    /// `session::worker`'s idle syncs). 0 for sparse codecs: never quiet.
     pub fn quiet_change(&self) -> f64 {
         match self.config.codec {
             Codec::RawF32 => 1e-6,

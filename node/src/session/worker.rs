@@ -5,7 +5,7 @@
 //! `sync_channel` (the async side never blocks on it, it drops and counts when full), and
 //! outputs leave on a tokio channel with `blocking_send` (back-pressure on this thread only).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
@@ -152,7 +152,10 @@ pub struct Worker {
     /// Peers sent the model since it last changed (trained, merged beyond the codec's
     /// rounding, adopted, or took a failed send back): an idle node whose every live peer
     /// has its model has nothing to tell anyone.
-    told: HashSet<PeerId>,
+    told: HashMap<PeerId, Instant>,
+    /// While only averaging: the model as the peers in `told` were sent it, so that many
+    /// small merges that together move it far are news.
+    told_model: Option<Vec<f32>>,
     /// When the oldest delta still waiting to be merged arrived.
     pending_since: Option<Instant>,
     /// When this node's last fan-out was handed to the network, until seen delivered.
@@ -178,6 +181,9 @@ pub(crate) struct WorkerLinks {
     pub(crate) live_peers: Arc<LivePeers>,
     pub(crate) in_flight: Arc<SendsInFlight>,
 }
+
+/// How long a peer sent the current model counts as having it (idle averaging).
+const TOLD_EXPIRES: Duration = Duration::from_secs(30);
 
 /// Longest wait for the rest of a round before merging part of it (idle averaging).
 const MAX_ROUND_WAIT: Duration = Duration::from_secs(10);
@@ -218,7 +224,8 @@ impl Worker {
             samples_since_sync: 0,
             last_sync: Instant::now(),
             train_time: Duration::ZERO,
-            told: HashSet::new(),
+            told: HashMap::new(),
+            told_model: None,
             pending_since: None,
             sent_at: None,
             fanout_took: Duration::ZERO,
@@ -342,6 +349,7 @@ impl Worker {
             WorkerInput::Adopt { round, params } => {
                 self.replica.set_params(&params)?;
                 self.averager.adopt(round);
+                self.pending_since = None;
                 self.changed();
                 self.status.round = self.averager.round();
                 self.status.adopted_round = Some(round);
@@ -382,7 +390,7 @@ impl Worker {
             .live_peers
             .snapshot()
             .into_iter()
-            .filter(|p| !self.in_flight.busy(p) && !self.told.contains(p))
+            .filter(|p| !self.in_flight.busy(p) && !self.has_told(p))
             .collect();
         idle.choose_multiple(&mut self.rng, fanout)
             .copied()
@@ -414,7 +422,11 @@ impl Worker {
         }
         if let Some(outgoing) = outgoing {
             self.sent_at = Some(Instant::now());
-            self.told.extend(peers.iter().copied());
+            let now = Instant::now();
+            self.told.extend(peers.iter().map(|p| (*p, now)));
+            if !self.status.training && self.told_model.is_none() {
+                self.told_model = Some(params.clone());
+            }
             self.in_flight.begin(&peers);
             let _ = self
                 .outputs
@@ -461,8 +473,17 @@ impl Worker {
         }
         let merged = self.averager.counts().merged;
         let mut params = self.replica.params()?;
-        let moved = self.averager.merge(&mut params)?;
+        // Samples trained since the last sync weigh this node's model in the merge: a sync
+        // adds them to the mass first, so it merges.
+        if self.samples_since_sync > 0 {
+            self.changed();
+        } else {
+            self.averager.merge(&mut params)?;
+        }
         self.pending_since = None;
+        let moved = self.told_model.as_ref().map_or(f64::INFINITY, |told| {
+            self.averager.relative_distance(told, &params)
+        });
         if moved > self.averager.quiet_change() {
             self.changed();
         }
@@ -482,6 +503,16 @@ impl Worker {
     /// The model changed beyond the codec's rounding: it is news for every peer.
     fn changed(&mut self) {
         self.told.clear();
+        self.told_model = None;
+    }
+
+    /// Whether `peer` was sent the current model, recently enough: a delta can be delivered
+    /// and still be dropped before it is merged (a full queue, a restart), so a peer is told
+    /// again after [`TOLD_EXPIRES`].
+    fn has_told(&self, peer: &PeerId) -> bool {
+        self.told
+            .get(peer)
+            .is_some_and(|at| at.elapsed() < TOLD_EXPIRES)
     }
 
     /// Whether an idle node has something to send: a live peer that has not been sent the
@@ -489,10 +520,10 @@ impl Worker {
     /// spreads the average (push-sum mixes only along sends), and it ends: merges shrink
     /// below the codec's rounding, and then every peer has been told.
     fn has_news(&self) -> bool {
-        self.live_peers
-            .snapshot()
-            .iter()
-            .any(|p| !self.told.contains(p))
+        let live = self.live_peers.snapshot();
+        // Sparse codecs carry what they leave out in their error feedback: always news.
+        let never_quiet = self.averager.quiet_change() <= 0.0;
+        !live.is_empty() && (never_quiet || live.iter().any(|p| !self.has_told(p)))
     }
 
     fn checkpoint(&mut self) -> Result<(), SessionError> {

@@ -232,7 +232,7 @@ async fn wait_for_notice(
             early.push(message);
             continue;
         }
-        match check_notice(&message, me) {
+        match check_notice(&message, me, config) {
             Ok(notice) => break Ok(notice),
             Err(err) => tracing::warn!(peer = %message.peer, %err, "plan notice refused"),
         }

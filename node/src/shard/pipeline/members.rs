@@ -153,16 +153,7 @@ pub(super) fn plan_input(
     members: &[(PeerId, Capacity)],
     links: Vec<Link>,
 ) -> PlanInput {
-    let stages = config
-        .spec
-        .stage_costs()
-        .iter()
-        .map(|c| PlanStage {
-            flops_per_sample: c.flops_per_sample as f64,
-            activation_bytes_per_sample: c.activation_bytes_per_sample,
-            param_bytes: c.param_bytes,
-        })
-        .collect();
+    let stages = plan_stages(config);
     let capacities = members
         .iter()
         .map(|(peer, c)| PeerCapacity {
@@ -181,4 +172,18 @@ pub(super) fn plan_input(
         },
         ..PlanInput::new(stages, capacities)
     }
+}
+
+/// The run's model stages as the planner sees them.
+pub(super) fn plan_stages(config: &PipelineConfig) -> Vec<PlanStage> {
+    config
+        .spec
+        .stage_costs()
+        .iter()
+        .map(|c| PlanStage {
+            flops_per_sample: c.flops_per_sample as f64,
+            activation_bytes_per_sample: c.activation_bytes_per_sample,
+            param_bytes: c.param_bytes,
+        })
+        .collect()
 }

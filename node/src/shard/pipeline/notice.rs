@@ -7,6 +7,7 @@ use murmur_protocol::pipeline::{PIPE_VERSION, PipeBody, PipeHeader};
 use serde::{Deserialize, Serialize};
 
 use super::mailbox::Inbound;
+use super::members::plan_stages;
 use super::replicas::Replicas;
 use super::{PipelineConfig, PipelineError, Placement};
 use crate::net::{Network, PayloadKind};
@@ -225,8 +226,24 @@ async fn send_control(
     Ok(())
 }
 
-pub(super) fn check_notice(message: &Inbound, me: PeerId) -> Result<PlanNotice, PipelineError> {
+pub(super) fn check_notice(
+    message: &Inbound,
+    me: PeerId,
+    config: &PipelineConfig,
+) -> Result<PlanNotice, PipelineError> {
     let notice = decode_notice(&message.payload)?;
+    // The plan's ranges index this node's model: its stages must be this run's.
+    if notice.input.stages != plan_stages(config) {
+        return Err(PipelineError::Protocol(
+            "the plan is for other model stages".into(),
+        ));
+    }
+    if notice.replicas != config.replicas.max(1) {
+        return Err(PipelineError::Protocol(format!(
+            "the plan runs {} chains, this run {}",
+            notice.replicas, config.replicas
+        )));
+    }
     let mut sorted = notice.members.clone();
     sorted.sort();
     let sender = message.peer.to_string();

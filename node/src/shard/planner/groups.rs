@@ -11,6 +11,7 @@
 //! members; the plan's throughput is then that of every chain, and the run's is `R` times it.
 //!
 //! Deterministic like the planner: every peer derives the same groups from the same input.
+//! With one replica the input is left exactly as it is.
 
 use super::{Link, LinkSpec, PeerCapacity, PlanError, PlanInput};
 
@@ -40,6 +41,14 @@ pub fn group_peers(input: &PlanInput, replicas: usize) -> Result<Grouped, PlanEr
         return Err(PlanError::NoPeers);
     }
     let r = replicas.clamp(1, input.peers.len());
+    if r == 1 {
+        // One chain: every peer is its own group and the input is the planner's as given
+        // (directed links, chain order).
+        return Ok(Grouped {
+            input: input.clone(),
+            members: input.peers.iter().map(|p| vec![p.id.clone()]).collect(),
+        });
+    }
     let mut peers: Vec<&PeerCapacity> = input.peers.iter().collect();
     peers.sort_by(|a, b| {
         b.flops_per_sec
@@ -167,6 +176,7 @@ mod tests {
     fn one_replica_is_the_plain_plan_and_groups_never_outnumber_peers() {
         let peers = vec![peer("a", 1e9), peer("b", 2e9), peer("c", 4e9)];
         let grouped = group_peers(&input(peers.clone()), 1).unwrap();
+        assert_eq!(grouped.input, input(peers.clone()));
         assert_eq!(
             plan(&grouped.input).unwrap(),
             plan(&input(peers.clone())).unwrap()

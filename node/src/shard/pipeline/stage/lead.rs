@@ -26,6 +26,10 @@ impl Stage<'_> {
         let micros = self.config.micro_batches;
         let scale = 1.0 / micros as f32;
         for step in self.resume..self.config.steps {
+            if self.last {
+                // A chain of one never waits on a neighbour: look for plans and snapshots here.
+                self.take_control_messages().await?;
+            }
             let batch = data.batch(&stream.next_batch(self.config.train.batch_size));
             let mut loss_sum = 0.0f32;
             for (m, (input, targets)) in split(&batch, micros as usize)?.into_iter().enumerate() {

@@ -333,6 +333,33 @@ impl Stage<'_> {
         Ok(())
     }
 
+    /// Handles the control messages already queued, without waiting: snapshots are kept, a
+    /// plan of a later epoch ends this one ([`PipelineError::Replanned`]). For a shard with no
+    /// neighbours, which never waits in [`next_message`](Self::next_message).
+    async fn take_control_messages(&mut self) -> Result<(), PipelineError> {
+        self.outbox.reap()?;
+        while let Some(message) = self.mailbox.recv(Duration::ZERO).await {
+            let h = &message.header;
+            match h.body {
+                PipeBody::Plan if h.epoch > self.position.epoch => {
+                    let epoch = h.epoch;
+                    self.mailbox.requeue(vec![message]);
+                    return Err(PipelineError::Replanned { epoch });
+                }
+                PipeBody::Replica { .. }
+                    if self.position.planned.contains(&message.peer)
+                        && h.epoch == self.position.epoch =>
+                {
+                    self.keep_replica(message).await?;
+                }
+                _ => {
+                    tracing::debug!(peer = %message.peer, "pipeline message for a chain of one, dropped")
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The next message of this epoch from an expected neighbour, within the deadline.
     async fn next_message(&mut self, waiting_on: Option<PeerId>) -> Result<Inbound, PipelineError> {
         let wait = self.config.peer_deadline;
