@@ -3,115 +3,18 @@
 
 #[path = "net_common/mod.rs"]
 mod net_common;
+mod pipeline_common;
 
 use std::time::Duration;
 
-use murmur_models::{
-    GptConfig, ModelKind, ModelSpec, TrainConfig, Trainer, builtin_data, spec_for,
-};
+use murmur_models::{ModelKind, Trainer, builtin_data};
 use murmur_node::net::Network;
-use murmur_node::shard::pipeline::{
-    self, PipelineConfig, PipelineReport, Placement, StageProgress,
-};
-use murmur_protocol::ModelFingerprint;
+use murmur_node::shard::pipeline::{self, Placement, StageProgress};
+use pipeline_common::*;
 use tokio::sync::watch;
-
-fn spec() -> ModelSpec {
-    spec_with_layers(2)
-}
-
-/// A narrow char-gpt with `layers` blocks (`layers + 2` stages).
-fn spec_with_layers(layers: usize) -> ModelSpec {
-    let data = builtin_data(ModelKind::CharGpt).expect("embedded corpus");
-    match spec_for(ModelKind::CharGpt, data.train.shape()).expect("spec") {
-        ModelSpec::Gpt(full) => ModelSpec::Gpt(GptConfig {
-            d_model: 16,
-            heads: 2,
-            layers,
-            ..full
-        }),
-        other => other,
-    }
-}
-
-fn train_config() -> TrainConfig {
-    TrainConfig {
-        lr: 3e-3,
-        warmup_steps: 2,
-        total_steps: 20,
-        grad_clip: Some(0.5),
-        batch_size: 8,
-        seed: 11,
-        ..TrainConfig::default()
-    }
-}
-
-fn config(steps: u64, placement: Placement, slowdown: f64) -> PipelineConfig {
-    let data = builtin_data(ModelKind::CharGpt).expect("embedded corpus");
-    PipelineConfig {
-        run: net_common::run(),
-        spec: spec(),
-        model: ModelFingerprint([3; 32]),
-        train: train_config(),
-        micro_batches: 4,
-        steps,
-        members: 3,
-        placement,
-        slowdown,
-        device: murmur_models::Device::flex(),
-        device_name: "flex".into(),
-        data: data.train,
-        peer_deadline: Duration::from_secs(20),
-        form_timeout: Duration::from_secs(30),
-        capacity_budget: Duration::from_millis(50),
-        replicate_every: 2,
-        replicas: 1,
-        average_every: 0,
-    }
-}
-
-/// `n` connected nodes with identities from `first` on (the others bootstrap from the first).
-/// Tests running at once use different identities, so no node is mistaken for another's.
-async fn nodes(first: u8, n: u8) -> Vec<(net_common::Identity, Network)> {
-    let (id1, head, _e1) = net_common::start(first, net_common::loopback()).await;
-    let boot = net_common::addr_of(&head, "tcp").await;
-    let mut nodes = vec![(id1, head)];
-    for seed in first + 1..first + n {
-        let mut config = net_common::loopback();
-        config.bootstrap = vec![boot.clone()];
-        let (id, net, _events) = net_common::start(seed, config).await;
-        nodes.push((id, net));
-    }
-    nodes
-}
 
 async fn three_nodes() -> Vec<(net_common::Identity, Network)> {
     nodes(1, 3).await
-}
-
-async fn run_all(
-    nodes: &[(net_common::Identity, Network)],
-    configs: Vec<PipelineConfig>,
-) -> Vec<PipelineReport> {
-    let runs = nodes.iter().zip(configs).map(|((id, net), config)| {
-        let (progress, _) = watch::channel(Default::default());
-        pipeline::run(net.clone(), id.signing.clone(), config, progress)
-    });
-    let all = futures::future::join_all(runs);
-    let reports = tokio::time::timeout(Duration::from_secs(50), all)
-        .await
-        .expect("the pipeline finishes within 50 s");
-    let failures: Vec<String> = reports
-        .iter()
-        .zip(nodes)
-        .filter_map(|(r, (_, net))| {
-            r.as_ref()
-                .err()
-                .map(|e| format!("{}: {e}", net.local_peer_id()))
-        })
-        .collect();
-    assert!(failures.is_empty(), "failed parts: {failures:#?}");
-    reports.into_iter().filter_map(Result::ok).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,105 +197,4 @@ async fn a_node_that_joins_a_running_pipeline_is_planned_in() {
     for (_, net) in &nodes {
         net.shutdown().await;
     }
-}
-
-/// Four nodes as two chains of two: the holders of each range train it on different data and
-/// gossip-average it every `average_every` steps. Returns, per range, the two holders' final
-/// parameters' distance from each other relative to their mean distance from the initial
-/// parameters, and the reports.
-async fn two_chains(average_every: u64) -> (Vec<f64>, Vec<PipelineReport>) {
-    // Both two-chain tests run beside the three-node ones: identities of their own.
-    let nodes = nodes(10 + 4 * u8::from(average_every > 0), 4).await;
-    let steps = 16;
-    let configs = (0..4)
-        .map(|_| {
-            let mut c = config(steps, Placement::Even, 1.0);
-            c.members = 4;
-            c.replicas = 2;
-            c.average_every = average_every;
-            c.replicate_every = 4;
-            c
-        })
-        .collect();
-    let reports = run_all(&nodes, configs).await;
-    for (_, net) in &nodes {
-        net.shutdown().await;
-    }
-    assert!(reports.iter().all(|r| r.steps == steps && r.lanes == 2));
-    let mut lanes: Vec<(usize, usize)> = reports
-        .iter()
-        .map(|r| (r.lane.expect("planned"), r.position.expect("planned")))
-        .collect();
-    lanes.sort();
-    assert_eq!(
-        lanes,
-        vec![(0, 0), (0, 1), (1, 0), (1, 1)],
-        "two chains of two"
-    );
-    let mut disagreement = Vec::new();
-    for position in 0..2 {
-        let holders: Vec<&PipelineReport> = reports
-            .iter()
-            .filter(|r| r.position == Some(position))
-            .collect();
-        let (a, b) = (&holders[0].final_params, &holders[1].final_params);
-        assert_eq!(
-            holders[0].range, holders[1].range,
-            "replicas hold the same range"
-        );
-        let range = holders[0].range.clone().expect("a range");
-        let init = murmur_models::pipeline::StageShard::new(
-            &spec(),
-            &murmur_models::Device::flex(),
-            range,
-            train_config(),
-        )
-        .and_then(|s| s.params())
-        .expect("initial parameters");
-        let dist = |x: &[f32], y: &[f32]| {
-            x.iter()
-                .zip(y)
-                .map(|(p, q)| f64::from(p - q).powi(2))
-                .sum::<f64>()
-                .sqrt()
-        };
-        let moved = (dist(a, &init) + dist(b, &init)) / 2.0;
-        assert!(moved > 0.0, "the range trained");
-        disagreement.push(dist(a, b) / moved);
-    }
-    for head in reports.iter().filter(|r| r.position == Some(0)) {
-        let (first, last) = (head.losses[0], head.losses[head.losses.len() - 1]);
-        assert!(
-            last < first,
-            "chain {:?} trains: {:?}",
-            head.lane,
-            head.losses
-        );
-    }
-    (disagreement, reports)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_of_a_range_stay_in_agreement_by_gossip_averaging() {
-    let (disagreement, reports) = two_chains(2).await;
-    for r in &reports {
-        let averaging = r.averaging.as_ref().expect("averaging ran");
-        assert_eq!(averaging.syncs, 8, "a sync every 2 of 16 steps");
-        assert!(averaging.merged >= 4, "mates' deltas merged: {averaging:?}");
-        assert_eq!(averaging.rejected, 0, "{averaging:?}");
-    }
-    assert!(
-        disagreement.iter().all(|d| *d < 0.35),
-        "replicas agree: distance / distance moved = {disagreement:?}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_without_averaging_drift_apart() {
-    let (disagreement, reports) = two_chains(0).await;
-    assert!(reports.iter().all(|r| r.averaging.is_none()));
-    assert!(
-        disagreement.iter().all(|d| *d > 0.5),
-        "chains on different data diverge: {disagreement:?}"
-    );
 }

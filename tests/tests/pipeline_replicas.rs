@@ -1,0 +1,111 @@
+//! Data-parallel replicas of a pipeline: four in-process nodes as two chains of two, whose
+//! range holders keep their copies in agreement by gossip averaging (its own test binary, so
+//! its nodes do not load the machine while the other pipeline tests time their steps).
+
+#[path = "net_common/mod.rs"]
+mod net_common;
+mod pipeline_common;
+
+use murmur_node::shard::pipeline::{PipelineReport, Placement};
+use pipeline_common::*;
+
+/// Four nodes as two chains of two: the holders of each range train it on different data and
+/// gossip-average it every `average_every` steps. Returns, per range, the two holders' final
+/// parameters' distance from each other relative to their mean distance from the initial
+/// parameters, and the reports.
+async fn two_chains(average_every: u64) -> (Vec<f64>, Vec<PipelineReport>) {
+    // Both two-chain tests run beside the three-node ones: identities of their own.
+    let nodes = nodes(10 + 4 * u8::from(average_every > 0), 4).await;
+    let steps = 16;
+    let configs = (0..4)
+        .map(|_| {
+            let mut c = config(steps, Placement::Even, 1.0);
+            c.members = 4;
+            c.replicas = 2;
+            c.average_every = average_every;
+            c.replicate_every = 4;
+            c
+        })
+        .collect();
+    let reports = run_all(&nodes, configs).await;
+    for (_, net) in &nodes {
+        net.shutdown().await;
+    }
+    assert!(reports.iter().all(|r| r.steps == steps && r.lanes == 2));
+    let mut lanes: Vec<(usize, usize)> = reports
+        .iter()
+        .map(|r| (r.lane.expect("planned"), r.position.expect("planned")))
+        .collect();
+    lanes.sort();
+    assert_eq!(
+        lanes,
+        vec![(0, 0), (0, 1), (1, 0), (1, 1)],
+        "two chains of two"
+    );
+    let mut disagreement = Vec::new();
+    for position in 0..2 {
+        let holders: Vec<&PipelineReport> = reports
+            .iter()
+            .filter(|r| r.position == Some(position))
+            .collect();
+        let (a, b) = (&holders[0].final_params, &holders[1].final_params);
+        assert_eq!(
+            holders[0].range, holders[1].range,
+            "replicas hold the same range"
+        );
+        let range = holders[0].range.clone().expect("a range");
+        let init = murmur_models::pipeline::StageShard::new(
+            &spec(),
+            &murmur_models::Device::flex(),
+            range,
+            train_config(),
+        )
+        .and_then(|s| s.params())
+        .expect("initial parameters");
+        let dist = |x: &[f32], y: &[f32]| {
+            x.iter()
+                .zip(y)
+                .map(|(p, q)| f64::from(p - q).powi(2))
+                .sum::<f64>()
+                .sqrt()
+        };
+        let moved = (dist(a, &init) + dist(b, &init)) / 2.0;
+        assert!(moved > 0.0, "the range trained");
+        disagreement.push(dist(a, b) / moved);
+    }
+    for head in reports.iter().filter(|r| r.position == Some(0)) {
+        let (first, last) = (head.losses[0], head.losses[head.losses.len() - 1]);
+        assert!(
+            last < first,
+            "chain {:?} trains: {:?}",
+            head.lane,
+            head.losses
+        );
+    }
+    (disagreement, reports)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_of_a_range_stay_in_agreement_by_gossip_averaging() {
+    let (disagreement, reports) = two_chains(2).await;
+    for r in &reports {
+        let averaging = r.averaging.as_ref().expect("averaging ran");
+        assert_eq!(averaging.syncs, 8, "a sync every 2 of 16 steps");
+        assert!(averaging.merged >= 4, "mates' deltas merged: {averaging:?}");
+        assert_eq!(averaging.rejected, 0, "{averaging:?}");
+    }
+    assert!(
+        disagreement.iter().all(|d| *d < 0.35),
+        "replicas agree: distance / distance moved = {disagreement:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_without_averaging_drift_apart() {
+    let (disagreement, reports) = two_chains(0).await;
+    assert!(reports.iter().all(|r| r.averaging.is_none()));
+    assert!(
+        disagreement.iter().all(|d| *d > 0.5),
+        "chains on different data diverge: {disagreement:?}"
+    );
+}
