@@ -227,7 +227,8 @@ pub struct PipelineReport {
     /// one chain or averaging off).
     #[serde(default)]
     pub averaging: Option<AveragingReport>,
-    /// The range's parameters at the end (not serialised).
+    /// The range's parameters at the end, when other chains hold the range too (empty
+    /// otherwise; not serialised).
     #[serde(skip)]
     pub final_params: Vec<f32>,
     /// The stages it held.

@@ -74,7 +74,7 @@ pub(crate) struct StageOutcome {
     pub losses: Vec<f32>,
     /// The step of `losses[0]`.
     pub first_loss_step: u64,
-    /// The range's parameters when the shard finished.
+    /// The range's parameters when the shard finished (only when other chains hold it too).
     pub final_params: Vec<f32>,
 }
 
@@ -160,7 +160,8 @@ pub(crate) async fn run(
         Ok(()) => stage.outbox.flush().await,
         Err(err) => Err(err),
     };
-    if result.is_ok() {
+    // With replicas, what the range ended as (to compare the copies); one copy of the range.
+    if result.is_ok() && !position.mates.is_empty() {
         stage.outcome.final_params = stage.compute.call(|s| s.params()).await??;
     }
     stage.outcome.busy_secs = stage.busy_before + stage.compute.busy().as_secs_f64();
