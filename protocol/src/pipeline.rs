@@ -100,6 +100,10 @@ pub enum PipeBody {
     /// A link measurement from the member computing the plan (payload: filler bytes); the
     /// receiver only acknowledges it.
     Probe,
+    /// The sender's chain of epoch `epoch` lost a member and the sender is re-planning: the
+    /// receiver, the lowest surviving member of that plan, ends the epoch and re-plans too (it
+    /// may sit in another, healthy chain that would otherwise never notice). No payload.
+    Broken,
 }
 
 /// The header of every pipeline payload.

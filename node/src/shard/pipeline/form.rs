@@ -8,7 +8,8 @@
 //! accepts a notice only from the lowest id of the members it lists, only if it is listed, and
 //! only if re-computing the plan from the notice's inputs gives the same placement, so a
 //! deterministic planner and an honest leader are checked rather than trusted. Later epochs come
-//! from the member that saw the change: after a departure ([`replan`], the lowest survivor) or a
+//! from the member that saw the change: after a departure ([`replan`], the lowest survivor, told
+//! by the broken chain's survivors when it sits in another chain) or a
 //! join or capacity drift (the issuer's re-balancing in `session`); a newcomer that sees a
 //! running pipeline waits for such a notice instead of forming its own.
 
@@ -29,7 +30,7 @@ use crate::net::{Network, link_stats};
 use crate::shard::capacity::Capacity;
 
 use super::members::{candidates, plan_input, probe_links, running_leader};
-use super::notice::{PlanNotice, check_notice, send_notice};
+use super::notice::{PlanNotice, check_notice, report_broken, send_notice};
 
 /// Wait before counting the members left after a failure.
 const REPLAN_GRACE: Duration = Duration::from_millis(1000);
@@ -199,6 +200,10 @@ pub(crate) async fn replan(
         notice.previous_ranges = previous.ranges();
         send_notice(net, config, &notice).await?;
         return Ok(notice);
+    }
+    if let Err(err) = report_broken(net, config, previous.epoch, leader).await {
+        // The leader may be re-planning already (it saw the break itself); its notice decides.
+        tracing::info!(%leader, %err, "broken chain not reported to the re-planning member");
     }
     wait_for_notice(mailbox, config, me, leader, epoch, deadline).await
 }

@@ -166,6 +166,13 @@ pub enum PipelineError {
     /// The members or the plan did not come together in time.
     #[error("pipeline formation: {0}")]
     Formation(String),
+    /// A member of another chain of this plan reported that its chain lost a member, and this
+    /// node is the one to re-plan.
+    #[error("{peer} reported its chain broken")]
+    ChainBroken {
+        /// The reporting member.
+        peer: PeerId,
+    },
     /// A member announced a new plan (after another member left); this one is over.
     #[error("re-planned to epoch {epoch}")]
     Replanned {
@@ -182,6 +189,7 @@ impl PipelineError {
             self,
             PipelineError::PeerSilent { .. }
                 | PipelineError::Send { .. }
+                | PipelineError::ChainBroken { .. }
                 | PipelineError::Replanned { .. }
         )
     }

@@ -209,6 +209,19 @@ pub(super) async fn send_notice(
     Ok(())
 }
 
+/// Tells `leader`, the lowest surviving member of the plan of `epoch`, that this node's chain
+/// broke. With several chains the leader may sit in a healthy one that would never notice;
+/// without the nudge the broken chain's survivors would wait for a plan that never comes.
+pub(super) async fn report_broken(
+    net: &Network,
+    config: &PipelineConfig,
+    epoch: u64,
+    leader: PeerId,
+) -> Result<(), PipelineError> {
+    let header = control_header(config, epoch, 0, PipeBody::Broken)?;
+    send_control(net, &leader.to_string(), &header, &[]).await
+}
+
 /// Sends one control message to the member with peer id text `member`.
 async fn send_control(
     net: &Network,

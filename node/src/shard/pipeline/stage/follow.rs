@@ -105,7 +105,7 @@ impl Stage<'_> {
                     self.after_update(step).await?;
                     self.mailbox.requeue(std::mem::take(&mut later));
                 }
-                PipeBody::Plan | PipeBody::Replica { .. } | PipeBody::Probe => {}
+                PipeBody::Plan | PipeBody::Replica { .. } | PipeBody::Probe | PipeBody::Broken => {}
             }
         }
         Ok(())
@@ -120,5 +120,6 @@ fn kind_tag(body: &PipeBody) -> u8 {
         PipeBody::Plan => 3,
         PipeBody::Replica { .. } => 4,
         PipeBody::Probe => 5,
+        PipeBody::Broken => 6,
     }
 }

@@ -353,12 +353,26 @@ impl Stage<'_> {
                 {
                     self.keep_replica(message).await?;
                 }
+                PipeBody::Broken if self.reports_broken(&message) => {
+                    return Err(PipelineError::ChainBroken { peer: message.peer });
+                }
                 _ => {
                     tracing::debug!(peer = %message.peer, "pipeline message for a chain of one, dropped")
                 }
             }
         }
         Ok(())
+    }
+
+    /// Whether `message` (a [`PipeBody::Broken`]) reports a broken chain of this epoch from a
+    /// peer of this plan; older reports are left over from an epoch that is over.
+    fn reports_broken(&self, message: &Inbound) -> bool {
+        let current = message.header.epoch == self.position.epoch
+            && self.position.planned.contains(&message.peer);
+        if current {
+            tracing::warn!(peer = %message.peer, epoch = message.header.epoch, "a chain of this plan broke; re-planning");
+        }
+        current
     }
 
     /// The next message of this epoch from an expected neighbour, within the deadline.
@@ -386,6 +400,12 @@ impl Stage<'_> {
             if h.body == PipeBody::Probe {
                 continue;
             }
+            if h.body == PipeBody::Broken {
+                if self.reports_broken(&message) {
+                    return Err(PipelineError::ChainBroken { peer: message.peer });
+                }
+                continue;
+            }
             if matches!(h.body, PipeBody::Replica { .. }) {
                 if self.position.planned.contains(&message.peer) && h.epoch == self.position.epoch {
                     self.keep_replica(message).await?;
@@ -395,7 +415,9 @@ impl Stage<'_> {
             let expected = match h.body {
                 PipeBody::Forward { .. } | PipeBody::Commit { .. } => self.position.prev(),
                 PipeBody::Backward { .. } => self.position.next(),
-                PipeBody::Plan | PipeBody::Replica { .. } | PipeBody::Probe => None,
+                PipeBody::Plan | PipeBody::Replica { .. } | PipeBody::Probe | PipeBody::Broken => {
+                    None
+                }
             };
             if h.epoch != self.position.epoch || Some(message.peer) != expected {
                 tracing::debug!(peer = %message.peer, epoch = h.epoch, "pipeline message not for this position, dropped");
