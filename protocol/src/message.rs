@@ -328,14 +328,26 @@ impl DeltaHeader {
         expected_elements: u64,
         transfer_digest: &Digest,
     ) -> Result<Vec<f32>, CodecError> {
+        let mut out = Vec::new();
+        self.decode_received_payload_into(payload, expected_elements, transfer_digest, &mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`decode_received_payload`](Self::decode_received_payload), into a reusable
+    /// buffer (on error `out` holds unspecified values).
+    pub fn decode_received_payload_into(
+        &self,
+        payload: &[u8],
+        expected_elements: u64,
+        transfer_digest: &Digest,
+        out: &mut Vec<f32>,
+    ) -> Result<(), CodecError> {
         if *transfer_digest != self.payload_digest {
-            return self.decode_payload(payload, expected_elements);
+            return self.decode_payload_into(payload, expected_elements, out);
         }
         self.check_sizes(payload, expected_elements)?;
-        let mut out = Vec::new();
         self.codec
-            .decode_into(payload, self.element_count, None, &mut out)?;
-        Ok(out)
+            .decode_into(payload, self.element_count, None, out)
     }
 }
 

@@ -106,7 +106,14 @@ pub struct AveragerState {
 struct Candidate {
     values: Vec<f32>,
     mass: f64,
+    /// Distance of `values` from the anchor (computed while decoding).
+    norm: f64,
 }
+
+/// Model-sized buffers kept for reuse between deltas: decoding a large model's delta into a
+/// fresh vector every time costs a page fault per 4 KiB (glibc maps allocations this large
+/// afresh each time), more than the decoding itself.
+const SPARE_BUFFERS: usize = 4;
 
 /// The averaging engine of one node.
 #[derive(Debug)]
@@ -130,6 +137,10 @@ pub struct Averager {
     norm_history: History,
     /// Distances from the own model of recently merged models (robust clipping radius).
     distance_history: History,
+    /// Decoding buffers of merged or refused deltas, reused by the next ones.
+    spare: Vec<Vec<f32>>,
+    /// Scratch for the model relative to the anchor at a sync.
+    relative: Vec<f32>,
 }
 
 /// The last few values of a statistic, for robust reference levels.
@@ -181,6 +192,8 @@ impl Averager {
             training: true,
             norm_history: History::default(),
             distance_history: History::default(),
+            spare: Vec::new(),
+            relative: Vec::new(),
         }
     }
 
@@ -243,7 +256,8 @@ impl Averager {
                 self.pending.push(candidate);
                 let cap = 4 * self.config.fanout.max(1) + 8;
                 if self.pending.len() > cap {
-                    self.pending.remove(0);
+                    let dropped = self.pending.remove(0);
+                    self.recycle(dropped.values);
                     self.counts.reject(Rejection::Overloaded);
                 }
                 Ok(())
@@ -291,18 +305,29 @@ impl Averager {
             return Err(Rejection::Stale);
         }
         let expected = self.anchor.len() as u64;
+        let mut values = self.spare.pop().unwrap_or_default();
         let decoded = match transfer_digest {
-            Some(digest) => h.decode_received_payload(payload, expected, digest),
-            None => h.decode_payload(payload, expected),
+            Some(digest) => h.decode_received_payload_into(payload, expected, digest, &mut values),
+            None => h.decode_payload_into(payload, expected, &mut values),
         };
-        let mut values = decoded.map_err(|e| match e {
-            CodecError::NonFinite(_) => Rejection::NonFinite,
-            _ => Rejection::BadPayload,
-        })?;
-        for (v, a) in values.iter_mut().zip(&self.anchor) {
-            *v += a;
+        if let Err(e) = decoded {
+            self.recycle(values);
+            return Err(match e {
+                CodecError::NonFinite(_) => Rejection::NonFinite,
+                _ => Rejection::BadPayload,
+            });
         }
-        if values.iter().any(|v| !v.is_finite()) {
+        // One pass: back to absolute values, the distance from the anchor (the outlier
+        // check's figure), and finiteness after adding the anchor.
+        let mut norm_sq = 0.0f64;
+        let mut finite = true;
+        for (v, a) in values.iter_mut().zip(&self.anchor) {
+            norm_sq += f64::from(*v) * f64::from(*v);
+            *v += a;
+            finite &= v.is_finite();
+        }
+        if !finite {
+            self.recycle(values);
             return Err(Rejection::NonFinite);
         }
         // Recording the pair can only fail on a storage error; the delta is still good.
@@ -320,7 +345,15 @@ impl Averager {
         Ok(Candidate {
             values,
             mass: h.weight * discount,
+            norm: norm_sq.sqrt(),
         })
+    }
+
+    /// Keeps a decoding buffer for the next delta (up to [`SPARE_BUFFERS`]).
+    fn recycle(&mut self, buffer: Vec<f32>) {
+        if self.spare.len() < SPARE_BUFFERS && buffer.capacity() >= self.anchor.len() {
+            self.spare.push(buffer);
+        }
     }
 
     /// Gives back a send that failed: the model it carried, decoded from the very bytes
@@ -399,15 +432,15 @@ impl Averager {
         if recipients == 0 {
             return Ok(None);
         }
-        let mut relative: Vec<f32> = params
-            .iter()
-            .zip(&self.anchor)
-            .map(|(x, a)| x - a)
-            .collect();
+        let mut relative = std::mem::take(&mut self.relative);
+        relative.clear();
+        relative.extend(params.iter().zip(&self.anchor).map(|(x, a)| x - a));
         if let Some(tamper) = self.config.tamper {
             tamper.apply(&mut relative);
         }
-        let compressed = self.feedback.compress(&relative, self.config.codec)?;
+        let compressed = self.feedback.compress(&relative, self.config.codec);
+        self.relative = relative;
+        let compressed = compressed?;
         let (kept, each) = mixing::split_mass(self.mass, recipients);
         self.mass = kept;
         let header = DeltaHeader {
@@ -483,11 +516,11 @@ impl Averager {
         let limit = self.config.outlier_ratio * reference.max(1e-12);
         let mut accepted = Vec::with_capacity(pending.len());
         for candidate in pending {
-            let norm = mixing::l2_distance(&candidate.values, &self.anchor);
-            if norm > limit {
+            if candidate.norm > limit {
                 self.counts.reject(Rejection::NormOutlier);
+                self.recycle(candidate.values);
             } else {
-                self.norm_history.push(norm);
+                self.norm_history.push(candidate.norm);
                 accepted.push(candidate);
             }
         }
@@ -504,17 +537,18 @@ impl Averager {
                 self.mass += accepted.iter().map(|c| c.mass).sum::<f64>();
             }
             None => {
-                for c in &accepted {
-                    self.mass = mixing::absorb(
-                        params,
-                        self.mass,
-                        Weighted {
-                            values: &c.values,
-                            mass: c.mass,
-                        },
-                    );
-                }
+                let weighted: Vec<Weighted<'_>> = accepted
+                    .iter()
+                    .map(|c| Weighted {
+                        values: &c.values,
+                        mass: c.mass,
+                    })
+                    .collect();
+                self.mass = mixing::absorb_all(params, self.mass, &weighted);
             }
+        }
+        for candidate in accepted {
+            self.recycle(candidate.values);
         }
     }
 

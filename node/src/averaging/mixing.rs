@@ -33,6 +33,36 @@ pub fn absorb(own: &mut [f32], own_mass: f64, incoming: Weighted<'_>) -> f64 {
     total
 }
 
+/// Folds every message of `incoming` into `own` at once; the same result as absorbing them
+/// one after another (up to f32 rounding) in a single pass over `own`, block by block so
+/// each block of `own` stays in cache while the messages are added to it. Returns the new
+/// own mass.
+pub fn absorb_all(own: &mut [f32], own_mass: f64, incoming: &[Weighted<'_>]) -> f64 {
+    const BLOCK: usize = 4096;
+    let live: Vec<&Weighted<'_>> = incoming.iter().filter(|w| w.mass > 0.0).collect();
+    let total = own_mass + live.iter().map(|w| w.mass).sum::<f64>();
+    if live.is_empty() || total <= 0.0 {
+        return own_mass;
+    }
+    let keep = (own_mass / total) as f32;
+    let takes: Vec<f32> = live.iter().map(|w| (w.mass / total) as f32).collect();
+    for (b, block) in own.chunks_mut(BLOCK).enumerate() {
+        let start = b * BLOCK;
+        for x in block.iter_mut() {
+            *x *= keep;
+        }
+        for (w, take) in live.iter().zip(&takes) {
+            let Some(values) = w.values.get(start..start + block.len()) else {
+                continue;
+            };
+            for (x, y) in block.iter_mut().zip(values) {
+                *x += take * *y;
+            }
+        }
+    }
+    total
+}
+
 /// Mass kept and mass given to each of `recipients` peers when sending.
 pub fn split_mass(mass: f64, recipients: usize) -> (f64, f64) {
     let share = mass / (recipients as f64 + 1.0);
@@ -137,6 +167,50 @@ pub fn median(values: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absorbing_all_at_once_matches_absorbing_one_by_one() {
+        // Longer than one block, not a multiple of it; a message without mass; own mass 0.
+        let n = 10_000;
+        let own: Vec<f32> = (0..n).map(|i| (i % 17) as f32 - 8.0).collect();
+        let a: Vec<f32> = (0..n).map(|i| (i % 5) as f32).collect();
+        let b: Vec<f32> = (0..n).map(|i| -((i % 7) as f32)).collect();
+        for own_mass in [3.0, 0.0] {
+            let messages = [
+                Weighted {
+                    values: &a,
+                    mass: 2.0,
+                },
+                Weighted {
+                    values: &b,
+                    mass: 0.0,
+                },
+                Weighted {
+                    values: &b,
+                    mass: 5.0,
+                },
+            ];
+            let mut one_by_one = own.clone();
+            let mut w = own_mass;
+            for m in messages {
+                w = absorb(&mut one_by_one, w, m);
+            }
+            let mut at_once = own.clone();
+            let total = absorb_all(&mut at_once, own_mass, &messages);
+            assert!((total - w).abs() < 1e-12, "{total} vs {w}");
+            for (x, y) in at_once.iter().zip(&one_by_one) {
+                assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+            }
+        }
+        // Nothing with mass: nothing changes.
+        let mut same = own.clone();
+        let none = [Weighted {
+            values: &a,
+            mass: 0.0,
+        }];
+        assert_eq!(absorb_all(&mut same, 1.0, &none), 1.0);
+        assert_eq!(same, own);
+    }
 
     #[test]
     fn push_sum_with_full_fanout_reaches_the_weighted_mean_in_one_round() {

@@ -32,6 +32,12 @@ pub trait Replica: Send {
     fn evaluate(&self) -> Result<Option<EvalStats>, TrainError>;
     /// All parameters, flat.
     fn params(&self) -> Result<Vec<f32>, TrainError>;
+    /// All parameters, flat, into `out` (a replica that holds them in host memory reuses
+    /// `out`'s allocation instead of handing out a fresh model-sized vector).
+    fn params_into(&self, out: &mut Vec<f32>) -> Result<(), TrainError> {
+        *out = self.params()?;
+        Ok(())
+    }
     /// Replaces all parameters.
     fn set_params(&mut self, values: &[f32]) -> Result<(), TrainError>;
     /// Model + optimizer + data cursor, for checkpoints.
@@ -110,6 +116,11 @@ impl Replica for VectorReplica {
     }
     fn params(&self) -> Result<Vec<f32>, TrainError> {
         Ok(self.0.clone())
+    }
+    fn params_into(&self, out: &mut Vec<f32>) -> Result<(), TrainError> {
+        out.clear();
+        out.extend_from_slice(&self.0);
+        Ok(())
     }
     fn set_params(&mut self, values: &[f32]) -> Result<(), TrainError> {
         if values.len() != self.0.len() {

@@ -156,6 +156,10 @@ pub struct Worker {
     /// While only averaging: the model as the peers in `told` were sent it, so that many
     /// small merges that together move it far are news.
     told_model: Option<Vec<f32>>,
+    /// The allocation of a `told_model` that went stale, reused for the next one.
+    told_spare: Vec<f32>,
+    /// The parameter buffer of the last sync, reused by the next one (model-sized).
+    params_buffer: Vec<f32>,
     /// When the oldest delta still waiting to be merged arrived.
     pending_since: Option<Instant>,
     /// When this node's last fan-out was handed to the network, until seen delivered.
@@ -226,6 +230,8 @@ impl Worker {
             train_time: Duration::ZERO,
             told: HashMap::new(),
             told_model: None,
+            told_spare: Vec::new(),
+            params_buffer: Vec::new(),
             pending_since: None,
             sent_at: None,
             fanout_took: Duration::ZERO,
@@ -398,8 +404,15 @@ impl Worker {
     }
 
     fn sync(&mut self) -> Result<(), SessionError> {
-        let params = self.replica.params()?;
+        let params = self.current_params()?;
         self.sync_params(params)
+    }
+
+    /// The replica's parameters, in the buffer of the previous sync.
+    fn current_params(&mut self) -> Result<Vec<f32>, SessionError> {
+        let mut params = std::mem::take(&mut self.params_buffer);
+        self.replica.params_into(&mut params)?;
+        Ok(params)
     }
 
     /// A sync of `params` (the replica's current parameters).
@@ -425,13 +438,17 @@ impl Worker {
             let now = Instant::now();
             self.told.extend(peers.iter().map(|p| (*p, now)));
             if !self.status.training && self.told_model.is_none() {
-                self.told_model = Some(params.clone());
+                let mut told = std::mem::take(&mut self.told_spare);
+                told.clear();
+                told.extend_from_slice(&params);
+                self.told_model = Some(told);
             }
             self.in_flight.begin(&peers);
             let _ = self
                 .outputs
                 .blocking_send(WorkerOutput::Send { peers, outgoing });
         }
+        self.params_buffer = params;
         let every = self.config.checkpoint_every;
         if every > 0 && self.averager.round().is_multiple_of(every) {
             self.checkpoint()?;
@@ -472,7 +489,7 @@ impl Worker {
             return Ok(());
         }
         let merged = self.averager.counts().merged;
-        let mut params = self.replica.params()?;
+        let mut params = self.current_params()?;
         // Samples trained since the last sync weigh this node's model in the merge: a sync
         // adds them to the mass first, so it merges.
         if self.samples_since_sync > 0 {
@@ -491,6 +508,7 @@ impl Worker {
             self.sync_params(params)?;
         } else {
             self.replica.set_params(&params)?;
+            self.params_buffer = params;
             self.last_sync = Instant::now();
         }
         if self.averager.counts().merged != merged || self.status.eval.is_none() {
@@ -503,7 +521,9 @@ impl Worker {
     /// The model changed beyond the codec's rounding: it is news for every peer.
     fn changed(&mut self) {
         self.told.clear();
-        self.told_model = None;
+        if let Some(told) = self.told_model.take() {
+            self.told_spare = told;
+        }
     }
 
     /// Whether `peer` was sent the current model, recently enough: a delta can be delivered

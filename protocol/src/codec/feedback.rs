@@ -10,38 +10,50 @@
 use super::{Codec, CodecError};
 
 /// Accumulates the residual of a lossy codec between rounds.
+///
+/// It keeps two scratch vectors of the model's size (the corrected delta and its decoded
+/// form) across calls: a sync of a large model then allocates only its payload, instead
+/// of two fresh model-sized vectors (and their page faults) every round.
 #[derive(Debug, Clone, Default)]
 pub struct ErrorFeedback {
     residual: Vec<f32>,
+    corrected: Vec<f32>,
+    decoded: Vec<f32>,
 }
 
-/// One round's encoded payload and the values receivers will decode from it.
+/// One round's encoded payload.
 #[derive(Debug, Clone)]
 pub struct Compressed {
     /// The payload to send.
     pub payload: Vec<u8>,
     /// Its BLAKE3 digest, for the signed header.
     pub digest: crate::ids::Digest,
-    /// Exactly what `codec.decode(payload)` returns.
-    pub decoded: Vec<f32>,
 }
 
 impl ErrorFeedback {
     /// An empty residual for vectors of `n` elements.
     pub fn new(n: usize) -> Self {
-        Self {
-            residual: vec![0.0; n],
-        }
+        Self::from_residual(vec![0.0; n])
     }
 
     /// Restores a residual saved earlier (e.g. from a checkpoint).
     pub fn from_residual(residual: Vec<f32>) -> Self {
-        Self { residual }
+        Self {
+            residual,
+            corrected: Vec::new(),
+            decoded: Vec::new(),
+        }
     }
 
     /// The residual that the next call will add.
     pub fn residual(&self) -> &[f32] {
         &self.residual
+    }
+
+    /// Exactly what `codec.decode(payload)` returns for the payload of the last successful
+    /// [`compress`](Self::compress) (what receivers reconstruct).
+    pub fn decoded(&self) -> &[f32] {
+        &self.decoded
     }
 
     /// Encodes `delta + residual` with `codec` and updates the residual.
@@ -57,21 +69,25 @@ impl ErrorFeedback {
             }
             self.residual = vec![0.0; delta.len()];
         }
-        let corrected: Vec<f32> = delta
-            .iter()
-            .zip(&self.residual)
-            .map(|(d, r)| d + r)
-            .collect();
+        self.corrected.clear();
+        self.corrected
+            .extend(delta.iter().zip(&self.residual).map(|(d, r)| d + r));
         let mut payload = Vec::new();
-        let digest = codec.encode_into(&corrected, &mut payload)?;
-        let decoded = codec.decode(&payload, corrected.len() as u64)?;
-        for ((r, c), d) in self.residual.iter_mut().zip(&corrected).zip(&decoded) {
+        let digest = codec.encode_into(&self.corrected, &mut payload)?;
+        codec.decode_into(
+            &payload,
+            self.corrected.len() as u64,
+            None,
+            &mut self.decoded,
+        )?;
+        for ((r, c), d) in self
+            .residual
+            .iter_mut()
+            .zip(&self.corrected)
+            .zip(&self.decoded)
+        {
             *r = c - d;
         }
-        Ok(Compressed {
-            payload,
-            digest,
-            decoded,
-        })
+        Ok(Compressed { payload, digest })
     }
 }
