@@ -20,6 +20,10 @@ fn flat_view_round_trips_and_deltas_add() {
         .collect();
     model.set_flat_params(&replaced).unwrap();
     assert_eq!(model.flat_params().unwrap(), replaced);
+    // Reading into a used buffer (longer, other values) gives the same vector.
+    let mut buffer = vec![7.0f32; original.len() + 13];
+    model.flat_params_into(&mut buffer).unwrap();
+    assert_eq!(buffer, replaced);
 
     let delta: Vec<f32> = (0..original.len()).map(|i| (i % 5) as f32).collect();
     model.add_flat_delta(&delta, 0.5).unwrap();

@@ -20,7 +20,9 @@ use burn::tensor::{Device, Tensor};
 
 use crate::init::initial_values;
 use crate::network::{Network, StageError};
-use crate::params::{ParamError, ParamLayout, WriteMode, read_params, write_params};
+use crate::params::{
+    ParamError, ParamLayout, WriteMode, read_params, read_params_into, write_params,
+};
 use crate::spec::{ModelSpec, SpecError, StageCost};
 
 /// Building or running a model failed.
@@ -120,6 +122,16 @@ impl Model {
     /// All parameters, flat.
     pub fn flat_params(&self) -> Result<Vec<f32>, ModelError> {
         self.flat_params_range(0..self.num_stages())
+    }
+    /// All parameters, flat, into `out` (its allocation reused: no fresh model-sized vector
+    /// per read).
+    pub fn flat_params_into(&self, out: &mut Vec<f32>) -> Result<(), ModelError> {
+        Ok(read_params_into(
+            &self.network,
+            &self.layout,
+            0..self.num_stages(),
+            out,
+        )?)
     }
     /// Parameters of `stages`, flat.
     pub fn flat_params_range(&self, stages: Range<usize>) -> Result<Vec<f32>, ModelError> {

@@ -8,7 +8,7 @@
 mod read;
 mod write;
 
-pub(crate) use read::{read_grads, read_params};
+pub(crate) use read::{read_grads, read_params, read_params_into};
 pub(crate) use write::{WriteMode, write_params};
 
 use std::collections::HashMap;

@@ -42,12 +42,15 @@ impl ModuleVisitor for Collector<'_> {
     }
 }
 
+/// Fills `out` (resized to the span of `stages`, its allocation reused) with what `source`
+/// holds for `stages`, in layout order; slots with nothing to read are zeros.
 fn collect(
     network: &Network,
     layout: &ParamLayout,
     stages: Range<usize>,
     source: &Source<'_>,
-) -> Result<Vec<f32>, ParamError> {
+    out: &mut Vec<f32>,
+) -> Result<(), ParamError> {
     let mut found = HashMap::new();
     for i in stages.clone() {
         let Some(stage) = network.stages.get(i) else {
@@ -62,7 +65,8 @@ fn collect(
         found.extend(c.found);
     }
     let span = layout.span(stages.clone());
-    let mut out = vec![0.0f32; span.len()];
+    out.clear();
+    out.resize(span.len(), 0.0);
     let mut tx = Transaction::default();
     let mut slots = Vec::new();
     for e in layout.entries.iter().filter(|e| stages.contains(&e.stage)) {
@@ -72,7 +76,7 @@ fn collect(
         }
     }
     if slots.is_empty() {
-        return Ok(out);
+        return Ok(());
     }
     let datas = tx
         .try_execute()
@@ -84,7 +88,7 @@ fn collect(
             .map_err(|e| ParamError::Read(format!("{e:?}")))?;
         out[slot].copy_from_slice(&values);
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The parameters of `stages` as one flat vector in layout order.
@@ -93,7 +97,19 @@ pub(crate) fn read_params(
     layout: &ParamLayout,
     stages: Range<usize>,
 ) -> Result<Vec<f32>, ParamError> {
-    collect(network, layout, stages, &Source::Values)
+    let mut out = Vec::new();
+    read_params_into(network, layout, stages, &mut out)?;
+    Ok(out)
+}
+
+/// Like [`read_params`], into `out` (its allocation reused).
+pub(crate) fn read_params_into(
+    network: &Network,
+    layout: &ParamLayout,
+    stages: Range<usize>,
+    out: &mut Vec<f32>,
+) -> Result<(), ParamError> {
+    collect(network, layout, stages, &Source::Values, out)
 }
 
 /// The gradients of `stages` in layout order; parameters without a gradient read as zeros.
@@ -103,5 +119,7 @@ pub(crate) fn read_grads(
     stages: Range<usize>,
     grads: &GradientsParams,
 ) -> Result<Vec<f32>, ParamError> {
-    collect(network, layout, stages, &Source::Grads(grads))
+    let mut out = Vec::new();
+    collect(network, layout, stages, &Source::Grads(grads), &mut out)?;
+    Ok(out)
 }

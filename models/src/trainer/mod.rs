@@ -154,6 +154,10 @@ impl Trainer {
     pub fn flat_params(&self) -> Result<Vec<f32>, TrainError> {
         Ok(self.model.flat_params()?)
     }
+    /// All parameters, flat (path order), into `out` (its allocation reused).
+    pub fn flat_params_into(&self, out: &mut Vec<f32>) -> Result<(), TrainError> {
+        Ok(self.model.flat_params_into(out)?)
+    }
     /// Replaces all parameters; the optimizer moments are kept.
     pub fn set_flat_params(&mut self, values: &[f32]) -> Result<(), TrainError> {
         Ok(self.model.set_flat_params(values)?)

@@ -19,27 +19,23 @@ pub struct Weighted<'a> {
 
 /// Folds `incoming` into `own` (push-sum receive). Returns the new own mass.
 ///
-/// A message with no mass changes nothing; an own mass of zero adopts the message.
+/// A message with no mass (or of another length) changes nothing; an own mass of zero adopts
+/// the message.
 pub fn absorb(own: &mut [f32], own_mass: f64, incoming: Weighted<'_>) -> f64 {
-    let total = own_mass + incoming.mass;
-    if incoming.mass <= 0.0 || total <= 0.0 {
-        return own_mass;
-    }
-    let keep = (own_mass / total) as f32;
-    let take = (incoming.mass / total) as f32;
-    for (x, y) in own.iter_mut().zip(incoming.values) {
-        *x = keep * *x + take * *y;
-    }
-    total
+    absorb_all(own, own_mass, &[incoming])
 }
 
-/// Folds every message of `incoming` into `own` at once; the same result as absorbing them
-/// one after another (up to f32 rounding) in a single pass over `own`, block by block so
-/// each block of `own` stays in cache while the messages are added to it. Returns the new
-/// own mass.
+/// Folds every message of `incoming` into `own` at once:
+/// `x ← (w·x + Σ mᵢ·yᵢ) / (w + Σ mᵢ)`, `w ← w + Σ mᵢ` — the same as absorbing them one after
+/// another, in a single pass over `own`, block by block so each block of `own` stays in cache
+/// while the messages are added to it. Messages without mass, or whose length differs from
+/// `own`'s, are left out (their mass too). Returns the new own mass.
 pub fn absorb_all(own: &mut [f32], own_mass: f64, incoming: &[Weighted<'_>]) -> f64 {
     const BLOCK: usize = 4096;
-    let live: Vec<&Weighted<'_>> = incoming.iter().filter(|w| w.mass > 0.0).collect();
+    let live: Vec<&Weighted<'_>> = incoming
+        .iter()
+        .filter(|w| w.mass > 0.0 && w.values.len() == own.len())
+        .collect();
     let total = own_mass + live.iter().map(|w| w.mass).sum::<f64>();
     if live.is_empty() || total <= 0.0 {
         return own_mass;
@@ -52,9 +48,7 @@ pub fn absorb_all(own: &mut [f32], own_mass: f64, incoming: &[Weighted<'_>]) -> 
             *x *= keep;
         }
         for (w, take) in live.iter().zip(&takes) {
-            let Some(values) = w.values.get(start..start + block.len()) else {
-                continue;
-            };
+            let values = &w.values[start..start + block.len()];
             for (x, y) in block.iter_mut().zip(values) {
                 *x += take * *y;
             }
@@ -169,12 +163,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn absorbing_all_at_once_matches_absorbing_one_by_one() {
-        // Longer than one block, not a multiple of it; a message without mass; own mass 0.
+    fn absorbing_all_at_once_is_the_weighted_mean_and_matches_one_by_one() {
+        // Longer than one block, not a multiple of it; a message without mass, one of another
+        // length (both left out, mass included); own mass 3 and 0.
         let n = 10_000;
         let own: Vec<f32> = (0..n).map(|i| (i % 17) as f32 - 8.0).collect();
         let a: Vec<f32> = (0..n).map(|i| (i % 5) as f32).collect();
         let b: Vec<f32> = (0..n).map(|i| -((i % 7) as f32)).collect();
+        let short = vec![100.0f32; n - 1];
         for own_mass in [3.0, 0.0] {
             let messages = [
                 Weighted {
@@ -186,20 +182,34 @@ mod tests {
                     mass: 0.0,
                 },
                 Weighted {
+                    values: &short,
+                    mass: 9.0,
+                },
+                Weighted {
                     values: &b,
                     mass: 5.0,
                 },
             ];
+            let total_expected = own_mass + 7.0;
+            let expected: Vec<f64> = (0..n)
+                .map(|i| {
+                    (own_mass * f64::from(own[i]) + 2.0 * f64::from(a[i]) + 5.0 * f64::from(b[i]))
+                        / total_expected
+                })
+                .collect();
+            let mut at_once = own.clone();
+            let total = absorb_all(&mut at_once, own_mass, &messages);
             let mut one_by_one = own.clone();
             let mut w = own_mass;
             for m in messages {
                 w = absorb(&mut one_by_one, w, m);
             }
-            let mut at_once = own.clone();
-            let total = absorb_all(&mut at_once, own_mass, &messages);
-            assert!((total - w).abs() < 1e-12, "{total} vs {w}");
-            for (x, y) in at_once.iter().zip(&one_by_one) {
-                assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+            for result in [total, w] {
+                assert!((result - total_expected).abs() < 1e-12, "{result}");
+            }
+            for ((x, y), e) in at_once.iter().zip(&one_by_one).zip(&expected) {
+                assert!((f64::from(*x) - e).abs() < 1e-5, "{x} vs {e}");
+                assert!((f64::from(*y) - e).abs() < 1e-5, "{y} vs {e}");
             }
         }
         // Nothing with mass: nothing changes.

@@ -32,12 +32,9 @@ pub trait Replica: Send {
     fn evaluate(&self) -> Result<Option<EvalStats>, TrainError>;
     /// All parameters, flat.
     fn params(&self) -> Result<Vec<f32>, TrainError>;
-    /// All parameters, flat, into `out` (a replica that holds them in host memory reuses
-    /// `out`'s allocation instead of handing out a fresh model-sized vector).
-    fn params_into(&self, out: &mut Vec<f32>) -> Result<(), TrainError> {
-        *out = self.params()?;
-        Ok(())
-    }
+    /// All parameters, flat, into `out`, reusing its allocation (the training thread keeps
+    /// one model-sized buffer across syncs instead of a fresh vector each time).
+    fn params_into(&self, out: &mut Vec<f32>) -> Result<(), TrainError>;
     /// Replaces all parameters.
     fn set_params(&mut self, values: &[f32]) -> Result<(), TrainError>;
     /// Model + optimizer + data cursor, for checkpoints.
@@ -75,6 +72,9 @@ impl Replica for ModelReplica {
     }
     fn params(&self) -> Result<Vec<f32>, TrainError> {
         self.0.flat_params()
+    }
+    fn params_into(&self, out: &mut Vec<f32>) -> Result<(), TrainError> {
+        self.0.flat_params_into(out)
     }
     fn set_params(&mut self, values: &[f32]) -> Result<(), TrainError> {
         self.0.set_flat_params(values)
