@@ -1,13 +1,17 @@
 //! Data-parallel replicas of a pipeline: four in-process nodes as two chains of two, whose
-//! range holders keep their copies in agreement by gossip averaging (its own test binary, so
-//! its nodes do not load the machine while the other pipeline tests time their steps).
+//! range holders keep their copies in agreement by gossip averaging, and which re-plan together
+//! when one chain loses a member (its own test binary, so its nodes do not load the machine
+//! while the other pipeline tests time their steps).
 
 #[path = "net_common/mod.rs"]
 mod net_common;
 mod pipeline_common;
 
-use murmur_node::shard::pipeline::{PipelineReport, Placement};
+use std::time::Duration;
+
+use murmur_node::shard::pipeline::{self, PipelineReport, Placement, StageProgress};
 use pipeline_common::*;
+use tokio::sync::watch;
 
 /// Four nodes as two chains of two: the holders of each range train it on different data and
 /// gossip-average it every `average_every` steps. Returns, per range, the two holders' final
@@ -108,4 +112,84 @@ async fn replicas_without_averaging_drift_apart() {
         disagreement.iter().all(|d| *d > 0.5),
         "chains on different data diverge: {disagreement:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_lost_in_one_chain_is_replanned_by_a_member_of_the_other() {
+    let nodes = nodes(18, 4).await;
+    // Enough steps (slowed by sleeping, so no more CPU) that the healthy chain is still
+    // training when the break reaches it: here about 5 s after the kill (the peer deadline, the
+    // re-plan grace, the report) against about 12 s for its 250 steps.
+    let steps = 250;
+    let mut handles = Vec::new();
+    let mut progress = Vec::new();
+    for (id, net) in &nodes {
+        let mut c = config(steps, Placement::Even, 4.0);
+        c.members = 4;
+        c.replicas = 2;
+        c.average_every = 4;
+        c.replicate_every = 2;
+        c.peer_deadline = Duration::from_secs(3);
+        let (tx, rx) = watch::channel(StageProgress::default());
+        progress.push(rx);
+        handles.push(tokio::spawn(pipeline::run(
+            net.clone(),
+            id.signing.clone(),
+            c,
+            tx,
+        )));
+    }
+    // The member that re-plans is the lowest surviving peer id; kill the second shard of the
+    // *other* chain, whose survivor must tell it (no one in its own chain notices).
+    let ids: Vec<String> = nodes
+        .iter()
+        .map(|(_, net)| net.local_peer_id().to_string())
+        .collect();
+    let lowest = (0..ids.len()).min_by_key(|&i| &ids[i]).expect("four nodes");
+    let victim = tokio::time::timeout(Duration::from_secs(40), async {
+        loop {
+            let all: Vec<StageProgress> = progress.iter().map(|p| p.borrow().clone()).collect();
+            if all.iter().all(|p| p.range.is_some() && p.step >= 6) {
+                let lane = all[lowest].lane;
+                let victim = (0..all.len()).find(|&i| all[i].lane != lane && all[i].position == 1);
+                return victim.expect("two chains of two");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("both chains make progress");
+    handles[victim].abort();
+    nodes[victim].1.shutdown().await;
+    let victim_id = &ids[victim];
+
+    let mut planned = 0;
+    for (i, handle) in handles.into_iter().enumerate() {
+        if i == victim {
+            continue;
+        }
+        let report = tokio::time::timeout(Duration::from_secs(45), handle)
+            .await
+            .expect("survivors finish within 45 s")
+            .expect("task joins")
+            .expect("survivors re-plan and finish");
+        assert_eq!(
+            (report.epoch, report.replans),
+            (2, 1),
+            "node {i}: one re-plan, to epoch 2"
+        );
+        assert!(report.plan.assignments.iter().all(|a| &a.peer != victim_id));
+        assert!(
+            !report.plan.assignments.is_empty() && report.lanes == 2,
+            "the three survivors still run two chains (one is left out)"
+        );
+        if report.position.is_some() {
+            planned += 1;
+            assert_eq!(report.steps, steps, "node {i} trained every step");
+        }
+    }
+    assert_eq!(planned, 2, "two survivors hold the model, one chain each");
+    for (_, net) in &nodes {
+        net.shutdown().await;
+    }
 }

@@ -30,7 +30,7 @@ use crate::net::{Network, link_stats};
 use crate::shard::capacity::Capacity;
 
 use super::members::{candidates, plan_input, probe_links, running_leader};
-use super::notice::{PlanNotice, check_notice, report_broken, send_notice};
+use super::notice::{PlanNotice, check_notice, report_broken, send_notice, send_parts};
 
 /// Wait before counting the members left after a failure.
 const REPLAN_GRACE: Duration = Duration::from_millis(1000);
@@ -170,9 +170,11 @@ pub(crate) async fn replan(
         .filter(|p| p.connected)
         .map(|p| p.peer_id.to_string())
         .collect();
+    // Members the previous plan left out have stopped: they are no longer candidates.
     let mut survivors: Vec<String> = previous
         .members
         .iter()
+        .filter(|m| previous.is_planned(m))
         .filter(|m| **m == me.to_string() || connected.contains(m))
         .cloned()
         .collect();
@@ -199,6 +201,23 @@ pub(crate) async fn replan(
         notice.resume_step = replicas.common_step(&previous.ranges());
         notice.previous_ranges = previous.ranges();
         send_notice(net, config, &notice).await?;
+        // Members of other chains got this chain's snapshots only best-effort: send them the
+        // ones at the resume step. A member that cannot take them is gone and breaks the new
+        // plan in turn.
+        let own_chain = match previous.seat(&me.to_string()) {
+            Some(seat) => previous.chain(seat.lane)?,
+            None => Vec::new(),
+        };
+        for member in &notice.members {
+            let in_own_chain = member.parse().is_ok_and(|p: PeerId| own_chain.contains(&p));
+            if in_own_chain || *member == me.to_string() {
+                continue;
+            }
+            if let Err(err) = send_parts(net, config, &notice, previous, replicas, &[member]).await
+            {
+                tracing::warn!(%member, %err, "snapshots for the new plan not delivered");
+            }
+        }
         return Ok(notice);
     }
     if let Err(err) = report_broken(net, config, previous.epoch, leader).await {
@@ -225,8 +244,11 @@ async fn wait_for_notice(
                 waited: config.form_timeout,
             });
         };
-        if message.header.epoch < epoch || message.header.body == PipeBody::Probe {
-            continue; // left over from an epoch that is over, or a link probe
+        let snapshot = matches!(message.header.body, PipeBody::Replica { .. });
+        if (message.header.epoch < epoch && !snapshot) || message.header.body == PipeBody::Probe {
+            // Left over from an epoch that is over, or a link probe. Snapshots of the epoch
+            // that broke are kept: the new ranges may be built from them.
+            continue;
         }
         if message.header.body != PipeBody::Plan {
             if early.len() >= 256 {

@@ -1,11 +1,9 @@
-//! The pipeline's inbound and outbound sides.
+//! The pipeline's inbound side (the outbound one is [`super::outbox`]).
 //!
 //! [`Mailbox`] subscribes to the activation, gradient and control stream protocols, decodes and
 //! validates each header (a malformed one is logged and scored against its sender, never passed
 //! on), drops other runs' messages, and hands the rest to the stage in arrival order through one
-//! bounded channel. [`Outbox`] sends each payload as its own task, at most `max_in_flight` at
-//! once, retries transient failures a few times (so a receiver may see a message twice and
-//! must ignore repeats), and surfaces the first lasting failure.
+//! bounded channel.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -14,18 +12,12 @@ use libp2p::PeerId;
 use murmur_protocol::RunId;
 use murmur_protocol::pipeline::PipeHeader;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 
 use super::PipelineError;
 use crate::net::{IncomingPayload, Network, PayloadKind};
 
 /// Misbehaviour points for a malformed pipeline header.
 const MALFORMED_POINTS: u32 = 10;
-
-/// Further attempts after a transient send failure.
-const SEND_RETRIES: u32 = 3;
-/// Wait before the first retry (doubling, tripling… after).
-const RETRY_BACKOFF: Duration = Duration::from_millis(100);
 
 /// A decoded pipeline message.
 #[derive(Debug)]
@@ -113,113 +105,4 @@ async fn forward(
             return;
         }
     }
-}
-
-/// Whether the run depends on a send arriving.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Delivery {
-    /// A lasting failure fails the run (a neighbour is gone).
-    Required,
-    /// A lasting failure is logged (e.g. a snapshot for a peer of another chain, which may
-    /// have finished its steps).
-    BestEffort,
-}
-
-/// Bounded concurrent sends to neighbours.
-#[derive(Debug)]
-pub(crate) struct Outbox {
-    net: Network,
-    sends: JoinSet<Result<(), PipelineError>>,
-    max_in_flight: usize,
-}
-
-impl Outbox {
-    /// Sends over `net`, at most `max_in_flight` at once.
-    pub(crate) fn new(net: Network, max_in_flight: usize) -> Self {
-        Self {
-            net,
-            sends: JoinSet::new(),
-            max_in_flight: max_in_flight.max(1),
-        }
-    }
-
-    /// Queues a required send (see [`send_as`](Self::send_as)).
-    pub(crate) async fn send(
-        &mut self,
-        peer: PeerId,
-        kind: PayloadKind,
-        header: &PipeHeader,
-        payload: Vec<u8>,
-    ) -> Result<(), PipelineError> {
-        self.send_as(peer, kind, header, payload, Delivery::Required)
-            .await
-    }
-
-    /// Queues a send of the given [`Delivery`] (waits while `max_in_flight` are running);
-    /// errors with the first failed earlier send that was required.
-    pub(crate) async fn send_as(
-        &mut self,
-        peer: PeerId,
-        kind: PayloadKind,
-        header: &PipeHeader,
-        payload: Vec<u8>,
-        delivery: Delivery,
-    ) -> Result<(), PipelineError> {
-        let header = header
-            .to_bytes()
-            .map_err(|e| PipelineError::Protocol(e.to_string()))?;
-        self.reap()?;
-        while self.sends.len() >= self.max_in_flight {
-            if let Some(done) = self.sends.join_next().await {
-                flatten(done)?;
-            }
-        }
-        let net = self.net.clone();
-        self.sends.spawn(async move {
-            let mut attempt = 0;
-            loop {
-                match net.send_payload(peer, kind, &header, &payload).await {
-                    Ok(_) => return Ok(()),
-                    Err(error) if error.is_transient() && attempt < SEND_RETRIES => {
-                        attempt += 1;
-                        tracing::debug!(%peer, %error, attempt, "pipeline send retried");
-                        tokio::time::sleep(RETRY_BACKOFF * attempt).await;
-                    }
-                    Err(error) if delivery == Delivery::Required => {
-                        return Err(PipelineError::Send {
-                            peer,
-                            error: Box::new(error),
-                        });
-                    }
-                    Err(error) => {
-                        tracing::info!(%peer, %error, "best-effort pipeline send dropped");
-                        return Ok(());
-                    }
-                }
-            }
-        });
-        Ok(())
-    }
-
-    /// Collects finished sends; errors with the first failure.
-    pub(crate) fn reap(&mut self) -> Result<(), PipelineError> {
-        while let Some(done) = self.sends.try_join_next() {
-            flatten(done)?;
-        }
-        Ok(())
-    }
-
-    /// Waits for every queued send.
-    pub(crate) async fn flush(&mut self) -> Result<(), PipelineError> {
-        while let Some(done) = self.sends.join_next().await {
-            flatten(done)?;
-        }
-        Ok(())
-    }
-}
-
-fn flatten(
-    done: Result<Result<(), PipelineError>, tokio::task::JoinError>,
-) -> Result<(), PipelineError> {
-    done.map_err(|e| PipelineError::Compute(format!("send task failed: {e}")))?
 }

@@ -12,7 +12,8 @@
 //! - [`replicas`]: snapshots of every range, so a range survives its holder;
 //! - [`averaging`]: with several chains (data-parallel replicas of the pipeline), the holders
 //!   of a range keep their copies in agreement by gossip averaging;
-//! - [`mailbox`]: decoded inbound pipeline messages and bounded outbound sends;
+//! - [`mailbox`]: decoded inbound pipeline messages; [`outbox`]: bounded outbound sends, with
+//!   a pool of their own for best-effort ones;
 //! - `session`: [`run`], the whole of it for one node;
 //! - [`compute`]: the shard's compute thread; [`tensor`]: tensors on the wire.
 
@@ -22,6 +23,7 @@ pub mod form;
 mod mailbox;
 mod members;
 pub mod notice;
+mod outbox;
 mod replicas;
 mod session;
 mod stage;
@@ -200,6 +202,8 @@ impl PipelineError {
 pub struct StageProgress {
     /// This node's position in the chain.
     pub position: usize,
+    /// The chain (data-parallel replica) it runs in.
+    pub lane: usize,
     /// The stages it holds.
     pub range: Option<Range<usize>>,
     /// Steps completed (committed) by this shard.

@@ -324,8 +324,7 @@ pub fn decode_notice(bytes: &[u8]) -> Result<PlanNotice, PipelineError> {
 }
 
 /// Sends the notice of a re-balanced plan to its members, and to members new to the pipeline
-/// the snapshots (at the notice's resume step) of every range of `old_ranges`, which they
-/// build their ranges from.
+/// the snapshots they build their ranges from (see [`send_parts`]).
 pub(crate) async fn announce_rebalance(
     net: &Network,
     config: &PipelineConfig,
@@ -334,15 +333,31 @@ pub(crate) async fn announce_rebalance(
     replicas: &Replicas,
 ) -> Result<(), PipelineError> {
     send_notice(net, config, notice).await?;
+    let joiners: Vec<&String> = notice
+        .members
+        .iter()
+        .filter(|m| !previous.members.contains(m))
+        .collect();
+    send_parts(net, config, notice, previous, replicas, &joiners).await
+}
+
+/// Sends each of `recipients` that `notice` plans the snapshots (at the notice's resume step)
+/// of every range of the `previous` plan, which it builds its new range from: members new to
+/// the pipeline hold none, and members of other chains hold them only if best-effort sends got
+/// through. Nothing to send when the notice starts from the initial model.
+pub(crate) async fn send_parts(
+    net: &Network,
+    config: &PipelineConfig,
+    notice: &PlanNotice,
+    previous: &PlanNotice,
+    replicas: &Replicas,
+    recipients: &[&String],
+) -> Result<(), PipelineError> {
     if notice.resume_step == 0 {
         return Ok(());
     }
     let old = previous.ranges();
-    for joiner in notice
-        .members
-        .iter()
-        .filter(|m| !previous.members.contains(m) && notice.is_planned(m))
-    {
+    for member in recipients.iter().filter(|m| notice.is_planned(m)) {
         for range in &old {
             let part = replicas.parts(std::slice::from_ref(range), range, notice.resume_step)?;
             for state in part {
@@ -352,7 +367,7 @@ pub(crate) async fn announce_rebalance(
                     end: range.end as u32,
                 };
                 let header = control_header(config, notice.epoch, notice.resume_step, body)?;
-                send_control(net, joiner, &header, &bytes).await?;
+                send_control(net, member, &header, &bytes).await?;
             }
         }
     }

@@ -26,7 +26,8 @@ mod lead;
 
 use super::averaging::RangeAveraging;
 use super::compute::Compute;
-use super::mailbox::{Delivery, Inbound, Mailbox, Outbox};
+use super::mailbox::{Inbound, Mailbox};
+use super::outbox::{Delivery, Outbox};
 use super::replicas::{self, Replicas};
 use super::{PipelineConfig, PipelineError, StageProgress, tensor};
 use crate::net::{Network, PayloadKind};
@@ -136,8 +137,13 @@ pub(crate) async fn run(
     let mut stage = Stage {
         mailbox,
         // Receivers drop streams beyond their per-protocol limit rather than queue them, so
-        // never have more in flight than a peer with default limits accepts.
-        outbox: Outbox::new(net.clone(), net.limits().max_inbound_transfers),
+        // never have more in flight than a peer with default limits accepts. A neighbour that
+        // cannot take a send within the deadline is as gone as one that sends nothing.
+        outbox: Outbox::new(
+            net.clone(),
+            net.limits().max_inbound_transfers,
+            config.peer_deadline,
+        ),
         config,
         position,
         compute,
@@ -235,6 +241,7 @@ impl Stage<'_> {
         }
         self.progress.send_replace(StageProgress {
             position: self.position.index,
+            lane: self.position.lane,
             range: Some(self.position.range.clone()),
             step,
             loss,
@@ -380,15 +387,17 @@ impl Stage<'_> {
         let wait = self.config.peer_deadline;
         let deadline = Instant::now() + wait;
         loop {
-            // Poll in short slices so a failed send surfaces at once, not after the deadline.
+            // Poll in short slices so a failed send surfaces at once, not after the deadline;
+            // check the deadline every time, as other peers' messages (snapshots) may keep
+            // arriving while the awaited neighbour stays silent.
             self.outbox.reap()?;
+            if Instant::now() >= deadline {
+                return Err(PipelineError::PeerSilent {
+                    peer: waiting_on.unwrap_or(self.position.chain[0]),
+                    waited: wait,
+                });
+            }
             let Some(message) = self.mailbox.recv(POLL).await else {
-                if Instant::now() >= deadline {
-                    return Err(PipelineError::PeerSilent {
-                        peer: waiting_on.unwrap_or(self.position.chain[0]),
-                        waited: wait,
-                    });
-                }
                 continue;
             };
             let h = &message.header;
