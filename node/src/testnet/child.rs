@@ -105,6 +105,11 @@ impl ChildProc {
         let _ = self.child.kill().await;
     }
 
+    /// The child's exit status, once it has exited.
+    pub(crate) fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Waits up to `limit` for the child to exit, then kills it. Returns whether it exited
     /// by itself.
     pub(crate) async fn wait_or_kill(&mut self, limit: Duration) -> bool {

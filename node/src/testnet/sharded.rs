@@ -2,11 +2,16 @@
 //! node processes, each emulating a device `--slowdown` times slower, with the plan, live
 //! per-stage utilisation, and a final JSON line comparing the measured throughput of the
 //! capacity-aware plan with an even split (`--compare-even`) and with the ideal bound.
+//! `--churn SECS` kills one random node (kill -9, no restart) after that many seconds: the
+//! others re-plan without it. A node that exits without a report is counted as lost, not
+//! waited for.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -16,6 +21,11 @@ use crate::shard::pipeline::{PipelineReport, Placement};
 
 /// Default optimisation steps of a sharded testnet run.
 const DEFAULT_STEPS: u64 = 24;
+/// How long a node that exited may take to deliver its last lines before it counts as lost.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+/// The nodes' `--peer-deadline` (seconds) when `--churn` kills one: on loopback a silent
+/// neighbour is gone long before the default deadline, meant for the internet.
+const CHURN_PEER_DEADLINE: &str = "5";
 
 /// What one pipeline run measured.
 #[derive(Debug)]
@@ -32,6 +42,8 @@ struct Measured {
     /// FLOPs over its compute time), when the run was never re-planned.
     observed_ideal_samples_per_sec: Option<f64>,
     final_loss: Option<f32>,
+    /// Nodes that exited without a report (killed by `--churn`, or crashed).
+    lost: Vec<usize>,
 }
 
 /// Runs the sharded testnet (once, or capacity-aware then even with `--compare-even`).
@@ -92,6 +104,9 @@ fn node_args(
         "--pipeline-replicas".into(),
         args.replicas.to_string(),
     ]);
+    if args.churn.is_some() {
+        a.extend(["--peer-deadline".into(), CHURN_PEER_DEADLINE.into()]);
+    }
     a
 }
 
@@ -125,6 +140,11 @@ async fn run_once(
     let deadline = started + Duration::from_secs(args.timeout);
     let mut stages: Vec<Value> = vec![Value::Null; n];
     let mut finals: BTreeMap<usize, Value> = BTreeMap::new();
+    let mut exited: BTreeMap<usize, Instant> = BTreeMap::new();
+    let mut kill_at = args
+        .churn
+        .map(|secs| started + Duration::from_secs_f64(secs.max(0.5)));
+    let mut rng = StdRng::seed_from_u64(args.seed);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     while finals.len() < n && Instant::now() < deadline {
         tokio::select! {
@@ -141,7 +161,28 @@ async fn run_once(
                     _ => {}
                 }
             }
-            _ = tick.tick() => render(args, &stages, started.elapsed()),
+            _ = tick.tick() => {
+                render(args, &stages, started.elapsed());
+                if kill_at.is_some_and(|at| Instant::now() >= at) {
+                    kill_at = None;
+                    let victim = rng.random_range(0..n);
+                    if let (Some(proc_), false) = (children.get_mut(&victim), finals.contains_key(&victim)) {
+                        proc_.kill().await;
+                        println!("testnet: churn — killed node {victim} (kill -9); the others re-plan without it");
+                    }
+                }
+                for (i, proc_) in children.iter_mut() {
+                    if finals.contains_key(i) {
+                        continue;
+                    }
+                    let Some(status) = proc_.exit_status() else { continue };
+                    let since = *exited.entry(*i).or_insert_with(Instant::now);
+                    if since.elapsed() >= EXIT_GRACE {
+                        println!("testnet: node {i} exited ({status}) without a report");
+                        finals.insert(*i, json!({ "event": "final", "lost": status.to_string() }));
+                    }
+                }
+            }
         }
     }
     for proc_ in children.values_mut() {
@@ -154,6 +195,7 @@ async fn run_once(
     bootstrap.kill().await;
     render(args, &stages, started.elapsed());
     let mut reports: Vec<PipelineReport> = Vec::new();
+    let mut lost = Vec::new();
     for i in 0..n {
         let Some(value) = finals.get(&i) else {
             bail!(
@@ -161,6 +203,11 @@ async fn run_once(
                 args.timeout
             );
         };
+        if value.get("lost").is_some() {
+            println!("testnet: node {i} (×{}): lost", args.slowdown[i]);
+            lost.push(i);
+            continue;
+        }
         if let Some(err) = value.get("error").and_then(Value::as_str) {
             bail!("node {i} failed: {err}");
         }
@@ -195,10 +242,17 @@ async fn run_once(
         );
         reports.push(report);
     }
-    measure(placement, reports)
+    if reports.is_empty() {
+        bail!("every node was lost");
+    }
+    measure(placement, reports, lost)
 }
 
-fn measure(placement: Placement, reports: Vec<PipelineReport>) -> anyhow::Result<Measured> {
+fn measure(
+    placement: Placement,
+    reports: Vec<PipelineReport>,
+    lost: Vec<usize>,
+) -> anyhow::Result<Measured> {
     let lanes = reports.iter().map(|r| r.lanes).max().unwrap_or(1).max(1);
     let (mut samples_per_sec, mut steady_samples_per_sec) = (0.0, 0.0);
     let (mut observed, mut total_flops) = (0.0, 0.0);
@@ -237,6 +291,7 @@ fn measure(placement: Placement, reports: Vec<PipelineReport>) -> anyhow::Result
         observed_ideal_samples_per_sec,
         final_loss,
         reports,
+        lost,
     })
 }
 
@@ -328,6 +383,7 @@ fn summarise(args: &TestnetArgs, runs: &[Measured]) -> anyhow::Result<()> {
                     "peer": a.peer, "start": a.start, "end": a.end,
                 })).collect::<Vec<_>>(),
                 "final_loss": run.final_loss,
+                "lost_nodes": run.lost,
                 "losses": run.reports.iter().find(|r| r.position == Some(0)).map(|r| r.losses.clone()),
             }),
         );
@@ -346,7 +402,13 @@ fn summarise(args: &TestnetArgs, runs: &[Measured]) -> anyhow::Result<()> {
         out.insert("speedup_vs_even".into(), json!(speedup));
         out.insert("steady_speedup_vs_even".into(), json!(steady));
     }
-    if let (Some(run), Some(ideal)) = (runs.first(), ideal) {
+    let replanned = runs
+        .first()
+        .is_some_and(|run| run.reports.iter().any(|r| r.replans > 0));
+    if replanned {
+        // Throughput spans several plans (and members): no one bound to compare it with.
+        println!("testnet: the plan changed during the run; no fraction of the ideal bound");
+    } else if let (Some(run), Some(ideal)) = (runs.first(), ideal) {
         let bound = "the ideal bound".to_string();
         fraction_of(&mut out, run, ideal, &bound, "steady_fraction_of_ideal");
         // The same bound from the capacities the shards showed while training: the part of

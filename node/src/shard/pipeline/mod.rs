@@ -212,7 +212,8 @@ pub struct StageProgress {
     pub loss: Option<f32>,
     /// Compute time so far, seconds (slowdown included).
     pub busy_secs: f64,
-    /// Time since this shard's first step began, seconds.
+    /// Time spent running a shard since its first step began (every plan epoch, not the
+    /// waits between them), seconds.
     pub elapsed_secs: f64,
 }
 

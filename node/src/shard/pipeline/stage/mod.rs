@@ -70,6 +70,8 @@ pub(crate) struct StageOutcome {
     pub steps: u64,
     /// Compute time, seconds (slowdown included).
     pub busy_secs: f64,
+    /// Time spent running a shard (every epoch), seconds.
+    pub elapsed_secs: f64,
     /// Loss of steps `first_loss_step..` while this node held the first shard, the latest
     /// contiguous stretch (repeated steps overwrite).
     pub losses: Vec<f32>,
@@ -151,6 +153,7 @@ pub(crate) async fn run(
         last,
         started: Instant::now(),
         busy_before: outcome.busy_secs,
+        elapsed_before: outcome.elapsed_secs,
         outcome,
         replicas,
         resume: resume.step,
@@ -171,6 +174,7 @@ pub(crate) async fn run(
         stage.outcome.final_params = stage.compute.call(|s| s.params()).await??;
     }
     stage.outcome.busy_secs = stage.busy_before + stage.compute.busy().as_secs_f64();
+    stage.outcome.elapsed_secs = stage.elapsed_before + stage.started.elapsed().as_secs_f64();
     result
 }
 
@@ -184,6 +188,7 @@ struct Stage<'a> {
     last: bool,
     started: Instant,
     busy_before: f64,
+    elapsed_before: f64,
     outcome: &'a mut StageOutcome,
     replicas: &'a mut Replicas,
     resume: u64,
@@ -246,7 +251,7 @@ impl Stage<'_> {
             step,
             loss,
             busy_secs: self.busy_before + self.compute.busy().as_secs_f64(),
-            elapsed_secs: self.started.elapsed().as_secs_f64(),
+            elapsed_secs: self.elapsed_before + self.started.elapsed().as_secs_f64(),
         });
     }
 
