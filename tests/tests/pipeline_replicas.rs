@@ -114,22 +114,25 @@ async fn replicas_without_averaging_drift_apart() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_lost_in_one_chain_is_replanned_by_a_member_of_the_other() {
-    let nodes = nodes(18, 4).await;
-    // Enough steps (slowed by sleeping, so no more CPU) that the healthy chain is still
-    // training when the break reaches it: here about 5 s after the kill (the peer deadline, the
-    // re-plan grace, the report) against about 12 s for its 250 steps.
-    let steps = 250;
+/// Four nodes from identity `first` on, started as two chains of two running `steps` steps
+/// (slowed `slowdown`×, neighbour deadline `deadline`), with their progress.
+type Started = (
+    Vec<(net_common::Identity, murmur_node::net::Network)>,
+    Vec<tokio::task::JoinHandle<Result<PipelineReport, pipeline::PipelineError>>>,
+    Vec<watch::Receiver<StageProgress>>,
+);
+
+async fn start_two_chains(first: u8, steps: u64, slowdown: f64, deadline: Duration) -> Started {
+    let nodes = nodes(first, 4).await;
     let mut handles = Vec::new();
     let mut progress = Vec::new();
     for (id, net) in &nodes {
-        let mut c = config(steps, Placement::Even, 4.0);
+        let mut c = config(steps, Placement::Even, slowdown);
         c.members = 4;
         c.replicas = 2;
         c.average_every = 4;
         c.replicate_every = 2;
-        c.peer_deadline = Duration::from_secs(3);
+        c.peer_deadline = deadline;
         let (tx, rx) = watch::channel(StageProgress::default());
         progress.push(rx);
         handles.push(tokio::spawn(pipeline::run(
@@ -139,8 +142,14 @@ async fn a_member_lost_in_one_chain_is_replanned_by_a_member_of_the_other() {
             tx,
         )));
     }
-    // The member that re-plans is the lowest surviving peer id; kill the second shard of the
-    // *other* chain, whose survivor must tell it (no one in its own chain notices).
+    (nodes, handles, progress)
+}
+
+/// Once every shard has committed a few steps, kills the second shard of the chain without
+/// the lowest peer id (the member that re-plans is the lowest surviving one, so no one in
+/// the broken chain's own chain notices for it); returns its index.
+async fn kill_in_other_chain(started: &mut Started) -> usize {
+    let (nodes, handles, progress) = started;
     let ids: Vec<String> = nodes
         .iter()
         .map(|(_, net)| net.local_peer_id().to_string())
@@ -161,8 +170,19 @@ async fn a_member_lost_in_one_chain_is_replanned_by_a_member_of_the_other() {
     .expect("both chains make progress");
     handles[victim].abort();
     nodes[victim].1.shutdown().await;
-    let victim_id = &ids[victim];
+    victim
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_lost_in_one_chain_is_replanned_by_a_member_of_the_other() {
+    // Enough steps (slowed by sleeping, so no more CPU) that the healthy chain is still
+    // training when the break reaches it: here about 4 s after the kill (the peer deadline, the
+    // re-plan grace, the report) against about 12 s for its 250 steps.
+    let steps = 250;
+    let mut started = start_two_chains(18, steps, 4.0, Duration::from_secs(3)).await;
+    let victim = kill_in_other_chain(&mut started).await;
+    let (nodes, handles, _) = started;
+    let victim_id = nodes[victim].1.local_peer_id().to_string();
     let mut planned = 0;
     for (i, handle) in handles.into_iter().enumerate() {
         if i == victim {
@@ -178,7 +198,7 @@ async fn a_member_lost_in_one_chain_is_replanned_by_a_member_of_the_other() {
             (2, 1),
             "node {i}: one re-plan, to epoch 2"
         );
-        assert!(report.plan.assignments.iter().all(|a| &a.peer != victim_id));
+        assert!(report.plan.assignments.iter().all(|a| a.peer != victim_id));
         assert!(
             !report.plan.assignments.is_empty() && report.lanes == 2,
             "the three survivors still run two chains (one is left out)"
@@ -189,6 +209,50 @@ async fn a_member_lost_in_one_chain_is_replanned_by_a_member_of_the_other() {
         }
     }
     assert_eq!(planned, 2, "two survivors hold the model, one chain each");
+    for (_, net) in &nodes {
+        net.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_chain_whose_peers_have_finished_goes_on_alone() {
+    // The healthy chain finishes its 60 steps (about 2 s) long before the survivor's 6 s
+    // deadline expires: the members it would report to have announced that their part is over.
+    let steps = 60;
+    let mut started = start_two_chains(22, steps, 1.0, Duration::from_secs(6)).await;
+    let victim = kill_in_other_chain(&mut started).await;
+    let (nodes, handles, _) = started;
+    let mut alone = 0;
+    for (i, handle) in handles.into_iter().enumerate() {
+        if i == victim {
+            continue;
+        }
+        let report = tokio::time::timeout(Duration::from_secs(45), handle)
+            .await
+            .expect("survivors finish within 45 s")
+            .expect("task joins")
+            .expect("every survivor finishes");
+        assert_eq!(report.steps, steps, "node {i} trained every step");
+        match report.epoch {
+            1 => assert_eq!(
+                (report.replans, report.lanes),
+                (0, 2),
+                "node {i}: healthy chain"
+            ),
+            2 => {
+                alone += 1;
+                assert_eq!(report.replans, 1);
+                assert_eq!(report.lanes, 1, "the survivor holds the whole model alone");
+                assert_eq!(report.plan.assignments.len(), 1);
+                assert_eq!(report.position, Some(0));
+            }
+            epoch => panic!("node {i}: unexpected epoch {epoch}"),
+        }
+    }
+    assert_eq!(
+        alone, 1,
+        "the broken chain's survivor re-planned on its own"
+    );
     for (_, net) in &nodes {
         net.shutdown().await;
     }

@@ -29,14 +29,17 @@ use super::{PipelineConfig, PipelineError};
 use crate::net::{Network, link_stats};
 use crate::shard::capacity::Capacity;
 
-use super::members::{candidates, plan_input, probe_links, running_leader};
+use super::members::{
+    FINISHED_EPOCH, candidates, has_finished, plan_input, probe_links, running_leader,
+};
 use super::notice::{PlanNotice, check_notice, report_broken, send_notice, send_parts};
 
 /// Wait before counting the members left after a failure.
 const REPLAN_GRACE: Duration = Duration::from_millis(1000);
 
 /// Announces the latest `capacity` and this node's measured links for the run twice a
-/// second until `cancel` fires.
+/// second until `cancel` fires, then once more with [`FINISHED_EPOCH`]: this node's part of the
+/// run is over.
 pub fn spawn_announcer(
     net: Network,
     signing: SigningKey,
@@ -48,9 +51,10 @@ pub fn spawn_announcer(
     let (run, model, device) = (config.run, config.model, config.device_name.clone());
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
+        let mut finished = false;
+        while !finished {
             tokio::select! {
-                _ = cancel.cancelled() => return,
+                _ = cancel.cancelled() => finished = true,
                 _ = tick.tick() => {}
             }
             let listen_addrs = match net.listen_addrs().await {
@@ -79,8 +83,13 @@ pub fn spawn_announcer(
                     links,
                 },
                 // The plan epoch this node runs (0 while forming): newcomers that see a running
-                // pipeline wait for the next plan instead of forming one.
-                round: *epoch.borrow(),
+                // pipeline wait for the next plan instead of forming one. Once cancelled, one
+                // last announcement says this node's part is over.
+                round: if finished {
+                    FINISHED_EPOCH
+                } else {
+                    *epoch.borrow()
+                },
                 listen_addrs,
                 timestamp_ms: crate::net::now_ms(),
             });
@@ -163,11 +172,13 @@ pub(crate) async fn replan(
     let epoch = previous.epoch + 1;
     // Let the transport notice departed peers before counting who is left.
     tokio::time::sleep(REPLAN_GRACE).await;
+    // Connected members still in the run: one whose part is over (it finished its steps in a
+    // healthy chain before this break was reported) would never act on a new plan.
     let connected: Vec<String> = net
         .peers()
         .await?
         .into_iter()
-        .filter(|p| p.connected)
+        .filter(|p| p.connected && !has_finished(p))
         .map(|p| p.peer_id.to_string())
         .collect();
     // Members the previous plan left out have stopped: they are no longer candidates.

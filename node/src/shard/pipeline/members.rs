@@ -17,6 +17,17 @@ pub(super) const DEFAULT_LINK: LinkSpec = LinkSpec {
     rtt_secs: 0.001,
 };
 
+/// The plan epoch a member announces once its part of the run is over (done, failed or left
+/// out): it is no longer a candidate for a plan, a re-plan or a plan issuer.
+pub(crate) const FINISHED_EPOCH: u64 = u64::MAX;
+
+/// Whether `peer`'s latest announcement says its part of the run is over.
+pub(super) fn has_finished(peer: &PeerInfo) -> bool {
+    peer.announcement
+        .as_ref()
+        .is_some_and(|a| a.round == FINISHED_EPOCH)
+}
+
 /// The lowest-id member of a pipeline of this run that is already running (announcing a plan
 /// epoch), if any.
 pub(super) fn running_leader(peers: &[PeerInfo], config: &PipelineConfig) -> Option<PeerId> {
@@ -24,9 +35,12 @@ pub(super) fn running_leader(peers: &[PeerInfo], config: &PipelineConfig) -> Opt
         .iter()
         .filter(|p| p.connected)
         .filter(|p| {
-            p.announcement
-                .as_ref()
-                .is_some_and(|a| a.run == config.run && a.model == config.model && a.round > 0)
+            p.announcement.as_ref().is_some_and(|a| {
+                a.run == config.run
+                    && a.model == config.model
+                    && a.round > 0
+                    && a.round != FINISHED_EPOCH
+            })
         })
         .map(|p| p.peer_id)
         .min_by_key(|p| p.to_string())
@@ -82,6 +96,7 @@ pub(super) fn candidates(peers: &[PeerInfo], config: &PipelineConfig) -> Vec<(Pe
             let a = p.announcement.as_ref()?;
             let usable = a.run == config.run
                 && a.model == config.model
+                && a.round != FINISHED_EPOCH
                 && a.capacity.flops_per_sec.is_finite()
                 && a.capacity.flops_per_sec > 0.0
                 && a.capacity.memory_bytes > 0;
