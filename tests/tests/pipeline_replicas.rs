@@ -1,6 +1,6 @@
 //! Data-parallel replicas of a pipeline: four in-process nodes as two chains of two, whose
-//! range holders keep their copies in agreement by gossip averaging, and which re-plan together
-//! when one chain loses a member (its own test binary, so its nodes do not load the machine
+//! range holders keep their copies in agreement by gossip averaging, which re-plan together
+//! when one chain loses a member and grow when members join (its own test binary, so its nodes do not load the machine
 //! while the other pipeline tests time their steps).
 
 #[path = "net_common/mod.rs"]
@@ -253,6 +253,76 @@ async fn a_broken_chain_whose_peers_have_finished_goes_on_alone() {
         alone, 1,
         "the broken chain's survivor re-planned on its own"
     );
+    for (_, net) in &nodes {
+        net.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_that_join_two_chains_lengthen_them() {
+    let nodes = nodes(26, 6).await;
+    // Slowed by sleeping (no more CPU) so the chains still train when the joiners are seen:
+    // the issuer looks every 2 s.
+    let steps = 100;
+    let config = || {
+        let mut c = config(steps, Placement::CapacityAware, 4.0);
+        c.spec = spec_with_layers(6);
+        c.members = 4;
+        c.replicas = 2;
+        c.average_every = 4;
+        c.replicate_every = 2;
+        c.peer_deadline = Duration::from_secs(10);
+        c
+    };
+    let start = |(id, net): &(net_common::Identity, murmur_node::net::Network)| {
+        let (tx, rx) = watch::channel(StageProgress::default());
+        let handle = tokio::spawn(pipeline::run(net.clone(), id.signing.clone(), config(), tx));
+        (handle, rx)
+    };
+    let (mut handles, progress): (Vec<_>, Vec<_>) = nodes[..4].iter().map(start).unzip();
+    // The joiners start once the chains train and announce their plan epoch to them (a
+    // newcomer that sees a running pipeline waits to be planned in instead of forming one).
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let training = progress.iter().all(|p| p.borrow().step >= 4);
+            let peers = nodes[4].1.peers().await.expect("network runs");
+            let running = peers
+                .iter()
+                .any(|p| p.announcement.as_ref().is_some_and(|a| a.round == 1));
+            if training && running {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("two chains of two train");
+    handles.extend(nodes[4..].iter().map(|n| start(n).0));
+
+    let mut reports = Vec::new();
+    for (i, handle) in handles.into_iter().enumerate() {
+        let report = tokio::time::timeout(Duration::from_secs(50), handle)
+            .await
+            .expect("every node finishes within 50 s")
+            .expect("task joins")
+            .unwrap_or_else(|e| panic!("node {i} failed: {e}"));
+        reports.push(report);
+    }
+    for (i, r) in reports.iter().enumerate() {
+        assert_eq!(r.steps, steps, "node {i} trained every step");
+        assert_eq!(
+            (r.epoch, r.lanes),
+            (2, 2),
+            "node {i}: one re-plan, two chains"
+        );
+        assert_eq!(r.plan.assignments.len(), 3, "chains of three");
+    }
+    let mut seats: Vec<(usize, usize)> = reports
+        .iter()
+        .map(|r| (r.lane.expect("planned"), r.position.expect("planned")))
+        .collect();
+    seats.sort();
+    assert_eq!(seats, vec![(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]);
     for (_, net) in &nodes {
         net.shutdown().await;
     }

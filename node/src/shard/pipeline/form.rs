@@ -32,7 +32,9 @@ use crate::shard::capacity::Capacity;
 use super::members::{
     FINISHED_EPOCH, candidates, has_finished, plan_input, probe_links, running_leader,
 };
-use super::notice::{PlanNotice, check_notice, report_broken, send_notice, send_parts};
+use super::notice::{
+    PlanNotice, check_notice, report_broken, send_notice, send_parts_beyond_own_chain,
+};
 
 /// Wait before counting the members left after a failure.
 const REPLAN_GRACE: Duration = Duration::from_millis(1000);
@@ -212,23 +214,8 @@ pub(crate) async fn replan(
         notice.resume_step = replicas.common_step(&previous.ranges());
         notice.previous_ranges = previous.ranges();
         send_notice(net, config, &notice).await?;
-        // Members of other chains got this chain's snapshots only best-effort: send them the
-        // ones at the resume step. A member that cannot take them is gone and breaks the new
-        // plan in turn.
-        let own_chain = match previous.seat(&me.to_string()) {
-            Some(seat) => previous.chain(seat.lane)?,
-            None => Vec::new(),
-        };
-        for member in &notice.members {
-            let in_own_chain = member.parse().is_ok_and(|p: PeerId| own_chain.contains(&p));
-            if in_own_chain || *member == me.to_string() {
-                continue;
-            }
-            if let Err(err) = send_parts(net, config, &notice, previous, replicas, &[member]).await
-            {
-                tracing::warn!(%member, %err, "snapshots for the new plan not delivered");
-            }
-        }
+        // Members of other chains got this chain's snapshots only best effort.
+        send_parts_beyond_own_chain(net, config, &notice, previous, replicas).await?;
         return Ok(notice);
     }
     if let Err(err) = report_broken(net, config, previous.epoch, leader).await {

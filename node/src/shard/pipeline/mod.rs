@@ -10,6 +10,7 @@
 //! - [`notice`]: the plan notice, its encoding and checks; `members`: candidates, link
 //!   probes and the planner's input;
 //! - [`replicas`]: snapshots of every range, so a range survives its holder;
+//! - [`rebalance`]: the plan issuer's watch for joins and capacity drift;
 //! - [`averaging`]: with several chains (data-parallel replicas of the pipeline), the holders
 //!   of a range keep their copies in agreement by gossip averaging;
 //! - [`mailbox`]: decoded inbound pipeline messages; [`outbox`]: bounded outbound sends, with
@@ -24,6 +25,7 @@ mod mailbox;
 mod members;
 pub mod notice;
 mod outbox;
+mod rebalance;
 mod replicas;
 mod session;
 mod stage;

@@ -323,8 +323,8 @@ pub fn decode_notice(bytes: &[u8]) -> Result<PlanNotice, PipelineError> {
     Ok(notice)
 }
 
-/// Sends the notice of a re-balanced plan to its members, and to members new to the pipeline
-/// the snapshots they build their ranges from (see [`send_parts`]).
+/// Sends the notice of a re-balanced plan to its members, and the snapshots they build their
+/// ranges from to those outside this node's chain (see [`send_parts_beyond_own_chain`]).
 pub(crate) async fn announce_rebalance(
     net: &Network,
     config: &PipelineConfig,
@@ -333,41 +333,56 @@ pub(crate) async fn announce_rebalance(
     replicas: &Replicas,
 ) -> Result<(), PipelineError> {
     send_notice(net, config, notice).await?;
-    let joiners: Vec<&String> = notice
-        .members
-        .iter()
-        .filter(|m| !previous.members.contains(m))
-        .collect();
-    send_parts(net, config, notice, previous, replicas, &joiners).await
+    send_parts_beyond_own_chain(net, config, notice, previous, replicas).await
 }
 
-/// Sends each of `recipients` that `notice` plans the snapshots (at the notice's resume step)
-/// of every range of the `previous` plan, which it builds its new range from: members new to
-/// the pipeline hold none, and members of other chains hold them only if best-effort sends got
-/// through. Nothing to send when the notice starts from the initial model.
-pub(crate) async fn send_parts(
+/// Sends each member `notice` plans outside this node's chain of the `previous` plan the
+/// snapshots (at the notice's resume step) of every previous range, which it builds its new
+/// range from: members new to the pipeline hold none, and members of other chains hold this
+/// chain's only if best-effort sends got through (or stand at another step). Nothing to send
+/// when the notice starts from the initial model. A member that cannot take them is logged,
+/// not an error: it is gone, and breaks the new plan in turn.
+pub(crate) async fn send_parts_beyond_own_chain(
     net: &Network,
     config: &PipelineConfig,
     notice: &PlanNotice,
     previous: &PlanNotice,
     replicas: &Replicas,
-    recipients: &[&String],
 ) -> Result<(), PipelineError> {
     if notice.resume_step == 0 {
         return Ok(());
     }
+    let me = net.local_peer_id().to_string();
+    let own_chain: Vec<String> = match previous.seat(&me) {
+        Some(seat) => previous
+            .chain(seat.lane)?
+            .iter()
+            .map(PeerId::to_string)
+            .collect(),
+        None => Vec::new(),
+    };
     let old = previous.ranges();
-    for member in recipients.iter().filter(|m| notice.is_planned(m)) {
-        for range in &old {
-            let part = replicas.parts(std::slice::from_ref(range), range, notice.resume_step)?;
-            for state in part {
-                let bytes = super::replicas::encode(&state)?;
-                let body = PipeBody::Replica {
-                    start: range.start as u32,
-                    end: range.end as u32,
-                };
-                let header = control_header(config, notice.epoch, notice.resume_step, body)?;
-                send_control(net, member, &header, &bytes).await?;
+    let mut parts = Vec::with_capacity(old.len());
+    for range in &old {
+        let state = replicas.parts(std::slice::from_ref(range), range, notice.resume_step)?;
+        for state in state {
+            let body = PipeBody::Replica {
+                start: range.start as u32,
+                end: range.end as u32,
+            };
+            let header = control_header(config, notice.epoch, notice.resume_step, body)?;
+            parts.push((header, super::replicas::encode(&state)?));
+        }
+    }
+    let recipients = notice
+        .members
+        .iter()
+        .filter(|m| notice.is_planned(m) && **m != me && !own_chain.contains(m));
+    for member in recipients {
+        for (header, bytes) in &parts {
+            if let Err(err) = send_control(net, member, header, bytes).await {
+                tracing::warn!(%member, %err, "snapshots for the new plan not delivered");
+                break;
             }
         }
     }

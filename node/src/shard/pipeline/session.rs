@@ -11,18 +11,15 @@ use tokio_util::sync::CancellationToken;
 use super::Placement;
 use super::averaging::RangeAveraging;
 use super::mailbox::Mailbox;
-use super::members::rebalance_input;
-use super::notice::{PlanNotice, announce_rebalance};
+use super::notice::announce_rebalance;
+use super::rebalance::watch_for_rebalance;
 use super::replicas::Replicas;
 use super::stage::{self, Position, Resume, StageOutcome};
 use super::{PipelineConfig, PipelineError, PipelineReport, StageProgress, form};
 use crate::net::Network;
 use crate::shard::capacity::{self, Capacity};
 use crate::shard::planner::ideal_samples_per_sec;
-use crate::shard::planner::{Decision, ReplanConfig, Replanner};
 
-/// How often the member issuing plans looks for joins and drift.
-const REBALANCE_EVERY: Duration = Duration::from_secs(2);
 /// Longest wait for snapshots still in flight when a new plan starts.
 const PARTS_WAIT: Duration = Duration::from_secs(5);
 /// Re-plans tolerated per run before giving up.
@@ -136,11 +133,10 @@ pub async fn run(
         );
         // The lowest id among the peers the plan uses also watches for joins and capacity
         // drift (not the lowest member: a member the planner leaves out stops here). With
-        // several chains only departures re-plan: the re-planner weighs single chains, and
+        // several chains only joins re-plan: the re-planner weighs single chains, and
         // regrouping on every capacity wobble would thrash.
         let watches = config.placement == Placement::CapacityAware
             && config.replicate_every > 0
-            && notice.replicas == 1
             && notice.watcher() == Some(&me);
         let result = {
             let run = stage::run(
@@ -227,44 +223,6 @@ pub async fn run(
         losses: outcome.losses,
         first_loss_step: outcome.first_loss_step,
     })
-}
-
-/// Runs on the member issuing plans while its shard trains: every [`REBALANCE_EVERY`] it
-/// re-reads the members' announced capacities and any newcomers, and returns the notice of the
-/// next epoch once the [`Replanner`] adopts a new placement (a join, a leave or a capacity drift
-/// beyond 20 % that makes the pipeline at least 10 % faster). Never returns otherwise.
-async fn watch_for_rebalance(
-    net: &Network,
-    config: &PipelineConfig,
-    current: &PlanNotice,
-    own: watch::Receiver<Capacity>,
-) -> Result<PlanNotice, PipelineError> {
-    let mut replanner = Replanner::new(ReplanConfig::default());
-    replanner.update(&current.input)?;
-    let me = net.local_peer_id();
-    loop {
-        tokio::time::sleep(REBALANCE_EVERY).await;
-        let peers = net.peers().await?;
-        let own = *own.borrow();
-        let (members, input) = rebalance_input(config, current, &peers, me, own);
-        match replanner.update(&input) {
-            Ok(Decision::Adopted { trigger, gain }) => {
-                tracing::info!(?trigger, ?gain, "re-balancing the pipeline");
-                return PlanNotice::compute(
-                    current.epoch + 1,
-                    current.placement,
-                    members,
-                    input,
-                    current.replicas,
-                );
-            }
-            Ok(Decision::Kept { trigger, gain }) => {
-                tracing::debug!(?trigger, gain, "re-plan considered, placement kept");
-            }
-            Ok(Decision::Unchanged) => {}
-            Err(err) => tracing::debug!(%err, "re-plan not possible"),
-        }
-    }
 }
 
 /// The snapshots of `old` ranges covering `range` at `step`; replicas still queued in the

@@ -1,0 +1,134 @@
+//! Re-balancing a running pipeline: the member issuing plans (the lowest peer id the plan uses)
+//! watches, while its shard trains, for joins and capacity drift, and returns the notice of the
+//! next epoch once a new placement is worth the move.
+//!
+//! With one chain the [`Replanner`] decides (a join, a leave, or a drift beyond 20 % that makes
+//! the pipeline at least 10 % faster). With several chains only joins count: the candidate with
+//! the newcomers must beat the best plan of the current members alone, both computed from the
+//! same announced capacities, by the same 10 % — regrouping on every capacity wobble would
+//! thrash, and a newcomer that would only be left out changes nothing.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::members::rebalance_input;
+use super::notice::PlanNotice;
+use super::{PipelineConfig, PipelineError};
+use crate::net::Network;
+use crate::shard::capacity::Capacity;
+use crate::shard::planner::{Decision, PlanInput, ReplanConfig, Replanner};
+
+/// How often the member issuing plans looks for joins and drift.
+const REBALANCE_EVERY: Duration = Duration::from_secs(2);
+
+/// Runs beside the issuer's shard; returns the next epoch's notice once one is adopted. Never
+/// returns otherwise (errors: the network is gone, or the current inputs no longer plan).
+pub(crate) async fn watch_for_rebalance(
+    net: &Network,
+    config: &PipelineConfig,
+    current: &PlanNotice,
+    own: watch::Receiver<Capacity>,
+) -> Result<PlanNotice, PipelineError> {
+    if current.replicas > 1 {
+        watch_for_joins(net, config, current, own).await
+    } else {
+        watch_one_chain(net, config, current, own).await
+    }
+}
+
+async fn watch_one_chain(
+    net: &Network,
+    config: &PipelineConfig,
+    current: &PlanNotice,
+    own: watch::Receiver<Capacity>,
+) -> Result<PlanNotice, PipelineError> {
+    let mut replanner = Replanner::new(ReplanConfig::default());
+    replanner.update(&current.input)?;
+    let me = net.local_peer_id();
+    loop {
+        tokio::time::sleep(REBALANCE_EVERY).await;
+        let peers = net.peers().await?;
+        let own = *own.borrow();
+        let (members, input) = rebalance_input(config, current, &peers, me, own);
+        match replanner.update(&input) {
+            Ok(Decision::Adopted { trigger, gain }) => {
+                tracing::info!(?trigger, ?gain, "re-balancing the pipeline");
+                return PlanNotice::compute(
+                    current.epoch + 1,
+                    current.placement,
+                    members,
+                    input,
+                    current.replicas,
+                );
+            }
+            Ok(Decision::Kept { trigger, gain }) => {
+                tracing::debug!(?trigger, gain, "re-plan considered, placement kept");
+            }
+            Ok(Decision::Unchanged) => {}
+            Err(err) => tracing::debug!(%err, "re-plan not possible"),
+        }
+    }
+}
+
+async fn watch_for_joins(
+    net: &Network,
+    config: &PipelineConfig,
+    current: &PlanNotice,
+    own: watch::Receiver<Capacity>,
+) -> Result<PlanNotice, PipelineError> {
+    let min_gain = ReplanConfig::default().min_gain;
+    let me = net.local_peer_id();
+    let mut considered: Vec<String> = current.members.clone();
+    loop {
+        tokio::time::sleep(REBALANCE_EVERY).await;
+        let peers = net.peers().await?;
+        let own = *own.borrow();
+        let (members, input) = rebalance_input(config, current, &peers, me, own);
+        let joined = members.iter().any(|m| !current.members.contains(m));
+        if !joined || members == considered {
+            continue;
+        }
+        considered.clone_from(&members);
+        let epoch = current.epoch + 1;
+        let (placement, replicas) = (current.placement, current.replicas);
+        let stayers: Vec<String> = members
+            .iter()
+            .filter(|m| current.members.contains(m))
+            .cloned()
+            .collect();
+        let without = PlanNotice::compute(
+            epoch,
+            placement,
+            stayers.clone(),
+            restricted(&input, &stayers),
+            replicas,
+        );
+        let with = PlanNotice::compute(epoch, placement, members, input, replicas);
+        match (without, with) {
+            (Ok(without), Ok(with)) => {
+                let rate = |n: &PlanNotice| n.plan.samples_per_sec * n.lanes() as f64;
+                let gain = rate(&with) / rate(&without) - 1.0;
+                if gain >= min_gain {
+                    tracing::info!(
+                        gain,
+                        lanes = with.lanes(),
+                        "re-balancing the chains for a join"
+                    );
+                    return Ok(with);
+                }
+                tracing::debug!(gain, "join considered, placement kept");
+            }
+            (Err(err), _) | (_, Err(err)) => tracing::debug!(%err, "re-plan not possible"),
+        }
+    }
+}
+
+/// `input` with only the peers (and links among them) of `ids`.
+fn restricted(input: &PlanInput, ids: &[String]) -> PlanInput {
+    let mut out = input.clone();
+    out.peers.retain(|p| ids.contains(&p.id));
+    out.links
+        .retain(|l| ids.contains(&l.from) && ids.contains(&l.to));
+    out
+}
