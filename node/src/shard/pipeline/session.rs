@@ -133,8 +133,8 @@ pub async fn run(
         );
         // The lowest id among the peers the plan uses also watches for joins and capacity
         // drift (not the lowest member: a member the planner leaves out stops here). With
-        // several chains only joins re-plan: the re-planner weighs single chains, and
-        // regrouping on every capacity wobble would thrash.
+        // several chains only joins re-balance (see `rebalance`); departures re-plan through
+        // the broken chain, as with one.
         let watches = config.placement == Placement::CapacityAware
             && config.replicate_every > 0
             && notice.watcher() == Some(&me);
