@@ -198,3 +198,73 @@ async fn a_node_that_joins_a_running_pipeline_is_planned_in() {
         net.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_crashes_and_restarts_is_planned_back_in() {
+    let first = 40;
+    let nodes = nodes(first, 3).await;
+    // Slowed by sleeping (no more CPU), so the run is still going when the member is back.
+    let steps = 150;
+    let config = || {
+        let mut c = config(steps, Placement::Even, 4.0);
+        c.peer_deadline = Duration::from_secs(3);
+        c
+    };
+    let mut handles = Vec::new();
+    let mut progress = Vec::new();
+    for (id, net) in &nodes {
+        let (tx, rx) = watch::channel(StageProgress::default());
+        progress.push(rx);
+        handles.push(tokio::spawn(pipeline::run(
+            net.clone(),
+            id.signing.clone(),
+            config(),
+            tx,
+        )));
+    }
+    let victim = tokio::time::timeout(Duration::from_secs(40), async {
+        loop {
+            if let Some(i) = progress
+                .iter()
+                .position(|p| p.borrow().range.is_some() && p.borrow().position == 1)
+                .filter(|&i| progress[i].borrow().step >= 5)
+            {
+                return i;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the middle shard makes progress");
+    // A crash: the task and its network go at once; the same identity comes straight back,
+    // with no plan and no snapshots.
+    handles[victim].abort();
+    nodes[victim].1.shutdown().await;
+    let boot = net_common::addr_of(&nodes[0].1, "tcp").await;
+    let mut net_config = net_common::loopback();
+    net_config.bootstrap = vec![boot];
+    let seed = first + u8::try_from(victim).expect("three nodes");
+    let (id, net, _events) = net_common::start(seed, net_config).await;
+    let (tx, _rx) = watch::channel(StageProgress::default());
+    handles[victim] = tokio::spawn(pipeline::run(net.clone(), id.signing.clone(), config(), tx));
+
+    for (i, handle) in handles.into_iter().enumerate() {
+        let report = tokio::time::timeout(Duration::from_secs(45), handle)
+            .await
+            .expect("every node finishes within 45 s")
+            .expect("task joins")
+            .unwrap_or_else(|e| panic!("node {i} failed: {e}"));
+        assert_eq!(report.steps, steps, "node {i} trained every step");
+        assert_eq!(report.epoch, 2, "node {i}: one re-plan");
+        assert_eq!(
+            report.plan.assignments.len(),
+            3,
+            "the restarted member is back"
+        );
+        assert!(report.position.is_some(), "node {i} holds a range");
+    }
+    net.shutdown().await;
+    for (_, net) in &nodes {
+        net.shutdown().await;
+    }
+}

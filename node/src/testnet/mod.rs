@@ -62,7 +62,7 @@ pub struct TestnetArgs {
     #[arg(long)]
     pub outer: bool,
     /// Kill -9 and restart a random honest node every this many seconds (with --sharded:
-    /// kill one random node once, after this many seconds, without restarting it).
+    /// once, after this many seconds).
     #[arg(long)]
     pub churn: Option<f64>,
     /// Add one malicious node that sends corrupted deltas: flip or scale:F.

@@ -2,9 +2,9 @@
 //! node processes, each emulating a device `--slowdown` times slower, with the plan, live
 //! per-stage utilisation, and a final JSON line comparing the measured throughput of the
 //! capacity-aware plan with an even split (`--compare-even`) and with the ideal bound.
-//! `--churn SECS` kills one random node (kill -9, no restart) after that many seconds: the
-//! others re-plan without it. A node that exits without a report is counted as lost, not
-//! waited for.
+//! `--churn SECS` kills one random node (kill -9) after that many seconds and restarts it with
+//! its identity: the others re-plan, and it is planned in again. A node that exits without a
+//! report is counted as lost, not waited for.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -128,12 +128,12 @@ async fn run_once(
         args.model()
     );
     let mut children: BTreeMap<usize, ChildProc> = BTreeMap::new();
+    // One compute thread per node, so each emulates one device instead of all of them
+    // sharing every core.
+    let env = [("RAYON_NUM_THREADS", "1")];
     for i in 0..n {
         let node_args = node_args(args, layout, placement, i, &boot_addr);
         let log = layout.log(&format!("{}-node-{i}", name(placement)));
-        // One compute thread per node, so each emulates one device instead of all of them
-        // sharing every core.
-        let env = [("RAYON_NUM_THREADS", "1")];
         let child = child::spawn_with_env(i, 0, &node_args, &env, &log, lines_tx.clone())?;
         children.insert(i, child);
     }
@@ -168,7 +168,12 @@ async fn run_once(
                     let victim = rng.random_range(0..n);
                     if let (Some(proc_), false) = (children.get_mut(&victim), finals.contains_key(&victim)) {
                         proc_.kill().await;
-                        println!("testnet: churn — killed node {victim} (kill -9); the others re-plan without it");
+                        let generation = proc_.generation + 1;
+                        println!("testnet: churn — killed node {victim} (kill -9), restarting it");
+                        let node_args = node_args(args, layout, placement, victim, &boot_addr);
+                        let log = layout.log(&format!("{}-node-{victim}", name(placement)));
+                        let fresh = child::spawn_with_env(victim, generation, &node_args, &env, &log, lines_tx.clone())?;
+                        children.insert(victim, fresh);
                     }
                 }
                 for (i, proc_) in children.iter_mut() {

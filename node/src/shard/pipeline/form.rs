@@ -30,7 +30,8 @@ use crate::net::{Network, link_stats};
 use crate::shard::capacity::Capacity;
 
 use super::members::{
-    FINISHED_EPOCH, candidates, has_finished, plan_input, probe_links, running_leader,
+    FINISHED_EPOCH, candidates, has_finished, plan_input, probe_links, restarted_members,
+    running_leader,
 };
 use super::notice::{
     PlanNotice, check_notice, report_broken, send_notice, send_parts_beyond_own_chain,
@@ -176,13 +177,13 @@ pub(crate) async fn replan(
     tokio::time::sleep(REPLAN_GRACE).await;
     // Connected members still in the run: one whose part is over (it finished its steps in a
     // healthy chain before this break was reported) would never act on a new plan.
-    let connected: Vec<String> = net
-        .peers()
-        .await?
-        .into_iter()
+    let peers = net.peers().await?;
+    let connected: Vec<String> = peers
+        .iter()
         .filter(|p| p.connected && !has_finished(p))
         .map(|p| p.peer_id.to_string())
         .collect();
+    let restarted = restarted_members(&peers, config);
     // Members the previous plan left out have stopped: they are no longer candidates.
     let mut survivors: Vec<String> = previous
         .members
@@ -193,8 +194,11 @@ pub(crate) async fn replan(
         .collect();
     survivors.sort();
     let deadline = tokio::time::Instant::now() + config.form_timeout;
+    // The lowest survivor still running the old plan re-plans: a restarted one waits to be
+    // planned in (it holds neither the old notice nor snapshots).
     let leader: PeerId = survivors
-        .first()
+        .iter()
+        .find(|s| !restarted.contains(s))
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| PipelineError::Formation("no members left".into()))?;
     tracing::warn!(epoch, survivors = survivors.len(), %leader, "re-planning the pipeline");
@@ -211,11 +215,11 @@ pub(crate) async fn replan(
             input,
             previous.replicas,
         )?;
-        notice.resume_step = replicas.common_step(&previous.ranges());
-        notice.previous_ranges = previous.ranges();
+        (notice.previous_ranges, notice.resume_step) = resume_point(previous, replicas);
         send_notice(net, config, &notice).await?;
-        // Members of other chains got this chain's snapshots only best effort.
-        send_parts_beyond_own_chain(net, config, &notice, previous, replicas).await?;
+        // Members of other chains got this chain's snapshots only best effort; restarted
+        // members lost theirs.
+        send_parts_beyond_own_chain(net, config, &notice, previous, replicas, &restarted).await?;
         return Ok(notice);
     }
     if let Err(err) = report_broken(net, config, previous.epoch, leader).await {
@@ -223,6 +227,23 @@ pub(crate) async fn replan(
         tracing::info!(%leader, %err, "broken chain not reported to the re-planning member");
     }
     wait_for_notice(mailbox, config, me, leader, epoch, deadline).await
+}
+
+/// Where the plan after `previous` resumes: the ranges whose snapshots it is built from and
+/// the step, the latest at which every range of `previous` has a snapshot. When there is none
+/// (the plan broke before its first snapshot), the point `previous` itself resumed from, if
+/// its snapshots are still held, rather than the initial model: no committed work is lost.
+pub(crate) fn resume_point(
+    previous: &PlanNotice,
+    replicas: &Replicas,
+) -> (Vec<std::ops::Range<usize>>, u64) {
+    let ranges = previous.ranges();
+    let step = replicas.common_step(&ranges);
+    let before = (&previous.previous_ranges, previous.resume_step);
+    if step == 0 && before.1 > 0 && replicas.holds(before.0, before.1) {
+        return (before.0.clone(), before.1);
+    }
+    (ranges, step)
 }
 
 async fn wait_for_notice(

@@ -28,6 +28,21 @@ pub(super) fn has_finished(peer: &PeerInfo) -> bool {
         .is_some_and(|a| a.round == FINISHED_EPOCH)
 }
 
+/// Connected peers announcing this run with no plan epoch: forming, or restarted (after a
+/// crash, with the same identity) and holding neither the running plan nor snapshots.
+pub(super) fn restarted_members(peers: &[PeerInfo], config: &PipelineConfig) -> Vec<String> {
+    peers
+        .iter()
+        .filter(|p| p.connected)
+        .filter(|p| {
+            p.announcement
+                .as_ref()
+                .is_some_and(|a| a.run == config.run && a.round == 0)
+        })
+        .map(|p| p.peer_id.to_string())
+        .collect()
+}
+
 /// The lowest-id member of a pipeline of this run that is already running (announcing a plan
 /// epoch), if any.
 pub(super) fn running_leader(peers: &[PeerInfo], config: &PipelineConfig) -> Option<PeerId> {

@@ -324,7 +324,8 @@ pub fn decode_notice(bytes: &[u8]) -> Result<PlanNotice, PipelineError> {
 }
 
 /// Sends the notice of a re-balanced plan to its members, and the snapshots they build their
-/// ranges from to those outside this node's chain (see [`send_parts_beyond_own_chain`]).
+/// ranges from to those outside this node's chain and to restarted ones (see
+/// [`send_parts_beyond_own_chain`]).
 pub(crate) async fn announce_rebalance(
     net: &Network,
     config: &PipelineConfig,
@@ -333,13 +334,16 @@ pub(crate) async fn announce_rebalance(
     replicas: &Replicas,
 ) -> Result<(), PipelineError> {
     send_notice(net, config, notice).await?;
-    send_parts_beyond_own_chain(net, config, notice, previous, replicas).await
+    let restarted = super::members::restarted_members(&net.peers().await?, config);
+    send_parts_beyond_own_chain(net, config, notice, previous, replicas, &restarted).await
 }
 
-/// Sends each member `notice` plans outside this node's chain of the `previous` plan the
-/// snapshots (at the notice's resume step) of every previous range, which it builds its new
-/// range from: members new to the pipeline hold none, and members of other chains hold this
-/// chain's only if best-effort sends got through (or stand at another step). Nothing to send
+/// Sends each member `notice` plans outside this node's chain of the `previous` plan (and
+/// those of `also`) the snapshots (at the notice's resume step) of the ranges the notice is
+/// built from (`previous_ranges`), which
+/// it builds its new range from: members new to the pipeline hold none, and members of other
+/// chains hold this chain's only if best-effort sends got through (or stand at another step);
+/// `also` names members known to hold none (restarted ones). Nothing to send
 /// when the notice starts from the initial model. A member that cannot take them is logged,
 /// not an error: it is gone, and breaks the new plan in turn.
 pub(crate) async fn send_parts_beyond_own_chain(
@@ -348,6 +352,7 @@ pub(crate) async fn send_parts_beyond_own_chain(
     notice: &PlanNotice,
     previous: &PlanNotice,
     replicas: &Replicas,
+    also: &[String],
 ) -> Result<(), PipelineError> {
     if notice.resume_step == 0 {
         return Ok(());
@@ -361,9 +366,9 @@ pub(crate) async fn send_parts_beyond_own_chain(
             .collect(),
         None => Vec::new(),
     };
-    let old = previous.ranges();
+    let old = &notice.previous_ranges;
     let mut parts = Vec::with_capacity(old.len());
-    for range in &old {
+    for range in old {
         let state = replicas.parts(std::slice::from_ref(range), range, notice.resume_step)?;
         for state in state {
             let body = PipeBody::Replica {
@@ -377,7 +382,8 @@ pub(crate) async fn send_parts_beyond_own_chain(
     let recipients = notice
         .members
         .iter()
-        .filter(|m| notice.is_planned(m) && **m != me && !own_chain.contains(m));
+        .filter(|m| notice.is_planned(m) && **m != me)
+        .filter(|m| !own_chain.contains(m) || also.contains(m));
     for member in recipients {
         for (header, bytes) in &parts {
             if let Err(err) = send_control(net, member, header, bytes).await {

@@ -71,6 +71,15 @@ impl Replicas {
             .unwrap_or(0)
     }
 
+    /// Whether a snapshot of every range of `ranges` at `step` is held.
+    pub(crate) fn holds(&self, ranges: &[Range<usize>], step: u64) -> bool {
+        ranges.iter().all(|r| {
+            self.by_range
+                .get(&(r.start, r.end))
+                .is_some_and(|s| s.contains_key(&step))
+        })
+    }
+
     /// The snapshots at `step` of the `old` ranges that overlap `wanted`, in order.
     pub(crate) fn parts(
         &self,

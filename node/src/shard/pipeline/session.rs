@@ -164,8 +164,7 @@ pub async fn run(
             Ok(result) => result,
             Err(rebalance) => {
                 let mut next = rebalance?;
-                next.resume_step = replicas.common_step(&notice.ranges());
-                next.previous_ranges = notice.ranges();
+                (next.previous_ranges, next.resume_step) = form::resume_point(&notice, &replicas);
                 announce_rebalance(&net, &config, &next, &notice, &replicas).await?;
                 replans += 1;
                 notice = next;
