@@ -238,9 +238,9 @@ async fn a_member_that_crashes_and_restarts_is_planned_back_in() {
     .expect("the middle shard makes progress");
     // A crash: the task and its network go at once; the same identity comes straight back,
     // with no plan and no snapshots.
+    let boot = net_common::addr_of(&nodes[(victim + 1) % nodes.len()].1, "tcp").await;
     handles[victim].abort();
     nodes[victim].1.shutdown().await;
-    let boot = net_common::addr_of(&nodes[0].1, "tcp").await;
     let mut net_config = net_common::loopback();
     net_config.bootstrap = vec![boot];
     let seed = first + u8::try_from(victim).expect("three nodes");
