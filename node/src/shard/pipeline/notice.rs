@@ -10,11 +10,15 @@ use super::mailbox::Inbound;
 use super::members::plan_stages;
 use super::replicas::Replicas;
 use super::{PipelineConfig, PipelineError, Placement};
-use crate::net::{Network, PayloadKind};
+use crate::net::{Network, PayloadKind, TransferError};
 use crate::shard::planner::{Plan, PlanInput, even_split, group_peers, plan};
 
 /// Largest plan notice accepted, bytes.
 pub const MAX_NOTICE_BYTES: usize = 4 << 20;
+/// Further attempts when a stream to a member cannot be opened.
+const OPEN_RETRIES: u32 = 4;
+/// Wait before the first of them (doubling, tripling… after).
+const OPEN_BACKOFF: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The plan every member runs, with what it was computed from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -230,13 +234,27 @@ async fn send_control(
     payload: &[u8],
 ) -> Result<(), PipelineError> {
     let peer = parse_peer(member)?;
-    net.send_payload(peer, PayloadKind::Control, header, payload)
-        .await
-        .map_err(|error| PipelineError::Send {
-            peer,
-            error: Box::new(error),
-        })?;
-    Ok(())
+    let mut attempt = 0;
+    loop {
+        match net
+            .send_payload(peer, PayloadKind::Control, header, payload)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            // A member known from its gossiped announcement may not be dialable yet (no
+            // address learnt, no direct connection): give the connection a moment.
+            Err(TransferError::Open { .. }) if attempt < OPEN_RETRIES => {
+                attempt += 1;
+                tokio::time::sleep(OPEN_BACKOFF * attempt).await;
+            }
+            Err(error) => {
+                return Err(PipelineError::Send {
+                    peer,
+                    error: Box::new(error),
+                });
+            }
+        }
+    }
 }
 
 pub(super) fn check_notice(
