@@ -188,11 +188,7 @@ async fn a_member_lost_in_one_chain_is_replanned_by_a_member_of_the_other() {
         if i == victim {
             continue;
         }
-        let report = tokio::time::timeout(Duration::from_secs(45), handle)
-            .await
-            .expect("survivors finish within 45 s")
-            .expect("task joins")
-            .expect("survivors re-plan and finish");
+        let report = finish(i, handle, Duration::from_secs(45)).await;
         assert_eq!(
             (report.epoch, report.replans),
             (2, 1),
@@ -227,11 +223,7 @@ async fn a_broken_chain_whose_peers_have_finished_goes_on_alone() {
         if i == victim {
             continue;
         }
-        let report = tokio::time::timeout(Duration::from_secs(45), handle)
-            .await
-            .expect("survivors finish within 45 s")
-            .expect("task joins")
-            .expect("every survivor finishes");
+        let report = finish(i, handle, Duration::from_secs(45)).await;
         assert_eq!(report.steps, steps, "node {i} trained every step");
         match report.epoch {
             1 => assert_eq!(
@@ -301,11 +293,7 @@ async fn two_nodes_that_join_two_chains_lengthen_them() {
 
     let mut reports = Vec::new();
     for (i, handle) in handles.into_iter().enumerate() {
-        let report = tokio::time::timeout(Duration::from_secs(50), handle)
-            .await
-            .expect("every node finishes within 50 s")
-            .expect("task joins")
-            .unwrap_or_else(|e| panic!("node {i} failed: {e}"));
+        let report = finish(i, handle, Duration::from_secs(50)).await;
         reports.push(report);
     }
     for (i, r) in reports.iter().enumerate() {

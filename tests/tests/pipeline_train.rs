@@ -98,11 +98,7 @@ async fn killing_the_middle_node_replans_and_training_goes_on() {
         if i == victim {
             continue;
         }
-        let report = tokio::time::timeout(Duration::from_secs(45), handle)
-            .await
-            .expect("survivors finish within 45 s")
-            .expect("task joins")
-            .expect("survivors re-plan and finish");
+        let report = finish(i, handle, Duration::from_secs(45)).await;
         assert_eq!(report.steps, steps, "node {i} trained every step");
         assert_eq!((report.epoch, report.replans), (2, 1));
         assert_eq!(
@@ -172,13 +168,8 @@ async fn a_node_that_joins_a_running_pipeline_is_planned_in() {
     )));
 
     let mut reports = Vec::new();
-    for handle in handles {
-        let report = tokio::time::timeout(Duration::from_secs(50), handle)
-            .await
-            .expect("every node finishes within 50 s")
-            .expect("task joins")
-            .expect("every node's part succeeds");
-        reports.push(report);
+    for (i, handle) in handles.into_iter().enumerate() {
+        reports.push(finish(i, handle, Duration::from_secs(50)).await);
     }
     let joiner = &reports[2];
     assert!(joiner.position.is_some(), "the newcomer holds a range");
@@ -249,11 +240,7 @@ async fn a_member_that_crashes_and_restarts_is_planned_back_in() {
     handles[victim] = tokio::spawn(pipeline::run(net.clone(), id.signing.clone(), config(), tx));
 
     for (i, handle) in handles.into_iter().enumerate() {
-        let report = tokio::time::timeout(Duration::from_secs(45), handle)
-            .await
-            .expect("every node finishes within 45 s")
-            .expect("task joins")
-            .unwrap_or_else(|e| panic!("node {i} failed: {e}"));
+        let report = finish(i, handle, Duration::from_secs(45)).await;
         assert_eq!(report.steps, steps, "node {i} trained every step");
         assert_eq!(report.epoch, 2, "node {i}: one re-plan");
         assert_eq!(

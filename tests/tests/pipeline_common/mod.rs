@@ -105,3 +105,16 @@ pub async fn run_all(
     assert!(failures.is_empty(), "failed parts: {failures:#?}");
     reports.into_iter().filter_map(Result::ok).collect()
 }
+
+/// The report of the pipeline task `handle` of node `i`, within `limit` (panics otherwise).
+pub async fn finish(
+    i: usize,
+    handle: tokio::task::JoinHandle<Result<PipelineReport, pipeline::PipelineError>>,
+    limit: Duration,
+) -> PipelineReport {
+    tokio::time::timeout(limit, handle)
+        .await
+        .unwrap_or_else(|_| panic!("node {i} finishes within {limit:?}"))
+        .expect("task joins")
+        .unwrap_or_else(|e| panic!("node {i} failed: {e}"))
+}

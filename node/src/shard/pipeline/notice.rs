@@ -385,7 +385,7 @@ pub(crate) async fn send_parts_beyond_own_chain(
         None => Vec::new(),
     };
     let old = &notice.previous_ranges;
-    let mut parts = Vec::with_capacity(old.len());
+    let mut states = Vec::with_capacity(old.len());
     for range in old {
         let state = replicas.parts(std::slice::from_ref(range), range, notice.resume_step)?;
         for state in state {
@@ -394,9 +394,18 @@ pub(crate) async fn send_parts_beyond_own_chain(
                 end: range.end as u32,
             };
             let header = control_header(config, notice.epoch, notice.resume_step, body)?;
-            parts.push((header, super::replicas::encode(&state)?));
+            states.push((header, state));
         }
     }
+    // Snapshots can be large: encode them off the async runtime.
+    let parts = tokio::task::spawn_blocking(move || {
+        states
+            .into_iter()
+            .map(|(header, state)| Ok((header, super::replicas::encode(&state)?)))
+            .collect::<Result<Vec<_>, PipelineError>>()
+    })
+    .await
+    .map_err(|e| PipelineError::Compute(e.to_string()))??;
     let recipients = notice
         .members
         .iter()
