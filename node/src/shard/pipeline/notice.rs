@@ -8,17 +8,14 @@ use serde::{Deserialize, Serialize};
 
 use super::mailbox::Inbound;
 use super::members::plan_stages;
+use super::outbox::send_with_retries;
 use super::replicas::Replicas;
 use super::{PipelineConfig, PipelineError, Placement};
-use crate::net::{Network, PayloadKind, TransferError};
+use crate::net::{Network, PayloadKind};
 use crate::shard::planner::{Plan, PlanInput, even_split, group_peers, plan};
 
 /// Largest plan notice accepted, bytes.
 pub const MAX_NOTICE_BYTES: usize = 4 << 20;
-/// Further attempts when a stream to a member cannot be opened.
-const OPEN_RETRIES: u32 = 4;
-/// Wait before the first of them (doubling, tripling… after).
-const OPEN_BACKOFF: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The plan every member runs, with what it was computed from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -202,7 +199,7 @@ pub(super) async fn send_notice(
     let bytes = encode_notice(notice)?;
     let header = control_header(config, notice.epoch, 0, PipeBody::Plan)?;
     for member in notice.members.iter().filter(|m| **m != me) {
-        match send_control(net, member, &header, &bytes).await {
+        match send_control(net, config, member, &header, &bytes).await {
             Ok(()) => {}
             Err(err) if !notice.is_planned(member) => {
                 tracing::info!(%member, %err, "plan notice not delivered to a member left out of the plan");
@@ -223,38 +220,21 @@ pub(super) async fn report_broken(
     leader: PeerId,
 ) -> Result<(), PipelineError> {
     let header = control_header(config, epoch, 0, PipeBody::Broken)?;
-    send_control(net, &leader.to_string(), &header, &[]).await
+    send_control(net, config, &leader.to_string(), &header, &[]).await
 }
 
-/// Sends one control message to the member with peer id text `member`.
+/// Sends one control message to the member with peer id text `member` (retrying transient
+/// failures within the peer deadline).
 async fn send_control(
     net: &Network,
+    config: &PipelineConfig,
     member: &str,
     header: &[u8],
     payload: &[u8],
 ) -> Result<(), PipelineError> {
     let peer = parse_peer(member)?;
-    let mut attempt = 0;
-    loop {
-        match net
-            .send_payload(peer, PayloadKind::Control, header, payload)
-            .await
-        {
-            Ok(_) => return Ok(()),
-            // A member known from its gossiped announcement may not be dialable yet (no
-            // address learnt, no direct connection): give the connection a moment.
-            Err(TransferError::Open { .. }) if attempt < OPEN_RETRIES => {
-                attempt += 1;
-                tokio::time::sleep(OPEN_BACKOFF * attempt).await;
-            }
-            Err(error) => {
-                return Err(PipelineError::Send {
-                    peer,
-                    error: Box::new(error),
-                });
-            }
-        }
-    }
+    let kind = PayloadKind::Control;
+    send_with_retries(net, peer, kind, header, payload, config.peer_deadline).await
 }
 
 pub(super) fn check_notice(
@@ -413,7 +393,7 @@ pub(crate) async fn send_parts_beyond_own_chain(
         .filter(|m| !own_chain.contains(m) || also.contains(m));
     for member in recipients {
         for (header, bytes) in &parts {
-            if let Err(err) = send_control(net, member, header, bytes).await {
+            if let Err(err) = send_control(net, config, member, header, bytes).await {
                 tracing::warn!(%member, %err, "snapshots for the new plan not delivered");
                 break;
             }

@@ -23,9 +23,10 @@ use super::PipelineError;
 use crate::net::{Network, PayloadKind, TransferError};
 
 /// Further attempts after a transient send failure.
-const SEND_RETRIES: u32 = 3;
-/// Wait before the first retry (doubling, tripling… after).
-const RETRY_BACKOFF: Duration = Duration::from_millis(100);
+const SEND_RETRIES: u32 = 4;
+/// Wait before the first retry (doubling, tripling… after): 2.5 s in all, time for a member
+/// known only from its gossiped announcement to become dialable.
+const RETRY_BACKOFF: Duration = Duration::from_millis(250);
 /// How long a finished shard lets its best-effort sends complete before dropping them.
 const FLUSH_GRACE: Duration = Duration::from_secs(2);
 
@@ -102,7 +103,7 @@ impl Outbox {
                     }
                 }
                 self.required.spawn(async move {
-                    deliver(&net, peer, kind, &header, &payload, deadline).await
+                    send_with_retries(&net, peer, kind, &header, &payload, deadline).await
                 });
             }
             Delivery::BestEffort
@@ -114,7 +115,8 @@ impl Outbox {
             Delivery::BestEffort => {
                 self.best_effort_peers.insert(peer);
                 self.best_effort.spawn(async move {
-                    if let Err(error) = deliver(&net, peer, kind, &header, &payload, deadline).await
+                    if let Err(error) =
+                        send_with_retries(&net, peer, kind, &header, &payload, deadline).await
                     {
                         tracing::info!(%error, "best-effort pipeline send dropped");
                     }
@@ -158,8 +160,9 @@ impl Outbox {
 }
 
 /// Sends one payload, retrying transient failures, all within `deadline` plus the payload's
-/// time at the slowest acceptable rate.
-async fn deliver(
+/// time at the slowest acceptable rate (the outbox's sends, and the control messages sent
+/// outside a stage: plan notices, snapshots for a new plan, break reports).
+pub(super) async fn send_with_retries(
     net: &Network,
     peer: PeerId,
     kind: PayloadKind,
