@@ -1,16 +1,17 @@
 //! Consensus speed: N nodes on loopback each start with a distinct vector of P f32 (and a
 //! distinct sample weight); time until every node holds the weighted mean within 1e-3
-//! relative L2 error. Full fan-out push-sum, signing and verification on.
+//! relative L2 error, signing and verification on. Two averaging modes: butterfly rounds
+//! (scatter-reduce: each node owns 1/N of the vector) and full fan-out push-sum gossip.
 //!
 //! `cargo bench -p murmur-node --bench consensus --profile dev` (dependencies are built
 //! with opt-level 2 in that profile; a release build of burn takes too long here) — sizes via `MURMUR_BENCH_CASES`
 //! (default `4x10000000,8x10000000,4x50000000`), codec via `MURMUR_BENCH_CODEC`
-//! (`f16` default, `raw`), idle sync period via `MURMUR_BENCH_IDLE_MS` (default 40),
+//! (`f16` default, `raw`), modes via `MURMUR_BENCH_MODES` (default `butterfly,gossip`), idle sync period via `MURMUR_BENCH_IDLE_MS` (default 40),
 //! per-node progress every 100 ms with `MURMUR_BENCH_DEBUG=1`.
 
 use std::time::{Duration, Instant};
 
-use murmur_node::averaging::{AveragerConfig, SyncPolicy};
+use murmur_node::averaging::{AveragerConfig, ButterflyConfig, SyncPolicy};
 use murmur_node::identity::NodeIdentity;
 use murmur_node::net::NetConfig;
 use murmur_node::node_cmd::parse_codec;
@@ -34,21 +35,32 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    let modes = std::env::var("MURMUR_BENCH_MODES").unwrap_or_else(|_| "butterfly,gossip".into());
     for case in cases.split(',') {
         let Some((n, p)) = case.split_once('x') else {
             continue;
         };
         let (n, p): (usize, usize) = (n.parse().expect("N"), p.parse().expect("P"));
-        match runtime.block_on(measure(n, p, codec)) {
-            Some(t) => {
-                println!("consensus N={n} P={p} codec={codec:?}: {t:.3} s to 1e-3 relative L2")
+        for mode in modes.split(',') {
+            let butterfly = mode == "butterfly";
+            match runtime.block_on(measure(n, p, codec, butterfly)) {
+                Some(t) => println!(
+                    "consensus {mode} N={n} P={p} codec={codec:?}: {t:.3} s to 1e-3 relative L2"
+                ),
+                None => println!(
+                    "consensus {mode} N={n} P={p} codec={codec:?}: not reached within 60 s"
+                ),
             }
-            None => println!("consensus N={n} P={p} codec={codec:?}: not reached within 60 s"),
         }
     }
 }
 
-async fn measure(n: usize, p: usize, codec: murmur_protocol::Codec) -> Option<f64> {
+async fn measure(
+    n: usize,
+    p: usize,
+    codec: murmur_protocol::Codec,
+    butterfly: bool,
+) -> Option<f64> {
     let run = RunId::from_name("consensus-bench");
     let model = ModelFingerprint([9; 32]);
     let weights: Vec<f64> = (0..n).map(|i| 100.0 * (i as f64 + 1.0)).collect();
@@ -78,6 +90,10 @@ async fn measure(n: usize, p: usize, codec: murmur_protocol::Codec) -> Option<f6
         averager.codec = codec;
         averager.fanout = n - 1;
         averager.initial_mass = weights[i];
+        averager.butterfly = butterfly.then(|| ButterflyConfig {
+            codec,
+            window: Duration::from_secs(4),
+        });
         let config = SessionConfig {
             net,
             averager,

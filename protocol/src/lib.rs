@@ -10,6 +10,7 @@
 //!   int8, top-k) with exact decode contracts and error feedback;
 //! - [`framing`]: a chunked, digest-checked stream framing over any
 //!   `futures::io::{AsyncRead, AsyncWrite}`;
+//! - [`part`]: the header of one slice of a butterfly (scatter-reduce) all-reduce;
 //! - [`pipeline`]: the header of activation, gradient and control payloads between
 //!   the holders of consecutive layer shards;
 //! - [`manifest`]: the owner-signed [`PoolManifest`] listing the peers allowed to
@@ -30,6 +31,7 @@ pub mod framing;
 pub mod ids;
 pub mod manifest;
 pub mod message;
+pub mod part;
 pub mod pipeline;
 mod wire;
 
@@ -40,6 +42,7 @@ pub use manifest::{ManifestError, PoolManifest, SignedManifest};
 pub use message::{
     Announcement, Capacity, DeltaHeader, LinkStat, Message, MessageError, StateHeader, StateRequest,
 };
+pub use part::{PartHeader, PartPhase};
 pub use wire::WireError;
 
 /// The protocol version carried by every envelope and stream header this build speaks.

@@ -10,6 +10,7 @@ use bincode::{Decode, Encode};
 
 use crate::codec::{Codec, CodecError};
 use crate::ids::{Digest, ModelFingerprint, PeerKey, RunId};
+use crate::part::PartHeader;
 use crate::wire::{self, WireError};
 
 /// Most listen addresses an announcement may carry.
@@ -34,6 +35,8 @@ pub enum Message {
     StateRequest(StateRequest),
     /// Describes a model state payload that follows on a stream.
     State(StateHeader),
+    /// Describes one part of a butterfly all-reduce that follows on a stream.
+    Part(PartHeader),
 }
 
 /// A measured link from the announcing peer to a neighbour.
@@ -209,6 +212,7 @@ impl Message {
             Message::Delta(d) => &d.peer,
             Message::StateRequest(r) => &r.peer,
             Message::State(s) => &s.peer,
+            Message::Part(p) => p.peer(),
         }
     }
 
@@ -219,6 +223,7 @@ impl Message {
             Message::Delta(d) => d.validate(),
             Message::StateRequest(_) => Ok(()),
             Message::State(s) => s.validate(),
+            Message::Part(p) => p.validate(),
         }
     }
 }

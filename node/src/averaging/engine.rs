@@ -48,6 +48,8 @@ pub struct AveragerConfig {
     pub initial_mass: f64,
     /// Red-team switch: corrupt what this node sends (testnets only).
     pub tamper: Option<Tamper>,
+    /// Average in butterfly rounds (exact group means) instead of push-sum gossip.
+    pub butterfly: Option<super::ButterflyConfig>,
 }
 
 impl AveragerConfig {
@@ -68,6 +70,7 @@ impl AveragerConfig {
             admission: Admission::Open,
             initial_mass: 1.0,
             tamper: None,
+            butterfly: None,
         }
     }
 }
@@ -208,6 +211,26 @@ impl Averager {
     /// Merge and rejection counters.
     pub fn counts(&self) -> &MergeCounts {
         &self.counts
+    }
+
+    /// The run's initial model, which payloads are encoded relative to.
+    pub fn anchor(&self) -> &[f32] {
+        &self.anchor
+    }
+
+    /// The signing key and peer key of this node.
+    pub fn signer(&self) -> (&ed25519_dalek::SigningKey, PeerKey) {
+        (&self.key, self.me)
+    }
+
+    /// Butterfly rounds: adds trained samples to the mass.
+    pub fn add_mass(&mut self, samples: f64) {
+        self.mass += samples;
+    }
+
+    /// Butterfly rounds: counts parts averaged in.
+    pub fn count_merged(&mut self, parts: u64) {
+        self.counts.merged += parts;
     }
     /// Deltas waiting for the next sync.
     pub fn pending(&self) -> usize {

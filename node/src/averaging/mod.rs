@@ -4,11 +4,13 @@
 //! - [`policy`]: when to sync (fixed steps, fixed time, Quadratic Synchronization Rule).
 //! - [`outer`]: DiLoCo's Nesterov outer optimizer.
 //! - [`engine`]: [`Averager`], which validates, merges and produces deltas.
+//! - [`butterfly`]: scatter-reduce rounds in which a group ends with one exact mean.
 //! - [`replay`]: the persisted set of merged (peer, round) pairs.
 //! - [`reject`]: rejection reasons and counters.
 //!
 //! The algorithm and why it converges are described in `docs/architecture.md`.
 
+pub mod butterfly;
 pub mod engine;
 pub mod mixing;
 pub mod outer;
@@ -21,6 +23,7 @@ use std::str::FromStr;
 
 use murmur_protocol::{CodecError, MessageError, PeerKey};
 
+pub use butterfly::{Butterfly, ButterflyConfig};
 pub use engine::{Averager, AveragerConfig, AveragerState, Outgoing};
 pub use mixing::RobustConfig;
 pub use outer::OuterConfig;

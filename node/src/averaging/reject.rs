@@ -30,6 +30,9 @@ pub enum Rejection {
     NormOutlier,
     /// The node could not keep up and dropped the delta unread.
     Overloaded,
+    /// A butterfly part for another range or round than this node's (peers whose views
+    /// of the group differ for a moment; not the sender's fault).
+    PartMismatch,
 }
 
 impl Rejection {
@@ -48,13 +51,17 @@ impl Rejection {
             Rejection::NonFinite => "non_finite",
             Rejection::NormOutlier => "norm_outlier",
             Rejection::Overloaded => "overloaded",
+            Rejection::PartMismatch => "part_mismatch",
         }
     }
 
     /// Misbehaviour points charged to the sender (0 for reasons that are not its fault).
     pub fn penalty(self) -> u32 {
         match self {
-            Rejection::Stale | Rejection::Overloaded | Rejection::WrongModel => 0,
+            Rejection::Stale
+            | Rejection::Overloaded
+            | Rejection::WrongModel
+            | Rejection::PartMismatch => 0,
             Rejection::Replay | Rejection::NotMember | Rejection::WrongRun => 5,
             Rejection::NormOutlier => 10,
             Rejection::BadEnvelope

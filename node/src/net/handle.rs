@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId};
 use murmur_protocol::{Digest, SignedEnvelope};
@@ -21,6 +22,12 @@ use super::peers::PeerInfo;
 use super::shared::Shared;
 use super::state::{self, StateRequestEvent, StateResponse};
 use super::transfer::{self, PayloadKind};
+
+/// Further attempts of [`Network::send_with_retries`] after a transient failure.
+const SEND_RETRIES: u32 = 4;
+/// Wait before its first retry (doubling, tripling… after): 2.5 s in all, time for a peer
+/// known only from its gossiped announcement to become dialable.
+const RETRY_BACKOFF: Duration = Duration::from_millis(250);
 
 /// Handle to the node's network. Cheap to clone; all methods are safe to call concurrently.
 #[derive(Clone, Debug)]
@@ -76,6 +83,38 @@ impl Network {
         digest: Digest,
     ) -> Result<TransferStats, TransferError> {
         self.push(peer, kind, header, payload, Some(digest)).await
+    }
+
+    /// Like [`send_hashed_payload`](Self::send_hashed_payload) (`digest` when the caller holds
+    /// it), retrying a transient failure (a stream that cannot be opened yet, a connection
+    /// closed under it) up to [`SEND_RETRIES`] times with a growing pause, all within `limit`.
+    /// A retried payload may reach the receiver twice: receivers refuse replays.
+    pub async fn send_with_retries(
+        &self,
+        peer: PeerId,
+        kind: PayloadKind,
+        header: &[u8],
+        payload: &[u8],
+        digest: Option<Digest>,
+        limit: Duration,
+    ) -> Result<TransferStats, TransferError> {
+        let attempts = async {
+            let mut attempt = 0;
+            loop {
+                match self.push(peer, kind, header, payload, digest).await {
+                    Ok(stats) => return Ok(stats),
+                    Err(error) if error.is_transient() && attempt < SEND_RETRIES => {
+                        attempt += 1;
+                        tracing::debug!(%peer, %error, attempt, "send retried");
+                        tokio::time::sleep(RETRY_BACKOFF * attempt).await;
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+        };
+        tokio::time::timeout(limit, attempts)
+            .await
+            .unwrap_or(Err(TransferError::Deadline(limit)))
     }
 
     async fn push(

@@ -38,6 +38,8 @@ const ACK_REFUSED: u8 = 1;
 pub enum PayloadKind {
     /// A model delta (gossip averaging).
     Delta,
+    /// One part of a butterfly all-reduce (contribution or result).
+    Part,
     /// Pipeline activations (forward pass).
     Activations,
     /// Pipeline gradients (backward pass).
@@ -50,8 +52,9 @@ pub enum PayloadKind {
 
 impl PayloadKind {
     /// Every kind.
-    pub const ALL: [PayloadKind; 5] = [
+    pub const ALL: [PayloadKind; 6] = [
         PayloadKind::Delta,
+        PayloadKind::Part,
         PayloadKind::Activations,
         PayloadKind::Gradients,
         PayloadKind::Control,
@@ -68,7 +71,10 @@ impl PayloadKind {
     pub fn queues_when_busy(self) -> bool {
         matches!(
             self,
-            PayloadKind::Activations | PayloadKind::Gradients | PayloadKind::Control
+            PayloadKind::Part
+                | PayloadKind::Activations
+                | PayloadKind::Gradients
+                | PayloadKind::Control
         )
     }
 
@@ -76,6 +82,7 @@ impl PayloadKind {
     pub fn protocol_str(self) -> &'static str {
         match self {
             PayloadKind::Delta => "/murmur/delta/1.0.0",
+            PayloadKind::Part => "/murmur/part/1.0.0",
             PayloadKind::Activations => "/murmur/activations/1.0.0",
             PayloadKind::Gradients => "/murmur/gradients/1.0.0",
             PayloadKind::Control => "/murmur/pipeline-control/1.0.0",

@@ -93,8 +93,16 @@ pub struct NodeArgs {
     #[arg(long, default_value = "int8", value_parser = parse_codec, env = "MURMUR_CODEC")]
     pub codec: Codec,
     /// Robust merging: per-delta norm clipping and a coordinate-wise trimmed mean.
-    #[arg(long, env = "MURMUR_ROBUST")]
+    #[arg(long, env = "MURMUR_ROBUST", conflicts_with = "butterfly")]
     pub robust: bool,
+    /// Average in butterfly (scatter-reduce) rounds: every sync, the node and its live peers
+    /// end with one exact sample-weighted mean. Parts use --codec when it is raw, f16 or
+    /// bf16, f16 otherwise. Trusts the owner of each part: not with --robust.
+    #[arg(long, env = "MURMUR_BUTTERFLY", conflicts_with = "outer")]
+    pub butterfly: bool,
+    /// Longest a butterfly round may take, seconds.
+    #[arg(long, default_value_t = 4.0, env = "MURMUR_BUTTERFLY_WINDOW")]
+    pub butterfly_window: f64,
     /// DiLoCo: feed the averaged model change to a Nesterov outer optimizer.
     #[arg(long, env = "MURMUR_OUTER")]
     pub outer: bool,

@@ -20,7 +20,7 @@ use murmur_protocol::{ModelFingerprint, RunId, SignedManifest};
 
 pub use args::{NodeArgs, parse_codec, parse_placement};
 
-use crate::averaging::{Admission, AveragerConfig, OuterConfig, RobustConfig};
+use crate::averaging::{Admission, AveragerConfig, ButterflyConfig, OuterConfig, RobustConfig};
 use crate::identity::NodeIdentity;
 use crate::net::NetConfig;
 use crate::session::replica::ModelReplica;
@@ -128,6 +128,13 @@ async fn serve(args: &NodeArgs, identity: NodeIdentity, store: Store) -> anyhow:
     });
     averager.admission = admission(args, &run)?;
     averager.tamper = args.tamper;
+    averager.butterfly = args.butterfly.then(|| {
+        ButterflyConfig {
+            window: Duration::from_secs_f64(args.butterfly_window.clamp(0.1, 600.0)),
+            ..ButterflyConfig::default()
+        }
+        .with_codec_if_dense(args.codec)
+    });
     let config = SessionConfig {
         net,
         averager,

@@ -220,6 +220,10 @@ impl Session {
         let (net, events) =
             Network::start(identity.keypair(), config.net.clone(), store.as_ref()).await?;
         let deltas = net.subscribe_payloads(PayloadKind::Delta)?;
+        let parts = match config.averager.butterfly {
+            Some(_) => Some(net.subscribe_payloads(PayloadKind::Part)?),
+            None => None,
+        };
         let state_requests = net.serve_state()?;
         let (inputs, input_rx) = std::sync::mpsc::sync_channel(64);
         let (outputs, output_rx) = mpsc::channel(64);
@@ -262,7 +266,10 @@ impl Session {
             .spawn(move || worker.run())
             .map_err(SessionError::Spawn)?;
         let tasks = TaskTracker::new();
-        tasks.spawn(pumps::inbound(ctx.clone(), deltas));
+        tasks.spawn(pumps::inbound(ctx.clone(), PayloadKind::Delta, deltas));
+        if let Some(parts) = parts {
+            tasks.spawn(pumps::inbound(ctx.clone(), PayloadKind::Part, parts));
+        }
         tasks.spawn(pumps::outbound(ctx.clone(), output_rx, tasks.clone()));
         tasks.spawn(presence::run(ctx.clone(), events));
         tasks.spawn(state_sync::serve(ctx.clone(), state_requests));

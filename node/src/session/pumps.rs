@@ -11,14 +11,20 @@ use tokio_util::task::TaskTracker;
 use super::worker::{WorkerInput, WorkerOutput};
 use super::{Context, publish_status};
 use crate::averaging::Rejection;
+use crate::averaging::butterfly::PartSend;
 use crate::net::{IncomingPayload, PayloadKind};
 
 /// Most delta sends in flight at once.
 const MAX_SENDS_IN_FLIGHT: usize = 8;
 
-/// Forwards received deltas to the training thread; when it is full the delta is dropped
-/// and counted (the swarm and the transfer tasks never wait on training).
-pub(crate) async fn inbound(ctx: Arc<Context>, mut deltas: mpsc::Receiver<IncomingPayload>) {
+/// Forwards received deltas (or butterfly parts, by `kind`) to the training thread; when it
+/// is full the payload is dropped and counted (the swarm and the transfer tasks never wait
+/// on training).
+pub(crate) async fn inbound(
+    ctx: Arc<Context>,
+    kind: PayloadKind,
+    mut deltas: mpsc::Receiver<IncomingPayload>,
+) {
     loop {
         let incoming = tokio::select! {
             _ = ctx.cancel.cancelled() => return,
@@ -31,11 +37,20 @@ pub(crate) async fn inbound(ctx: Arc<Context>, mut deltas: mpsc::Receiver<Incomi
             .bytes_received
             .fetch_add(incoming.payload.len() as u64, Ordering::Relaxed);
         let peer = incoming.peer;
-        let input = WorkerInput::Delta {
-            peer,
-            header: incoming.header,
-            payload: incoming.payload,
-            digest: incoming.digest,
+        let input = if kind == PayloadKind::Part {
+            WorkerInput::Part {
+                peer,
+                header: incoming.header,
+                payload: incoming.payload,
+                digest: incoming.digest,
+            }
+        } else {
+            WorkerInput::Delta {
+                peer,
+                header: incoming.header,
+                payload: incoming.payload,
+                digest: incoming.digest,
+            }
         };
         if ctx.inputs.try_send(input).is_err() {
             tracing::warn!(%peer, reason = %Rejection::Overloaded, "delta dropped");
@@ -89,6 +104,11 @@ pub(crate) async fn outbound(
                     });
                 }
             }
+            WorkerOutput::SendParts(parts) => {
+                for part in parts {
+                    tasks.spawn(send_part(ctx.clone(), part, sends.clone()));
+                }
+            }
             WorkerOutput::Rejected { peer, reason } => {
                 let points = reason.penalty();
                 if points > 0 {
@@ -99,6 +119,42 @@ pub(crate) async fn outbound(
                 }
             }
             WorkerOutput::Progress(status) => publish_status(&ctx, status),
+        }
+    }
+}
+
+/// Pushes one butterfly part, retrying transient failures within the round's window (a mean
+/// that does not arrive leaves the contributor off the group's average); a failure is
+/// reported so that its mean is not waited for.
+async fn send_part(ctx: Arc<Context>, part: PartSend, sends: Arc<Semaphore>) {
+    let Ok(_permit) = sends.acquire_owned().await else {
+        return;
+    };
+    let sent = tokio::select! {
+        _ = ctx.cancel.cancelled() => return,
+        sent = ctx.net.send_with_retries(
+            part.peer,
+            PayloadKind::Part,
+            &part.header,
+            &part.payload,
+            Some(part.digest),
+            part.limit,
+        ) => sent,
+    };
+    match sent {
+        Ok(stats) => {
+            ctx.traffic
+                .bytes_sent
+                .fetch_add(stats.bytes, Ordering::Relaxed);
+        }
+        Err(err) => {
+            tracing::debug!(peer = %part.peer, %err, "butterfly part not delivered");
+            ctx.traffic.send_failures.fetch_add(1, Ordering::Relaxed);
+            let failed = WorkerInput::PartFailed {
+                peer: part.peer,
+                round: part.round,
+            };
+            let _ = ctx.deliver(failed).await;
         }
     }
 }

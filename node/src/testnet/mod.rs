@@ -61,6 +61,9 @@ pub struct TestnetArgs {
     /// DiLoCo outer optimizer on every node.
     #[arg(long)]
     pub outer: bool,
+    /// Butterfly (scatter-reduce) averaging on every node instead of push-sum gossip.
+    #[arg(long, conflicts_with_all = ["robust", "outer", "malicious"])]
+    pub butterfly: bool,
     /// Kill -9 and restart a random honest node every this many seconds (with --sharded:
     /// once, after this many seconds).
     #[arg(long)]
@@ -197,6 +200,9 @@ fn node_args(args: &TestnetArgs, layout: &Layout, index: usize, bootstrap: &str)
     }
     if args.outer {
         a.push("--outer".into());
+    }
+    if args.butterfly {
+        a.push("--butterfly".into());
     }
     if index >= honest
         && let Some(tamper) = args.malicious

@@ -4,7 +4,7 @@
 use ed25519_dalek::SigningKey;
 use murmur_protocol::{
     Announcement, Capacity, Codec, DeltaHeader, Digest, LinkStat, Message, ModelFingerprint,
-    PeerKey, RunId, StateHeader, StateRequest,
+    PartHeader, PartPhase, PeerKey, RunId, StateHeader, StateRequest,
 };
 use proptest::prelude::*;
 
@@ -114,7 +114,8 @@ pub fn message(peer: PeerKey) -> impl Strategy<Value = Message> {
                     timestamp_ms: ts,
                 })
             },
-        );
+        )
+        .boxed();
     let request = (id32(), id32(), any::<u64>(), any::<u64>()).prop_map(
         move |(run, model, offset, max_len)| {
             Message::StateRequest(StateRequest {
@@ -151,7 +152,31 @@ pub fn message(peer: PeerKey) -> impl Strategy<Value = Message> {
                 })
             })
         });
-    prop_oneof![announcement, delta, request, state]
+    let part = (
+        delta.clone(),
+        any::<bool>(),
+        0u64..1 << 20,
+        0u64..1 << 20,
+        any::<u32>(),
+    )
+        .prop_map(|(delta, result, offset, extra, members)| {
+            let Message::Delta(body) = delta else {
+                unreachable!("the delta strategy makes deltas")
+            };
+            let total_elements = offset + body.element_count + extra;
+            Message::Part(PartHeader {
+                body,
+                phase: if result {
+                    PartPhase::Result
+                } else {
+                    PartPhase::Contribution
+                },
+                offset,
+                total_elements,
+                members,
+            })
+        });
+    prop_oneof![announcement, delta, request, state, part]
 }
 
 /// Finite f32 vectors of moderate magnitude.

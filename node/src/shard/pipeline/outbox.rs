@@ -20,13 +20,8 @@ use murmur_protocol::pipeline::PipeHeader;
 use tokio::task::JoinSet;
 
 use super::PipelineError;
-use crate::net::{Network, PayloadKind, TransferError};
+use crate::net::{Network, PayloadKind};
 
-/// Further attempts after a transient send failure.
-const SEND_RETRIES: u32 = 4;
-/// Wait before the first retry (doubling, tripling… after): 2.5 s in all, time for a member
-/// known only from its gossiped announcement to become dialable.
-const RETRY_BACKOFF: Duration = Duration::from_millis(250);
 /// How long a finished shard lets its best-effort sends complete before dropping them.
 const FLUSH_GRACE: Duration = Duration::from_secs(2);
 
@@ -172,29 +167,13 @@ pub(super) async fn send_with_retries(
 ) -> Result<(), PipelineError> {
     let rate = net.limits().min_transfer_rate.max(1) as f64;
     let limit = deadline + Duration::from_secs_f64(payload.len() as f64 / rate);
-    let attempts = async {
-        let mut attempt = 0;
-        loop {
-            match net.send_payload(peer, kind, header, payload).await {
-                Ok(_) => return Ok(()),
-                Err(error) if error.is_transient() && attempt < SEND_RETRIES => {
-                    attempt += 1;
-                    tracing::debug!(%peer, %error, attempt, "pipeline send retried");
-                    tokio::time::sleep(RETRY_BACKOFF * attempt).await;
-                }
-                Err(error) => return Err(error),
-            }
-        }
-    };
-    let error = match tokio::time::timeout(limit, attempts).await {
-        Ok(Ok(())) => return Ok(()),
-        Ok(Err(error)) => error,
-        Err(_) => TransferError::Deadline(limit),
-    };
-    Err(PipelineError::Send {
-        peer,
-        error: Box::new(error),
-    })
+    net.send_with_retries(peer, kind, header, payload, None, limit)
+        .await
+        .map(|_| ())
+        .map_err(|error| PipelineError::Send {
+            peer,
+            error: Box::new(error),
+        })
 }
 
 fn flatten(

@@ -5,6 +5,8 @@
 //! `sync_channel` (the async side never blocks on it, it drops and counts when full), and
 //! outputs leave on a tokio channel with `blocking_send` (back-pressure on this thread only).
 
+mod butterfly;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
@@ -23,7 +25,8 @@ use super::checkpoints::{Checkpoints, SessionCheckpoint};
 use super::in_flight::SendsInFlight;
 use super::presence::LivePeers;
 use super::replica::Replica;
-use crate::averaging::{Averager, MergeCounts, Outgoing, Rejection, SyncPolicy};
+use crate::averaging::butterfly::{PartSend, RoundEnd};
+use crate::averaging::{Averager, Butterfly, MergeCounts, Outgoing, Rejection, SyncPolicy};
 
 /// Schedule of the training thread.
 #[derive(Debug, Clone)]
@@ -60,6 +63,24 @@ pub enum WorkerInput {
     },
     /// A delta could not be delivered; the model and mass it carried come back.
     SendFailed(Outgoing),
+    /// A butterfly part received from `peer`.
+    Part {
+        /// Sender.
+        peer: PeerId,
+        /// Signed envelope bytes.
+        header: Vec<u8>,
+        /// Encoded payload.
+        payload: Vec<u8>,
+        /// Its BLAKE3 digest, computed and checked by the transfer.
+        digest: Digest,
+    },
+    /// A butterfly part for `round` could not be delivered to `peer`.
+    PartFailed {
+        /// The recipient.
+        peer: PeerId,
+        /// The part's round.
+        round: u64,
+    },
     /// Current parameters for a state download.
     Snapshot(oneshot::Sender<Snapshot>),
     /// Adopt a downloaded model state.
@@ -94,6 +115,8 @@ pub enum WorkerOutput {
         /// The signed delta.
         outgoing: Outgoing,
     },
+    /// Push each butterfly part to its recipient.
+    SendParts(Vec<PartSend>),
     /// A delta from `peer` was refused.
     Rejected {
         /// Sender.
@@ -167,6 +190,14 @@ pub struct Worker {
     /// How long this node's last fan-out took to deliver: about how long the peers'
     /// deltas of a round take to arrive after the first one.
     fanout_took: Duration,
+    /// Butterfly rounds, when the run averages that way instead of by gossip.
+    butterfly: Option<Butterfly>,
+    /// This node's peer id.
+    local: PeerId,
+    /// The model changed (trained, adopted) since the last butterfly round started.
+    butterfly_dirty: bool,
+    /// How the last butterfly round ended.
+    last_round: Option<RoundEnd>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -213,6 +244,12 @@ impl Worker {
             in_flight,
         } = links;
         let rng = StdRng::seed_from_u64(config.seed);
+        let (key, me) = averager.signer();
+        let local = crate::identity::peer_id_of(&me).unwrap_or_else(|_| PeerId::random());
+        let butterfly = averager
+            .config()
+            .butterfly
+            .map(|b| Butterfly::new(b, averager.config(), key.clone(), local, replica.len()));
         Self {
             replica,
             averager,
@@ -235,6 +272,10 @@ impl Worker {
             pending_since: None,
             sent_at: None,
             fanout_took: Duration::ZERO,
+            butterfly,
+            local,
+            butterfly_dirty: true,
+            last_round: None,
         }
     }
 
@@ -279,11 +320,13 @@ impl Worker {
             if training {
                 self.train_one()?;
                 let lr = self.replica.lr();
-                if self
-                    .config
-                    .policy
-                    .due(self.steps_since_sync, self.last_sync.elapsed(), lr)
-                {
+                let due =
+                    self.config
+                        .policy
+                        .due(self.steps_since_sync, self.last_sync.elapsed(), lr);
+                if self.butterfly.is_some() {
+                    self.step_butterfly(due)?;
+                } else if due {
                     self.sync()?;
                 }
                 if self
@@ -293,6 +336,10 @@ impl Worker {
                 {
                     self.evaluate()?;
                     self.publish();
+                }
+            } else if self.butterfly.is_some() {
+                if let Flow::Stop = self.idle_butterfly()? {
+                    return self.finish();
                 }
             } else {
                 let wait = self
@@ -318,6 +365,33 @@ impl Worker {
         }
     }
 
+    /// One wait of an idle node that averages in butterfly rounds.
+    fn idle_butterfly(&mut self) -> Result<Flow, SessionError> {
+        let idle = self.config.idle_sync;
+        let remaining = idle.saturating_sub(self.last_sync.elapsed());
+        let wait = self.butterfly_wait(if remaining.is_zero() { idle } else { remaining });
+        match self.inputs.recv_timeout(wait) {
+            Ok(input) => {
+                if let Flow::Stop = self.handle(input)? {
+                    return Ok(Flow::Stop);
+                }
+                let due = self.butterfly_idle_due();
+                self.step_butterfly(due)?;
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                let due = self.butterfly_idle_due();
+                self.step_butterfly(due)?;
+                if !due && self.last_sync.elapsed() >= idle {
+                    // Nothing to do: wait a whole idle period again.
+                    self.last_sync = Instant::now();
+                    self.publish();
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return Ok(Flow::Stop),
+        }
+        Ok(Flow::Continue)
+    }
+
     fn handle(&mut self, input: WorkerInput) -> Result<Flow, SessionError> {
         match input {
             WorkerInput::Delta {
@@ -339,6 +413,13 @@ impl Worker {
                         .blocking_send(WorkerOutput::Rejected { peer, reason });
                 }
             }
+            WorkerInput::Part {
+                peer,
+                header,
+                payload,
+                digest,
+            } => self.receive_part(peer, &header, payload, &digest),
+            WorkerInput::PartFailed { peer, round } => self.part_failed(&peer, round),
             WorkerInput::SendFailed(outgoing) => {
                 let mut params = self.replica.params()?;
                 self.averager.returned(&outgoing, &mut params);
@@ -355,6 +436,10 @@ impl Worker {
             WorkerInput::Adopt { round, params } => {
                 self.replica.set_params(&params)?;
                 self.averager.adopt(round);
+                if let Some(butterfly) = self.butterfly.as_mut() {
+                    butterfly.abandon();
+                }
+                self.butterfly_dirty = true;
                 self.pending_since = None;
                 self.changed();
                 self.status.round = self.averager.round();
@@ -372,6 +457,7 @@ impl Worker {
         let started = Instant::now();
         let step = self.replica.step()?;
         self.changed();
+        self.butterfly_dirty = true;
         self.train_time += started.elapsed();
         self.steps_since_sync += 1;
         self.samples_since_sync += step.samples;

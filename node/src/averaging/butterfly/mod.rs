@@ -1,0 +1,396 @@
+//! Butterfly (scatter-reduce) averaging: a round in which every member of the group ends
+//! with the same sample-weighted mean, moving each element of the model twice instead of
+//! once per peer as push-sum's full fan-out does.
+//!
+//! A round of a group of `n` peers (this node and its live peers, ordered by peer id, so
+//! every member computes the same split) cuts the model into `n` contiguous parts; member `k`
+//! owns part `k`. Each member sends every owner its slice of the owner's part, weighted by
+//! its mass; each owner averages what it received with its own slice and sends the mean back
+//! to every contributor. Everyone then holds the same values (the owner applies the mean as
+//! rounded by the codec, as the others decode it).
+//!
+//! A node's mass (the samples behind its model) is its weight in every round and is not
+//! changed by averaging: each part's mean then keeps `Σ mass × value` over the members that
+//! took part in it, so a round that only part of the group completes (a member vanished, a
+//! mean came late) moves every member towards the same weighted mean and biases nothing. A
+//! mean that arrives after its round ended is still added (relative to what was sent).
+//!
+//! Nothing waits without bound: an owner averages whatever arrived within half the window,
+//! a contributor keeps its own slice of any part whose mean does not arrive within the
+//! window, and a part whose contribution could not be delivered is not waited for. A peer
+//! that hears of a round it has not started joins it (the "pull"), so one node's timer
+//! starts the round for all. Peers whose views of the group differ for a moment send parts
+//! that do not match the owner's split; those are refused ([`Rejection::PartMismatch`]),
+//! the round ends early, and the next one uses the views as they are by then.
+//!
+//! [`Butterfly`] is plain synchronous state owned by the training thread; [`wire`] encodes,
+//! signs and checks the parts.
+
+mod round;
+mod wire;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use murmur_protocol::{Codec, Digest, PartHeader, PartPhase};
+
+use super::{AveragerConfig, AveragingError, Rejection};
+use round::{LateMeans, Round};
+pub use wire::PartSend;
+use wire::Signer;
+
+/// Settings of butterfly averaging.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ButterflyConfig {
+    /// Payload codec of the parts: a dense one (raw, f16, bf16): a round has no error
+    /// feedback to carry a sparse or int8 codec's residual.
+    pub codec: Codec,
+    /// How long a round may take: owners average what arrived within half of it, and
+    /// contributors stop waiting for means after all of it.
+    pub window: Duration,
+}
+
+impl Default for ButterflyConfig {
+    fn default() -> Self {
+        Self {
+            codec: Codec::F16,
+            window: Duration::from_secs(4),
+        }
+    }
+}
+
+impl ButterflyConfig {
+    /// This configuration with `codec` when it is dense, otherwise f16.
+    pub fn with_codec_if_dense(mut self, codec: Codec) -> Self {
+        if matches!(codec, Codec::RawF32 | Codec::F16 | Codec::Bf16) {
+            self.codec = codec;
+        }
+        self
+    }
+}
+
+/// A part received for a round this node has not started: checked, not decoded yet.
+#[derive(Debug)]
+struct EarlyPart {
+    peer: PeerId,
+    header: PartHeader,
+    payload: Vec<u8>,
+    digest: Digest,
+}
+
+/// Most early parts kept (all of one round, the latest heard of).
+const MAX_EARLY: usize = 256;
+
+/// Ended rounds whose missing means are still taken in.
+const MAX_LATE_ROUNDS: usize = 8;
+
+/// How a round ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundEnd {
+    /// The round.
+    pub round: u64,
+    /// Every part was averaged over the whole group.
+    pub complete: bool,
+    /// The group the round was run with (this node included, sorted).
+    pub group: Vec<PeerId>,
+}
+
+/// What a received part did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// A contribution to this node's part of the current round.
+    Contribution,
+    /// A mean of one of the current round's parts, now in the corrections.
+    Mean,
+    /// A mean of a round that had ended, now in the corrections: the model moved away from
+    /// what the group agreed on.
+    LateMean,
+    /// A part of a later round: this node should join it.
+    Early,
+}
+
+/// A part's mean to bring into the model: the elements from `offset` move by `mean − sent`
+/// (training may have moved them since they were sent); those that did not move become the
+/// mean exactly, so the members of a round hold bit-identical values.
+#[derive(Debug, Clone)]
+pub struct Correction {
+    /// First element.
+    pub offset: usize,
+    /// Mean minus the values the node contributed.
+    pub mean: Vec<f32>,
+    /// The values this node contributed.
+    pub sent: Vec<f32>,
+}
+
+/// One node's side of butterfly averaging.
+#[derive(Debug)]
+pub struct Butterfly {
+    config: ButterflyConfig,
+    signer: Signer,
+    local: PeerId,
+    total: usize,
+    current: Option<Round>,
+    /// Recently ended rounds whose means did not all arrive, newest last.
+    late: Vec<LateMeans>,
+    /// Rounds up to this one are over (or were never taken part in).
+    finished: Option<u64>,
+    early: BTreeMap<u64, Vec<EarlyPart>>,
+    corrections: Vec<Correction>,
+    scratch: Vec<f32>,
+}
+
+impl Butterfly {
+    /// The butterfly side of a node whose gossip averaging is configured by `averager`,
+    /// signing with `key`, for models of `total` elements.
+    pub fn new(
+        config: ButterflyConfig,
+        averager: &AveragerConfig,
+        key: ed25519_dalek::SigningKey,
+        local: PeerId,
+        total: usize,
+    ) -> Self {
+        let me = murmur_protocol::envelope::peer_key(&key);
+        Self {
+            config,
+            signer: Signer {
+                run: averager.run,
+                model: averager.model,
+                key,
+                me,
+                codec: config.codec,
+                admission: averager.admission.clone(),
+            },
+            local,
+            total,
+            current: None,
+            late: Vec::new(),
+            finished: None,
+            early: BTreeMap::new(),
+            corrections: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Whether a round is in progress.
+    pub fn busy(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// A later round a peer has started, which this idle node should join.
+    pub fn pulled(&self) -> Option<u64> {
+        if self.current.is_some() {
+            return None;
+        }
+        self.early.keys().next_back().copied()
+    }
+
+    /// Starts round `round` with `params` (the model now), `weight` (its mass) and the
+    /// live `peers`; returns the contributions to send. Early parts of this round are taken
+    /// in; those of earlier rounds are dropped.
+    pub fn start(
+        &mut self,
+        round: u64,
+        params: &[f32],
+        anchor: &[f32],
+        weight: f64,
+        peers: &[PeerId],
+    ) -> Result<Vec<PartSend>, AveragingError> {
+        if params.len() != self.total {
+            return Err(AveragingError::WrongLength {
+                expected: self.total,
+                actual: params.len(),
+            });
+        }
+        let early = self.early.remove(&round).unwrap_or_default();
+        self.early.retain(|r, _| *r > round);
+        // The members who already sent parts of this round are in it, seen live or not.
+        let mut group: Vec<PeerId> = peers
+            .iter()
+            .chain(early.iter().map(|p| &p.peer))
+            .copied()
+            .filter(|p| *p != self.local)
+            .collect();
+        group.push(self.local);
+        group.sort();
+        group.dedup();
+        let mut current = Round::new(
+            round,
+            group,
+            self.local,
+            params.to_vec(),
+            weight,
+            self.config.window,
+        );
+        let sends = current.contributions(&self.signer, anchor, &mut self.scratch)?;
+        for part in early {
+            let _ = current.collect(
+                &part.peer,
+                &part.header,
+                &part.payload,
+                &part.digest,
+                anchor,
+            );
+        }
+        self.current = Some(current);
+        Ok(sends)
+    }
+
+    /// Checks and takes in a part from `peer` (`digest`: as checked by the transfer).
+    pub fn receive(
+        &mut self,
+        peer: &PeerId,
+        header: &[u8],
+        payload: Vec<u8>,
+        digest: &Digest,
+        anchor: &[f32],
+    ) -> Result<Received, Rejection> {
+        let part = self.signer.open(peer, header, self.total)?;
+        let round = part.body.base_round;
+        if part.phase == PartPhase::Result
+            && let Some(late) = self.late.iter_mut().find(|l| l.number() == round)
+        {
+            let correction = late.take_mean(peer, &part, &payload, digest, anchor)?;
+            self.corrections.push(correction);
+            self.late.retain(|l| !l.is_empty());
+            return Ok(Received::LateMean);
+        }
+        let current = self.current.as_ref().map(Round::number);
+        if self.finished.is_some_and(|f| round <= f) || current.is_some_and(|c| round < c) {
+            return Err(Rejection::Stale);
+        }
+        if current != Some(round) {
+            if part.phase != PartPhase::Contribution {
+                return Err(Rejection::PartMismatch);
+            }
+            return self.keep_early(*peer, part, payload, *digest);
+        }
+        let Some(current) = self.current.as_mut() else {
+            return Err(Rejection::Stale);
+        };
+        match part.phase {
+            PartPhase::Contribution => current
+                .collect(peer, &part, &payload, digest, anchor)
+                .map(|()| Received::Contribution),
+            PartPhase::Result => {
+                let correction = current.take_mean(peer, &part, &payload, digest, anchor)?;
+                self.corrections.push(correction);
+                Ok(Received::Mean)
+            }
+        }
+    }
+
+    fn keep_early(
+        &mut self,
+        peer: PeerId,
+        header: PartHeader,
+        payload: Vec<u8>,
+        digest: Digest,
+    ) -> Result<Received, Rejection> {
+        let round = header.body.base_round;
+        // Decoded only once the round starts: the bytes are checked against the signed
+        // digest now (the transfer's digest saves hashing them again when it matches).
+        let signed = header.body.payload_digest;
+        if payload.len() as u64 != header.body.payload_len
+            || (digest != signed && Digest::of(&payload) != signed)
+        {
+            return Err(Rejection::BadPayload);
+        }
+        if self
+            .early
+            .keys()
+            .next_back()
+            .is_some_and(|latest| round < *latest)
+        {
+            return Err(Rejection::Stale);
+        }
+        // Only the latest round heard of is worth joining.
+        self.early.retain(|r, _| *r >= round);
+        let parts = self.early.entry(round).or_default();
+        if parts.len() >= MAX_EARLY || parts.iter().any(|p| p.peer == peer) {
+            return Err(Rejection::Replay);
+        }
+        parts.push(EarlyPart {
+            peer,
+            header,
+            payload,
+            digest,
+        });
+        Ok(Received::Early)
+    }
+
+    /// A part this node sent for `round` to `peer` could not be delivered: its mean is not
+    /// waited for.
+    pub fn send_failed(&mut self, peer: &PeerId, round: u64) {
+        if let Some(current) = self.current.as_mut().filter(|c| c.number() == round) {
+            current.give_up_on(peer);
+        }
+    }
+
+    /// Moves the round on at `now`: averages this node's part once every member's slice is
+    /// in or the owner's deadline passed (returns the means to send), and ends the round
+    /// once every mean is in, or the window passed, or a member's split differs, or a member
+    /// started a later round.
+    pub fn advance(
+        &mut self,
+        now: Instant,
+        anchor: &[f32],
+    ) -> Result<(Vec<PartSend>, Option<RoundEnd>), AveragingError> {
+        let Some(current) = self.current.as_mut() else {
+            return Ok((Vec::new(), None));
+        };
+        let window = self.config.window;
+        let mut sends = Vec::new();
+        if current.ready_to_reduce(now, window / 2) {
+            let (means, correction) = current.reduce(&self.signer, anchor, &mut self.scratch)?;
+            sends = means;
+            self.corrections.extend(correction);
+        }
+        // A member that already started a later round sends no more means for this one.
+        let superseded = self
+            .early
+            .keys()
+            .next_back()
+            .is_some_and(|r| *r > current.number());
+        if !current.over(now, window, superseded) {
+            return Ok((sends, None));
+        }
+        let end = current.end();
+        self.finished = Some(end.round);
+        self.early.retain(|r, _| *r > end.round);
+        if let Some(ended) = self.current.take() {
+            let late = ended.into_late();
+            if !late.is_empty() {
+                if self.late.len() >= MAX_LATE_ROUNDS {
+                    self.late.remove(0);
+                }
+                self.late.push(late);
+            }
+        }
+        Ok((sends, Some(end)))
+    }
+
+    /// Drops the round in progress (the node adopted another state).
+    pub fn abandon(&mut self) {
+        if let Some(current) = self.current.take() {
+            self.finished = Some(current.number());
+        }
+        self.late.clear();
+        self.corrections.clear();
+    }
+
+    /// The changes received since the last call, to add to the model.
+    pub fn take_corrections(&mut self) -> Vec<Correction> {
+        std::mem::take(&mut self.corrections)
+    }
+
+    /// When the round in progress next needs [`advance`](Self::advance) without any input.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.current
+            .as_ref()
+            .map(|c| c.next_deadline(self.config.window))
+    }
+}
+
+#[cfg(test)]
+mod tests;

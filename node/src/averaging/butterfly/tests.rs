@@ -1,0 +1,331 @@
+//! Butterfly rounds between in-process members, parts handed over by a simulated network.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use murmur_protocol::{Digest, ModelFingerprint, RunId};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+use super::*;
+use crate::identity::NodeIdentity;
+
+struct Member {
+    id: PeerId,
+    butterfly: Butterfly,
+    params: Vec<f32>,
+    weight: f64,
+    end: Option<RoundEnd>,
+}
+
+fn averager() -> AveragerConfig {
+    AveragerConfig::new(RunId::from_name("butterfly"), ModelFingerprint([3; 32]))
+}
+
+fn members(n: usize, len: usize, seed: u64) -> Vec<Member> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|i| {
+            let identity = NodeIdentity::from_secret([i as u8 + 1; 32]).expect("identity");
+            let butterfly = Butterfly::new(
+                ButterflyConfig::default(),
+                &averager(),
+                identity.signing_key().clone(),
+                identity.peer_id(),
+                len,
+            );
+            Member {
+                id: identity.peer_id(),
+                butterfly,
+                params: (0..len).map(|_| rng.random_range(-2.0..2.0)).collect(),
+                weight: 10.0 * (i as f64 + 1.0),
+                end: None,
+            }
+        })
+        .collect()
+}
+
+fn apply(member: &mut Member) {
+    for c in member.butterfly.take_corrections() {
+        for ((p, m), s) in member.params[c.offset..]
+            .iter_mut()
+            .zip(&c.mean)
+            .zip(&c.sent)
+        {
+            *p = if *p == *s { *m } else { *p + (m - s) };
+        }
+    }
+}
+
+/// Runs one round started by member 0, delivering every part except those to or from
+/// `dead`; then lets the owners' deadline pass (they average what they have) and the window
+/// (the round ends for everyone).
+fn run_round(members: &mut [Member], anchor: &[f32], dead: Option<usize>) {
+    let peers: Vec<PeerId> = members.iter().map(|m| m.id).skip(1).collect();
+    let m0 = &mut members[0];
+    let mut queue: VecDeque<(usize, PartSend)> = m0
+        .butterfly
+        .start(0, &m0.params, anchor, m0.weight, &peers)
+        .expect("start")
+        .into_iter()
+        .map(|s| (0, s))
+        .collect();
+    deliver(members, anchor, dead, &mut queue, Instant::now());
+    let window = ButterflyConfig::default().window;
+    for after in [window / 2, window] {
+        let at = Instant::now() + after + Duration::from_millis(100);
+        for to in 0..members.len() {
+            if Some(to) != dead {
+                advance(members, to, anchor, at, &mut queue);
+            }
+        }
+        deliver(members, anchor, dead, &mut queue, at);
+    }
+}
+
+fn advance(
+    members: &mut [Member],
+    to: usize,
+    anchor: &[f32],
+    at: Instant,
+    queue: &mut VecDeque<(usize, PartSend)>,
+) {
+    let member = &mut members[to];
+    let (sends, end) = member.butterfly.advance(at, anchor).expect("advance");
+    queue.extend(sends.into_iter().map(|s| (to, s)));
+    if end.is_some() {
+        member.end = end;
+    }
+    apply(member);
+}
+
+/// Hands every queued part to its recipient (joining rounds it is pulled into) until none
+/// is left.
+fn deliver(
+    members: &mut [Member],
+    anchor: &[f32],
+    dead: Option<usize>,
+    queue: &mut VecDeque<(usize, PartSend)>,
+    at: Instant,
+) {
+    let ids: Vec<PeerId> = members.iter().map(|m| m.id).collect();
+    while let Some((from, send)) = queue.pop_front() {
+        let Some(to) = ids.iter().position(|p| *p == send.peer) else {
+            continue;
+        };
+        if Some(to) == dead || Some(from) == dead {
+            continue;
+        }
+        let member = &mut members[to];
+        let digest = Digest::of(&send.payload);
+        let received = member
+            .butterfly
+            .receive(
+                &ids[from],
+                &send.header,
+                send.payload.to_vec(),
+                &digest,
+                anchor,
+            )
+            .expect("part accepted");
+        if received == Received::Early {
+            let round = member.butterfly.pulled().expect("pulled");
+            let peers: Vec<PeerId> = ids.iter().copied().filter(|p| *p != member.id).collect();
+            let sends = member
+                .butterfly
+                .start(round, &member.params, anchor, member.weight, &peers)
+                .expect("start");
+            queue.extend(sends.into_iter().map(|s| (to, s)));
+        }
+        advance(members, to, anchor, at, queue);
+    }
+}
+
+#[test]
+fn a_complete_round_leaves_every_member_with_the_same_weighted_mean() {
+    let len = 1003;
+    let anchor = vec![0.5; len];
+    let mut members = members(4, len, 7);
+    let total: f64 = members.iter().map(|m| m.weight).sum();
+    let expected: Vec<f64> = (0..len)
+        .map(|j| {
+            members
+                .iter()
+                .map(|m| m.weight * f64::from(m.params[j]))
+                .sum::<f64>()
+                / total
+        })
+        .collect();
+    run_round(&mut members, &anchor, None);
+    for m in &members {
+        let end = m.end.as_ref().expect("round ended");
+        assert!(end.complete, "{end:?}");
+        assert_eq!(m.params, members[0].params, "members disagree");
+        for (p, e) in m.params.iter().zip(&expected) {
+            assert!((f64::from(*p) - e).abs() < 2e-3, "{p} vs {e}");
+        }
+    }
+}
+
+#[test]
+fn a_member_that_never_answers_leaves_its_part_local_and_the_rest_averaged() {
+    let len = 400;
+    let anchor = vec![0.0; len];
+    let mut members = members(4, len, 8);
+    let before: Vec<Vec<f32>> = members.iter().map(|m| m.params.clone()).collect();
+    let dead = 3;
+    run_round(&mut members, &anchor, Some(dead));
+    let ranges = wire::split(len, 4);
+    let mut ids: Vec<PeerId> = members.iter().map(|m| m.id).collect();
+    ids.sort();
+    let dead_part = ids
+        .iter()
+        .position(|p| *p == members[dead].id)
+        .expect("in group");
+    let alive: Vec<usize> = (0..4).filter(|i| *i != dead).collect();
+    for &i in &alive {
+        let end = members[i].end.as_ref().expect("round ended by its window");
+        assert!(!end.complete);
+        // The dead member's part: nobody averaged it, everyone kept its own slice.
+        let r = ranges[dead_part].clone();
+        assert_eq!(members[i].params[r.clone()], before[i][r]);
+    }
+    // Every other part was averaged over the three live members, identically.
+    for (k, r) in ranges.iter().enumerate() {
+        if k == dead_part {
+            continue;
+        }
+        let weights: f64 = alive.iter().map(|i| members[*i].weight).sum();
+        for j in r.clone() {
+            let mean: f64 = alive
+                .iter()
+                .map(|i| members[*i].weight * f64::from(before[*i][j]))
+                .sum::<f64>()
+                / weights;
+            for &i in &alive {
+                assert!((f64::from(members[i].params[j]) - mean).abs() < 2e-3);
+            }
+        }
+    }
+}
+
+#[test]
+fn forged_mismatched_replayed_and_stale_parts_are_refused() {
+    let len = 64;
+    let anchor = vec![0.0; len];
+    let mut m = members(3, len, 9);
+    let ids: Vec<PeerId> = m.iter().map(|x| x.id).collect();
+    let others =
+        |i: usize| -> Vec<PeerId> { ids.iter().copied().filter(|p| *p != ids[i]).collect() };
+    let params1 = m[1].params.clone();
+    let sends = m[1]
+        .butterfly
+        .start(5, &params1, &anchor, 1.0, &others(1))
+        .expect("start");
+    let to_0 = sends.iter().find(|s| s.peer == ids[0]).expect("part for 0");
+    let digest = Digest::of(&to_0.payload);
+    // Relayed by member 2: the signer is not the sending peer.
+    assert_eq!(
+        m[0].butterfly.receive(
+            &ids[2],
+            &to_0.header,
+            to_0.payload.to_vec(),
+            &digest,
+            &anchor
+        ),
+        Err(Rejection::SignerMismatch)
+    );
+    // A different payload under the signed header.
+    let mut tampered = to_0.payload.to_vec();
+    tampered[0] ^= 1;
+    assert_eq!(
+        m[0].butterfly.receive(
+            &ids[1],
+            &to_0.header,
+            tampered.clone(),
+            &Digest::of(&tampered),
+            &anchor
+        ),
+        Err(Rejection::BadPayload)
+    );
+    // Member 0 joins round 5 with a view that lacks member 2: its split differs.
+    let params0 = m[0].params.clone();
+    m[0].butterfly
+        .start(5, &params0, &anchor, 1.0, &[ids[1]])
+        .expect("start");
+    assert_eq!(
+        m[0].butterfly.receive(
+            &ids[1],
+            &to_0.header,
+            to_0.payload.to_vec(),
+            &digest,
+            &anchor
+        ),
+        Err(Rejection::PartMismatch)
+    );
+    let (_, end) = m[0]
+        .butterfly
+        .advance(Instant::now(), &anchor)
+        .expect("advance");
+    assert!(
+        end.is_some_and(|e| !e.complete),
+        "a mismatch ends the round at once"
+    );
+    // The round is over for member 0: the same part again is stale.
+    assert_eq!(
+        m[0].butterfly.receive(
+            &ids[1],
+            &to_0.header,
+            to_0.payload.to_vec(),
+            &digest,
+            &anchor
+        ),
+        Err(Rejection::Stale)
+    );
+    // Another run's member.
+    let mut config = averager();
+    config.run = RunId::from_name("another run");
+    let stranger = NodeIdentity::from_secret([42; 32]).expect("identity");
+    let mut theirs = Butterfly::new(
+        ButterflyConfig::default(),
+        &config,
+        stranger.signing_key().clone(),
+        stranger.peer_id(),
+        len,
+    );
+    let sends = theirs
+        .start(9, &params0, &anchor, 1.0, &[ids[2]])
+        .expect("start");
+    assert_eq!(
+        m[2].butterfly.receive(
+            &stranger.peer_id(),
+            &sends[0].header,
+            sends[0].payload.to_vec(),
+            &Digest::of(&sends[0].payload),
+            &anchor
+        ),
+        Err(Rejection::WrongRun)
+    );
+    // An early contribution is kept once: the same one again is a replay.
+    let to_2 = m[1]
+        .butterfly
+        .start(6, &params1, &anchor, 1.0, &others(1))
+        .map(|s| {
+            s.into_iter()
+                .find(|s| s.peer == ids[2])
+                .expect("part for 2")
+        })
+        .expect("start");
+    let d2 = Digest::of(&to_2.payload);
+    assert_eq!(
+        m[2].butterfly
+            .receive(&ids[1], &to_2.header, to_2.payload.to_vec(), &d2, &anchor),
+        Ok(Received::Early)
+    );
+    assert_eq!(m[2].butterfly.pulled(), Some(6));
+    assert_eq!(
+        m[2].butterfly
+            .receive(&ids[1], &to_2.header, to_2.payload.to_vec(), &d2, &anchor),
+        Err(Rejection::Replay)
+    );
+}

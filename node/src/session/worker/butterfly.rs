@@ -1,0 +1,192 @@
+//! The training thread's side of butterfly averaging: it starts a round when the policy's
+//! sync is due (training), when an idle node has news for its group, or at once when a
+//! peer's round reaches it (the pull); it takes in parts, adds the means to the model as
+//! they arrive (training goes on meanwhile), and ends rounds.
+
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use murmur_protocol::Digest;
+
+use super::{Worker, WorkerOutput};
+use crate::averaging::Rejection;
+use crate::averaging::butterfly::{Correction, PartSend, Received, RoundEnd};
+use crate::session::SessionError;
+
+impl Worker {
+    /// Takes in a part from `peer`; refusals are counted and scored.
+    pub(super) fn receive_part(
+        &mut self,
+        peer: PeerId,
+        header: &[u8],
+        payload: Vec<u8>,
+        digest: &Digest,
+    ) {
+        let Some(butterfly) = self.butterfly.as_mut() else {
+            return;
+        };
+        match butterfly.receive(&peer, header, payload, digest, self.averager.anchor()) {
+            Ok(Received::Contribution | Received::Mean | Received::Early) => {}
+            // The group agreed without this mean: this node's model is news again.
+            Ok(Received::LateMean) => self.butterfly_dirty = true,
+            Err(reason) => {
+                self.averager.count_rejection(reason);
+                if matches!(reason, Rejection::PartMismatch | Rejection::Stale) {
+                    tracing::debug!(%peer, %reason, "part refused");
+                } else {
+                    tracing::warn!(%peer, %reason, "part refused");
+                }
+                let _ = self
+                    .outputs
+                    .blocking_send(WorkerOutput::Rejected { peer, reason });
+            }
+        }
+    }
+
+    /// A part for `round` could not be delivered to `peer`.
+    pub(super) fn part_failed(&mut self, peer: &PeerId, round: u64) {
+        if let Some(butterfly) = self.butterfly.as_mut() {
+            butterfly.send_failed(peer, round);
+        }
+    }
+
+    /// Moves the round in progress on, and starts one when `due` or pulled in.
+    pub(super) fn step_butterfly(&mut self, due: bool) -> Result<(), SessionError> {
+        let Some(butterfly) = self.butterfly.as_mut() else {
+            return Ok(());
+        };
+        let (sends, end) = butterfly.advance(Instant::now(), self.averager.anchor())?;
+        self.send_parts(sends);
+        self.apply_corrections()?;
+        if let Some(end) = end {
+            self.end_round(end)?;
+        }
+        let Some(butterfly) = self.butterfly.as_ref() else {
+            return Ok(());
+        };
+        let pulled = butterfly.pulled();
+        if !butterfly.busy() && (pulled.is_some() || due) {
+            self.start_round(pulled)?;
+        }
+        Ok(())
+    }
+
+    /// Whether an idle node should start a round: its idle period is over and its group
+    /// may not hold one mean yet (the last round was incomplete, the group changed, or the
+    /// model did).
+    pub(super) fn butterfly_idle_due(&self) -> bool {
+        let live = self.live_peers.snapshot();
+        if live.is_empty() || self.last_sync.elapsed() < self.config.idle_sync {
+            return false;
+        }
+        let Some(last) = &self.last_round else {
+            return true;
+        };
+        let mut group = live;
+        group.push(self.local);
+        group.sort();
+        group.dedup();
+        self.butterfly_dirty || !last.complete || last.group != group
+    }
+
+    /// How long an idle node may wait for input before the round in progress needs it.
+    pub(super) fn butterfly_wait(&self, idle: Duration) -> Duration {
+        self.butterfly
+            .as_ref()
+            .and_then(|b| b.next_deadline())
+            .map_or(idle, |at| {
+                idle.min(at.saturating_duration_since(Instant::now()))
+            })
+    }
+
+    fn start_round(&mut self, pulled: Option<u64>) -> Result<(), SessionError> {
+        let peers = self.live_peers.snapshot();
+        if peers.is_empty() && pulled.is_none() {
+            return Ok(());
+        }
+        let round = self.averager.round().max(pulled.unwrap_or(0));
+        self.averager.add_mass(self.samples_since_sync as f64);
+        let params = self.current_params()?;
+        let sends = match self.butterfly.as_mut() {
+            Some(butterfly) => butterfly.start(
+                round,
+                &params,
+                self.averager.anchor(),
+                self.averager.mass(),
+                &peers,
+            )?,
+            None => Vec::new(),
+        };
+        self.params_buffer = params;
+        self.steps_since_sync = 0;
+        self.samples_since_sync = 0;
+        self.last_sync = Instant::now();
+        self.butterfly_dirty = false;
+        if let Some(store) = &self.checkpoints {
+            store.record_next_round(round + 1)?;
+        }
+        self.send_parts(sends);
+        // Parts that arrived before the round started may already complete this node's part.
+        let Some(butterfly) = self.butterfly.as_mut() else {
+            return Ok(());
+        };
+        let (sends, end) = butterfly.advance(Instant::now(), self.averager.anchor())?;
+        self.send_parts(sends);
+        self.apply_corrections()?;
+        if let Some(end) = end {
+            self.end_round(end)?;
+        }
+        Ok(())
+    }
+
+    fn send_parts(&mut self, sends: Vec<PartSend>) {
+        if !sends.is_empty() {
+            let _ = self.outputs.blocking_send(WorkerOutput::SendParts(sends));
+        }
+    }
+
+    /// Adds the means received so far to the model (one read and write of the parameters).
+    fn apply_corrections(&mut self) -> Result<(), SessionError> {
+        let Some(butterfly) = self.butterfly.as_mut() else {
+            return Ok(());
+        };
+        let corrections = butterfly.take_corrections();
+        if corrections.is_empty() {
+            return Ok(());
+        }
+        let mut params = self.current_params()?;
+        for Correction { offset, mean, sent } in &corrections {
+            if let Some(slice) = params.get_mut(*offset..*offset + mean.len()) {
+                for ((p, m), s) in slice.iter_mut().zip(mean).zip(sent) {
+                    *p = if *p == *s { *m } else { *p + (m - s) };
+                }
+            }
+        }
+        self.replica.set_params(&params)?;
+        self.params_buffer = params;
+        self.averager.count_merged(corrections.len() as u64);
+        self.publish();
+        Ok(())
+    }
+
+    fn end_round(&mut self, end: RoundEnd) -> Result<(), SessionError> {
+        tracing::debug!(
+            round = end.round,
+            complete = end.complete,
+            group = end.group.len(),
+            "butterfly round over"
+        );
+        self.averager.advance_round(end.round + 1);
+        let every = self.config.checkpoint_every;
+        let round = self.averager.round();
+        self.last_round = Some(end);
+        if !self.status.training {
+            self.evaluate()?;
+        }
+        self.publish();
+        if every > 0 && round.is_multiple_of(every) {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+}
