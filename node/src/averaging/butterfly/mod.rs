@@ -46,8 +46,9 @@ pub struct ButterflyConfig {
     /// Payload codec of the parts: a dense one (raw, f16, bf16): a round has no error
     /// feedback to carry a sparse or int8 codec's residual.
     pub codec: Codec,
-    /// How long a round may take: owners average what arrived within half of it, and
-    /// contributors stop waiting for means after all of it.
+    /// How long a round of a small model may take: owners average what arrived within half
+    /// of it, and contributors stop waiting for means after all of it. Each round adds the
+    /// time its parts need at [`MIN_PART_RATE`], so large models are not cut short.
     pub window: Duration,
 }
 
@@ -79,8 +80,14 @@ struct EarlyPart {
     digest: Digest,
 }
 
+/// Slowest rate, bytes per second, at which a node is expected to take in one phase of a
+/// round (its `n − 1` slices, or its `n − 1` means): sizes the window of large models.
+pub const MIN_PART_RATE: f64 = 25e6;
+
 /// Most early parts kept (all of one round, the latest heard of).
 const MAX_EARLY: usize = 256;
+/// Most payload bytes of early parts kept, in f32-encoded models of this node's size.
+const MAX_EARLY_MODELS: usize = 2;
 
 /// Ended rounds whose missing means are still taken in.
 const MAX_LATE_ROUNDS: usize = 8;
@@ -138,6 +145,8 @@ pub struct Butterfly {
     early: BTreeMap<u64, Vec<EarlyPart>>,
     corrections: Vec<Correction>,
     scratch: Vec<f32>,
+    /// The model copy of the last round, reused by the next.
+    spare: Vec<f32>,
 }
 
 impl Butterfly {
@@ -169,6 +178,7 @@ impl Butterfly {
             early: BTreeMap::new(),
             corrections: Vec::new(),
             scratch: Vec::new(),
+            spare: Vec::new(),
         }
     }
 
@@ -214,14 +224,13 @@ impl Butterfly {
         group.push(self.local);
         group.sort();
         group.dedup();
-        let mut current = Round::new(
-            round,
-            group,
-            self.local,
-            params.to_vec(),
-            weight,
-            self.config.window,
-        );
+        // The last round's copy of the model is reused: a fresh model-sized allocation costs a
+        // page fault per 4 KiB, more than the copy.
+        let mut sent = std::mem::take(&mut self.spare);
+        sent.clear();
+        sent.extend_from_slice(params);
+        let window = self.window_for(group.len());
+        let mut current = Round::new(round, group, self.local, sent, weight, window);
         let sends = current.contributions(&self.signer, anchor, &mut self.scratch)?;
         for part in early {
             let _ = current.collect(
@@ -307,8 +316,12 @@ impl Butterfly {
         // Only the latest round heard of is worth joining.
         self.early.retain(|r, _| *r >= round);
         let parts = self.early.entry(round).or_default();
-        if parts.len() >= MAX_EARLY || parts.iter().any(|p| p.peer == peer) {
+        if parts.iter().any(|p| p.peer == peer) {
             return Err(Rejection::Replay);
+        }
+        let held: usize = parts.iter().map(|p| p.payload.len()).sum();
+        if parts.len() >= MAX_EARLY || held + payload.len() > MAX_EARLY_MODELS * 4 * self.total {
+            return Err(Rejection::Overloaded);
         }
         parts.push(EarlyPart {
             peer,
@@ -339,9 +352,13 @@ impl Butterfly {
         let Some(current) = self.current.as_mut() else {
             return Ok((Vec::new(), None));
         };
-        let window = self.config.window;
         let mut sends = Vec::new();
-        if current.ready_to_reduce(now, window / 2) {
+        let moved_on: Vec<PeerId> = self
+            .early
+            .range(current.number() + 1..)
+            .flat_map(|(_, parts)| parts.iter().map(|p| p.peer))
+            .collect();
+        if current.ready_to_reduce(now, &moved_on) {
             let (means, correction) = current.reduce(&self.signer, anchor, &mut self.scratch)?;
             sends = means;
             self.corrections.extend(correction);
@@ -352,14 +369,15 @@ impl Butterfly {
             .keys()
             .next_back()
             .is_some_and(|r| *r > current.number());
-        if !current.over(now, window, superseded) {
+        if !current.over(now, superseded) {
             return Ok((sends, None));
         }
         let end = current.end();
         self.finished = Some(end.round);
         self.early.retain(|r, _| *r > end.round);
         if let Some(ended) = self.current.take() {
-            let late = ended.into_late();
+            let (late, sent) = ended.into_late();
+            self.spare = sent;
             if !late.is_empty() {
                 if self.late.len() >= MAX_LATE_ROUNDS {
                     self.late.remove(0);
@@ -368,6 +386,15 @@ impl Butterfly {
             }
         }
         Ok((sends, Some(end)))
+    }
+
+    /// The window of a round of `members`: the configured one plus twice (two phases) the
+    /// time a member's share of the traffic takes at [`MIN_PART_RATE`].
+    fn window_for(&self, members: usize) -> Duration {
+        let n = members.max(1);
+        let bytes_per_element = self.signer.codec.payload_len(1).unwrap_or(4) as f64;
+        let phase_bytes = (self.total / n * (n - 1)) as f64 * bytes_per_element;
+        self.config.window + Duration::from_secs_f64(2.0 * phase_bytes / MIN_PART_RATE)
     }
 
     /// Drops the round in progress (the node adopted another state).
@@ -386,9 +413,7 @@ impl Butterfly {
 
     /// When the round in progress next needs [`advance`](Self::advance) without any input.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.current
-            .as_ref()
-            .map(|c| c.next_deadline(self.config.window))
+        self.current.as_ref().map(Round::next_deadline)
     }
 }
 

@@ -46,6 +46,8 @@ pub(super) struct Round {
     /// How long one of this round's sends may take: half the window (contributions must
     /// reach owners before they average, means before contributors stop waiting).
     send_limit: Duration,
+    /// How long the round may take.
+    window: Duration,
 }
 
 impl Round {
@@ -81,6 +83,7 @@ impl Round {
             mismatched: false,
             undelivered: false,
             send_limit: window / 2,
+            window,
         }
     }
 
@@ -189,7 +192,8 @@ impl Round {
 
     /// What is needed to take in the means of this round that have not come yet, once
     /// the round is over: the slices this node sent for them (nothing for a complete round).
-    pub(super) fn into_late(self) -> LateMeans {
+    /// Also gives back the model copy, for reuse.
+    pub(super) fn into_late(self) -> (LateMeans, Vec<f32>) {
         let pending = self
             .ranges
             .iter()
@@ -197,10 +201,13 @@ impl Round {
             .filter(|(k, r)| *k != self.mine && !r.is_empty() && !self.taken[*k])
             .map(|(k, r)| (self.group[k], r.start, self.sent[r.clone()].to_vec()))
             .collect();
-        LateMeans {
-            number: self.number,
-            pending,
-        }
+        (
+            LateMeans {
+                number: self.number,
+                pending,
+            },
+            self.sent,
+        )
     }
 
     /// The mean of the part sent to `peer` will not come.
@@ -222,11 +229,23 @@ impl Round {
         }
     }
 
-    pub(super) fn ready_to_reduce(&self, now: Instant, owner_wait: Duration) -> bool {
-        !self.reduced
-            && (self.collected.len() >= self.expected_slices()
-                || self.mismatched
-                || now >= self.started + owner_wait)
+    /// Whether to average this node's part now: every slice is in, or the slices missing are
+    /// those of members that `moved_on` to a later round (they will not send them), or a
+    /// split differs, or the owner's deadline passed.
+    pub(super) fn ready_to_reduce(&self, now: Instant, moved_on: &[PeerId]) -> bool {
+        let owner_wait = self.window / 2;
+        if self.reduced {
+            return false;
+        }
+        let complete = self.collected.len() >= self.expected_slices();
+        let rest_moved_on = || {
+            self.group.iter().enumerate().all(|(k, p)| {
+                k == self.mine
+                    || moved_on.contains(p)
+                    || self.collected.iter().any(|s| s.peer == *p)
+            })
+        };
+        complete || self.mismatched || now >= self.started + owner_wait || rest_moved_on()
     }
 
     /// Averages this node's part over the slices collected; returns the means to send and
@@ -293,7 +312,8 @@ impl Round {
     }
 
     /// Whether the round is over at `now` (`superseded`: a member started a later one).
-    pub(super) fn over(&self, now: Instant, window: Duration, superseded: bool) -> bool {
+    pub(super) fn over(&self, now: Instant, superseded: bool) -> bool {
+        let window = self.window;
         self.reduced
             && (self.mismatched
                 || superseded
@@ -302,7 +322,8 @@ impl Round {
     }
 
     /// When the round next needs attention without any input.
-    pub(super) fn next_deadline(&self, window: Duration) -> Instant {
+    pub(super) fn next_deadline(&self) -> Instant {
+        let window = self.window;
         if self.reduced {
             self.started + window
         } else {

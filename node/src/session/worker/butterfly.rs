@@ -25,7 +25,9 @@ impl Worker {
         let Some(butterfly) = self.butterfly.as_mut() else {
             return;
         };
-        match butterfly.receive(&peer, header, payload, digest, self.averager.anchor()) {
+        let received = butterfly.receive(&peer, header, payload, digest, self.averager.anchor());
+        tracing::trace!(%peer, ?received, "butterfly part");
+        match received {
             Ok(Received::Contribution | Received::Mean | Received::Early) => {}
             // The group agreed without this mean: this node's model is news again.
             Ok(Received::LateMean) => self.butterfly_dirty = true,
@@ -56,8 +58,13 @@ impl Worker {
             return Ok(());
         };
         let (sends, end) = butterfly.advance(Instant::now(), self.averager.anchor())?;
+        let idle = !butterfly.busy();
         self.send_parts(sends);
-        self.apply_corrections()?;
+        // Means are added once the round is over (or, late ones, when no round runs): one
+        // read and write of the model per round instead of one per part.
+        if idle && self.apply_corrections()? && end.is_none() {
+            self.publish();
+        }
         if let Some(end) = end {
             self.end_round(end)?;
         }
@@ -105,6 +112,12 @@ impl Worker {
             return Ok(());
         }
         let round = self.averager.round().max(pulled.unwrap_or(0));
+        tracing::debug!(
+            round,
+            ?pulled,
+            peers = peers.len(),
+            "butterfly round starts"
+        );
         self.averager.add_mass(self.samples_since_sync as f64);
         let params = self.current_params()?;
         let sends = match self.butterfly.as_mut() {
@@ -132,8 +145,8 @@ impl Worker {
         };
         let (sends, end) = butterfly.advance(Instant::now(), self.averager.anchor())?;
         self.send_parts(sends);
-        self.apply_corrections()?;
         if let Some(end) = end {
+            self.apply_corrections()?;
             self.end_round(end)?;
         }
         Ok(())
@@ -145,14 +158,15 @@ impl Worker {
         }
     }
 
-    /// Adds the means received so far to the model (one read and write of the parameters).
-    fn apply_corrections(&mut self) -> Result<(), SessionError> {
+    /// Adds the means received so far to the model (one read and write of the parameters);
+    /// returns whether there were any.
+    fn apply_corrections(&mut self) -> Result<bool, SessionError> {
         let Some(butterfly) = self.butterfly.as_mut() else {
-            return Ok(());
+            return Ok(false);
         };
         let corrections = butterfly.take_corrections();
         if corrections.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let mut params = self.current_params()?;
         for Correction { offset, mean, sent } in &corrections {
@@ -165,8 +179,7 @@ impl Worker {
         self.replica.set_params(&params)?;
         self.params_buffer = params;
         self.averager.count_merged(corrections.len() as u64);
-        self.publish();
-        Ok(())
+        Ok(true)
     }
 
     fn end_round(&mut self, end: RoundEnd) -> Result<(), SessionError> {

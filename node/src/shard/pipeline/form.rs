@@ -126,12 +126,24 @@ pub(crate) async fn agree(
             return wait_for_notice(mailbox, config, me, running, 1, deadline).await;
         }
         members.push((me, own));
+        let now = tokio::time::Instant::now();
         if members.len() >= config.members {
             members.sort_by_key(|(peer, _)| peer.to_string());
             members.truncate(config.members);
-            break members;
+            if members.iter().any(|(peer, _)| *peer == me) {
+                break members;
+            }
+            // Not among the members of the pipeline being formed (or whose announcements of
+            // running have not arrived yet): once it runs, it plans newcomers in.
+            if now >= deadline {
+                return Err(PipelineError::Formation(
+                    "more members than needed; this node is not among them".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
         }
-        if tokio::time::Instant::now() >= deadline {
+        if now >= deadline {
             return Err(PipelineError::Formation(format!(
                 "{} of {} members found within {:?}",
                 members.len(),
@@ -142,11 +154,6 @@ pub(crate) async fn agree(
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let ids: Vec<String> = members.iter().map(|(p, _)| p.to_string()).collect();
-    if !ids.contains(&me.to_string()) {
-        return Err(PipelineError::Formation(
-            "more members than needed; this node is not among them".into(),
-        ));
-    }
     let leader = members[0].0;
     if leader == me {
         let links = probe_links(net, config, &members).await;
