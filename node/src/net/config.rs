@@ -30,10 +30,6 @@ pub struct NetLimits {
     pub chunk_bytes: usize,
     /// Concurrent inbound transfers per payload kind; more are refused.
     pub max_inbound_transfers: usize,
-    /// Streams a single outgoing payload is split across (1 = no striping).
-    pub streams_per_transfer: usize,
-    /// Payloads at least this large are striped across `streams_per_transfer` streams.
-    pub stripe_threshold: usize,
     /// Fixed part of a transfer's deadline.
     pub transfer_base_timeout: Duration,
     /// Slowest acceptable transfer rate (bytes/s); the deadline grows with size at this rate.
@@ -60,8 +56,6 @@ impl Default for NetLimits {
             max_chunk_bytes: 4 * 1024 * 1024,
             chunk_bytes: 4 * 1024 * 1024,
             max_inbound_transfers: 4,
-            streams_per_transfer: 1,
-            stripe_threshold: 64 * 1024 * 1024,
             transfer_base_timeout: Duration::from_secs(15),
             min_transfer_rate: 4 * 1024 * 1024,
             stall_timeout: Duration::from_secs(20),
