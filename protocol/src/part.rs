@@ -57,11 +57,6 @@ impl PartHeader {
         }
         Ok(())
     }
-
-    /// The part's element range in the whole vector (validated headers only).
-    pub fn range(&self) -> std::ops::Range<u64> {
-        self.offset..self.offset.saturating_add(self.body.element_count)
-    }
 }
 
 #[cfg(test)]

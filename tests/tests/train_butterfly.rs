@@ -192,37 +192,10 @@ async fn a_node_that_vanishes_does_not_stall_the_others() {
 async fn four_nodes_training_in_butterfly_rounds_all_reach_96_percent() {
     // As the gossip test: 1000 local steps each on a quarter of the digits.
     let budget = 1000;
-    let mut sessions = Vec::new();
-    let mut bootstrap = Vec::new();
-    for i in 0..4u8 {
-        let (replica, anchor, model) = digits_replica(i as usize, 4, budget);
-        let mut config = config(model, &bootstrap, worker(25, budget, u64::from(i)));
+    let sessions = digit_nodes(4, budget, 80, |config| {
         config.averager.butterfly = Some(ButterflyConfig::default());
-        let session = start(80 + i, None, replica, anchor, config).await;
-        if i == 0 {
-            bootstrap.push(addr(&session).await);
-        }
-        sessions.push(session);
-    }
-    let refs: Vec<_> = sessions.iter().collect();
-    let reached = wait_all(&refs, Duration::from_secs(45), |s| s.worker.reached_target).await;
-    let finals: Vec<_> = sessions
-        .iter()
-        .map(|s| s.status().borrow().clone())
-        .collect();
-    for s in sessions {
-        let _ = tokio::time::timeout(Duration::from_secs(15), s.stop()).await;
-    }
-    for (i, s) in finals.iter().enumerate() {
-        assert!(
-            s.worker.reached_target,
-            "node {i}: accuracy {} after {} steps, merged {}",
-            accuracy(s),
-            s.worker.steps,
-            s.worker.counts.merged
-        );
-        assert!(s.worker.steps <= budget);
-        assert!(s.worker.counts.merged > 0, "node {i} merged nothing");
-    }
-    assert!(reached);
+    })
+    .await;
+    let (reached, finals) = train_to_target(sessions, Duration::from_secs(45)).await;
+    assert_all_reached(reached, &finals, budget);
 }

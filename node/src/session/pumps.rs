@@ -52,7 +52,13 @@ pub(crate) async fn inbound(
                 digest: incoming.digest,
             }
         };
-        if ctx.inputs.try_send(input).is_err() {
+        if kind == PayloadKind::Part {
+            // A butterfly mean dropped here would leave this node off an average its owner
+            // counted it in: wait for room (bounded) instead; this pump serves parts only.
+            if !ctx.deliver(input).await {
+                tracing::warn!(%peer, reason = %Rejection::Overloaded, "butterfly part dropped");
+            }
+        } else if ctx.inputs.try_send(input).is_err() {
             tracing::warn!(%peer, reason = %Rejection::Overloaded, "delta dropped");
         }
     }
@@ -153,6 +159,7 @@ async fn send_part(ctx: Arc<Context>, part: PartSend, sends: Arc<Semaphore>) {
             let failed = WorkerInput::PartFailed {
                 peer: part.peer,
                 round: part.round,
+                phase: part.phase,
             };
             let _ = ctx.deliver(failed).await;
         }

@@ -148,3 +148,57 @@ pub async fn wait_all(
 pub fn accuracy(status: &NodeStatus) -> f32 {
     status.worker.eval.and_then(|e| e.accuracy).unwrap_or(0.0)
 }
+
+/// Starts `count` mlp-digits nodes on `count` shards with a local step budget of `budget`,
+/// syncing every 25 steps, identities from `seed` on; `adjust` edits each node's config.
+pub async fn digit_nodes(
+    count: usize,
+    budget: u64,
+    seed: u8,
+    adjust: impl Fn(&mut SessionConfig),
+) -> Vec<Session> {
+    let mut sessions = Vec::new();
+    let mut bootstrap = Vec::new();
+    for i in 0..count {
+        let (replica, anchor, model) = digits_replica(i, count, budget);
+        let mut config = config(model, &bootstrap, worker(25, budget, i as u64));
+        adjust(&mut config);
+        let session = start(seed + i as u8, None, replica, anchor, config).await;
+        if i == 0 {
+            bootstrap.push(addr(&session).await);
+        }
+        sessions.push(session);
+    }
+    sessions
+}
+
+/// Waits (at most `limit`) until every session reached the target accuracy, stops them all,
+/// and returns whether they did with their last statuses.
+pub async fn train_to_target(sessions: Vec<Session>, limit: Duration) -> (bool, Vec<NodeStatus>) {
+    let refs: Vec<_> = sessions.iter().collect();
+    let reached = wait_all(&refs, limit, |s| s.worker.reached_target).await;
+    let finals = sessions
+        .iter()
+        .map(|s| s.status().borrow().clone())
+        .collect();
+    for s in sessions {
+        let _ = tokio::time::timeout(Duration::from_secs(15), s.stop()).await;
+    }
+    (reached, finals)
+}
+
+/// Asserts that every node reached the target within `budget` steps and merged something.
+pub fn assert_all_reached(reached: bool, finals: &[NodeStatus], budget: u64) {
+    for (i, s) in finals.iter().enumerate() {
+        assert!(
+            s.worker.reached_target,
+            "node {i}: accuracy {} after {} steps, merged {}",
+            accuracy(s),
+            s.worker.steps,
+            s.worker.counts.merged
+        );
+        assert!(s.worker.steps <= budget);
+        assert!(s.worker.counts.merged > 0, "node {i} merged nothing");
+    }
+    assert!(reached);
+}

@@ -89,6 +89,10 @@ const MAX_EARLY: usize = 256;
 /// Most payload bytes of early parts kept, in f32-encoded models of this node's size.
 const MAX_EARLY_MODELS: usize = 2;
 
+/// Most rounds a part may be ahead of the receiver's clock (a peer far ahead is caught up
+/// with by downloading its state, not by jumping the round clock to whatever a part says).
+pub const MAX_ROUND_LEAD: u64 = 64;
+
 /// Ended rounds whose missing means are still taken in.
 const MAX_LATE_ROUNDS: usize = 8;
 
@@ -117,7 +121,8 @@ pub enum Received {
     Early,
 }
 
-/// A part's mean to bring into the model: the elements from `offset` move by `mean − sent`
+/// A part's mean (absolute values) to bring into the model: the elements from `offset` move
+/// by `mean − sent`
 /// (training may have moved them since they were sent); those that did not move become the
 /// mean exactly, so the members of a round hold bit-identical values.
 #[derive(Debug, Clone)]
@@ -180,6 +185,13 @@ impl Butterfly {
             scratch: Vec::new(),
             spare: Vec::new(),
         }
+    }
+
+    /// The first round this node may start, given its round clock `own_round`: never one
+    /// that is over (an abandoned round's number is not reused).
+    pub fn next_round(&self, own_round: u64) -> u64 {
+        self.finished
+            .map_or(own_round, |f| own_round.max(f.saturating_add(1)))
     }
 
     /// Whether a round is in progress.
@@ -246,6 +258,8 @@ impl Butterfly {
     }
 
     /// Checks and takes in a part from `peer` (`digest`: as checked by the transfer).
+    /// `own_round` is the node's round clock: parts more than [`MAX_ROUND_LEAD`] rounds
+    /// ahead of it are refused.
     pub fn receive(
         &mut self,
         peer: &PeerId,
@@ -253,9 +267,13 @@ impl Butterfly {
         payload: Vec<u8>,
         digest: &Digest,
         anchor: &[f32],
+        own_round: u64,
     ) -> Result<Received, Rejection> {
         let part = self.signer.open(peer, header, self.total)?;
         let round = part.body.base_round;
+        if round > self.next_round(own_round).saturating_add(MAX_ROUND_LEAD) {
+            return Err(Rejection::Stale);
+        }
         if part.phase == PartPhase::Result
             && let Some(late) = self.late.iter_mut().find(|l| l.number() == round)
         {
@@ -334,7 +352,11 @@ impl Butterfly {
 
     /// A part this node sent for `round` to `peer` could not be delivered: its mean is not
     /// waited for.
-    pub fn send_failed(&mut self, peer: &PeerId, round: u64) {
+    pub fn send_failed(&mut self, peer: &PeerId, round: u64, phase: PartPhase) {
+        if phase != PartPhase::Contribution {
+            // A mean that did not reach its contributor: nothing is awaited from it.
+            return;
+        }
         if let Some(current) = self.current.as_mut().filter(|c| c.number() == round) {
             current.give_up_on(peer);
         }
@@ -355,7 +377,7 @@ impl Butterfly {
         let mut sends = Vec::new();
         let moved_on: Vec<PeerId> = self
             .early
-            .range(current.number() + 1..)
+            .range(current.number().saturating_add(1)..)
             .flat_map(|(_, parts)| parts.iter().map(|p| p.peer))
             .collect();
         if current.ready_to_reduce(now, &moved_on) {
@@ -363,7 +385,8 @@ impl Butterfly {
             sends = means;
             self.corrections.extend(correction);
         }
-        // A member that already started a later round sends no more means for this one.
+        // A member that started a later round has sent the means it will send for this one;
+        // the rest may still come, and are taken in late.
         let superseded = self
             .early
             .keys()

@@ -122,13 +122,24 @@ impl Round {
         Ok(sends)
     }
 
-    fn matches(&mut self, part: &PartHeader, k: usize) -> Result<(), Rejection> {
+    /// Whether `part` covers part `k` of this round's split; a member whose split differs
+    /// means the views of the group differ, and ends the round early.
+    fn matches(&mut self, part: &PartHeader, k: usize, member: bool) -> Result<(), Rejection> {
         let range = &self.ranges[k];
         if part.offset != range.start as u64 || part.body.element_count != range.len() as u64 {
-            self.mismatched = true;
+            self.mismatched |= member;
             return Err(Rejection::PartMismatch);
         }
         Ok(())
+    }
+
+    /// Slices collected from members of the group (a peer outside it may contribute, but
+    /// does not make the part complete).
+    fn member_slices(&self) -> usize {
+        self.collected
+            .iter()
+            .filter(|s| self.group.contains(&s.peer))
+            .count()
     }
 
     /// Takes in a member's slice of this node's part.
@@ -143,7 +154,8 @@ impl Round {
         if self.reduced {
             return Err(Rejection::Stale);
         }
-        self.matches(part, self.mine)?;
+        let member = self.group.contains(peer);
+        self.matches(part, self.mine, member)?;
         if self.collected.iter().any(|s| s.peer == *peer) {
             return Err(Rejection::Replay);
         }
@@ -173,7 +185,7 @@ impl Round {
             .position(|p| p == peer)
             .filter(|k| *k != self.mine)
             .ok_or(Rejection::PartMismatch)?;
-        self.matches(part, k)?;
+        self.matches(part, k, true)?;
         if self.taken[k] {
             return Err(Rejection::Replay);
         }
@@ -237,7 +249,7 @@ impl Round {
         if self.reduced {
             return false;
         }
-        let complete = self.collected.len() >= self.expected_slices();
+        let complete = self.member_slices() >= self.expected_slices();
         let rest_moved_on = || {
             self.group.iter().enumerate().all(|(k, p)| {
                 k == self.mine
@@ -288,18 +300,29 @@ impl Round {
             weight: total,
             members: members as u32,
         };
-        let part = signer.encode(meta, &mean, &anchor[range.clone()], scratch)?;
-        // What the contributors will decode: the codec's rounding of `mean - anchor`.
-        signer
-            .codec
-            .decode_into(&part.payload, range.len() as u64, None, &mut mean)?;
+        // What the contributors will decode: the codec's rounding of `mean - anchor`. A mean
+        // the codec cannot carry (bf16 rounding a value near f32::MAX to infinity) leaves the
+        // part local for everyone: no mean is sent.
+        let encoded = signer.encode(meta, &mean, &anchor[range.clone()], scratch);
+        let Ok(part) = encoded.and_then(|part| {
+            signer
+                .codec
+                .decode_into(&part.payload, range.len() as u64, None, &mut mean)?;
+            Ok(part)
+        }) else {
+            tracing::warn!(
+                round = self.number,
+                "butterfly mean not representable; part left local"
+            );
+            return Ok((Vec::new(), None));
+        };
         for (m, a) in mean.iter_mut().zip(&anchor[range.clone()]) {
             *m += a;
         }
         let sends = self
             .collected
             .iter()
-            .map(|slice| part.to(slice.peer, self.number, self.send_limit))
+            .map(|slice| part.to(slice.peer, self.number, 2 * self.send_limit))
             .collect();
         Ok((
             sends,
@@ -341,7 +364,7 @@ impl Round {
             .count();
         let complete = !self.mismatched
             && !self.undelivered
-            && self.collected.len() == self.expected_slices()
+            && self.member_slices() == self.expected_slices()
             && self.means == expected_means;
         RoundEnd {
             round: self.number,

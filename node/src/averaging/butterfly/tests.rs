@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
-use murmur_protocol::{Digest, ModelFingerprint, RunId};
+use murmur_protocol::{Codec, Digest, ModelFingerprint, RunId};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use super::*;
@@ -126,6 +126,7 @@ fn deliver(
                 send.payload.to_vec(),
                 &digest,
                 anchor,
+                0,
             )
             .expect("part accepted");
         if received == Received::Early {
@@ -231,7 +232,8 @@ fn forged_mismatched_replayed_and_stale_parts_are_refused() {
             &to_0.header,
             to_0.payload.to_vec(),
             &digest,
-            &anchor
+            &anchor,
+            0
         ),
         Err(Rejection::SignerMismatch)
     );
@@ -244,7 +246,8 @@ fn forged_mismatched_replayed_and_stale_parts_are_refused() {
             &to_0.header,
             tampered.clone(),
             &Digest::of(&tampered),
-            &anchor
+            &anchor,
+            0
         ),
         Err(Rejection::BadPayload)
     );
@@ -259,7 +262,8 @@ fn forged_mismatched_replayed_and_stale_parts_are_refused() {
             &to_0.header,
             to_0.payload.to_vec(),
             &digest,
-            &anchor
+            &anchor,
+            0
         ),
         Err(Rejection::PartMismatch)
     );
@@ -278,7 +282,8 @@ fn forged_mismatched_replayed_and_stale_parts_are_refused() {
             &to_0.header,
             to_0.payload.to_vec(),
             &digest,
-            &anchor
+            &anchor,
+            0
         ),
         Err(Rejection::Stale)
     );
@@ -302,7 +307,8 @@ fn forged_mismatched_replayed_and_stale_parts_are_refused() {
             &sends[0].header,
             sends[0].payload.to_vec(),
             &Digest::of(&sends[0].payload),
-            &anchor
+            &anchor,
+            0
         ),
         Err(Rejection::WrongRun)
     );
@@ -318,14 +324,81 @@ fn forged_mismatched_replayed_and_stale_parts_are_refused() {
         .expect("start");
     let d2 = Digest::of(&to_2.payload);
     assert_eq!(
-        m[2].butterfly
-            .receive(&ids[1], &to_2.header, to_2.payload.to_vec(), &d2, &anchor),
+        m[2].butterfly.receive(
+            &ids[1],
+            &to_2.header,
+            to_2.payload.to_vec(),
+            &d2,
+            &anchor,
+            0
+        ),
         Ok(Received::Early)
     );
     assert_eq!(m[2].butterfly.pulled(), Some(6));
     assert_eq!(
-        m[2].butterfly
-            .receive(&ids[1], &to_2.header, to_2.payload.to_vec(), &d2, &anchor),
+        m[2].butterfly.receive(
+            &ids[1],
+            &to_2.header,
+            to_2.payload.to_vec(),
+            &d2,
+            &anchor,
+            0
+        ),
         Err(Rejection::Replay)
     );
+}
+
+#[test]
+fn far_future_rounds_other_codecs_and_abandoned_round_numbers_are_handled() {
+    let len = 32;
+    let anchor = vec![0.0; len];
+    let mut m = members(2, len, 10);
+    let ids: Vec<PeerId> = m.iter().map(|x| x.id).collect();
+    let params1 = m[1].params.clone();
+    let deliver = |m: &mut Vec<Member>, sends: &[PartSend], own_round: u64| {
+        let s = &sends[0];
+        m[0].butterfly.receive(
+            &ids[1],
+            &s.header,
+            s.payload.to_vec(),
+            &Digest::of(&s.payload),
+            &anchor,
+            own_round,
+        )
+    };
+    // A round far beyond the receiver's clock cannot drag it there.
+    let sends = m[1]
+        .butterfly
+        .start(u64::MAX, &params1, &anchor, 1.0, &[ids[0]])
+        .expect("start");
+    assert_eq!(deliver(&mut m, &sends, 3), Err(Rejection::Stale));
+    let sends = m[1]
+        .butterfly
+        .start(3 + MAX_ROUND_LEAD, &params1, &anchor, 1.0, &[ids[0]])
+        .expect("start");
+    assert_eq!(deliver(&mut m, &sends, 3), Ok(Received::Early));
+    // A part in another codec than the run's is refused before it is decoded.
+    let identity = NodeIdentity::from_secret([2; 32]).expect("identity");
+    let mut raw = Butterfly::new(
+        ButterflyConfig {
+            codec: Codec::RawF32,
+            ..ButterflyConfig::default()
+        },
+        &averager(),
+        identity.signing_key().clone(),
+        identity.peer_id(),
+        len,
+    );
+    let sends = raw
+        .start(5, &params1, &anchor, 1.0, &[ids[0]])
+        .expect("start");
+    assert_eq!(deliver(&mut m, &sends, 3), Err(Rejection::BadPayload));
+    // After a round is abandoned its number is not started again.
+    let params0 = m[0].params.clone();
+    m[0].butterfly
+        .start(7, &params0, &anchor, 1.0, &[ids[1]])
+        .expect("start");
+    m[0].butterfly.abandon();
+    assert_eq!(m[0].butterfly.next_round(7), 8);
+    assert_eq!(m[0].butterfly.next_round(9), 9);
 }

@@ -23,8 +23,11 @@ pub struct PartSend {
     pub digest: Digest,
     /// The round the part belongs to.
     pub round: u64,
-    /// How long sending it may take, retries included (the round's window).
+    /// How long sending it may take, retries included (half the round's window for a
+    /// contribution, the whole window for a mean).
     pub limit: std::time::Duration,
+    /// Whether it is a contribution (whose mean the sender awaits) or a mean.
+    pub phase: PartPhase,
 }
 
 /// Who signs and what every part of this node's run carries.
@@ -52,6 +55,7 @@ pub(super) struct PartMeta {
 /// An encoded, signed part (its recipients are chosen by the caller).
 #[derive(Debug, Clone)]
 pub(super) struct SignedPart {
+    pub(super) phase: PartPhase,
     pub(super) header: Vec<u8>,
     pub(super) payload: bytes::Bytes,
     pub(super) digest: Digest,
@@ -66,6 +70,7 @@ impl SignedPart {
             digest: self.digest,
             round,
             limit,
+            phase: self.phase,
         }
     }
 }
@@ -106,6 +111,7 @@ impl Signer {
         };
         let envelope = SignedEnvelope::sign(&self.key, &Message::Part(header))?;
         Ok(SignedPart {
+            phase: meta.phase,
             header: envelope.to_bytes(),
             payload: payload.into(),
             digest,
@@ -137,7 +143,7 @@ impl Signer {
         if !self.admission.admits(&signer) {
             return Err(Rejection::NotMember);
         }
-        if part.total_elements != total as u64 {
+        if part.total_elements != total as u64 || part.body.codec != self.codec {
             return Err(Rejection::BadPayload);
         }
         Ok(part)

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
-use murmur_protocol::Digest;
+use murmur_protocol::{Digest, PartPhase};
 
 use super::{Worker, WorkerOutput};
 use crate::averaging::Rejection;
@@ -25,7 +25,15 @@ impl Worker {
         let Some(butterfly) = self.butterfly.as_mut() else {
             return;
         };
-        let received = butterfly.receive(&peer, header, payload, digest, self.averager.anchor());
+        let own_round = self.averager.round();
+        let received = butterfly.receive(
+            &peer,
+            header,
+            payload,
+            digest,
+            self.averager.anchor(),
+            own_round,
+        );
         tracing::trace!(%peer, ?received, "butterfly part");
         match received {
             Ok(Received::Contribution | Received::Mean | Received::Early) => {}
@@ -46,9 +54,9 @@ impl Worker {
     }
 
     /// A part for `round` could not be delivered to `peer`.
-    pub(super) fn part_failed(&mut self, peer: &PeerId, round: u64) {
+    pub(super) fn part_failed(&mut self, peer: &PeerId, round: u64, phase: PartPhase) {
         if let Some(butterfly) = self.butterfly.as_mut() {
-            butterfly.send_failed(peer, round);
+            butterfly.send_failed(peer, round, phase);
         }
     }
 
@@ -60,8 +68,8 @@ impl Worker {
         let (sends, end) = butterfly.advance(Instant::now(), self.averager.anchor())?;
         let idle = !butterfly.busy();
         self.send_parts(sends);
-        // Means are added once the round is over (or, late ones, when no round runs): one
-        // read and write of the model per round instead of one per part.
+        // Means are added once the round is over (late ones: at the next step with no round
+        // in progress): one read and write of the model per round instead of one per part.
         if idle && self.apply_corrections()? && end.is_none() {
             self.publish();
         }
@@ -111,7 +119,14 @@ impl Worker {
         if peers.is_empty() && pulled.is_none() {
             return Ok(());
         }
-        let round = self.averager.round().max(pulled.unwrap_or(0));
+        let Some(next) = self
+            .butterfly
+            .as_ref()
+            .map(|b| b.next_round(self.averager.round()))
+        else {
+            return Ok(());
+        };
+        let round = next.max(pulled.unwrap_or(0));
         tracing::debug!(
             round,
             ?pulled,
@@ -136,7 +151,7 @@ impl Worker {
         self.last_sync = Instant::now();
         self.butterfly_dirty = false;
         if let Some(store) = &self.checkpoints {
-            store.record_next_round(round + 1)?;
+            store.record_next_round(round.saturating_add(1))?;
         }
         self.send_parts(sends);
         // Parts that arrived before the round started may already complete this node's part.
@@ -189,7 +204,7 @@ impl Worker {
             group = end.group.len(),
             "butterfly round over"
         );
-        self.averager.advance_round(end.round + 1);
+        self.averager.advance_round(end.round.saturating_add(1));
         let every = self.config.checkpoint_every;
         let round = self.averager.round();
         self.last_round = Some(end);

@@ -80,6 +80,8 @@ pub enum WorkerInput {
         peer: PeerId,
         /// The part's round.
         round: u64,
+        /// Contribution or mean.
+        phase: murmur_protocol::PartPhase,
     },
     /// Current parameters for a state download.
     Snapshot(oneshot::Sender<Snapshot>),
@@ -419,7 +421,7 @@ impl Worker {
                 payload,
                 digest,
             } => self.receive_part(peer, &header, payload, &digest),
-            WorkerInput::PartFailed { peer, round } => self.part_failed(&peer, round),
+            WorkerInput::PartFailed { peer, round, phase } => self.part_failed(&peer, round, phase),
             WorkerInput::SendFailed(outgoing) => {
                 let mut params = self.replica.params()?;
                 self.averager.returned(&outgoing, &mut params);
