@@ -100,7 +100,8 @@ pub struct NodeArgs {
     /// bf16, f16 otherwise. Trusts the owner of each part: not with --robust.
     #[arg(long, env = "MURMUR_BUTTERFLY", conflicts_with = "outer")]
     pub butterfly: bool,
-    /// Longest a butterfly round may take, seconds.
+    /// Base window of a butterfly round, seconds; each round adds its parts' transfer time at
+    /// 25 MB/s, so large models get longer.
     #[arg(long, default_value_t = 4.0, env = "MURMUR_BUTTERFLY_WINDOW")]
     pub butterfly_window: f64,
     /// DiLoCo: feed the averaged model change to a Nesterov outer optimizer.
