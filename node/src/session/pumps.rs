@@ -12,10 +12,13 @@ use super::worker::{WorkerInput, WorkerOutput};
 use super::{Context, publish_status};
 use crate::averaging::Rejection;
 use crate::averaging::butterfly::PartSend;
-use crate::net::{IncomingPayload, PayloadKind};
+use crate::net::{IncomingPayload, PayloadKind, TransferError};
 
 /// Most delta sends in flight at once.
 const MAX_SENDS_IN_FLIGHT: usize = 8;
+/// Most butterfly part sends in flight at once (a round of a group of n sends n − 1 parts,
+/// then up to n − 1 means).
+const MAX_PART_SENDS_IN_FLIGHT: usize = 32;
 
 /// Forwards received deltas (or butterfly parts, by `kind`) to the training thread; when it
 /// is full the payload is dropped and counted (the swarm and the transfer tasks never wait
@@ -71,6 +74,9 @@ pub(crate) async fn outbound(
     tasks: TaskTracker,
 ) {
     let sends = Arc::new(Semaphore::new(MAX_SENDS_IN_FLIGHT));
+    // Butterfly parts have slots of their own: a round's parts all go out at once (one per
+    // member) and must not queue behind deltas or each other's rounds.
+    let part_sends = Arc::new(Semaphore::new(MAX_PART_SENDS_IN_FLIGHT));
     while let Some(output) = outputs.recv().await {
         match output {
             WorkerOutput::Send { peers, outgoing } => {
@@ -112,7 +118,7 @@ pub(crate) async fn outbound(
             }
             WorkerOutput::SendParts(parts) => {
                 for part in parts {
-                    tasks.spawn(send_part(ctx.clone(), part, sends.clone()));
+                    tasks.spawn(send_part(ctx.clone(), part, part_sends.clone()));
                 }
             }
             WorkerOutput::Rejected { peer, reason } => {
@@ -133,19 +139,31 @@ pub(crate) async fn outbound(
 /// that does not arrive leaves the contributor off the group's average); a failure is
 /// reported so that its mean is not waited for.
 async fn send_part(ctx: Arc<Context>, part: PartSend, sends: Arc<Semaphore>) {
-    let Ok(_permit) = sends.acquire_owned().await else {
-        return;
+    // The part's time limit counts from now, its wait for a slot included: a part that only
+    // gets out after its round is over is of no use to the owner.
+    let deadline = tokio::time::Instant::now() + part.limit;
+    let send = async {
+        let _permit = sends
+            .acquire_owned()
+            .await
+            .map_err(|_| TransferError::Deadline(part.limit))?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        ctx.net
+            .send_with_retries(
+                part.peer,
+                PayloadKind::Part,
+                &part.header,
+                &part.payload,
+                Some(part.digest),
+                left,
+            )
+            .await
     };
     let sent = tokio::select! {
         _ = ctx.cancel.cancelled() => return,
-        sent = ctx.net.send_with_retries(
-            part.peer,
-            PayloadKind::Part,
-            &part.header,
-            &part.payload,
-            Some(part.digest),
-            part.limit,
-        ) => sent,
+        sent = tokio::time::timeout_at(deadline, send) => {
+            sent.unwrap_or(Err(TransferError::Deadline(part.limit)))
+        }
     };
     match sent {
         Ok(stats) => {
