@@ -100,13 +100,7 @@ async fn butterfly_rounds_give_every_node_the_same_weighted_mean_then_go_quiet()
     }
     // Quiet: every round is over; the values the group settled on.
     let settled = params(&sessions).await;
-    let statuses: Vec<_> = sessions
-        .iter()
-        .map(|s| s.status().borrow().clone())
-        .collect();
-    for s in sessions {
-        let _ = tokio::time::timeout(Duration::from_secs(15), s.stop()).await;
-    }
+    let statuses = stop_all(sessions).await;
     assert!(worst < 1e-5, "worst relative error {worst}; {statuses:?}");
     assert!(
         settled.iter().all(|p| *p == settled[0]),
@@ -167,13 +161,7 @@ async fn a_node_that_vanishes_does_not_stall_the_others() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let statuses: Vec<_> = sessions
-        .iter()
-        .map(|s| s.status().borrow().clone())
-        .collect();
-    for s in sessions {
-        let _ = tokio::time::timeout(Duration::from_secs(15), s.stop()).await;
-    }
+    let statuses = stop_all(sessions).await;
     assert!(
         spread < 1e-3,
         "survivors agree: spread {spread}; {statuses:?}"

@@ -32,14 +32,7 @@ async fn run_with(tamper: Tamper, seed_base: u8) -> Vec<murmur_node::session::No
         s.worker.reached_target
     })
     .await;
-    let statuses: Vec<_> = sessions
-        .iter()
-        .map(|s| s.status().borrow().clone())
-        .collect();
-    for s in sessions {
-        let _ = tokio::time::timeout(Duration::from_secs(15), s.stop()).await;
-    }
-    statuses
+    stop_all(sessions).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -177,14 +177,19 @@ pub async fn digit_nodes(
 pub async fn train_to_target(sessions: Vec<Session>, limit: Duration) -> (bool, Vec<NodeStatus>) {
     let refs: Vec<_> = sessions.iter().collect();
     let reached = wait_all(&refs, limit, |s| s.worker.reached_target).await;
-    let finals = sessions
+    (reached, stop_all(sessions).await)
+}
+
+/// The sessions' latest statuses, then stops them (each within a bounded time).
+pub async fn stop_all(sessions: Vec<Session>) -> Vec<NodeStatus> {
+    let statuses = sessions
         .iter()
         .map(|s| s.status().borrow().clone())
         .collect();
     for s in sessions {
         let _ = tokio::time::timeout(Duration::from_secs(15), s.stop()).await;
     }
-    (reached, finals)
+    statuses
 }
 
 /// Asserts that every node reached the target within `budget` steps and merged something.

@@ -45,6 +45,25 @@ fn members(n: usize, len: usize, seed: u64) -> Vec<Member> {
         .collect()
 }
 
+/// Hands `send` from `from` to `butterfly` as a transfer would (with the digest of the bytes
+/// received), at round clock `own_round`.
+fn offer(
+    butterfly: &mut Butterfly,
+    from: &PeerId,
+    send: &PartSend,
+    anchor: &[f32],
+    own_round: u64,
+) -> Result<Received, Rejection> {
+    butterfly.receive(
+        from,
+        &send.header,
+        send.payload.to_vec(),
+        &Digest::of(&send.payload),
+        anchor,
+        own_round,
+    )
+}
+
 fn apply(member: &mut Member) {
     for c in member.butterfly.take_corrections() {
         for ((p, m), s) in member.params[c.offset..]
@@ -117,18 +136,8 @@ fn deliver(
             continue;
         }
         let member = &mut members[to];
-        let digest = Digest::of(&send.payload);
-        let received = member
-            .butterfly
-            .receive(
-                &ids[from],
-                &send.header,
-                send.payload.to_vec(),
-                &digest,
-                anchor,
-                0,
-            )
-            .expect("part accepted");
+        let received =
+            offer(&mut member.butterfly, &ids[from], &send, anchor, 0).expect("part accepted");
         if received == Received::Early {
             let round = member.butterfly.pulled().expect("pulled");
             let peers: Vec<PeerId> = ids.iter().copied().filter(|p| *p != member.id).collect();
@@ -224,31 +233,18 @@ fn forged_mismatched_replayed_and_stale_parts_are_refused() {
         .start(5, &params1, &anchor, 1.0, &others(1))
         .expect("start");
     let to_0 = sends.iter().find(|s| s.peer == ids[0]).expect("part for 0");
-    let digest = Digest::of(&to_0.payload);
     // Relayed by member 2: the signer is not the sending peer.
     assert_eq!(
-        m[0].butterfly.receive(
-            &ids[2],
-            &to_0.header,
-            to_0.payload.to_vec(),
-            &digest,
-            &anchor,
-            0
-        ),
+        offer(&mut m[0].butterfly, &ids[2], to_0, &anchor, 0),
         Err(Rejection::SignerMismatch)
     );
     // A different payload under the signed header.
-    let mut tampered = to_0.payload.to_vec();
-    tampered[0] ^= 1;
+    let mut tampered = to_0.clone();
+    let mut bytes = tampered.payload.to_vec();
+    bytes[0] ^= 1;
+    tampered.payload = bytes.into();
     assert_eq!(
-        m[0].butterfly.receive(
-            &ids[1],
-            &to_0.header,
-            tampered.clone(),
-            &Digest::of(&tampered),
-            &anchor,
-            0
-        ),
+        offer(&mut m[0].butterfly, &ids[1], &tampered, &anchor, 0),
         Err(Rejection::BadPayload)
     );
     // Member 0 joins round 5 with a view that lacks member 2: its split differs.
@@ -257,14 +253,7 @@ fn forged_mismatched_replayed_and_stale_parts_are_refused() {
         .start(5, &params0, &anchor, 1.0, &[ids[1]])
         .expect("start");
     assert_eq!(
-        m[0].butterfly.receive(
-            &ids[1],
-            &to_0.header,
-            to_0.payload.to_vec(),
-            &digest,
-            &anchor,
-            0
-        ),
+        offer(&mut m[0].butterfly, &ids[1], to_0, &anchor, 0),
         Err(Rejection::PartMismatch)
     );
     let (_, end) = m[0]
@@ -277,14 +266,7 @@ fn forged_mismatched_replayed_and_stale_parts_are_refused() {
     );
     // The round is over for member 0: the same part again is stale.
     assert_eq!(
-        m[0].butterfly.receive(
-            &ids[1],
-            &to_0.header,
-            to_0.payload.to_vec(),
-            &digest,
-            &anchor,
-            0
-        ),
+        offer(&mut m[0].butterfly, &ids[1], to_0, &anchor, 0),
         Err(Rejection::Stale)
     );
     // Another run's member.
@@ -302,11 +284,10 @@ fn forged_mismatched_replayed_and_stale_parts_are_refused() {
         .start(9, &params0, &anchor, 1.0, &[ids[2]])
         .expect("start");
     assert_eq!(
-        m[2].butterfly.receive(
+        offer(
+            &mut m[2].butterfly,
             &stranger.peer_id(),
-            &sends[0].header,
-            sends[0].payload.to_vec(),
-            &Digest::of(&sends[0].payload),
+            &sends[0],
             &anchor,
             0
         ),
@@ -322,28 +303,13 @@ fn forged_mismatched_replayed_and_stale_parts_are_refused() {
                 .expect("part for 2")
         })
         .expect("start");
-    let d2 = Digest::of(&to_2.payload);
     assert_eq!(
-        m[2].butterfly.receive(
-            &ids[1],
-            &to_2.header,
-            to_2.payload.to_vec(),
-            &d2,
-            &anchor,
-            0
-        ),
+        offer(&mut m[2].butterfly, &ids[1], &to_2, &anchor, 0),
         Ok(Received::Early)
     );
     assert_eq!(m[2].butterfly.pulled(), Some(6));
     assert_eq!(
-        m[2].butterfly.receive(
-            &ids[1],
-            &to_2.header,
-            to_2.payload.to_vec(),
-            &d2,
-            &anchor,
-            0
-        ),
+        offer(&mut m[2].butterfly, &ids[1], &to_2, &anchor, 0),
         Err(Rejection::Replay)
     );
 }
@@ -356,15 +322,7 @@ fn far_future_rounds_other_codecs_and_abandoned_round_numbers_are_handled() {
     let ids: Vec<PeerId> = m.iter().map(|x| x.id).collect();
     let params1 = m[1].params.clone();
     let deliver = |m: &mut Vec<Member>, sends: &[PartSend], own_round: u64| {
-        let s = &sends[0];
-        m[0].butterfly.receive(
-            &ids[1],
-            &s.header,
-            s.payload.to_vec(),
-            &Digest::of(&s.payload),
-            &anchor,
-            own_round,
-        )
+        offer(&mut m[0].butterfly, &ids[1], &sends[0], &anchor, own_round)
     };
     // A round far beyond the receiver's clock cannot drag it there.
     let sends = m[1]
