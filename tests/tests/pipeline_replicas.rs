@@ -20,7 +20,9 @@ use tokio::sync::watch;
 async fn two_chains(average_every: u64) -> (Vec<f64>, Vec<PipelineReport>) {
     // Both two-chain tests run beside the three-node ones: identities of their own.
     let nodes = nodes(10 + 4 * u8::from(average_every > 0), 4).await;
-    let steps = 16;
+    // Long enough that chains that start a few steps apart (a plan notice or a first
+    // activation retried) still overlap for most of their syncs.
+    let steps = 32;
     let configs = (0..4)
         .map(|_| {
             let mut c = config(steps, Placement::Even, 1.0);
@@ -94,8 +96,9 @@ async fn replicas_of_a_range_stay_in_agreement_by_gossip_averaging() {
     let (disagreement, reports) = two_chains(2).await;
     for r in &reports {
         let averaging = r.averaging.as_ref().expect("averaging ran");
-        assert_eq!(averaging.syncs, 8, "a sync every 2 of 16 steps");
-        assert!(averaging.merged >= 4, "mates' deltas merged: {averaging:?}");
+        assert_eq!(averaging.syncs, 16, "a sync every 2 of 32 steps");
+        // Gossip never waits: a mate that starts or ends a few steps apart misses some.
+        assert!(averaging.merged >= 8, "mates' deltas merged: {averaging:?}");
         assert_eq!(averaging.rejected, 0, "{averaging:?}");
     }
     assert!(

@@ -24,9 +24,11 @@ use super::state::{self, StateRequestEvent, StateResponse};
 use super::transfer::{self, PayloadKind};
 
 /// Further attempts of [`Network::send_with_retries`] after a transient failure.
-const SEND_RETRIES: u32 = 4;
-/// Wait before its first retry (doubling, tripling… after): 2.5 s in all, time for a peer
-/// known only from its gossiped announcement to become dialable.
+const SEND_RETRIES: u32 = 5;
+/// The pause before the second retry (doubled, tripled… after; the first is at once, as the
+/// usual transient failure is one of several connections to the peer closing under the
+/// stream): 2.5 s in all, time for a peer known only from its gossiped announcement to
+/// become dialable.
 const RETRY_BACKOFF: Duration = Duration::from_millis(250);
 
 /// Handle to the node's network. Cheap to clone; all methods are safe to call concurrently.
@@ -106,7 +108,7 @@ impl Network {
                     Err(error) if error.is_transient() && attempt < SEND_RETRIES => {
                         attempt += 1;
                         tracing::debug!(%peer, %error, attempt, "send retried");
-                        tokio::time::sleep(RETRY_BACKOFF * attempt).await;
+                        tokio::time::sleep(RETRY_BACKOFF * (attempt - 1)).await;
                     }
                     Err(error) => return Err(error),
                 }

@@ -172,11 +172,14 @@ pub async fn digit_nodes(
     sessions
 }
 
-/// Waits (at most `limit`) until every session reached the target accuracy, stops them all,
-/// and returns whether they did with their last statuses.
+/// Waits (at most `limit`) until every session reached the target accuracy and merged
+/// something from its peers (a node that starts last may reach the target on its own shard
+/// before its first merge), stops them all, and returns whether they did with their last
+/// statuses.
 pub async fn train_to_target(sessions: Vec<Session>, limit: Duration) -> (bool, Vec<NodeStatus>) {
     let refs: Vec<_> = sessions.iter().collect();
-    let reached = wait_all(&refs, limit, |s| s.worker.reached_target).await;
+    let done = |s: &NodeStatus| s.worker.reached_target && s.worker.counts.merged > 0;
+    let reached = wait_all(&refs, limit, done).await;
     (reached, stop_all(sessions).await)
 }
 

@@ -7,6 +7,10 @@
 //! the newcomers must beat the best plan of the current members alone, both computed from the
 //! same announced capacities, by the same 10 % — regrouping on every capacity wobble would
 //! thrash, and a newcomer that would only be left out changes nothing.
+//!
+//! Both watches act only on a member set that held for two looks in a row: peers that join
+//! together are seldom seen in the same look, and one re-plan for them all moves each shard
+//! once instead of once per joiner.
 
 use std::time::Duration;
 
@@ -46,11 +50,15 @@ async fn watch_one_chain(
     let mut replanner = Replanner::new(ReplanConfig::default());
     replanner.update(&current.input)?;
     let me = net.local_peer_id();
+    let mut settle = Settle::new(current);
     loop {
         tokio::time::sleep(REBALANCE_EVERY).await;
         let peers = net.peers().await?;
         let own = *own.borrow();
         let (members, input) = rebalance_input(config, current, &peers, me, own);
+        if !settle.held(&members) {
+            continue;
+        }
         match replanner.update(&input) {
             Ok(Decision::Adopted { trigger, gain }) => {
                 tracing::info!(?trigger, ?gain, "re-balancing the pipeline");
@@ -80,11 +88,15 @@ async fn watch_for_joins(
     let min_gain = ReplanConfig::default().min_gain;
     let me = net.local_peer_id();
     let mut considered: Vec<String> = current.members.clone();
+    let mut settle = Settle::new(current);
     loop {
         tokio::time::sleep(REBALANCE_EVERY).await;
         let peers = net.peers().await?;
         let own = *own.borrow();
         let (members, input) = rebalance_input(config, current, &peers, me, own);
+        if !settle.held(&members) {
+            continue;
+        }
         let joined = members.iter().any(|m| !current.members.contains(m));
         if !joined || members == considered {
             continue;
@@ -121,6 +133,32 @@ async fn watch_for_joins(
             }
             (Err(err), _) | (_, Err(err)) => tracing::debug!(%err, "re-plan not possible"),
         }
+    }
+}
+
+/// The member set of the previous look, to tell a settled set from one still changing.
+struct Settle {
+    last: Vec<String>,
+}
+
+impl Settle {
+    fn new(current: &PlanNotice) -> Self {
+        Self {
+            last: current.members.clone(),
+        }
+    }
+
+    /// Whether `members` is the set of the previous look too (remembering it for the next).
+    fn held(&mut self, members: &[String]) -> bool {
+        if self.last == members {
+            return true;
+        }
+        tracing::debug!(
+            members = members.len(),
+            "member set changed; waiting a look"
+        );
+        self.last = members.to_vec();
+        false
     }
 }
 
