@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tokio::sync::{Semaphore, mpsc};
+use murmur_protocol::PartPhase;
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::task::TaskTracker;
 
 use super::worker::{WorkerInput, WorkerOutput};
@@ -77,6 +78,8 @@ pub(crate) async fn outbound(
     // Butterfly parts have slots of their own: a round's parts all go out at once (one per
     // member) and must not queue behind deltas or each other's rounds.
     let part_sends = Arc::new(Semaphore::new(MAX_PART_SENDS_IN_FLIGHT));
+    // The first butterfly round not over yet on this node.
+    let (rounds_over, rounds) = watch::channel(0u64);
     while let Some(output) = outputs.recv().await {
         match output {
             WorkerOutput::Send { peers, outgoing } => {
@@ -118,8 +121,17 @@ pub(crate) async fn outbound(
             }
             WorkerOutput::SendParts(parts) => {
                 for part in parts {
-                    tasks.spawn(send_part(ctx.clone(), part, part_sends.clone()));
+                    let (ctx, slots, rounds) = (ctx.clone(), part_sends.clone(), rounds.clone());
+                    tasks.spawn(send_part(ctx, part, slots, rounds));
                 }
+            }
+            WorkerOutput::RoundOver(round) => {
+                rounds_over.send_if_modified(|first| {
+                    let next = round.saturating_add(1);
+                    let later = next > *first;
+                    *first = (*first).max(next);
+                    later
+                });
             }
             WorkerOutput::Rejected { peer, reason } => {
                 let points = reason.penalty();
@@ -137,8 +149,15 @@ pub(crate) async fn outbound(
 
 /// Pushes one butterfly part, retrying transient failures within the round's window (a mean
 /// that does not arrive leaves the contributor off the group's average); a failure is
-/// reported so that its mean is not waited for.
-async fn send_part(ctx: Arc<Context>, part: PartSend, sends: Arc<Semaphore>) {
+/// reported so that its mean is not waited for. A contribution is dropped once its round is
+/// over here (`rounds`: the first round not over); a mean still goes out, as the contributor
+/// adds a late one.
+async fn send_part(
+    ctx: Arc<Context>,
+    part: PartSend,
+    sends: Arc<Semaphore>,
+    mut rounds: watch::Receiver<u64>,
+) {
     // The part's time limit counts from now, its wait for a slot included: a part that only
     // gets out after its round is over is of no use to the owner.
     let deadline = tokio::time::Instant::now() + part.limit;
@@ -159,8 +178,19 @@ async fn send_part(ctx: Arc<Context>, part: PartSend, sends: Arc<Semaphore>) {
             )
             .await
     };
+    let contribution = part.phase == PartPhase::Contribution;
+    let round_over = async {
+        let over = rounds.wait_for(|first| *first > part.round).await.is_ok();
+        if !contribution || !over {
+            std::future::pending::<()>().await;
+        }
+    };
     let sent = tokio::select! {
         _ = ctx.cancel.cancelled() => return,
+        () = round_over => {
+            tracing::debug!(peer = %part.peer, round = part.round, "butterfly contribution dropped: its round is over");
+            return;
+        }
         sent = tokio::time::timeout_at(deadline, send) => {
             sent.unwrap_or(Err(TransferError::Deadline(part.limit)))
         }

@@ -1,6 +1,6 @@
 //! The training thread's side of butterfly averaging: it starts a round when the policy's
-//! sync is due (training), when an idle node has news for its group, or at once when a
-//! peer's round reaches it (the pull); it takes in parts, adds the means to the model as
+//! sync is due (training) or an idle node has news for its group, once its live peer set has
+//! settled, or at once when a peer's round reaches it (the pull); it takes in parts, adds the means to the model as
 //! they arrive (training goes on meanwhile), and ends rounds.
 
 use std::time::{Duration, Instant};
@@ -10,8 +10,11 @@ use murmur_protocol::{Digest, PartPhase};
 
 use super::{Worker, WorkerOutput};
 use crate::averaging::Rejection;
-use crate::averaging::butterfly::{Correction, PartSend, Received, RoundEnd};
+use crate::averaging::butterfly::{Correction, MAX_ROUND_LEAD, PartSend, Received, RoundEnd};
 use crate::session::SessionError;
+
+/// The longest a due round waits for the live peer set to settle.
+const MAX_SETTLE_WAIT: Duration = Duration::from_secs(2);
 
 impl Worker {
     /// Takes in a part from `peer`; refusals are counted and scored.
@@ -80,10 +83,25 @@ impl Worker {
             return Ok(());
         };
         let pulled = butterfly.pulled();
-        if !butterfly.busy() && (pulled.is_some() || due) {
+        if butterfly.busy() {
+            return Ok(());
+        }
+        if pulled.is_some() || (due && self.group_settled()) {
+            self.round_due_since = None;
             self.start_round(pulled)?;
         }
         Ok(())
+    }
+
+    /// Whether a due round may start on its own: the live peer set settled (see
+    /// `presence`), or the round waited [`MAX_SETTLE_WAIT`] for it (a group that keeps
+    /// changing still averages). A round pulled in by a peer never waits.
+    fn group_settled(&mut self) -> bool {
+        if self.live_peers.settled() {
+            return true;
+        }
+        let since = *self.round_due_since.get_or_insert_with(Instant::now);
+        since.elapsed() >= MAX_SETTLE_WAIT
     }
 
     /// Whether an idle node should start a round: its idle period is over and its group
@@ -126,7 +144,15 @@ impl Worker {
         else {
             return Ok(());
         };
-        let round = next.max(pulled.unwrap_or(0));
+        // A round of its own starts at the group's round: a node that joins a group which
+        // has averaged already would otherwise start at its own (lower) round, and the two
+        // rounds would supersede each other. Bounded, so that one peer's announcement cannot
+        // carry this node beyond what its other peers accept.
+        let announced = self
+            .live_peers
+            .announced_round()
+            .min(next.saturating_add(MAX_ROUND_LEAD / 2));
+        let round = next.max(pulled.unwrap_or(0)).max(announced);
         tracing::debug!(
             round,
             ?pulled,
@@ -204,6 +230,9 @@ impl Worker {
             group = end.group.len(),
             "butterfly round over"
         );
+        let _ = self
+            .outputs
+            .blocking_send(WorkerOutput::RoundOver(end.round));
         self.averager.advance_round(end.round.saturating_add(1));
         let every = self.config.checkpoint_every;
         let round = self.averager.round();

@@ -119,6 +119,9 @@ pub enum WorkerOutput {
     },
     /// Push each butterfly part to its recipient.
     SendParts(Vec<PartSend>),
+    /// Butterfly round `0` is over here: its contributions still being sent are dropped
+    /// (their owners averaged without them or moved on; the bandwidth goes to the next round).
+    RoundOver(u64),
     /// A delta from `peer` was refused.
     Rejected {
         /// Sender.
@@ -200,6 +203,8 @@ pub struct Worker {
     butterfly_dirty: bool,
     /// How the last butterfly round ended.
     last_round: Option<RoundEnd>,
+    /// Since when a butterfly round is due but waits for the live peer set to settle.
+    round_due_since: Option<Instant>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -278,6 +283,7 @@ impl Worker {
             local,
             butterfly_dirty: true,
             last_round: None,
+            round_due_since: None,
         }
     }
 
