@@ -1,5 +1,6 @@
 //! Bulk transfers over streams: 256 MB over TCP and over QUIC with digest verification,
-//! state fetch, a corrupted chunk, and a sender that dies mid-transfer.
+//! state fetch, a header refused before its payload, a corrupted chunk, and a sender that
+//! dies mid-transfer.
 
 mod net_common;
 
@@ -75,6 +76,60 @@ async fn payload_256mb_crosses_over_tcp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payload_256mb_crosses_over_quic() {
     transfer_256mb("quic-v1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_refused_by_admission_fails_the_send_and_delivers_nothing() {
+    let (_, receiver, _rx_events) = start(35, loopback()).await;
+    let admission: murmur_node::net::Admission = std::sync::Arc::new(|_peer, header| {
+        if header == b"stale" {
+            Err("round is over".to_string())
+        } else {
+            Ok(())
+        }
+    });
+    let mut incoming = receiver
+        .subscribe_payloads_admitting(PayloadKind::Blob, admission)
+        .expect("subscribe");
+    let (_, sender, _tx_events) = start(36, loopback()).await;
+    sender
+        .dial(addr_of(&receiver, "tcp").await)
+        .await
+        .expect("dial");
+    let to = receiver.local_peer_id();
+    // Larger than the muxer's window: the refusal must reach a sender still writing.
+    let data = payload(64 * MB, 3);
+    let refused = tokio::time::timeout(
+        Duration::from_secs(30),
+        sender.send_payload(to, PayloadKind::Blob, b"stale", &data),
+    )
+    .await
+    .expect("refused within 30 s");
+    match refused {
+        Err(TransferError::Refused(reason)) => assert_eq!(reason, "round is over"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(!refused_is_transient(), "a refusal is not retried");
+    let accepted = tokio::time::timeout(
+        Duration::from_secs(30),
+        sender.send_payload(to, PayloadKind::Blob, b"fresh", &data),
+    )
+    .await
+    .expect("sent within 30 s")
+    .expect("an admitted header goes through");
+    assert_eq!(accepted.digest, murmur_protocol::Digest::of(&data));
+    let got = tokio::time::timeout(Duration::from_secs(5), incoming.recv())
+        .await
+        .expect("payload delivered")
+        .expect("channel open");
+    assert_eq!(got.header, b"fresh", "the refused payload was never delivered");
+    assert!(incoming.try_recv().is_err());
+    sender.shutdown().await;
+    receiver.shutdown().await;
+}
+
+fn refused_is_transient() -> bool {
+    TransferError::Refused(String::new()).is_transient()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

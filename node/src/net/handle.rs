@@ -21,7 +21,7 @@ use super::inbound::spawn_accept_loop;
 use super::peers::PeerInfo;
 use super::shared::Shared;
 use super::state::{self, StateRequestEvent, StateResponse};
-use super::transfer::{self, PayloadKind};
+use super::transfer::{self, Admission, PayloadKind};
 
 /// Further attempts of [`Network::send_with_retries`] after a transient failure.
 const SEND_RETRIES: u32 = 5;
@@ -155,6 +155,25 @@ impl Network {
         &self,
         kind: PayloadKind,
     ) -> Result<mpsc::Receiver<IncomingPayload>, NetError> {
+        self.subscribe(kind, None)
+    }
+
+    /// Like [`subscribe_payloads`](Self::subscribe_payloads), with `admission` checking each
+    /// header before its payload is read: a refused one costs the sender only the header
+    /// (it gets [`TransferError::Refused`] with the reason).
+    pub fn subscribe_payloads_admitting(
+        &self,
+        kind: PayloadKind,
+        admission: Admission,
+    ) -> Result<mpsc::Receiver<IncomingPayload>, NetError> {
+        self.subscribe(kind, Some(admission))
+    }
+
+    fn subscribe(
+        &self,
+        kind: PayloadKind,
+        admission: Option<Admission>,
+    ) -> Result<mpsc::Receiver<IncomingPayload>, NetError> {
         let incoming = self
             .shared
             .control()
@@ -168,8 +187,11 @@ impl Network {
             kind.queues_when_busy(),
             incoming,
             move |peer, stream| {
-                let (shared, tx) = (shared.clone(), tx.clone());
-                async move { transfer::receive(peer, kind, stream, &shared.limits, &tx).await }
+                let (shared, tx, admission) = (shared.clone(), tx.clone(), admission.clone());
+                async move {
+                    let limits = &shared.limits;
+                    transfer::receive(peer, kind, stream, limits, &tx, admission.as_ref()).await
+                }
             },
         );
         Ok(rx)

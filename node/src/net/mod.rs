@@ -38,4 +38,4 @@ pub(crate) use peers::now_ms;
 pub use peers::{PeerInfo, link_stats};
 pub use start::{NetEvents, peer_id_of_addr};
 pub use state::{STATE_PROTOCOL, StateReply, StateRequestEvent, StateResponse};
-pub use transfer::PayloadKind;
+pub use transfer::{Admission, PayloadKind};

@@ -9,6 +9,10 @@
 //!                                       1 = refused + UTF-8 reason)
 //! ```
 //!
+//! A receiver with an [`Admission`] check may refuse right after the preamble, before the
+//! payload: the sender reads the ack while it writes, so a refused payload (a part of a round
+//! the receiver is past, say) costs a header's bytes instead of a model's.
+//!
 //! Both sides wrap the stream in a [`StallGuard`] and the whole exchange in a deadline
 //! (`NetLimits::transfer_deadline`), so a vanished peer yields a typed [`TransferError`].
 //! The receiver hands the payload to the application before acknowledging it, so a
@@ -16,7 +20,9 @@
 
 use std::time::Instant;
 
-use futures::AsyncWriteExt;
+use std::sync::Arc;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use murmur_protocol::Digest;
 use murmur_protocol::framing::{self, FrameLimits};
@@ -30,8 +36,12 @@ use super::stall::{StallGuard, is_stall};
 const PREAMBLE_VERSION: u8 = 1;
 const ACK_MAX: u32 = 1024;
 const ACK_OK: u8 = 0;
-/// Refusal status (receivers may refuse with a reason; this build drops busy streams).
+/// Refusal status, with a reason (an [`Admission`] check that failed).
 const ACK_REFUSED: u8 = 1;
+
+/// A receiver's check of an application header before it reads the payload: the sending peer
+/// and the header; an error refuses the payload with that reason. Runs on the stream's task.
+pub type Admission = Arc<dyn Fn(&PeerId, &[u8]) -> Result<(), String> + Send + Sync>;
 
 /// What a pushed payload is; each kind has its own stream protocol and subscriber.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -127,23 +137,40 @@ pub(crate) async fn send(
             max: limits.max_payload_bytes,
         });
     }
-    let mut stream = StallGuard::new(stream, limits.stall_timeout);
+    let stream = StallGuard::new(stream, limits.stall_timeout);
+    let (mut reader, mut writer) = stream.split();
     let mut preamble = Vec::with_capacity(2 + header.len());
     preamble.extend_from_slice(&[PREAMBLE_VERSION, 0]);
     preamble.extend_from_slice(header);
-    framing::write_message(&mut stream, &preamble, max_header(limits)).await?;
+    framing::write_message(&mut writer, &preamble, max_header(limits)).await?;
     let chunk = u32::try_from(limits.chunk_bytes).unwrap_or(framing::DEFAULT_CHUNK);
-    let digest = match digest {
-        Some(known) => {
-            framing::write_payload_with_digest(&mut stream, payload, chunk, known).await?
-        }
-        None => framing::write_payload(&mut stream, payload, chunk).await?,
+    let (digest, acked) = {
+        let write = async {
+            match digest {
+                Some(known) => {
+                    framing::write_payload_with_digest(&mut writer, payload, chunk, known).await
+                }
+                None => framing::write_payload(&mut writer, payload, chunk).await,
+            }
+        };
+        let ack = read_ack(&mut reader);
+        tokio::pin!(write, ack);
+        // The receiver may refuse before the payload is through; only a refusal may come early.
+        let digest = tokio::select! {
+            written = &mut write => written?,
+            early = &mut ack => {
+                return Err(match early {
+                    Ok(_) => TransferError::BadPreamble("acknowledged before the payload"),
+                    Err(error) => error,
+                });
+            }
+        };
+        (digest, ack.await?)
     };
-    let acked = read_ack(&mut stream).await?;
     if acked != digest {
         return Err(TransferError::AckMismatch);
     }
-    let _ = stream.close().await;
+    let _ = writer.close().await;
     Ok(TransferStats {
         bytes: payload.len() as u64,
         elapsed: started.elapsed(),
@@ -151,7 +178,7 @@ pub(crate) async fn send(
     })
 }
 
-async fn read_ack(stream: &mut StallGuard<Stream>) -> Result<Digest, TransferError> {
+async fn read_ack<R: AsyncRead + Unpin>(stream: &mut R) -> Result<Digest, TransferError> {
     let ack = framing::read_message(stream, ACK_MAX).await?;
     match ack.split_first() {
         Some((&ACK_OK, digest)) => {
@@ -167,13 +194,15 @@ async fn read_ack(stream: &mut StallGuard<Stream>) -> Result<Digest, TransferErr
     }
 }
 
-/// Receives one pushed payload from `stream`, delivers it on `deliver`, then acknowledges.
+/// Receives one pushed payload from `stream`, delivers it on `deliver`, then acknowledges;
+/// a header that `admission` refuses is answered with the refusal before the payload.
 pub(crate) async fn receive(
     peer: PeerId,
     kind: PayloadKind,
     stream: Stream,
     limits: &NetLimits,
     deliver: &mpsc::Sender<IncomingPayload>,
+    admission: Option<&Admission>,
 ) -> Result<(), TransferError> {
     let started = Instant::now();
     let mut stream = StallGuard::new(stream, limits.stall_timeout);
@@ -183,6 +212,14 @@ pub(crate) async fn receive(
         [PREAMBLE_VERSION, ..] => return Err(TransferError::BadPreamble("unknown flags")),
         _ => return Err(TransferError::BadPreamble("unsupported preamble version")),
     };
+    if let Some(Err(reason)) = admission.map(|admit| admit(&peer, &header)) {
+        let mut refusal = Vec::with_capacity(1 + reason.len());
+        refusal.push(ACK_REFUSED);
+        refusal.extend(reason.bytes().take(ACK_MAX as usize - 1));
+        framing::write_message(&mut stream, &refusal, ACK_MAX).await?;
+        let _ = stream.close().await;
+        return Ok(());
+    }
     let (payload, digest) = framing::read_payload(&mut stream, &frame_limits(limits)).await?;
     let incoming = IncomingPayload {
         peer,
