@@ -122,7 +122,10 @@ async fn a_header_refused_by_admission_fails_the_send_and_delivers_nothing() {
         .await
         .expect("payload delivered")
         .expect("channel open");
-    assert_eq!(got.header, b"fresh", "the refused payload was never delivered");
+    assert_eq!(
+        got.header, b"fresh",
+        "the refused payload was never delivered"
+    );
     assert!(incoming.try_recv().is_err());
     sender.shutdown().await;
     receiver.shutdown().await;

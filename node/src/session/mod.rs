@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::averaging::{Averager, AveragerConfig, AveragingError, ReplayGuard, replay};
 use crate::identity::NodeIdentity;
-use crate::net::{NetConfig, NetError, Network, PayloadKind};
+use crate::net::{Admission, NetConfig, NetError, Network, PayloadKind};
 use crate::store::{Store, StoreError};
 use checkpoints::{CheckpointStoreError, Checkpoints};
 use in_flight::SendsInFlight;
@@ -220,10 +220,6 @@ impl Session {
         let (net, events) =
             Network::start(identity.keypair(), config.net.clone(), store.as_ref()).await?;
         let deltas = net.subscribe_payloads(PayloadKind::Delta)?;
-        let parts = match config.averager.butterfly {
-            Some(_) => Some(net.subscribe_payloads(PayloadKind::Part)?),
-            None => None,
-        };
         let state_requests = net.serve_state()?;
         let (inputs, input_rx) = std::sync::mpsc::sync_channel(64);
         let (outputs, output_rx) = mpsc::channel(64);
@@ -244,6 +240,21 @@ impl Session {
         if let Some(round) = worker.resume()? {
             tracing::info!(round, "resumed from checkpoint");
         }
+        // Parts are checked against the rounds before their payloads are read.
+        let parts = match worker.part_gate() {
+            Some(gate) => {
+                let wake = inputs.clone();
+                let admission: Admission = Arc::new(move |peer, header| {
+                    let verdict = gate.admit(peer, header);
+                    if verdict.is_err() {
+                        let _ = wake.try_send(WorkerInput::PartsRefused);
+                    }
+                    verdict
+                });
+                Some(net.subscribe_payloads_admitting(PayloadKind::Part, admission)?)
+            }
+            None => None,
+        };
         let (status_tx, status) = watch::channel(NodeStatus {
             worker: worker.status.clone(),
             ..NodeStatus::default()

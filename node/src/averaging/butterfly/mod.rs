@@ -26,16 +26,19 @@
 //! [`Butterfly`] is plain synchronous state owned by the training thread; [`wire`] encodes,
 //! signs and checks the parts.
 
+mod gate;
 mod round;
 mod wire;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use murmur_protocol::{Codec, Digest, PartHeader, PartPhase};
 
 use super::{AveragerConfig, AveragingError, Rejection};
+pub use gate::PartGate;
 use round::{LateMeans, Round};
 pub use wire::PartSend;
 use wire::Signer;
@@ -152,6 +155,8 @@ pub struct Butterfly {
     scratch: Vec<f32>,
     /// The model copy of the last round, reused by the next.
     spare: Vec<f32>,
+    /// The early check of inbound parts, kept up to date with the rounds.
+    gate: Arc<PartGate>,
 }
 
 impl Butterfly {
@@ -165,16 +170,18 @@ impl Butterfly {
         total: usize,
     ) -> Self {
         let me = murmur_protocol::envelope::peer_key(&key);
+        let signer = Signer {
+            run: averager.run,
+            model: averager.model,
+            key,
+            me,
+            codec: config.codec,
+            admission: averager.admission.clone(),
+        };
         Self {
             config,
-            signer: Signer {
-                run: averager.run,
-                model: averager.model,
-                key,
-                me,
-                codec: config.codec,
-                admission: averager.admission.clone(),
-            },
+            gate: Arc::new(PartGate::new(signer.clone(), local, total)),
+            signer,
             local,
             total,
             current: None,
@@ -192,6 +199,29 @@ impl Butterfly {
     pub fn next_round(&self, own_round: u64) -> u64 {
         self.finished
             .map_or(own_round, |f| own_round.max(f.saturating_add(1)))
+    }
+
+    /// The early check of inbound parts, for the part stream subscription.
+    pub fn gate(&self) -> Arc<PartGate> {
+        self.gate.clone()
+    }
+
+    /// The reasons of the parts the gate refused since the last call. A member's part that
+    /// did not match the split of the round in progress ends that round early, as if it had
+    /// been received in full.
+    pub fn take_refusals(&mut self) -> Vec<Rejection> {
+        let refusals = self.gate.take();
+        if let (Some(round), Some(current)) = (refusals.mismatched, self.current.as_mut())
+            && current.number() == round
+        {
+            current.mark_mismatched();
+        }
+        refusals.reasons
+    }
+
+    fn publish_gate(&self) {
+        let current = self.current.as_ref().map(|c| (c.number(), c.group()));
+        self.gate.publish(self.finished, current);
     }
 
     /// Whether a round is in progress.
@@ -254,6 +284,7 @@ impl Butterfly {
             );
         }
         self.current = Some(current);
+        self.publish_gate();
         Ok(sends)
     }
 
@@ -408,6 +439,7 @@ impl Butterfly {
                 self.late.push(late);
             }
         }
+        self.publish_gate();
         Ok((sends, Some(end)))
     }
 
@@ -427,6 +459,7 @@ impl Butterfly {
         }
         self.late.clear();
         self.corrections.clear();
+        self.publish_gate();
     }
 
     /// The changes received since the last call, to add to the model.

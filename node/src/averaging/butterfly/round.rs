@@ -91,6 +91,16 @@ impl Round {
         self.number
     }
 
+    /// The group, sorted.
+    pub(super) fn group(&self) -> &[PeerId] {
+        &self.group
+    }
+
+    /// A member's part (refused by the gate before its payload) did not match the split.
+    pub(super) fn mark_mismatched(&mut self) {
+        self.mismatched = true;
+    }
+
     /// This node's slice of every other member's part, signed.
     pub(super) fn contributions(
         &self,

@@ -360,3 +360,64 @@ fn far_future_rounds_other_codecs_and_abandoned_round_numbers_are_handled() {
     assert_eq!(m[0].butterfly.next_round(7), 8);
     assert_eq!(m[0].butterfly.next_round(9), 9);
 }
+
+#[test]
+fn the_gate_refuses_before_the_payload_what_the_round_would_refuse() {
+    let len = 300;
+    let anchor = vec![0.0; len];
+    let mut m = members(3, len, 9);
+    let ids: Vec<PeerId> = m.iter().map(|x| x.id).collect();
+    let gate = m[0].butterfly.gate();
+    let to_0 = |sends: Vec<PartSend>| {
+        sends
+            .into_iter()
+            .find(|s| s.peer == ids[0])
+            .expect("a part for member 0")
+    };
+    // Member 0 and member 2 see the whole group; member 1 sees only member 0.
+    let (p0, w0) = (m[0].params.clone(), m[0].weight);
+    m[0].butterfly
+        .start(0, &p0, &anchor, w0, &[ids[1], ids[2]])
+        .expect("start");
+    let (p1, w1) = (m[1].params.clone(), m[1].weight);
+    let narrow = to_0(
+        m[1].butterfly
+            .start(0, &p1, &anchor, w1, &[ids[0]])
+            .expect("start"),
+    );
+    let (p2, w2) = (m[2].params.clone(), m[2].weight);
+    let full = to_0(
+        m[2].butterfly
+            .start(0, &p2, &anchor, w2, &[ids[0], ids[1]])
+            .expect("start"),
+    );
+
+    assert_eq!(gate.admit(&ids[2], &full.header), Ok(()), "a matching part");
+    assert!(
+        gate.admit(&ids[1], &narrow.header).is_err(),
+        "a member's part of another split is refused before its payload"
+    );
+    // Garbage and forgeries are left for the training thread to refuse and score.
+    assert_eq!(gate.admit(&ids[1], b"not a part"), Ok(()));
+    assert_eq!(gate.admit(&ids[2], &narrow.header), Ok(()));
+    assert_eq!(
+        m[0].butterfly.take_refusals(),
+        vec![Rejection::PartMismatch]
+    );
+    assert!(m[0].butterfly.take_refusals().is_empty(), "taken once");
+    // The mismatch ends member 0's round at once, as a part received in full would.
+    let (_, end) = m[0]
+        .butterfly
+        .advance(Instant::now(), &anchor)
+        .expect("advance");
+    assert!(!end.expect("round over").complete);
+    // A part of the round that is over is stale, for the gate and for the round alike.
+    assert_eq!(
+        gate.admit(&ids[2], &full.header),
+        Err(Rejection::Stale.to_string())
+    );
+    assert_eq!(
+        offer(&mut m[0].butterfly, &ids[2], &full, &anchor, 1),
+        Err(Rejection::Stale)
+    );
+}

@@ -10,7 +10,9 @@ use murmur_protocol::{Digest, PartPhase};
 
 use super::{Worker, WorkerOutput};
 use crate::averaging::Rejection;
-use crate::averaging::butterfly::{Correction, MAX_ROUND_LEAD, PartSend, Received, RoundEnd};
+use crate::averaging::butterfly::{
+    Correction, MAX_ROUND_LEAD, PartGate, PartSend, Received, RoundEnd,
+};
 use crate::session::SessionError;
 
 /// The longest a due round waits for the live peer set to settle.
@@ -56,6 +58,11 @@ impl Worker {
         }
     }
 
+    /// The early check of inbound parts (butterfly runs only).
+    pub(crate) fn part_gate(&self) -> Option<std::sync::Arc<PartGate>> {
+        self.butterfly.as_ref().map(|b| b.gate())
+    }
+
     /// A part for `round` could not be delivered to `peer`.
     pub(super) fn part_failed(&mut self, peer: &PeerId, round: u64, phase: PartPhase) {
         if let Some(butterfly) = self.butterfly.as_mut() {
@@ -68,6 +75,10 @@ impl Worker {
         let Some(butterfly) = self.butterfly.as_mut() else {
             return Ok(());
         };
+        for reason in butterfly.take_refusals() {
+            tracing::debug!(%reason, "part refused before its payload");
+            self.averager.count_rejection(reason);
+        }
         let (sends, end) = butterfly.advance(Instant::now(), self.averager.anchor())?;
         let idle = !butterfly.busy();
         self.send_parts(sends);

@@ -83,6 +83,10 @@ pub enum WorkerInput {
         /// Contribution or mean.
         phase: murmur_protocol::PartPhase,
     },
+    /// The part gate refused parts before their payloads (see
+    /// [`PartGate`](crate::averaging::butterfly::PartGate)): count them, and end the round if
+    /// a member's split differed.
+    PartsRefused,
     /// Current parameters for a state download.
     Snapshot(oneshot::Sender<Snapshot>),
     /// Adopt a downloaded model state.
@@ -428,6 +432,8 @@ impl Worker {
                 digest,
             } => self.receive_part(peer, &header, payload, &digest),
             WorkerInput::PartFailed { peer, round, phase } => self.part_failed(&peer, round, phase),
+            // Taken in by the next `step_butterfly`, which follows every input.
+            WorkerInput::PartsRefused => {}
             WorkerInput::SendFailed(outgoing) => {
                 let mut params = self.replica.params()?;
                 self.averager.returned(&outgoing, &mut params);
