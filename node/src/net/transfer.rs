@@ -18,7 +18,7 @@
 //! The receiver hands the payload to the application before acknowledging it, so a
 //! successful send means the payload was verified and queued on the remote side.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
@@ -38,6 +38,9 @@ const ACK_MAX: u32 = 1024;
 const ACK_OK: u8 = 0;
 /// Refusal status, with a reason (an [`Admission`] check that failed).
 const ACK_REFUSED: u8 = 1;
+
+/// How long a sender whose payload write failed waits for a refusal that explains it.
+const REFUSAL_GRACE: Duration = Duration::from_millis(500);
 
 /// A receiver's check of an application header before it reads the payload: the sending peer
 /// and the header; an error refuses the payload with that reason. Runs on the stream's task.
@@ -92,7 +95,7 @@ impl PayloadKind {
     pub fn protocol_str(self) -> &'static str {
         match self {
             PayloadKind::Delta => "/murmur/delta/1.0.0",
-            PayloadKind::Part => "/murmur/part/1.0.0",
+            PayloadKind::Part => "/murmur/part/1.1.0",
             PayloadKind::Activations => "/murmur/activations/1.0.0",
             PayloadKind::Gradients => "/murmur/gradients/1.0.0",
             PayloadKind::Control => "/murmur/pipeline-control/1.0.0",
@@ -155,17 +158,28 @@ pub(crate) async fn send(
         };
         let ack = read_ack(&mut reader);
         tokio::pin!(write, ack);
-        // The receiver may refuse before the payload is through; only a refusal may come early.
-        let digest = tokio::select! {
-            written = &mut write => written?,
-            early = &mut ack => {
-                return Err(match early {
-                    Ok(_) => TransferError::BadPreamble("acknowledged before the payload"),
-                    Err(error) => error,
-                });
+        // The ack is read while the payload is written: a receiver may refuse after the
+        // header. An accepting ack can be ready before the last flush returns; the write is
+        // then finished before the digests are compared.
+        tokio::select! {
+            biased;
+            written = &mut write => match written {
+                Ok(digest) => (digest, ack.await?),
+                Err(error) => {
+                    // A receiver that refused and dropped the stream fails the write: its
+                    // refusal, if it came, is the reason (and is not worth a retry).
+                    let refusal = tokio::time::timeout(REFUSAL_GRACE, &mut ack).await;
+                    return Err(match refusal {
+                        Ok(Err(refused @ TransferError::Refused(_))) => refused,
+                        _ => error.into(),
+                    });
+                }
+            },
+            acked = &mut ack => {
+                let acked = acked?;
+                (write.await?, acked)
             }
-        };
-        (digest, ack.await?)
+        }
     };
     if acked != digest {
         return Err(TransferError::AckMismatch);

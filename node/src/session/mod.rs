@@ -246,7 +246,7 @@ impl Session {
                 let wake = inputs.clone();
                 let admission: Admission = Arc::new(move |peer, header| {
                     let verdict = gate.admit(peer, header);
-                    if verdict.is_err() {
+                    if verdict.is_err() && gate.should_wake() {
                         let _ = wake.try_send(WorkerInput::PartsRefused);
                     }
                     verdict

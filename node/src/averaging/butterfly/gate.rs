@@ -13,6 +13,7 @@
 //! a mismatched part received in full would.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use libp2p::PeerId;
@@ -31,6 +32,8 @@ struct RoundView {
     group: Vec<PeerId>,
     ranges: Vec<Range<usize>>,
     mine: usize,
+    /// This node averaged its part: later contributions are stale.
+    reduced: bool,
 }
 
 #[derive(Debug, Default)]
@@ -49,6 +52,8 @@ pub struct PartGate {
     local: PeerId,
     total: usize,
     state: Mutex<GateState>,
+    /// The training thread was told of refusals it has not taken yet (one wake-up for many).
+    told: AtomicBool,
 }
 
 /// What the gate refused since the training thread last looked.
@@ -65,6 +70,7 @@ impl PartGate {
             local,
             total,
             state: Mutex::new(GateState::default()),
+            told: AtomicBool::new(false),
         }
     }
 
@@ -73,13 +79,14 @@ impl PartGate {
     }
 
     /// Publishes the training thread's view: the last round ended and the one in progress
-    /// (its number and sorted group).
-    pub(super) fn publish(&self, finished: Option<u64>, current: Option<(u64, &[PeerId])>) {
-        let current = current.map(|(number, group)| RoundView {
+    /// (its number, sorted group, and whether this node averaged its part).
+    pub(super) fn publish(&self, finished: Option<u64>, current: Option<(u64, &[PeerId], bool)>) {
+        let current = current.map(|(number, group, reduced)| RoundView {
             number,
             group: group.to_vec(),
             ranges: wire::split(self.total, group.len()),
             mine: group.iter().position(|p| *p == self.local).unwrap_or(0),
+            reduced,
         });
         let mut state = self.lock();
         state.finished = finished;
@@ -88,11 +95,18 @@ impl PartGate {
 
     /// Takes the refusals queued so far.
     pub(super) fn take(&self) -> Refusals {
+        self.told.store(false, Ordering::Release);
         let mut state = self.lock();
         Refusals {
             reasons: std::mem::take(&mut state.refused),
             mismatched: state.mismatched.take(),
         }
+    }
+
+    /// Whether the training thread should be woken for a refusal: true once until it takes
+    /// them, so a burst of refusals costs it one wake-up.
+    pub fn should_wake(&self) -> bool {
+        !self.told.swap(true, Ordering::AcqRel)
     }
 
     /// Checks the header of a part `peer` is sending; an error refuses its payload.
@@ -132,6 +146,8 @@ fn judge(state: &GateState, peer: &PeerId, part: &PartHeader) -> Result<(), (Rej
                 return Err((Rejection::Stale, false));
             }
             match current.filter(|c| c.number == round) {
+                // As the round does: a contribution after the reduce is stale, matched or not.
+                Some(view) if view.reduced => Err((Rejection::Stale, false)),
                 Some(view) if !matches(view, view.mine) => {
                     Err((Rejection::PartMismatch, view.group.contains(peer)))
                 }

@@ -220,7 +220,10 @@ impl Butterfly {
     }
 
     fn publish_gate(&self) {
-        let current = self.current.as_ref().map(|c| (c.number(), c.group()));
+        let current = self
+            .current
+            .as_ref()
+            .map(|c| (c.number(), c.group(), c.reduced()));
         self.gate.publish(self.finished, current);
     }
 
@@ -415,6 +418,10 @@ impl Butterfly {
             let (means, correction) = current.reduce(&self.signer, anchor, &mut self.scratch)?;
             sends = means;
             self.corrections.extend(correction);
+            self.gate.publish(
+                self.finished,
+                Some((current.number(), current.group(), true)),
+            );
         }
         // A member that started a later round has sent the means it will send for this one;
         // the rest may still come, and are taken in late.

@@ -96,6 +96,11 @@ impl Round {
         &self.group
     }
 
+    /// Whether this node averaged its part.
+    pub(super) fn reduced(&self) -> bool {
+        self.reduced
+    }
+
     /// A member's part (refused by the gate before its payload) did not match the split.
     pub(super) fn mark_mismatched(&mut self) {
         self.mismatched = true;

@@ -17,6 +17,8 @@ use crate::session::SessionError;
 
 /// The longest a due round waits for the live peer set to settle.
 const MAX_SETTLE_WAIT: Duration = Duration::from_secs(2);
+/// How often a due round waiting for its group looks at it again.
+const SETTLE_LOOK: Duration = Duration::from_millis(50);
 
 impl Worker {
     /// Takes in a part from `peer`; refusals are counted and scored.
@@ -97,6 +99,9 @@ impl Worker {
         if butterfly.busy() {
             return Ok(());
         }
+        if !due {
+            self.round_due_since = None;
+        }
         if pulled.is_some() || (due && self.group_settled()) {
             self.round_due_since = None;
             self.start_round(pulled)?;
@@ -135,6 +140,11 @@ impl Worker {
 
     /// How long an idle node may wait for input before the round in progress needs it.
     pub(super) fn butterfly_wait(&self, idle: Duration) -> Duration {
+        // A due round waiting for its group to settle looks again at the live set's pace.
+        let idle = match self.round_due_since {
+            Some(_) => idle.min(SETTLE_LOOK),
+            None => idle,
+        };
         self.butterfly
             .as_ref()
             .and_then(|b| b.next_deadline())

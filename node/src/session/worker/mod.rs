@@ -123,8 +123,8 @@ pub enum WorkerOutput {
     },
     /// Push each butterfly part to its recipient.
     SendParts(Vec<PartSend>),
-    /// Butterfly round `0` is over here: its contributions still being sent are dropped
-    /// (their owners averaged without them or moved on; the bandwidth goes to the next round).
+    /// The butterfly round is over here: its contributions still being sent are dropped
+    /// (the next round redoes the average; the bandwidth goes to it).
     RoundOver(u64),
     /// A delta from `peer` was refused.
     Rejected {
