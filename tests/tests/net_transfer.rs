@@ -80,7 +80,7 @@ async fn payload_256mb_crosses_over_quic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_header_refused_by_admission_fails_the_send_and_delivers_nothing() {
-    let (_, receiver, _rx_events) = start(35, loopback()).await;
+    let (_, receiver, _rx_events) = start(41, loopback()).await;
     let admission: murmur_node::net::Admission = std::sync::Arc::new(|_peer, header| {
         if header == b"stale" {
             Err("round is over".to_string())
@@ -91,7 +91,7 @@ async fn a_header_refused_by_admission_fails_the_send_and_delivers_nothing() {
     let mut incoming = receiver
         .subscribe_payloads_admitting(PayloadKind::Blob, admission)
         .expect("subscribe");
-    let (_, sender, _tx_events) = start(36, loopback()).await;
+    let (_, sender, _tx_events) = start(42, loopback()).await;
     sender
         .dial(addr_of(&receiver, "tcp").await)
         .await
@@ -109,7 +109,10 @@ async fn a_header_refused_by_admission_fails_the_send_and_delivers_nothing() {
         Err(TransferError::Refused(reason)) => assert_eq!(reason, "round is over"),
         other => panic!("expected a refusal, got {other:?}"),
     }
-    assert!(!refused_is_transient(), "a refusal is not retried");
+    assert!(
+        !TransferError::Refused(String::new()).is_transient(),
+        "a refusal is not retried"
+    );
     let accepted = tokio::time::timeout(
         Duration::from_secs(30),
         sender.send_payload(to, PayloadKind::Blob, b"fresh", &data),
@@ -129,10 +132,6 @@ async fn a_header_refused_by_admission_fails_the_send_and_delivers_nothing() {
     assert!(incoming.try_recv().is_err());
     sender.shutdown().await;
     receiver.shutdown().await;
-}
-
-fn refused_is_transient() -> bool {
-    TransferError::Refused(String::new()).is_transient()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
