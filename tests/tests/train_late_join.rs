@@ -73,6 +73,10 @@ async fn a_late_joiner_adopts_the_state_and_reaches_the_others_accuracy() {
         .iter()
         .map(|l| accuracy(&l.status().borrow()))
         .collect();
+    let leaders_adopted: Vec<Option<u64>> = early
+        .iter()
+        .map(|l| l.status().borrow().worker.adopted_round)
+        .collect();
     let _ = tokio::time::timeout(Duration::from_secs(15), late.stop()).await;
     for s in early {
         let _ = tokio::time::timeout(Duration::from_secs(15), s.stop()).await;
@@ -86,6 +90,13 @@ async fn a_late_joiner_adopts_the_state_and_reaches_the_others_accuracy() {
         accuracy(&status)
     );
     assert!(status.worker.steps <= 30);
+    // The leaders trained all along: a newcomer carried to a higher round by merges must
+    // not look ahead of them, or they would adopt its barely trained model.
+    assert_eq!(
+        leaders_adopted,
+        vec![None, None],
+        "the leaders adopted a state"
+    );
     assert!(
         status
             .worker

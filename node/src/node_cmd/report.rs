@@ -45,6 +45,7 @@ pub fn status_json(peer: &PeerId, s: &NodeStatus, elapsed: Duration) -> serde_js
         "peers": s.peers,
         "samples_per_sec": w.samples_per_sec,
         "adopted_round": w.adopted_round,
+        "trained_rounds": w.trained_rounds,
     })
 }
 

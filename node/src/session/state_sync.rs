@@ -164,9 +164,7 @@ pub(crate) async fn join(ctx: Arc<Context>) {
         return;
     }
     let started = Instant::now();
-    // Compare with the round this node started from (0 or its checkpoint's): merging peers'
-    // deltas moves the round clock forward without bringing the model up to date.
-    let own_round = ctx.status.borrow().worker.round;
+    let start_round = ctx.status.borrow().worker.round;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     while started.elapsed() < JOIN_WINDOW {
         tokio::select! {
@@ -177,11 +175,15 @@ pub(crate) async fn join(ctx: Arc<Context>) {
             return;
         };
         let live = super::presence::live_peers(&ctx, &peers);
+        let progress = Progress {
+            start_round,
+            trained_rounds: ctx.status.borrow().worker.trained_rounds,
+        };
         let ahead = peers
             .iter()
             .filter(|p| live.contains(&p.peer_id))
             .filter_map(|p| p.announcement.as_ref().map(|a| (a.round, p.peer_id)))
-            .filter(|(round, _)| *round > own_round + ctx.config.join_lag_rounds)
+            .filter(|(round, _)| progress.is_far_behind(*round, ctx.config.join_lag_rounds))
             .max();
         let Some((announced, peer)) = ahead else {
             continue;
@@ -196,6 +198,30 @@ pub(crate) async fn join(ctx: Arc<Context>) {
             }
             Err(err) => tracing::warn!(%peer, %err, "state download failed; will retry"),
         }
+    }
+}
+
+/// How far this node's model has come on its own, for telling whether a peer is far ahead.
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    /// The round it started from (0, or its checkpoint's).
+    start_round: u64,
+    /// Rounds it has trained through since.
+    trained_rounds: u64,
+}
+
+impl Progress {
+    /// Whether a peer announcing `round` is more than `lag` rounds ahead of this node's own
+    /// progress, so that adopting its state beats merging towards it.
+    ///
+    /// The node's round clock is no measure of that: merging peers' deltas moves it forward
+    /// without bringing the model up to date. Nor are the peers' rounds alone: idle rounds
+    /// (nodes done training, still averaging) move them too. So only a node that has not yet
+    /// trained `lag` rounds of its own can be a late joiner. One that has is mixing with its
+    /// peers already; were it to adopt a newcomer's state, carried to a high round by merges,
+    /// it would throw its training away for a barely trained model.
+    fn is_far_behind(self, round: u64, lag: u64) -> bool {
+        self.trained_rounds <= lag && round > self.start_round + self.trained_rounds + lag
     }
 }
 
@@ -301,4 +327,41 @@ async fn fetch_range(
         return Err("state of another run or model".into());
     }
     Ok((header, response.payload))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Progress;
+
+    #[test]
+    fn a_node_that_trained_along_is_not_behind_a_newcomer_carried_forward_by_merges() {
+        let lag = 8;
+        let newcomer = Progress {
+            start_round: 0,
+            trained_rounds: 3,
+        };
+        // The leaders trained 60 rounds and are at 62: the newcomer is far behind them.
+        assert!(newcomer.is_far_behind(62, lag));
+        let leader = Progress {
+            start_round: 0,
+            trained_rounds: 60,
+        };
+        // The newcomer announces 65 after adopting 62, or 78 after idle rounds: no reason
+        // for a leader that trained all along to adopt its state.
+        assert!(!leader.is_far_behind(65, lag));
+        assert!(!leader.is_far_behind(78, lag));
+        // Nor for a node that has trained more rounds than the lag, however far ahead.
+        let started = Progress {
+            start_round: 0,
+            trained_rounds: 9,
+        };
+        assert!(!started.is_far_behind(500, lag));
+        // A restart from a checkpoint counts from the checkpoint's round.
+        let restarted = Progress {
+            start_round: 40,
+            trained_rounds: 0,
+        };
+        assert!(!restarted.is_far_behind(48, lag));
+        assert!(restarted.is_far_behind(49, lag));
+    }
 }

@@ -162,6 +162,9 @@ pub struct WorkerStatus {
     pub samples_per_sec: f64,
     /// Round of the last peer state this node downloaded and adopted, if any.
     pub adopted_round: Option<u64>,
+    /// Rounds this node ended with local steps of its own since it started: its own
+    /// progress, which `round` (moved forward by merges too) does not measure.
+    pub trained_rounds: u64,
 }
 
 /// The training thread's state.
@@ -526,6 +529,9 @@ impl Worker {
         )?;
         self.replica.set_params(&params)?;
         self.pending_since = None;
+        if self.steps_since_sync > 0 {
+            self.status.trained_rounds += 1;
+        }
         self.steps_since_sync = 0;
         self.samples_since_sync = 0;
         self.last_sync = Instant::now();
