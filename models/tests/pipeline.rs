@@ -8,35 +8,68 @@ use murmur_models::{
     Batch, GptConfig, ModelKind, ModelSpec, Trainer, WireActivation, builtin_data, spec_for,
 };
 
+/// The order of micro-batches through a step.
+#[derive(Clone, Copy)]
+enum Schedule {
+    /// Each micro-batch's forward and backward before the next one's.
+    OneByOne,
+    /// Every forward first, then the backwards from the last micro-batch to the first, so
+    /// that every micro-batch's forward is kept at once (as in the node's pipeline).
+    AllForwardsFirst,
+}
+
 /// Runs one step through `shards` (contiguous, in order) with `micros` micro-batches, as the
 /// node's pipeline does; returns the mean loss.
-fn pipeline_step(shards: &mut [StageShard], batch: &Batch, micros: usize) -> f32 {
+fn pipeline_step(
+    shards: &mut [StageShard],
+    batch: &Batch,
+    micros: usize,
+    schedule: Schedule,
+) -> f32 {
     let samples = batch.samples;
     let per = samples / micros;
     let (WireActivation::Tokens { shape, ids }, targets) = (&batch.input, &batch.targets) else {
         panic!("char-gpt input is tokens");
     };
     let t = shape[1];
-    let mut loss = 0.0;
-    for m in 0..micros {
+    let last = shards.len() - 1;
+    let forward = |shards: &mut [StageShard], m: usize| {
         let rows = m * per..(m + 1) * per;
         let mut x = WireActivation::Tokens {
             shape: [per, t],
             ids: ids[rows.start * t..rows.end * t].to_vec(),
         };
-        let last = shards.len() - 1;
         for shard in &mut shards[..last] {
             x = shard.forward(m as u32, x).unwrap();
         }
+        x
+    };
+    let backward = |shards: &mut [StageShard], m: usize, x: WireActivation| {
+        let rows = m * per..(m + 1) * per;
         let micro_targets = &targets[rows.start * t..rows.end * t];
         let (l, mut grad) = shards[last]
             .loss_backward(x, micro_targets, 1.0 / micros as f32)
             .unwrap();
-        loss += l / micros as f32;
         for shard in shards[..last].iter_mut().rev() {
             grad = shard.backward(m as u32, &grad.unwrap()).unwrap();
         }
         assert!(grad.is_none(), "the embedding stage takes token ids");
+        l / micros as f32
+    };
+    let mut loss = 0.0;
+    match schedule {
+        Schedule::OneByOne => {
+            for m in 0..micros {
+                let x = forward(shards, m);
+                loss += backward(shards, m, x);
+            }
+        }
+        Schedule::AllForwardsFirst => {
+            let outputs: Vec<_> = (0..micros).map(|m| forward(shards, m)).collect();
+            for (m, x) in outputs.into_iter().enumerate().rev() {
+                loss += backward(shards, m, x);
+            }
+        }
     }
     let norm = shards
         .iter()
@@ -51,6 +84,15 @@ fn pipeline_step(shards: &mut [StageShard], batch: &Batch, micros: usize) -> f32
 
 #[test]
 fn three_shards_with_micro_batches_match_the_trainer() {
+    shards_match_the_trainer(Schedule::OneByOne);
+}
+
+#[test]
+fn shards_keeping_every_micro_batch_in_flight_match_the_trainer() {
+    shards_match_the_trainer(Schedule::AllForwardsFirst);
+}
+
+fn shards_match_the_trainer(schedule: Schedule) {
     let data = builtin_data(ModelKind::CharGpt).unwrap();
     let spec = match spec_for(ModelKind::CharGpt, data.train.shape()).unwrap() {
         ModelSpec::Gpt(full) => ModelSpec::Gpt(GptConfig {
@@ -79,7 +121,7 @@ fn three_shards_with_micro_batches_match_the_trainer() {
     for step in 0..6 {
         let expected = trainer.step().unwrap().loss;
         let batch = data.train.batch(&stream.next_batch(cfg.batch_size));
-        let got = pipeline_step(&mut shards, &batch, 4);
+        let got = pipeline_step(&mut shards, &batch, 4, schedule);
         assert!(
             (expected - got).abs() < 1e-4 * expected.abs().max(1.0),
             "step {step}: trainer {expected}, pipeline {got}"

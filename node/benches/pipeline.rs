@@ -15,7 +15,7 @@ use serde_json::Value;
 fn main() {
     let steps = std::env::var("MURMUR_BENCH_STEPS").unwrap_or_else(|_| "24".into());
     println!(
-        "slowdowns | capacity-aware e2e / steady | even e2e / steady | ideal | speedup e2e / steady | steady / ideal | steady / ideal from observed capacities"
+        "slowdowns | capacity-aware e2e / steady | even e2e / steady | ideal | speedup e2e / steady | steady / ideal | steady / ideal from observed capacities | even: steady / its observed ideal"
     );
     for slowdowns in ["1,2,4", "1,1,8"] {
         let out = Command::new(env!("CARGO_BIN_EXE_murmur"))
@@ -52,7 +52,7 @@ fn main() {
         };
         let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
         println!(
-            "{slowdowns} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} | {:.2}× / {:.2}× | {:.0} % | {:.0} %",
+            "{slowdowns} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} | {:.2}× / {:.2}× | {:.0} % | {:.0} % | {:.0} %",
             f(&s["capacity"]["samples_per_sec"]),
             f(&s["capacity"]["steady_samples_per_sec"]),
             f(&s["even"]["samples_per_sec"]),
@@ -62,6 +62,7 @@ fn main() {
             f(&s["steady_speedup_vs_even"]),
             100.0 * f(&s["steady_fraction_of_ideal"]),
             100.0 * f(&s["steady_fraction_of_observed_ideal"]),
+            100.0 * f(&s["even_steady_fraction_of_observed_ideal"]),
         );
         println!(
             "  plans: capacity-aware {}, even {}",

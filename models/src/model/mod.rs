@@ -2,16 +2,19 @@
 //!
 //! Any contiguous range of stages runs on its own:
 //! * [`Model::forward_range`] — inference forward of a range;
-//! * [`Model::backward_range`] — given the range's input and the gradient w.r.t. its output,
-//!   the gradient w.r.t. its input and the range's parameter gradients (flat, layout order);
+//! * [`Model::forward_kept`] and [`Model::backward_kept`] — a tracked forward whose graph is
+//!   held until the backward from the gradient w.r.t. its output, which gives the gradient
+//!   w.r.t. its input and the range's parameter gradients (flat, layout order);
+//! * [`Model::backward_range`] — the same backward from the range's input alone, recomputing
+//!   the forward (for when activations do not fit);
 //! * [`Model::loss_backward_range`] — the same for a range ending at the last stage, from targets.
 //!
-//! burn keeps no graph between calls (there is no `retain_graph`), so a backward recomputes the
-//! range's forward from its saved input; the pipeline keeps only stage inputs, not whole graphs.
-//! Backpropagating a given output gradient uses `(y * g).sum().backward()` with `g` constant.
+//! A graph is consumed by its one backward (there is no `retain_graph`). Backpropagating a
+//! given output gradient uses `(y * g).sum().backward()` with `g` constant.
 
 mod range;
 
+pub use range::KeptForward;
 pub(crate) use range::{cross_entropy, scalar};
 
 use std::ops::Range;

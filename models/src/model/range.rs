@@ -1,5 +1,6 @@
-//! Stage-range execution: inference forward, backward from an output gradient, and loss +
-//! backward for a range ending at the head; plus the cross-entropy loss.
+//! Stage-range execution: inference forward, a tracked forward kept for its backward, backward
+//! from an output gradient (kept, or recomputed from the input), and loss + backward for a
+//! range ending at the head; plus the cross-entropy loss.
 
 use std::ops::Range;
 
@@ -9,6 +10,15 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::{Model, ModelError, RangeGrads};
+
+/// A range's forward kept for its backward ([`Model::forward_kept`]): the graph from the
+/// range's input (a leaf when it is a hidden state) to its output.
+#[derive(Debug)]
+pub struct KeptForward {
+    stages: Range<usize>,
+    leaf: Option<Tensor<3>>,
+    output: Tensor<3>,
+}
 use crate::network::{Activation, StageError};
 use crate::params::read_grads;
 
@@ -64,7 +74,61 @@ impl Model {
         Ok(RangeGrads { input_grad, params })
     }
 
-    /// Backward of `stages` given its input and the gradient w.r.t. its output.
+    /// Forward of `stages` on the autodiff device that keeps its graph for
+    /// [`Self::backward_kept`]: the output (on [`Self::inner_device`], for the next range) and
+    /// the graph from the range's input to it. Holding the graph costs the range's
+    /// intermediate activations until the backward, and saves recomputing the forward there.
+    pub fn forward_kept(
+        &self,
+        stages: Range<usize>,
+        input: Activation,
+    ) -> Result<(Activation, KeptForward), ModelError> {
+        let (input, leaf) = Self::leaf(input);
+        let output = self
+            .forward_tracked(stages.clone(), input)?
+            .into_hidden("range output")?;
+        let plain = Activation::Hidden(output.clone().inner());
+        Ok((
+            plain,
+            KeptForward {
+                stages,
+                leaf,
+                output,
+            },
+        ))
+    }
+
+    /// Backward of a kept forward given the gradient w.r.t. its output (no recomputation).
+    pub fn backward_kept(
+        &self,
+        kept: KeptForward,
+        grad_output: Tensor<3>,
+    ) -> Result<RangeGrads, ModelError> {
+        let KeptForward {
+            stages,
+            leaf,
+            output,
+        } = kept;
+        Self::check_output_grad(&output, &grad_output)?;
+        let g = grad_output.inner().autodiff();
+        let grads = (output * g).sum().backward();
+        self.finish(stages, leaf, grads)
+    }
+
+    fn check_output_grad(output: &Tensor<3>, grad: &Tensor<3>) -> Result<(), ModelError> {
+        if output.dims() == grad.dims() {
+            return Ok(());
+        }
+        Err(ModelError::Targets(format!(
+            "output gradient shape {:?} differs from the output shape {:?}",
+            grad.dims(),
+            output.dims()
+        )))
+    }
+
+    /// Backward of `stages` given its input and the gradient w.r.t. its output, recomputing
+    /// the range's forward from that input (activation recomputation: only the input is kept
+    /// between forward and backward).
     pub fn backward_range(
         &self,
         stages: Range<usize>,
@@ -75,13 +139,7 @@ impl Model {
         let y = self
             .forward_tracked(stages.clone(), input)?
             .into_hidden("range output")?;
-        if y.dims() != grad_output.dims() {
-            return Err(ModelError::Targets(format!(
-                "output gradient shape {:?} differs from the output shape {:?}",
-                grad_output.dims(),
-                y.dims()
-            )));
-        }
+        Self::check_output_grad(&y, &grad_output)?;
         let g = grad_output.inner().autodiff();
         let grads = (y * g).sum().backward();
         self.finish(stages, leaf, grads)

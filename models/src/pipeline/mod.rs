@@ -3,7 +3,8 @@
 //! A [`StageShard`] is pure compute with no I/O; the node moves its inputs and outputs between
 //! peers. Per optimisation step, for each micro-batch `m`:
 //!
-//! * [`StageShard::forward`] runs the range on the micro-batch's input and keeps that input;
+//! * [`StageShard::forward`] runs the range on the micro-batch's input and keeps its graph
+//!   (the range's activations for that micro-batch) until the backward;
 //! * [`StageShard::backward`] takes the gradient w.r.t. the range's output, accumulates the
 //!   range's parameter gradients and returns the gradient w.r.t. its input (for upstream);
 //! * the last shard instead calls [`StageShard::loss_backward`] with the targets, scaling the
@@ -23,7 +24,7 @@ use std::ops::Range;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Model, ModelError};
+use crate::model::{KeptForward, Model, ModelError};
 use crate::params::ParamError;
 use crate::spec::ModelSpec;
 use crate::trainer::TrainConfig;
@@ -41,8 +42,8 @@ pub enum ShardError {
     /// A flat vector does not fit.
     #[error(transparent)]
     Params(#[from] ParamError),
-    /// A backward arrived for a micro-batch this shard has no forward input for.
-    #[error("no stashed input for micro-batch {0}")]
+    /// A backward arrived for a micro-batch this shard has no kept forward for.
+    #[error("no forward kept for micro-batch {0}")]
     UnknownMicroBatch(u32),
     /// The loss is NaN or infinite.
     #[error("training diverged: loss is {0}")]
@@ -74,7 +75,7 @@ pub struct StageShard {
     config: TrainConfig,
     optim: FlatAdamW,
     decays: Vec<bool>,
-    stash: HashMap<u32, WireActivation>,
+    stash: HashMap<u32, KeptForward>,
     grads: Vec<f32>,
     steps: u64,
 }
@@ -126,17 +127,19 @@ impl StageShard {
         self.config.lr_at_step(self.steps)
     }
 
-    /// Forward of the range for micro-batch `micro`; keeps `input` for the backward.
+    /// Forward of the range for micro-batch `micro`; keeps its graph for the backward, so
+    /// the backward does not run the forward again (a non-last shard's step then costs what
+    /// the capacity benchmark measured: one forward and one backward).
     pub fn forward(
         &mut self,
         micro: u32,
         input: WireActivation,
     ) -> Result<WireActivation, ShardError> {
         let device = self.model.inner_device();
-        let output = self
+        let (output, kept) = self
             .model
-            .forward_range(self.range.clone(), input.to_activation(&device)?)?;
-        self.stash.insert(micro, input);
+            .forward_kept(self.range.clone(), input.to_activation(&device)?)?;
+        self.stash.insert(micro, kept);
         Ok(WireActivation::from_activation(&output)?)
     }
 
@@ -147,16 +150,15 @@ impl StageShard {
         micro: u32,
         grad_output: &WireActivation,
     ) -> Result<Option<WireActivation>, ShardError> {
-        let input = self
-            .stash
-            .remove(&micro)
-            .ok_or(ShardError::UnknownMicroBatch(micro))?;
         let device = self.model.inner_device();
         let Some(grad) = grad_output.to_hidden(&device)? else {
             return Err(WireError::Read("a gradient must be a hidden tensor".into()).into());
         };
-        let input = input.to_activation(&device)?;
-        let grads = self.model.backward_range(self.range.clone(), input, grad)?;
+        let kept = self
+            .stash
+            .remove(&micro)
+            .ok_or(ShardError::UnknownMicroBatch(micro))?;
+        let grads = self.model.backward_kept(kept, grad)?;
         self.accumulate(&grads.params, 1.0);
         grads
             .input_grad

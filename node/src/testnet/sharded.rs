@@ -431,6 +431,22 @@ fn summarise(args: &TestnetArgs, runs: &[Measured]) -> anyhow::Result<()> {
                 "steady_fraction_of_observed_ideal",
             );
         }
+        // The even split against its own observed bound: how much of the gap a placement
+        // that ignores capacities leaves, on the same machine under the same load.
+        if let Some(even) = runs.get(1)
+            && let Some(observed) = even.observed_ideal_samples_per_sec
+        {
+            let bound = format!(
+                "the bound from capacities observed while it trained ({observed:.2} samples/s)"
+            );
+            fraction_of(
+                &mut out,
+                even,
+                observed,
+                &bound,
+                "even_steady_fraction_of_observed_ideal",
+            );
+        }
     }
     println!("{}", Value::Object(out));
     Ok(())
