@@ -10,6 +10,8 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::{Model, ModelError, RangeGrads};
+use crate::network::{Activation, StageError};
+use crate::params::read_grads;
 
 /// A range's forward kept for its backward ([`Model::forward_kept`]): the graph from the
 /// range's input (a leaf when it is a hidden state) to its output.
@@ -19,8 +21,6 @@ pub struct KeptForward {
     leaf: Option<Tensor<3>>,
     output: Tensor<3>,
 }
-use crate::network::{Activation, StageError};
-use crate::params::read_grads;
 
 impl Model {
     /// Inference forward of `stages`; input and output live on [`Self::inner_device`].

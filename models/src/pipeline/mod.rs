@@ -233,7 +233,8 @@ impl StageShard {
         Ok(lr)
     }
 
-    /// Drops the micro-batch inputs and gradients of an unfinished step (after a re-plan).
+    /// Drops the kept micro-batch forwards and gradients of an unfinished step (after a
+    /// re-plan).
     pub fn discard_step(&mut self) {
         self.grads.fill(0.0);
         self.stash.clear();

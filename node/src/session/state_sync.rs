@@ -216,12 +216,19 @@ impl Progress {
     ///
     /// The node's round clock is no measure of that: merging peers' deltas moves it forward
     /// without bringing the model up to date. Nor are the peers' rounds alone: idle rounds
-    /// (nodes done training, still averaging) move them too. So only a node that has not yet
-    /// trained `lag` rounds of its own can be a late joiner. One that has is mixing with its
-    /// peers already; were it to adopt a newcomer's state, carried to a high round by merges,
-    /// it would throw its training away for a barely trained model.
+    /// (nodes done training, still averaging) move them too. So only a node that has trained
+    /// at most `lag` rounds of its own can be a late joiner. One that has trained more mixes
+    /// with its peers by merging; were it to adopt a newcomer's state, carried to a high round
+    /// by merges, it would throw its training away for a barely trained model. (A newcomer
+    /// that trains more than `lag` rounds alone before it finds anyone merges towards its
+    /// peers instead of downloading.)
     fn is_far_behind(self, round: u64, lag: u64) -> bool {
-        self.trained_rounds <= lag && round > self.start_round + self.trained_rounds + lag
+        self.trained_rounds <= lag
+            && round
+                > self
+                    .start_round
+                    .saturating_add(self.trained_rounds)
+                    .saturating_add(lag)
     }
 }
 
@@ -356,6 +363,19 @@ mod tests {
             trained_rounds: 9,
         };
         assert!(!started.is_far_behind(500, lag));
+        // The boundary: `lag` rounds trained still counts as joining.
+        let at_lag = Progress {
+            start_round: 0,
+            trained_rounds: lag,
+        };
+        assert!(at_lag.is_far_behind(2 * lag + 1, lag));
+        assert!(!at_lag.is_far_behind(2 * lag, lag));
+        // No overflow near the top of the range.
+        let late = Progress {
+            start_round: u64::MAX - 1,
+            trained_rounds: 1,
+        };
+        assert!(!late.is_far_behind(u64::MAX, lag));
         // A restart from a checkpoint counts from the checkpoint's round.
         let restarted = Progress {
             start_round: 40,

@@ -19,7 +19,10 @@
 //! - A peer's memory need for stages `a..b` is `state_multiplier × Σ param_bytes(a..b)`
 //!   (parameters, gradients and two Adam moments: 4) plus
 //!   `micro_batch_samples × in_flight_micro_batches × Σ activation_bytes(a..b)` of stashed
-//!   activations. It must not exceed [`PeerCapacity::memory_bytes`].
+//!   activations. It must not exceed [`PeerCapacity::memory_bytes`]. This counts each stage's
+//!   *output* per kept micro-batch; a shard that keeps its forward graphs (as `StageShard`
+//!   does) also holds the stages' intermediates, so the figure is low for attention-heavy
+//!   ranges.
 //!
 //! Links: a [`Link`] is directed; a missing direction falls back to the opposite one, then to
 //! [`PlanInput::default_link`]. Duplicates are merged conservatively (lowest bandwidth, highest

@@ -41,6 +41,14 @@ impl Stage<'_> {
             if h.step < step || !seen.insert((kind_tag(&h.body), h.micro)) {
                 continue;
             }
+            // Each forward is kept (its graph) until its backward: only this step's
+            // micro-batches may be kept.
+            if h.micro >= micros {
+                return Err(PipelineError::Protocol(format!(
+                    "micro-batch {} of a step of {micros}",
+                    h.micro
+                )));
+            }
             match h.body {
                 PipeBody::Forward { targets } => {
                     let input = decode_off_thread(h.tensor.clone(), message.payload).await?;
