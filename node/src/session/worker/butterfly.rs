@@ -193,9 +193,7 @@ impl Worker {
             None => Vec::new(),
         };
         self.params_buffer = params;
-        if self.steps_since_sync > 0 {
-            self.status.trained_rounds += 1;
-        }
+        self.count_trained_round();
         self.steps_since_sync = 0;
         self.samples_since_sync = 0;
         self.last_sync = Instant::now();

@@ -529,9 +529,7 @@ impl Worker {
         )?;
         self.replica.set_params(&params)?;
         self.pending_since = None;
-        if self.steps_since_sync > 0 {
-            self.status.trained_rounds += 1;
-        }
+        self.count_trained_round();
         self.steps_since_sync = 0;
         self.samples_since_sync = 0;
         self.last_sync = Instant::now();
@@ -675,6 +673,13 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// Counts the round now ending as trained when it carried local steps.
+    fn count_trained_round(&mut self) {
+        if self.steps_since_sync > 0 {
+            self.status.trained_rounds += 1;
+        }
     }
 
     fn refresh_status(&mut self) {
