@@ -53,10 +53,13 @@ async fn a_late_joiner_adopts_the_state_and_reaches_the_others_accuracy() {
 
     // What the leaders adopted before the newcomer came (one may rightly have adopted the
     // other's state if it started late on a loaded machine).
-    let adopted_before: Vec<Option<u64>> = early
-        .iter()
-        .map(|l| l.status().borrow().worker.adopted_round)
-        .collect();
+    let leaders_adoptions = || -> Vec<Option<u64>> {
+        early
+            .iter()
+            .map(|l| l.status().borrow().worker.adopted_round)
+            .collect()
+    };
+    let adopted_before = leaders_adoptions();
 
     // The newcomer may train only 30 local steps: without the download it cannot get there.
     let (replica, anchor, model) = digits_replica(2, 3, 30);
@@ -80,10 +83,7 @@ async fn a_late_joiner_adopts_the_state_and_reaches_the_others_accuracy() {
         .iter()
         .map(|l| accuracy(&l.status().borrow()))
         .collect();
-    let leaders_adopted: Vec<Option<u64>> = early
-        .iter()
-        .map(|l| l.status().borrow().worker.adopted_round)
-        .collect();
+    let leaders_adopted = leaders_adoptions();
     let _ = tokio::time::timeout(Duration::from_secs(15), late.stop()).await;
     for s in early {
         let _ = tokio::time::timeout(Duration::from_secs(15), s.stop()).await;
