@@ -1,6 +1,7 @@
 //! Consensus speed: N nodes on loopback each start with a distinct vector of P f32 (and a
 //! distinct sample weight); time until every node holds the weighted mean within 1e-3
-//! relative L2 error, signing and verification on. Two averaging modes: butterfly rounds
+//! relative L2 error, signing and verification on, from the moment every node sees every
+//! other or the first node begins averaging, whichever comes first. Two averaging modes: butterfly rounds
 //! (scatter-reduce: each node owns 1/N of the vector) and full fan-out push-sum gossip.
 //!
 //! `cargo bench -p murmur-node --bench consensus --profile dev` (dependencies are built
@@ -128,14 +129,19 @@ async fn measure(
         }
         sessions.push(session);
     }
-    // Wait until everyone sees everyone, then start the clock at the first round that has
-    // all peers (the time to discover peers is not part of the averaging time).
+    // The clock starts when everyone sees everyone (finding peers is not averaging) or when
+    // the first node starts averaging, whichever comes first: rounds begun before discovery
+    // is complete count.
     let discover = Instant::now();
-    while sessions.iter().any(|s| s.status().borrow().peers < n - 1) {
+    while !sessions.iter().all(|s| s.status().borrow().peers >= n - 1)
+        && !sessions
+            .iter()
+            .any(|s| averaging_began(&s.status().borrow()))
+    {
         if discover.elapsed() > Duration::from_secs(30) {
             return None;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let started = Instant::now();
     let mut reached = None;
@@ -200,4 +206,9 @@ async fn measure(
         let _ = tokio::time::timeout(Duration::from_secs(20), s.stop()).await;
     }
     reached
+}
+
+/// Whether a node has begun averaging: started a butterfly round or synced.
+fn averaging_began(status: &murmur_node::session::NodeStatus) -> bool {
+    status.worker.butterfly_rounds_started > 0 || status.worker.round > 0 || status.deltas_sent > 0
 }

@@ -1,6 +1,6 @@
 //! Butterfly averaging between real sessions on loopback: with training off, nodes holding
 //! different vectors and masses end with the same sample-weighted mean (exactly, with the
-//! raw codec) and then stop sending; a node that vanishes does not stall the others; and a
+//! raw codec) and then stop sending (two nodes after exactly one round); a node that vanishes does not stall the others; and a
 //! gossip-training run averaged in butterfly rounds reaches the accuracy target.
 
 mod train_common;
@@ -14,6 +14,8 @@ use murmur_protocol::{Codec, ModelFingerprint};
 use train_common::*;
 
 const LEN: usize = 10_007;
+/// How long an idle node waits between looks at its group (the tests' default).
+const IDLE: Duration = Duration::from_millis(100);
 
 fn vector(i: usize) -> Vec<f32> {
     (0..LEN)
@@ -21,12 +23,18 @@ fn vector(i: usize) -> Vec<f32> {
         .collect()
 }
 
-async fn averaging_nodes(masses: &[f64], seed: u8, butterfly: ButterflyConfig) -> Vec<Session> {
+async fn averaging_nodes(
+    masses: &[f64],
+    seed: u8,
+    butterfly: ButterflyConfig,
+    idle_sync: Duration,
+) -> Vec<Session> {
     let model = ModelFingerprint([5; 32]);
     let mut sessions = Vec::new();
     let mut bootstrap = Vec::new();
     for (i, mass) in masses.iter().enumerate() {
         let mut cfg = config(model, &bootstrap, worker(1, 0, i as u64));
+        cfg.worker.idle_sync = idle_sync;
         cfg.averager.initial_mass = *mass;
         cfg.averager.butterfly = Some(butterfly);
         let replica = Box::new(VectorReplica(vector(i)));
@@ -54,6 +62,21 @@ fn bytes_sent(sessions: &[Session]) -> u64 {
         .sum()
 }
 
+/// Waits (at most 15 s) for a second in which no node sends a byte; returns whether one came.
+async fn go_quiet(sessions: &[Session]) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut before = bytes_sent(sessions);
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = bytes_sent(sessions);
+        if now == before {
+            return true;
+        }
+        before = now;
+    }
+    false
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn butterfly_rounds_give_every_node_the_same_weighted_mean_then_go_quiet() {
     let masses = [100.0, 300.0, 50.0, 550.0];
@@ -72,7 +95,7 @@ async fn butterfly_rounds_give_every_node_the_same_weighted_mean_then_go_quiet()
         codec: Codec::RawF32,
         window: Duration::from_secs(2),
     };
-    let sessions = averaging_nodes(&masses, 60, butterfly).await;
+    let sessions = averaging_nodes(&masses, 60, butterfly, IDLE).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut worst = f64::INFINITY;
     while tokio::time::Instant::now() < deadline {
@@ -87,17 +110,8 @@ async fn butterfly_rounds_give_every_node_the_same_weighted_mean_then_go_quiet()
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Once the group holds one mean, nobody starts another round (bounded wait: a second
-    // without a byte sent).
-    let quiet_deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    let mut quiet = false;
-    let mut before = bytes_sent(&sessions);
-    while !quiet && tokio::time::Instant::now() < quiet_deadline {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let now = bytes_sent(&sessions);
-        quiet = now == before;
-        before = now;
-    }
+    // Once the group holds one mean, nobody starts another round.
+    let quiet = go_quiet(&sessions).await;
     // Quiet: every round is over; the values the group settled on.
     let settled = params(&sessions).await;
     let statuses = stop_all(sessions).await;
@@ -128,13 +142,39 @@ async fn butterfly_rounds_give_every_node_the_same_weighted_mean_then_go_quiet()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_idle_nodes_agree_in_one_round_and_start_no_other() {
+    let butterfly = ButterflyConfig {
+        codec: Codec::RawF32,
+        window: Duration::from_secs(2),
+    };
+    let sessions = averaging_nodes(&[1.0, 3.0], 65, butterfly, Duration::from_millis(1)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut agree = false;
+    while !agree && tokio::time::Instant::now() < deadline {
+        let now = params(&sessions).await;
+        agree = now[0] == now[1] && now[0] != vector(0);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let quiet = go_quiet(&sessions).await;
+    let statuses = stop_all(sessions).await;
+    assert!(agree, "the two nodes agree; {statuses:?}");
+    assert!(quiet, "{statuses:?}");
+    // One complete round gives both the same mean: a node whose round just ended with its
+    // whole group has no news, and starts no second round (even though its idle period,
+    // 1 ms, is long over when the round ends).
+    for st in &statuses {
+        assert_eq!(st.worker.butterfly_rounds_started, 1, "{st:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_vanishes_does_not_stall_the_others() {
     let masses = [1.0, 2.0, 3.0, 4.0];
     let butterfly = ButterflyConfig {
         codec: Codec::F16,
         window: Duration::from_secs(1),
     };
-    let mut sessions = averaging_nodes(&masses, 70, butterfly).await;
+    let mut sessions = averaging_nodes(&masses, 70, butterfly, IDLE).await;
     let all: Vec<&Session> = sessions.iter().collect();
     assert!(
         wait_all(&all, Duration::from_secs(20), |s| s.peers == 3).await,

@@ -46,6 +46,7 @@ pub fn status_json(peer: &PeerId, s: &NodeStatus, elapsed: Duration) -> serde_js
         "samples_per_sec": w.samples_per_sec,
         "adopted_round": w.adopted_round,
         "trained_rounds": w.trained_rounds,
+        "butterfly_rounds_started": w.butterfly_rounds_started,
     })
 }
 

@@ -20,6 +20,16 @@ const MAX_SETTLE_WAIT: Duration = Duration::from_secs(2);
 /// How often a due round waiting for its group looks at it again.
 const SETTLE_LOOK: Duration = Duration::from_millis(50);
 
+/// When a training thread's butterfly round is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RoundDue {
+    /// As the sync policy of a training node says.
+    Policy(bool),
+    /// When an idle node has news for its group ([`Worker::butterfly_idle_due`]), judged
+    /// after the round in progress has been moved on.
+    IdleNews,
+}
+
 impl Worker {
     /// Takes in a part from `peer`; refusals are counted and scored.
     pub(super) fn receive_part(
@@ -72,10 +82,11 @@ impl Worker {
         }
     }
 
-    /// Moves the round in progress on, and starts one when `due` or pulled in.
-    pub(super) fn step_butterfly(&mut self, due: bool) -> Result<(), SessionError> {
+    /// Moves the round in progress on, and starts one when it is due or pulled in; returns
+    /// whether a round was due.
+    pub(super) fn step_butterfly(&mut self, due: RoundDue) -> Result<bool, SessionError> {
         let Some(butterfly) = self.butterfly.as_mut() else {
-            return Ok(());
+            return Ok(false);
         };
         for reason in butterfly.take_refusals() {
             tracing::debug!(%reason, "part refused before its payload");
@@ -92,12 +103,17 @@ impl Worker {
         if let Some(end) = end {
             self.end_round(end)?;
         }
+        // Judged only now: the round that just ended may have been what made it due.
+        let due = match due {
+            RoundDue::Policy(due) => due,
+            RoundDue::IdleNews => self.butterfly_idle_due(),
+        };
         let Some(butterfly) = self.butterfly.as_ref() else {
-            return Ok(());
+            return Ok(due);
         };
         let pulled = butterfly.pulled();
         if butterfly.busy() {
-            return Ok(());
+            return Ok(due);
         }
         if !due {
             self.round_due_since = None;
@@ -106,7 +122,7 @@ impl Worker {
             self.round_due_since = None;
             self.start_round(pulled)?;
         }
-        Ok(())
+        Ok(due)
     }
 
     /// Whether a due round may start on its own: the live peer set settled (see
@@ -201,6 +217,8 @@ impl Worker {
         if let Some(store) = &self.checkpoints {
             store.record_next_round(round.saturating_add(1))?;
         }
+        self.status.butterfly_rounds_started += 1;
+        self.publish();
         self.send_parts(sends);
         // Parts that arrived before the round started may already complete this node's part.
         let Some(butterfly) = self.butterfly.as_mut() else {

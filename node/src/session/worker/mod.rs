@@ -6,6 +6,7 @@
 //! outputs leave on a tokio channel with `blocking_send` (back-pressure on this thread only).
 
 mod butterfly;
+use butterfly::RoundDue;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -165,6 +166,9 @@ pub struct WorkerStatus {
     /// Rounds this node ended with local steps of its own since it started: its own
     /// progress, which `round` (moved forward by merges too) does not measure.
     pub trained_rounds: u64,
+    /// Butterfly rounds this node has started (pulled in by a peer or on its own); one
+    /// more than rounds ended while a round is in progress.
+    pub butterfly_rounds_started: u64,
 }
 
 /// The training thread's state.
@@ -340,7 +344,7 @@ impl Worker {
                         .policy
                         .due(self.steps_since_sync, self.last_sync.elapsed(), lr);
                 if self.butterfly.is_some() {
-                    self.step_butterfly(due)?;
+                    self.step_butterfly(RoundDue::Policy(due))?;
                 } else if due {
                     self.sync()?;
                 }
@@ -390,12 +394,10 @@ impl Worker {
                 if let Flow::Stop = self.handle(input)? {
                     return Ok(Flow::Stop);
                 }
-                let due = self.butterfly_idle_due();
-                self.step_butterfly(due)?;
+                self.step_butterfly(RoundDue::IdleNews)?;
             }
             Err(RecvTimeoutError::Timeout) => {
-                let due = self.butterfly_idle_due();
-                self.step_butterfly(due)?;
+                let due = self.step_butterfly(RoundDue::IdleNews)?;
                 if !due && self.last_sync.elapsed() >= idle {
                     // Nothing to do: wait a whole idle period again.
                     self.last_sync = Instant::now();
