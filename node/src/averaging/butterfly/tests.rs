@@ -84,7 +84,7 @@ fn run_round(members: &mut [Member], anchor: &[f32], dead: Option<usize>) {
     let m0 = &mut members[0];
     let mut queue: VecDeque<(usize, PartSend)> = m0
         .butterfly
-        .start(0, &m0.params, anchor, m0.weight, &peers)
+        .start(0, m0.params.clone(), anchor, m0.weight, &peers)
         .expect("start")
         .into_iter()
         .map(|s| (0, s))
@@ -143,7 +143,7 @@ fn deliver(
             let peers: Vec<PeerId> = ids.iter().copied().filter(|p| *p != member.id).collect();
             let sends = member
                 .butterfly
-                .start(round, &member.params, anchor, member.weight, &peers)
+                .start(round, member.params.clone(), anchor, member.weight, &peers)
                 .expect("start");
             queue.extend(sends.into_iter().map(|s| (to, s)));
         }
@@ -230,7 +230,7 @@ fn forged_mismatched_replayed_and_stale_parts_are_refused() {
     let params1 = m[1].params.clone();
     let sends = m[1]
         .butterfly
-        .start(5, &params1, &anchor, 1.0, &others(1))
+        .start(5, params1.clone(), &anchor, 1.0, &others(1))
         .expect("start");
     let to_0 = sends.iter().find(|s| s.peer == ids[0]).expect("part for 0");
     // Relayed by member 2: the signer is not the sending peer.
@@ -250,7 +250,7 @@ fn forged_mismatched_replayed_and_stale_parts_are_refused() {
     // Member 0 joins round 5 with a view that lacks member 2: its split differs.
     let params0 = m[0].params.clone();
     m[0].butterfly
-        .start(5, &params0, &anchor, 1.0, &[ids[1]])
+        .start(5, params0.clone(), &anchor, 1.0, &[ids[1]])
         .expect("start");
     assert_eq!(
         offer(&mut m[0].butterfly, &ids[1], to_0, &anchor, 0),
@@ -281,7 +281,7 @@ fn forged_mismatched_replayed_and_stale_parts_are_refused() {
         len,
     );
     let sends = theirs
-        .start(9, &params0, &anchor, 1.0, &[ids[2]])
+        .start(9, params0.clone(), &anchor, 1.0, &[ids[2]])
         .expect("start");
     assert_eq!(
         offer(
@@ -296,7 +296,7 @@ fn forged_mismatched_replayed_and_stale_parts_are_refused() {
     // An early contribution is kept once: the same one again is a replay.
     let to_2 = m[1]
         .butterfly
-        .start(6, &params1, &anchor, 1.0, &others(1))
+        .start(6, params1.clone(), &anchor, 1.0, &others(1))
         .map(|s| {
             s.into_iter()
                 .find(|s| s.peer == ids[2])
@@ -327,12 +327,12 @@ fn far_future_rounds_other_codecs_and_abandoned_round_numbers_are_handled() {
     // A round far beyond the receiver's clock cannot drag it there.
     let sends = m[1]
         .butterfly
-        .start(u64::MAX, &params1, &anchor, 1.0, &[ids[0]])
+        .start(u64::MAX, params1.clone(), &anchor, 1.0, &[ids[0]])
         .expect("start");
     assert_eq!(deliver(&mut m, &sends, 3), Err(Rejection::Stale));
     let sends = m[1]
         .butterfly
-        .start(3 + MAX_ROUND_LEAD, &params1, &anchor, 1.0, &[ids[0]])
+        .start(3 + MAX_ROUND_LEAD, params1.clone(), &anchor, 1.0, &[ids[0]])
         .expect("start");
     assert_eq!(deliver(&mut m, &sends, 3), Ok(Received::Early));
     // A part in another codec than the run's is refused before it is decoded.
@@ -348,13 +348,13 @@ fn far_future_rounds_other_codecs_and_abandoned_round_numbers_are_handled() {
         len,
     );
     let sends = raw
-        .start(5, &params1, &anchor, 1.0, &[ids[0]])
+        .start(5, params1.clone(), &anchor, 1.0, &[ids[0]])
         .expect("start");
     assert_eq!(deliver(&mut m, &sends, 3), Err(Rejection::BadPayload));
     // After a round is abandoned its number is not started again.
     let params0 = m[0].params.clone();
     m[0].butterfly
-        .start(7, &params0, &anchor, 1.0, &[ids[1]])
+        .start(7, params0.clone(), &anchor, 1.0, &[ids[1]])
         .expect("start");
     m[0].butterfly.abandon();
     assert_eq!(m[0].butterfly.next_round(7), 8);
@@ -377,18 +377,18 @@ fn the_gate_refuses_before_the_payload_what_the_round_would_refuse() {
     // Member 0 and member 2 see the whole group; member 1 sees only member 0.
     let (p0, w0) = (m[0].params.clone(), m[0].weight);
     m[0].butterfly
-        .start(0, &p0, &anchor, w0, &[ids[1], ids[2]])
+        .start(0, p0.clone(), &anchor, w0, &[ids[1], ids[2]])
         .expect("start");
     let (p1, w1) = (m[1].params.clone(), m[1].weight);
     let narrow = to_0(
         m[1].butterfly
-            .start(0, &p1, &anchor, w1, &[ids[0]])
+            .start(0, p1.clone(), &anchor, w1, &[ids[0]])
             .expect("start"),
     );
     let (p2, w2) = (m[2].params.clone(), m[2].weight);
     let full = to_0(
         m[2].butterfly
-            .start(0, &p2, &anchor, w2, &[ids[0], ids[1]])
+            .start(0, p2.clone(), &anchor, w2, &[ids[0], ids[1]])
             .expect("start"),
     );
 

@@ -318,6 +318,7 @@ impl Worker {
 
     /// Runs until told to stop or the async side goes away.
     pub(crate) fn run(mut self) -> Result<WorkerStatus, SessionError> {
+        self.prepare_buffers()?;
         self.refresh_status();
         self.evaluate()?;
         self.publish();
@@ -514,6 +515,17 @@ impl Worker {
     }
 
     /// The replica's parameters, in the buffer of the previous sync.
+    /// Butterfly runs: allocates and touches the model-sized buffers every round reuses
+    /// before the first one, which would otherwise pay a page fault per 4 KiB of each.
+    fn prepare_buffers(&mut self) -> Result<(), SessionError> {
+        let Some(butterfly) = self.butterfly.as_mut() else {
+            return Ok(());
+        };
+        butterfly.prepare();
+        self.replica.params_into(&mut self.params_buffer)?;
+        Ok(())
+    }
+
     fn current_params(&mut self) -> Result<Vec<f32>, SessionError> {
         let mut params = std::mem::take(&mut self.params_buffer);
         self.replica.params_into(&mut params)?;
