@@ -6,7 +6,8 @@
 //! also against the bound recomputed from the capacities the shards showed while training.
 //!
 //! `cargo bench -p murmur-node --bench pipeline --profile dev`; `MURMUR_BENCH_STEPS` sets the
-//! steps per run (default 24).
+//! steps per run (default 24), `MURMUR_BENCH_SLOWDOWNS` the settings (space-separated,
+//! default `1,2,4 1,1,8`).
 
 use std::process::Command;
 
@@ -17,7 +18,8 @@ fn main() {
     println!(
         "slowdowns | capacity-aware e2e / steady | even e2e / steady | ideal | speedup e2e / steady | steady / ideal | steady / ideal from observed capacities | even: steady / its observed ideal"
     );
-    for slowdowns in ["1,2,4", "1,1,8"] {
+    let settings = std::env::var("MURMUR_BENCH_SLOWDOWNS").unwrap_or_else(|_| "1,2,4 1,1,8".into());
+    for slowdowns in settings.split_whitespace() {
         let out = Command::new(env!("CARGO_BIN_EXE_murmur"))
             .args([
                 "testnet",
