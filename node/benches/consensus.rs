@@ -1,8 +1,9 @@
 //! Consensus speed: N nodes on loopback each start with a distinct vector of P f32 (and a
 //! distinct sample weight); time until every node holds the weighted mean within 1e-3
 //! relative L2 error, signing and verification on, from the moment every node sees every
-//! other or the first node begins averaging, whichever comes first. Two averaging modes: butterfly rounds
-//! (scatter-reduce: each node owns 1/N of the vector) and full fan-out push-sum gossip.
+//! other or the first node begins averaging, whichever comes first. Two averaging modes:
+//! butterfly rounds (scatter-reduce: each node owns 1/N of the vector) and full fan-out
+//! push-sum gossip.
 //!
 //! `cargo bench -p murmur-node --bench consensus --profile dev` (dependencies are built
 //! with opt-level 2 in that profile; a release build of burn takes too long here) — sizes via `MURMUR_BENCH_CASES`

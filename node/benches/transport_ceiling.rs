@@ -3,8 +3,8 @@
 //! of Noise's largest plaintext (65 519 bytes) with ring's ChaCha20-Poly1305 — the cipher and
 //! the implementation libp2p-noise uses — and writes them to a loopback TCP socket; another
 //! reads, opens and BLAKE3-hashes them (as Murmur's framing does). No multiplexer, no async
-//! runtime, no framing, no copies beyond the socket's: any libp2p transfer over TCP + Noise
-//! does at least this work per byte. AES-128-GCM and plaintext rows show what the cipher
+//! runtime, no framing, one copy into the record buffer besides the socket's: any libp2p
+//! transfer over TCP + Noise does at least this work per byte. AES-128-GCM and plaintext rows show what the cipher
 //! costs.
 //!
 //! `cargo bench -p murmur-node --bench transport_ceiling --profile dev` (plain `main`).

@@ -1,7 +1,8 @@
 //! Butterfly averaging between real sessions on loopback: with training off, nodes holding
 //! different vectors and masses end with the same sample-weighted mean (exactly, with the
-//! raw codec) and then stop sending (two nodes after exactly one round); a node that vanishes does not stall the others; and a
-//! gossip-training run averaged in butterfly rounds reaches the accuracy target.
+//! raw codec) and then stop sending (two nodes after exactly one round); a node that
+//! vanishes does not stall the others; and a gossip-training run averaged in butterfly
+//! rounds reaches the accuracy target.
 
 mod train_common;
 
@@ -145,7 +146,9 @@ async fn butterfly_rounds_give_every_node_the_same_weighted_mean_then_go_quiet()
 async fn two_idle_nodes_agree_in_one_round_and_start_no_other() {
     let butterfly = ButterflyConfig {
         codec: Codec::RawF32,
-        window: Duration::from_secs(2),
+        // Long enough for a slow first round on a loaded machine to complete (a round
+        // ends as soon as its means are in).
+        window: Duration::from_secs(10),
     };
     let sessions = averaging_nodes(&[1.0, 3.0], 65, butterfly, Duration::from_millis(1)).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

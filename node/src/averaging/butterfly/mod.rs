@@ -251,8 +251,9 @@ impl Butterfly {
         self.scratch.resize(self.total.div_ceil(2), 0.0);
     }
 
-    /// A model-sized buffer for the copy of the model the next round starts from (see
-    /// [`Butterfly::start`]); its contents are unspecified.
+    /// The buffer for the copy of the model the next round starts from (see
+    /// [`Butterfly::start`]): model-sized when a round or [`Butterfly::prepare`] left it,
+    /// otherwise empty; either way the caller fills it with the whole model.
     pub fn take_model_buffer(&mut self) -> Vec<f32> {
         std::mem::take(&mut self.spare)
     }
@@ -269,9 +270,11 @@ impl Butterfly {
         peers: &[PeerId],
     ) -> Result<Vec<PartSend>, AveragingError> {
         if sent.len() != self.total {
+            let actual = sent.len();
+            self.spare = sent;
             return Err(AveragingError::WrongLength {
                 expected: self.total,
-                actual: sent.len(),
+                actual,
             });
         }
         let early = self.early.remove(&round).unwrap_or_default();
@@ -475,6 +478,7 @@ impl Butterfly {
     pub fn abandon(&mut self) {
         if let Some(current) = self.current.take() {
             self.finished = Some(current.number());
+            self.spare = current.into_sent();
         }
         self.late.clear();
         self.corrections.clear();

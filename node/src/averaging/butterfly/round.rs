@@ -217,6 +217,11 @@ impl Round {
         })
     }
 
+    /// The model copy this round was started with (a round abandoned whole).
+    pub(super) fn into_sent(self) -> Vec<f32> {
+        self.sent
+    }
+
     /// What is needed to take in the means of this round that have not come yet, once
     /// the round is over: the slices this node sent for them (nothing for a complete round).
     /// Also gives back the model copy, for reuse.

@@ -197,6 +197,9 @@ impl Worker {
             "butterfly round starts"
         );
         self.averager.add_mass(self.samples_since_sync as f64);
+        // Told before the parts are encoded, so that watchers see when the round began.
+        self.status.butterfly_rounds_started += 1;
+        self.publish();
         let sends = match self.butterfly.as_mut() {
             Some(butterfly) => {
                 // The round's copy of the model, read straight into the buffer it keeps (the
@@ -221,8 +224,6 @@ impl Worker {
         if let Some(store) = &self.checkpoints {
             store.record_next_round(round.saturating_add(1))?;
         }
-        self.status.butterfly_rounds_started += 1;
-        self.publish();
         self.send_parts(sends);
         // Parts that arrived before the round started may already complete this node's part.
         let Some(butterfly) = self.butterfly.as_mut() else {

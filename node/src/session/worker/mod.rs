@@ -6,7 +6,6 @@
 //! outputs leave on a tokio channel with `blocking_send` (back-pressure on this thread only).
 
 mod butterfly;
-use butterfly::RoundDue;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +27,7 @@ use super::presence::LivePeers;
 use super::replica::Replica;
 use crate::averaging::butterfly::{PartSend, RoundEnd};
 use crate::averaging::{Averager, Butterfly, MergeCounts, Outgoing, Rejection, SyncPolicy};
+use butterfly::RoundDue;
 
 /// Schedule of the training thread.
 #[derive(Debug, Clone)]
@@ -166,8 +166,7 @@ pub struct WorkerStatus {
     /// Rounds this node ended with local steps of its own since it started: its own
     /// progress, which `round` (moved forward by merges too) does not measure.
     pub trained_rounds: u64,
-    /// Butterfly rounds this node has started (pulled in by a peer or on its own); one
-    /// more than rounds ended while a round is in progress.
+    /// Butterfly rounds this node has started (pulled in by a peer or on its own).
     pub butterfly_rounds_started: u64,
 }
 
@@ -514,7 +513,6 @@ impl Worker {
         self.sync_params(params)
     }
 
-    /// The replica's parameters, in the buffer of the previous sync.
     /// Butterfly runs: allocates and touches the model-sized buffers every round reuses
     /// before the first one, which would otherwise pay a page fault per 4 KiB of each.
     fn prepare_buffers(&mut self) -> Result<(), SessionError> {
@@ -526,6 +524,7 @@ impl Worker {
         Ok(())
     }
 
+    /// The replica's parameters, in the buffer of the previous sync.
     fn current_params(&mut self) -> Result<Vec<f32>, SessionError> {
         let mut params = std::mem::take(&mut self.params_buffer);
         self.replica.params_into(&mut params)?;
