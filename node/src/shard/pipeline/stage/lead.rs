@@ -1,8 +1,12 @@
 //! The first shard's loop: reads the data, splits each batch into micro-batches, drives the
 //! forwards, collects the backwards (with the downstream squared gradient norms), updates with
-//! the global norm and sends the commit down the chain.
+//! the global norm and sends the commit down the chain. A backward that has come back is
+//! taken before the next forward, so that few micro-batches' graphs are kept at once (each
+//! one kept costs memory and cache: with eight in flight a micro-batch took ≈ 10 % longer
+//! than with one).
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use murmur_models::data::BatchStream;
 use murmur_models::{Batch, WireActivation};
@@ -11,6 +15,18 @@ use murmur_protocol::pipeline::PipeBody;
 use super::{Stage, decode_off_thread};
 use crate::net::PayloadKind;
 use crate::shard::pipeline::PipelineError;
+use crate::shard::pipeline::mailbox::Inbound;
+
+/// The backward half of a step as the first shard takes it in.
+#[derive(Debug, Default)]
+struct Backwards {
+    done: u32,
+    losses: f32,
+    /// The downstream shards' squared gradient norm (on the step's last backward).
+    tail: Option<f64>,
+    /// Micro-batches taken (a retried send may deliver one twice).
+    seen: HashSet<u32>,
+}
 
 impl Stage<'_> {
     /// The first shard: reads data, drives the steps.
@@ -32,8 +48,12 @@ impl Stage<'_> {
             }
             let batch = data.batch(&stream.next_batch(self.config.train.batch_size));
             let mut loss_sum = 0.0f32;
+            let mut backwards = Backwards::default();
             for (m, (input, targets)) in split(&batch, micros as usize)?.into_iter().enumerate() {
                 let m = m as u32;
+                if !self.last {
+                    self.take_ready_backwards(step, &mut backwards).await?;
+                }
                 if self.last {
                     let (loss, _) = self
                         .compute
@@ -46,7 +66,7 @@ impl Stage<'_> {
             }
             let mut tail = 0.0;
             if !self.last {
-                let (losses, downstream) = self.collect_backwards(step).await?;
+                let (losses, downstream) = self.collect_backwards(step, backwards).await?;
                 loss_sum += losses;
                 tail = downstream;
             }
@@ -66,40 +86,68 @@ impl Stage<'_> {
         Ok(())
     }
 
-    /// The first shard's backward half of a step: returns the summed micro-batch losses and the
-    /// downstream shards' squared gradient norm.
-    async fn collect_backwards(&mut self, step: u64) -> Result<(f32, f64), PipelineError> {
-        let (mut done, mut losses, mut tail) = (0u32, 0.0f32, None);
-        let mut seen = HashSet::new();
-        while done < self.config.micro_batches {
-            let message = self.next_message(self.position.next()).await?;
-            let h = message.header;
-            if h.step < step || !seen.insert(h.micro) {
-                continue; // a retried send delivered twice
-            }
-            let PipeBody::Backward { loss, tail_norm_sq } = h.body else {
-                return Err(PipelineError::Protocol(
-                    "the first shard got a forward".into(),
-                ));
+    /// Takes the backwards of `step` that have already come back, without waiting.
+    async fn take_ready_backwards(
+        &mut self,
+        step: u64,
+        backwards: &mut Backwards,
+    ) -> Result<(), PipelineError> {
+        while backwards.done < self.config.micro_batches {
+            let Some(message) = self.message_within(Duration::ZERO).await? else {
+                break;
             };
-            if h.step != step {
-                return Err(PipelineError::Protocol(format!(
-                    "gradient of step {} during step {step}",
-                    h.step
-                )));
-            }
-            let grad = decode_off_thread(h.tensor.clone(), message.payload).await?;
-            self.compute
-                .call(move |s| s.backward(h.micro, &grad))
-                .await??;
-            losses += loss;
-            tail = tail.or(tail_norm_sq);
-            done += 1;
+            self.take_backward(step, message, backwards).await?;
         }
-        let tail = tail.ok_or_else(|| {
+        Ok(())
+    }
+
+    /// The first shard's backward half of a step, from what `backwards` took already: returns
+    /// the summed micro-batch losses and the downstream shards' squared gradient norm.
+    async fn collect_backwards(
+        &mut self,
+        step: u64,
+        mut backwards: Backwards,
+    ) -> Result<(f32, f64), PipelineError> {
+        while backwards.done < self.config.micro_batches {
+            let message = self.next_message(self.position.next()).await?;
+            self.take_backward(step, message, &mut backwards).await?;
+        }
+        let tail = backwards.tail.ok_or_else(|| {
             PipelineError::Protocol("the downstream gradient norm never arrived".into())
         })?;
-        Ok((losses, tail))
+        Ok((backwards.losses, tail))
+    }
+
+    /// Runs the backward of one micro-batch of `step` from a message of the next shard.
+    async fn take_backward(
+        &mut self,
+        step: u64,
+        message: Inbound,
+        backwards: &mut Backwards,
+    ) -> Result<(), PipelineError> {
+        let h = message.header;
+        if h.step < step || !backwards.seen.insert(h.micro) {
+            return Ok(()); // a retried send delivered twice
+        }
+        let PipeBody::Backward { loss, tail_norm_sq } = h.body else {
+            return Err(PipelineError::Protocol(
+                "the first shard got a forward".into(),
+            ));
+        };
+        if h.step != step {
+            return Err(PipelineError::Protocol(format!(
+                "gradient of step {} during step {step}",
+                h.step
+            )));
+        }
+        let grad = decode_off_thread(h.tensor.clone(), message.payload).await?;
+        self.compute
+            .call(move |s| s.backward(h.micro, &grad))
+            .await??;
+        backwards.losses += loss;
+        backwards.tail = backwards.tail.or(tail_norm_sq);
+        backwards.done += 1;
+        Ok(())
     }
 }
 

@@ -390,19 +390,30 @@ impl Stage<'_> {
     /// The next message of this epoch from an expected neighbour, within the deadline.
     async fn next_message(&mut self, waiting_on: Option<PeerId>) -> Result<Inbound, PipelineError> {
         let wait = self.config.peer_deadline;
+        self.message_within(wait)
+            .await?
+            .ok_or_else(|| PipelineError::PeerSilent {
+                peer: waiting_on.unwrap_or(self.position.chain[0]),
+                waited: wait,
+            })
+    }
+
+    /// The next message of this epoch from an expected neighbour, if one comes within `wait`
+    /// (`Duration::ZERO`: only if the first one waiting is such a message).
+    async fn message_within(&mut self, wait: Duration) -> Result<Option<Inbound>, PipelineError> {
         let deadline = Instant::now() + wait;
+        let mut looked = false;
         loop {
             // Poll in short slices so a failed send surfaces at once, not after the deadline;
             // check the deadline every time, as other peers' messages (snapshots) may keep
             // arriving while the awaited neighbour stays silent.
             self.outbox.reap()?;
-            if Instant::now() >= deadline {
-                return Err(PipelineError::PeerSilent {
-                    peer: waiting_on.unwrap_or(self.position.chain[0]),
-                    waited: wait,
-                });
+            let left = deadline.saturating_duration_since(Instant::now());
+            if looked && left.is_zero() {
+                return Ok(None);
             }
-            let Some(message) = self.mailbox.recv(POLL).await else {
+            looked = true;
+            let Some(message) = self.mailbox.recv(POLL.min(left)).await else {
                 continue;
             };
             let h = &message.header;
@@ -443,7 +454,7 @@ impl Stage<'_> {
                     h.micros, self.config.micro_batches
                 )));
             }
-            return Ok(message);
+            return Ok(Some(message));
         }
     }
 
