@@ -1,9 +1,10 @@
 //! The first shard's loop: reads the data, splits each batch into micro-batches, drives the
 //! forwards, collects the backwards (with the downstream squared gradient norms), updates with
-//! the global norm and sends the commit down the chain. A backward that has come back is
-//! taken before the next forward, so that few micro-batches' graphs are kept at once (each
-//! one kept costs memory and cache: with eight in flight a micro-batch took ≈ 10 % longer
-//! than with one).
+//! the global norm and sends the commit down the chain. The schedule is one-forward-one-backward
+//! (1F1B): a backward that has come back is taken before the next forward, and once as many
+//! micro-batches as the chain has shards are in flight the next forward waits for one. So
+//! few micro-batches' graphs are kept at once: each kept graph costs memory and cache, and
+//! with eight in flight a micro-batch took ≈ 10 % longer than with one.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -52,7 +53,7 @@ impl Stage<'_> {
             for (m, (input, targets)) in split(&batch, micros as usize)?.into_iter().enumerate() {
                 let m = m as u32;
                 if !self.last {
-                    self.take_ready_backwards(step, &mut backwards).await?;
+                    self.take_ready_backwards(step, m, &mut backwards).await?;
                 }
                 if self.last {
                     let (loss, _) = self
@@ -86,15 +87,24 @@ impl Stage<'_> {
         Ok(())
     }
 
-    /// Takes the backwards of `step` that have already come back, without waiting.
+    /// Before the forward of micro-batch `forwarded`: takes the backwards of `step` that have
+    /// already come back, and waits for one while as many micro-batches as the chain has
+    /// shards are in flight (1F1B: beyond that, a forward would only wait downstream).
     async fn take_ready_backwards(
         &mut self,
         step: u64,
+        forwarded: u32,
         backwards: &mut Backwards,
     ) -> Result<(), PipelineError> {
+        let limit = u32::try_from(self.position.chain.len()).unwrap_or(u32::MAX);
         while backwards.done < self.config.micro_batches {
-            let Some(message) = self.message_within(Duration::ZERO).await? else {
-                break;
+            let message = if forwarded.saturating_sub(backwards.done) >= limit {
+                self.next_message(self.position.next()).await?
+            } else {
+                match self.message_within(Duration::ZERO).await? {
+                    Some(message) => message,
+                    None => break,
+                }
             };
             self.take_backward(step, message, backwards).await?;
         }
