@@ -1,7 +1,8 @@
 //! Pipeline training across peers: each peer of a plan holds a contiguous range of stages
 //! (a [`murmur_models::pipeline::StageShard`]) and the run trains as a micro-batched pipeline
-//! (GPipe schedule: a step's micro-batches flow forward, their gradients flow back, then one
-//! commit carries the global gradient norm down the chain and every shard updates).
+//! (one-forward-one-backward schedule: a step's micro-batches flow forward, their gradients
+//! flow back, at most as many micro-batches in flight as the chain has shards; then one commit
+//! carries the global gradient norm down the chain and every shard updates).
 //!
 //! - [`form`]: measure capacity, announce it, wait for the run's members, and agree on a plan
 //!   (the member with the lowest peer id computes it and sends it; everyone re-computes it from

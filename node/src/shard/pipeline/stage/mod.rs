@@ -1,7 +1,8 @@
-//! One peer's part of a pipeline run (GPipe schedule, see the module docs of `pipeline`).
+//! One peer's part of a pipeline run (1F1B schedule, see the module docs of `pipeline`).
 //!
 //! The first shard reads the data: per step it runs the forward of every micro-batch and sends
-//! the activations on, then takes the micro-batches' gradients back, computes the global
+//! the activations on, taking the micro-batches' gradients back in between (at most as many
+//! micro-batches in flight as the chain has shards) and after, computes the global
 //! gradient norm from its own and the downstream shards' (which arrives with the last gradient),
 //! updates, and sends a commit down the chain. Every other shard answers what arrives: a forward
 //! (run it and send it on, or, on the last shard, compute the loss and send the gradient back),
