@@ -82,14 +82,14 @@ async fn malformed_stream_frame_is_rejected_and_scored() {
     honest.dial(victim_addr).await.expect("honest dials");
 
     // A valid preamble followed by a payload header claiming 1 TiB.
-    let mut control = attacker.stream_control();
-    let mut stream = tokio::time::timeout(
-        Duration::from_secs(10),
-        control.open_stream(victim.local_peer_id(), PayloadKind::Delta.protocol()),
-    )
-    .await
-    .expect("open in time")
-    .expect("stream opens");
+    let mut stream = attacker
+        .open_raw_stream(
+            victim.local_peer_id(),
+            PayloadKind::Delta.protocol(),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("stream opens in time");
     murmur_protocol::framing::write_message(&mut stream, &[1, 0], 1024)
         .await
         .expect("preamble");

@@ -165,25 +165,13 @@ async fn state_is_fetched_from_a_peer() {
     server.shutdown().await;
 }
 
-/// Opens a raw blob stream and writes a valid preamble, once `net` is connected to `peer`.
-/// (libp2p-stream's `open_stream` called while the connection is still being set up can wait
-/// forever: its dial by peer id is skipped for the connection under way, and the stream request
-/// is never handed to that connection.)
+/// Opens a raw blob stream (as the node's transfers do: a request made while the connection is
+/// being set up is made again) and writes a valid preamble.
 async fn raw_blob_stream(net: &murmur_node::net::Network, peer: libp2p::PeerId) -> libp2p::Stream {
-    let connected = net_common::eventually(Duration::from_secs(10), || async {
-        let peers = net.peers().await.unwrap_or_default();
-        peers.iter().any(|p| p.peer_id == peer && p.connected)
-    })
-    .await;
-    assert!(connected, "connected within 10 s");
-    let mut control = net.stream_control();
-    let mut stream = tokio::time::timeout(
-        Duration::from_secs(10),
-        control.open_stream(peer, PayloadKind::Blob.protocol()),
-    )
-    .await
-    .expect("open within 10 s")
-    .expect("stream opens");
+    let mut stream = net
+        .open_raw_stream(peer, PayloadKind::Blob.protocol(), Duration::from_secs(10))
+        .await
+        .expect("stream opens within 10 s");
     framing::write_message(&mut stream, &[1, 0, b'h'], 1024)
         .await
         .expect("preamble");

@@ -18,6 +18,7 @@ use super::error::{NetError, TransferError};
 use super::event_loop::Command;
 use super::events::{IncomingPayload, TransferStats};
 use super::inbound::spawn_accept_loop;
+use super::open::open_stream;
 use super::peers::PeerInfo;
 use super::shared::Shared;
 use super::state::{self, StateRequestEvent, StateResponse};
@@ -132,13 +133,7 @@ impl Network {
         let deadline = shared.limits.transfer_deadline(payload.len());
         let mut control = shared.control();
         let work = async {
-            let stream = control
-                .open_stream(peer, kind.protocol())
-                .await
-                .map_err(|e| TransferError::Open {
-                    peer,
-                    reason: e.to_string(),
-                })?;
+            let stream = open_stream(&mut control, peer, kind.protocol()).await?;
             transfer::send(stream, header, payload, digest, &shared.limits).await
         };
         let stats = shared.bounded(deadline, work).await?;
@@ -210,13 +205,7 @@ impl Network {
             .transfer_deadline(shared.limits.max_payload_bytes);
         let mut control = shared.control();
         let work = async {
-            let stream = control
-                .open_stream(peer, state::STATE_PROTOCOL)
-                .await
-                .map_err(|e| TransferError::Open {
-                    peer,
-                    reason: e.to_string(),
-                })?;
+            let stream = open_stream(&mut control, peer, state::STATE_PROTOCOL).await?;
             state::fetch(stream, request, &shared.limits).await
         };
         shared.bounded(deadline, work).await
@@ -302,6 +291,20 @@ impl Network {
     /// Raw stream access for custom protocols and tooling.
     pub fn stream_control(&self) -> libp2p_stream::Control {
         self.shared.control()
+    }
+
+    /// Opens a raw stream of `protocol` to `peer` as the node's own transfers do (asking again
+    /// when a request stalls, see `net/open.rs`), within `limit`.
+    pub async fn open_raw_stream(
+        &self,
+        peer: PeerId,
+        protocol: libp2p::StreamProtocol,
+        limit: Duration,
+    ) -> Result<libp2p::Stream, TransferError> {
+        let mut control = self.shared.control();
+        tokio::time::timeout(limit, open_stream(&mut control, peer, protocol))
+            .await
+            .map_err(|_| TransferError::Deadline(limit))?
     }
 
     /// Stops the network: cancels transfers, writes the peer book, closes connections.

@@ -19,6 +19,7 @@ pub mod gossip;
 mod handle;
 mod inbound;
 pub mod keys;
+mod open;
 mod peers;
 mod shared;
 mod stall;
