@@ -52,9 +52,6 @@ impl Stage<'_> {
             let mut backwards = Backwards::default();
             for (m, (input, targets)) in split(&batch, micros as usize)?.into_iter().enumerate() {
                 let m = m as u32;
-                if !self.last {
-                    self.take_ready_backwards(step, m, &mut backwards).await?;
-                }
                 if self.last {
                     let (loss, _) = self
                         .compute
@@ -62,14 +59,22 @@ impl Stage<'_> {
                         .await??;
                     loss_sum += loss;
                 } else {
+                    // 1F1B: beyond as many in flight as the chain has shards, a forward would
+                    // only wait downstream.
+                    let in_flight = u32::try_from(self.position.chain.len()).unwrap_or(u32::MAX);
+                    self.take_backwards(step, m, in_flight, &mut backwards)
+                        .await?;
                     self.forward_on(step, m, input, targets).await?;
                 }
             }
             let mut tail = 0.0;
             if !self.last {
-                let (losses, downstream) = self.collect_backwards(step, backwards).await?;
-                loss_sum += losses;
-                tail = downstream;
+                // Every forward is out: wait for all that are left.
+                self.take_backwards(step, micros, 0, &mut backwards).await?;
+                loss_sum += backwards.losses;
+                tail = backwards.tail.ok_or_else(|| {
+                    PipelineError::Protocol("the downstream gradient norm never arrived".into())
+                })?;
             }
             let own = self.compute.call(|s| s.grad_norm_sq()).await?;
             let grad_norm = (own + tail).sqrt() as f32;
@@ -87,18 +92,18 @@ impl Stage<'_> {
         Ok(())
     }
 
-    /// Before the forward of micro-batch `forwarded`: takes the backwards of `step` that have
-    /// already come back, and waits for one while as many micro-batches as the chain has
-    /// shards are in flight (1F1B: beyond that, a forward would only wait downstream).
-    async fn take_ready_backwards(
+    /// With `forwarded` micro-batches of `step` sent on: takes the backwards that have come
+    /// back, waiting for more while at least `in_flight` micro-batches are still out (0: until
+    /// every backward of the step is in).
+    async fn take_backwards(
         &mut self,
         step: u64,
         forwarded: u32,
+        in_flight: u32,
         backwards: &mut Backwards,
     ) -> Result<(), PipelineError> {
-        let limit = u32::try_from(self.position.chain.len()).unwrap_or(u32::MAX);
         while backwards.done < self.config.micro_batches {
-            let message = if forwarded.saturating_sub(backwards.done) >= limit {
+            let message = if forwarded.saturating_sub(backwards.done) >= in_flight {
                 self.next_message(self.position.next()).await?
             } else {
                 match self.message_within(Duration::ZERO).await? {
@@ -109,23 +114,6 @@ impl Stage<'_> {
             self.take_backward(step, message, backwards).await?;
         }
         Ok(())
-    }
-
-    /// The first shard's backward half of a step, from what `backwards` took already: returns
-    /// the summed micro-batch losses and the downstream shards' squared gradient norm.
-    async fn collect_backwards(
-        &mut self,
-        step: u64,
-        mut backwards: Backwards,
-    ) -> Result<(f32, f64), PipelineError> {
-        while backwards.done < self.config.micro_batches {
-            let message = self.next_message(self.position.next()).await?;
-            self.take_backward(step, message, &mut backwards).await?;
-        }
-        let tail = backwards.tail.ok_or_else(|| {
-            PipelineError::Protocol("the downstream gradient norm never arrived".into())
-        })?;
-        Ok((backwards.losses, tail))
     }
 
     /// Runs the backward of one micro-batch of `step` from a message of the next shard.
