@@ -145,8 +145,18 @@ pub enum ModelSpec {
     Gpt(GptConfig),
 }
 
-/// What one stage costs, for a pipeline planner. FLOPs count forward and backward (≈ 3× the
-/// forward matmul FLOPs); activation bytes are the stage's output per sample in f32.
+/// FLOP-equivalents charged per element of a memory-bound pass (see
+/// [`ModelSpec::stage_costs`]). Such a pass reads and writes memory for one or two arithmetic
+/// operations, and burn allocates its output (and, under autodiff, keeps it for the backward);
+/// at the widths Murmur trains on CPUs one element of it costs about as much as this many
+/// FLOPs of a matmul. Calibrated with `cargo bench -p murmur-models --bench stage_costs`:
+/// with it, each stage kind of `char-gpt-deep` (embedding aside, which is too small to time)
+/// takes within about 12 % of its modelled share of the model.
+pub const ELEMENT_PASS_FLOPS: u64 = 11;
+
+/// What one stage costs, for a pipeline planner. FLOPs count forward and backward (3× the
+/// forward's matmul FLOPs plus [`ELEMENT_PASS_FLOPS`] per element of its memory-bound passes);
+/// activation bytes are the stage's output per sample in f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageCost {
     /// Parameter count.
@@ -215,10 +225,17 @@ impl ModelSpec {
     }
 
     /// Cost estimate of every stage, in order.
+    ///
+    /// A stage's compute is its matmul FLOPs plus [`ELEMENT_PASS_FLOPS`] per element of each
+    /// memory-bound pass it makes (normalisations, softmax, activations, bias and residual adds,
+    /// layout copies), all times 3 for forward and backward. Counting only matmul FLOPs made
+    /// the head 40 % cheaper than it measures (`stage_costs` bench), and a block's attention
+    /// 25 % cheaper than its MLP though the two take the same time (timed apart), which
+    /// misplaces stages on slow peers: a slowdown multiplies the error.
     pub fn stage_costs(&self) -> Vec<StageCost> {
-        let cost = |params: u64, fwd_flops: u64, act: u64| StageCost {
+        let cost = |params: u64, matmul: u64, element_passes: u64, act: u64| StageCost {
             params,
-            flops_per_sample: 3 * fwd_flops,
+            flops_per_sample: 3 * (matmul + ELEMENT_PASS_FLOPS * element_passes),
             activation_bytes_per_sample: 4 * act,
             param_bytes: 4 * params,
         };
@@ -228,16 +245,52 @@ impl ModelSpec {
                 .windows(2)
                 .map(|w| {
                     let (i, o) = (w[0] as u64, w[1] as u64);
-                    cost(i * o + o, 2 * i * o, o)
+                    // Bias add and ReLU.
+                    cost(i * o + o, 2 * i * o, 2 * o, o)
                 })
                 .collect(),
             Self::Gpt(c) => {
                 let (v, t, d) = (c.vocab as u64, c.context as u64, c.d_model as u64);
-                let mut out = vec![cost((v + t) * d, t * d, t * d)];
-                let block_params = 12 * d * d + 13 * d;
-                let block_flops = t * (24 * d * d + 4 * t * d);
-                out.extend((0..c.layers).map(|_| cost(block_params, block_flops, t * d)));
-                out.push(cost(d * v + v + 2 * d, 2 * t * d * v, t * v));
+                let h = c.heads as u64;
+                // A layer norm makes about 5 passes over its input (mean, variance, centre,
+                // scale, affine).
+                let norm = 5 * t * d;
+                // Token gather and position add.
+                let mut out = vec![cost((v + t) * d, 0, 2 * t * d, t * d)];
+                // Attention: norm; qkv and output projections, then scores and their weighted
+                // sum (2·t·d each per token). Passes: norm, qkv bias, the q/k/v and output
+                // head layout copies, output bias, residual; over the h·t·t scores: scale,
+                // causal mask, softmax (max, exp, sum, divide) and the matmul's own output.
+                let attention = cost(
+                    4 * d * d + 6 * d,
+                    t * (8 * d * d + 4 * t * d),
+                    norm + 9 * t * d + 7 * h * t * t,
+                    t * d,
+                );
+                // MLP: norm, d → 4d → d. Passes: norm, the 4d bias, GELU (two: erf, product),
+                // output bias, residual.
+                let mlp = cost(
+                    8 * d * d + 7 * d,
+                    t * 16 * d * d,
+                    norm + 12 * t * d + 2 * t * d,
+                    t * d,
+                );
+                let block = StageCost {
+                    params: attention.params + mlp.params,
+                    flops_per_sample: attention.flops_per_sample + mlp.flops_per_sample,
+                    activation_bytes_per_sample: mlp.activation_bytes_per_sample,
+                    param_bytes: attention.param_bytes + mlp.param_bytes,
+                };
+                out.extend((0..c.layers).map(|_| block));
+                // Head: norm, d → vocab; passes over the logits: bias, log-softmax (max, shift,
+                // exp, sum, log, subtract) and the loss's gather, whose backward fills a
+                // logits-sized gradient.
+                out.push(cost(
+                    d * v + v + 2 * d,
+                    2 * t * d * v,
+                    norm + 8 * t * v,
+                    t * v,
+                ));
                 out
             }
         }
