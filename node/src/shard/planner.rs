@@ -42,6 +42,7 @@
 
 mod cost;
 mod groups;
+mod lean;
 mod replan;
 mod solve;
 
@@ -51,6 +52,7 @@ use serde::{Deserialize, Serialize};
 
 use cost::Model;
 pub use groups::{Grouped, group_peers};
+pub use lean::{MIN_GAIN_PER_PEER, lean_plan};
 pub use replan::{Decision, ReplanConfig, ReplanTrigger, Replanner};
 
 /// What one pipeline stage costs (mirrors `murmur_models::StageCost`).

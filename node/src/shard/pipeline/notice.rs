@@ -12,7 +12,7 @@ use super::outbox::send_with_retries;
 use super::replicas::Replicas;
 use super::{PipelineConfig, PipelineError, Placement};
 use crate::net::{Network, PayloadKind};
-use crate::shard::planner::{Plan, PlanInput, even_split, group_peers, plan};
+use crate::shard::planner::{Plan, PlanInput, even_split, group_peers, lean_plan};
 
 /// Largest plan notice accepted, bytes.
 pub const MAX_NOTICE_BYTES: usize = 4 << 20;
@@ -64,7 +64,7 @@ impl PlanNotice {
     ) -> Result<Self, PipelineError> {
         let grouped = group_peers(&input, replicas.max(1) as usize)?;
         let plan = match placement {
-            Placement::CapacityAware => plan(&grouped.input)?,
+            Placement::CapacityAware => lean_plan(&grouped.input)?,
             Placement::Even => even_split(&grouped.input)?,
         };
         let groups = plan

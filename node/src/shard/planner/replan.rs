@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Plan, PlanError, PlanInput, PlanStage, evaluate, plan};
+use super::{Plan, PlanError, PlanInput, PlanStage, evaluate, lean_plan};
 
 /// The two thresholds of the hysteresis.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -142,7 +142,7 @@ impl Replanner {
         let Some(trigger) = self.trigger(input) else {
             return Ok(Decision::Unchanged);
         };
-        let candidate = plan(input)?;
+        let candidate = lean_plan(input)?;
         let current = self
             .current
             .as_ref()
