@@ -39,6 +39,8 @@ use super::notice::{
 
 /// Wait before counting the members left after a failure.
 const REPLAN_GRACE: Duration = Duration::from_millis(1000);
+/// Messages for the pipeline kept while waiting for its plan.
+const EARLY_MESSAGES: usize = 256;
 
 /// Announces the latest `capacity` and this node's measured links for the run twice a
 /// second until `cancel` fires, then once more with [`FINISHED_EPOCH`]: this node's part of the
@@ -119,6 +121,12 @@ pub(crate) async fn agree(
     let me = net.local_peer_id();
     let deadline = tokio::time::Instant::now() + config.form_timeout;
     let members = loop {
+        // The first plan may come before this node has seen every member's announcement (the
+        // issuer saw them first, and a member it left out stops announcing): the notice lists
+        // the members and carries their capacities, and is checked on its own.
+        if let Some(notice) = queued_notice(mailbox, config, me).await {
+            return Ok(notice);
+        }
         let peers = net.peers().await?;
         let mut members = candidates(&peers, config);
         if let Some(running) = running_leader(&peers, config) {
@@ -253,6 +261,35 @@ pub(crate) fn resume_point(
     (ranges, step)
 }
 
+/// A valid plan notice already in `mailbox`, without waiting; every other message queued is put
+/// back in order.
+async fn queued_notice(
+    mailbox: &mut Mailbox,
+    config: &PipelineConfig,
+    me: PeerId,
+) -> Option<PlanNotice> {
+    let mut others = Vec::new();
+    let mut found = None;
+    while others.len() < EARLY_MESSAGES {
+        let Some(message) = mailbox.recv(Duration::ZERO).await else {
+            break;
+        };
+        if message.header.body != PipeBody::Plan {
+            others.push(message);
+            continue;
+        }
+        match check_notice(&message, me, config) {
+            Ok(notice) => {
+                found = Some(notice);
+                break;
+            }
+            Err(err) => tracing::warn!(peer = %message.peer, %err, "plan notice refused"),
+        }
+    }
+    mailbox.requeue(others);
+    found
+}
+
 async fn wait_for_notice(
     mailbox: &mut Mailbox,
     config: &PipelineConfig,
@@ -277,7 +314,7 @@ async fn wait_for_notice(
             continue;
         }
         if message.header.body != PipeBody::Plan {
-            if early.len() >= 256 {
+            if early.len() >= EARLY_MESSAGES {
                 break Err(PipelineError::Protocol(
                     "too many messages before the plan".into(),
                 ));
