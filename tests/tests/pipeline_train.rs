@@ -255,3 +255,46 @@ async fn a_member_that_crashes_and_restarts_is_planned_back_in() {
         net.shutdown().await;
     }
 }
+
+/// The member with the lowest peer id issues the first plan. When it is so slow that the plan
+/// leaves it out, it stops announcing right after sending the notice, perhaps before its one
+/// announcement with a capacity reached the others: they must take the queued notice (which
+/// lists the members and their capacities) instead of waiting for a third member until the
+/// formation timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_issuer_that_plans_itself_out_still_starts_the_pipeline() {
+    let nodes = nodes(60, 3).await;
+    let lowest = nodes
+        .iter()
+        .map(|(_, net)| net.local_peer_id().to_string())
+        .min()
+        .expect("three nodes");
+    let steps = 5;
+    let configs = nodes
+        .iter()
+        .map(|(_, net)| {
+            let issuer = net.local_peer_id().to_string() == lowest;
+            let mut c = config(
+                steps,
+                Placement::CapacityAware,
+                if issuer { 64.0 } else { 1.0 },
+            );
+            c.form_timeout = Duration::from_secs(20);
+            c
+        })
+        .collect();
+    let reports = run_all(&nodes, configs).await;
+    for (report, (_, net)) in reports.iter().zip(&nodes) {
+        if net.local_peer_id().to_string() == lowest {
+            assert_eq!(report.position, None, "the slow issuer is left out");
+            assert_eq!(report.steps, 0);
+        } else {
+            assert!(report.position.is_some(), "a fast member holds a range");
+            assert_eq!(report.steps, steps);
+        }
+        assert_eq!(report.plan.assignments.len(), 2);
+    }
+    for (_, net) in &nodes {
+        net.shutdown().await;
+    }
+}
