@@ -298,3 +298,46 @@ async fn sender_killed_mid_transfer_gives_a_typed_error_and_no_task_leaks() {
     }
     receiver.shutdown().await;
 }
+
+/// A node that shuts down as soon as it takes a payload in (the last message of a run) still
+/// acknowledges it: its sender must not count a delivered message as lost and fail over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_shuts_down_on_a_payload_still_acknowledges_it() {
+    for (round, transport) in [(0u8, "tcp"), (1, "quic-v1"), (2, "tcp"), (3, "quic-v1")] {
+        let (_, receiver, _rx_events) = start(43 + 2 * round, loopback()).await;
+        let mut incoming = receiver
+            .subscribe_payloads(PayloadKind::Blob)
+            .expect("subscribe");
+        let (_, sender, _tx_events) = start(44 + 2 * round, loopback()).await;
+        sender
+            .dial(addr_of(&receiver, transport).await)
+            .await
+            .expect("dial");
+        let stops = {
+            let receiver = receiver.clone();
+            tokio::spawn(async move {
+                let got = incoming.recv().await;
+                receiver.shutdown().await;
+                got.map(|p| p.header)
+            })
+        };
+        let sent = tokio::time::timeout(
+            Duration::from_secs(20),
+            sender.send_payload(
+                receiver.local_peer_id(),
+                PayloadKind::Blob,
+                b"last",
+                b"commit",
+            ),
+        )
+        .await
+        .expect("the send ends within 20 s");
+        let got = tokio::time::timeout(Duration::from_secs(10), stops)
+            .await
+            .expect("the receiver stops within 10 s")
+            .expect("task joins");
+        assert_eq!(got.as_deref(), Some(&b"last"[..]), "{transport}: delivered");
+        assert!(sent.is_ok(), "{transport}: acknowledged, got {sent:?}");
+        sender.shutdown().await;
+    }
+}

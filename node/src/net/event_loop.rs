@@ -19,6 +19,9 @@ use super::gossip::ReceivedAnnouncement;
 use super::peers::{PeerInfo, PeerTable};
 use crate::store::PeerBook;
 
+/// Longest a shutdown waits for the connections to close gracefully.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// Requests from `Network` handles to the owner task.
 #[derive(Debug)]
 pub(crate) enum Command {
@@ -109,6 +112,9 @@ impl EventLoop {
                 }
             }
         };
+        if reply.is_some() {
+            self.close_connections().await;
+        }
         let writes = self.flush_peer_book();
         if let Some(writes) = writes {
             let _ = writes.await;
@@ -118,6 +124,30 @@ impl EventLoop {
         tracing::debug!(peer = %self.swarm.local_peer_id(), "network stopped");
         if let Some(reply) = reply {
             let _ = reply.send(());
+        }
+    }
+
+    /// Closes every connection and drives the swarm until they are closed (at most
+    /// [`CLOSE_GRACE`]): a muxer flushes what its streams wrote on a graceful close (the last
+    /// acknowledgements among them), where dropping the swarm would discard it.
+    async fn close_connections(&mut self) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in peers {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        let deadline = tokio::time::sleep(CLOSE_GRACE);
+        tokio::pin!(deadline);
+        while self.swarm.connected_peers().next().is_some() {
+            tokio::select! {
+                () = &mut deadline => {
+                    tracing::debug!("connections still open at shutdown; dropped");
+                    break;
+                }
+                event = futures::StreamExt::next(&mut self.swarm) => match event {
+                    Some(event) => self.handle_swarm_event(event),
+                    None => break,
+                },
+            }
         }
     }
 

@@ -17,7 +17,7 @@ use super::config::NetLimits;
 use super::error::{NetError, TransferError};
 use super::event_loop::Command;
 use super::events::{IncomingPayload, TransferStats};
-use super::inbound::spawn_accept_loop;
+use super::inbound::{SHUTDOWN_GRACE, spawn_accept_loop};
 use super::open::open_stream;
 use super::peers::PeerInfo;
 use super::shared::Shared;
@@ -307,13 +307,20 @@ impl Network {
             .map_err(|_| TransferError::Deadline(limit))?
     }
 
-    /// Stops the network: cancels transfers, writes the peer book, closes connections.
-    /// Waits at most a few seconds for tasks to wind down.
+    /// Stops the network: cancels outbound transfers, lets inbound ones under way finish for
+    /// up to [`SHUTDOWN_GRACE`] (so a payload this node took in is acknowledged), then writes
+    /// the peer book and closes connections. Waits at most a few seconds in all.
     pub async fn shutdown(&self) {
         self.shared.cancel.cancel();
+        self.shared.inbound.close();
+        let inbound = self.shared.inbound.wait();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE * 2, inbound).await;
         let _ = self.request(Command::Shutdown).await;
         self.shared.tasks.close();
-        let _ =
-            tokio::time::timeout(std::time::Duration::from_secs(5), self.shared.tasks.wait()).await;
+        let wind_down = async {
+            self.shared.tasks.wait().await;
+            self.shared.inbound.wait().await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), wind_down).await;
     }
 }

@@ -6,11 +6,13 @@
 //! drains at once), up to [`QUEUE_FACTOR`] times as many more wait (unread, so they hold no
 //! payload memory, only the muxer's window) for a permit for at most half the stall timeout, so
 //! they are served in turn rather than reset. Other streams beyond the limit are dropped (the
-//! remote sees a reset and a typed error). Every spawned task is tracked,
-//! cancelled on shutdown, and bounded by the transfer deadline.
+//! remote sees a reset and a typed error). Every spawned task is tracked and bounded by the
+//! transfer deadline; on shutdown a stream still waiting for a permit is dropped, and one being
+//! read gets [`SHUTDOWN_GRACE`] to finish (and acknowledge) before it is cancelled.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::{PeerId, Stream};
@@ -24,6 +26,12 @@ use super::transfer::classify;
 
 /// Streams that may wait for a permit, as a multiple of the concurrency limit.
 const QUEUE_FACTOR: usize = 4;
+
+/// How long an inbound transfer under way may go on once shutdown begins. The receiver hands a
+/// payload to the application before it acknowledges it, and an application that finishes on
+/// that very payload (the last message of a run) shuts down at once: without the grace the
+/// acknowledgement is cancelled, and its sender counts a delivered message as lost.
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
 /// Spawns the accept loop for `protocol`; `handler` runs once per inbound stream.
 pub(crate) fn spawn_accept_loop<F, Fut>(
@@ -55,7 +63,7 @@ pub(crate) fn spawn_accept_loop<F, Fut>(
             };
             let (shared, permits) = (shared.clone(), permits.clone());
             let work = handler(peer, stream);
-            shared.tasks.clone().spawn(async move {
+            shared.inbound.clone().spawn(async move {
                 let _slot = slot;
                 let wait = shared.limits.stall_timeout / 2;
                 let queued = shared
@@ -70,10 +78,14 @@ pub(crate) fn spawn_accept_loop<F, Fut>(
                 let deadline = shared
                     .limits
                     .transfer_deadline(shared.limits.max_payload_bytes);
-                let outcome = shared
-                    .cancel
-                    .run_until_cancelled(tokio::time::timeout(deadline, work))
-                    .await;
+                let work = tokio::time::timeout(deadline, work);
+                tokio::pin!(work);
+                let outcome = tokio::select! {
+                    outcome = &mut work => Some(outcome),
+                    () = shared.cancel.cancelled() => {
+                        tokio::time::timeout(SHUTDOWN_GRACE, &mut work).await.ok()
+                    }
+                };
                 let error = match outcome {
                     None => TransferError::Shutdown,
                     Some(Err(_)) => TransferError::Deadline(deadline),

@@ -18,6 +18,9 @@ pub(crate) struct Shared {
     pub(crate) limits: NetLimits,
     pub(crate) cancel: CancellationToken,
     pub(crate) tasks: TaskTracker,
+    /// The tasks reading inbound streams: shutdown lets them finish (see
+    /// [`SHUTDOWN_GRACE`](super::inbound::SHUTDOWN_GRACE)) before closing the connections.
+    pub(crate) inbound: TaskTracker,
     pub(crate) commands: mpsc::WeakSender<Command>,
     pub(crate) events: mpsc::Sender<NetEvent>,
     pub(crate) control: Mutex<libp2p_stream::Control>,

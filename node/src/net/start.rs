@@ -117,6 +117,7 @@ impl Network {
             limits: config.limits.clone(),
             cancel: cancel.clone(),
             tasks: TaskTracker::new(),
+            inbound: TaskTracker::new(),
             commands: command_tx.downgrade(),
             events: event_tx.clone(),
             control: Mutex::new(control),

@@ -16,7 +16,9 @@
 //! Both sides wrap the stream in a [`StallGuard`] and the whole exchange in a deadline
 //! (`NetLimits::transfer_deadline`), so a vanished peer yields a typed [`TransferError`].
 //! The receiver hands the payload to the application before acknowledging it, so a
-//! successful send means the payload was verified and queued on the remote side.
+//! successful send means the payload was verified and queued on the remote side. The sender
+//! closes the stream once it has read the ack, and the receiver waits for that close (briefly):
+//! a receiver that shuts down on the payload it just took in still gets its ack out.
 
 use std::time::{Duration, Instant};
 
@@ -38,6 +40,8 @@ const ACK_MAX: u32 = 1024;
 const ACK_OK: u8 = 0;
 /// Refusal status, with a reason (an [`Admission`] check that failed).
 const ACK_REFUSED: u8 = 1;
+/// Longest a receiver waits, after acknowledging, for the sender to close its side.
+const ACK_LINGER: Duration = Duration::from_secs(2);
 
 /// How long a sender whose payload write failed waits for a refusal that explains it.
 const REFUSAL_GRACE: Duration = Duration::from_millis(500);
@@ -252,5 +256,9 @@ pub(crate) async fn receive(
     ack.extend_from_slice(digest.as_bytes());
     framing::write_message(&mut stream, &ack, ACK_MAX).await?;
     let _ = stream.close().await;
+    // The sender closes its side once it has read the ack: until then this task is a transfer
+    // under way, which a shutdown lets finish (a muxer may still hold the ack).
+    let mut rest = [0u8; 1];
+    let _ = tokio::time::timeout(ACK_LINGER, stream.read(&mut rest)).await;
     Ok(())
 }
