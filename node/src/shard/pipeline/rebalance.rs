@@ -10,7 +10,8 @@
 //!
 //! Both watches act only on a member set that held for two looks in a row: peers that join
 //! together are seldom seen in the same look, and one re-plan for them all moves each shard
-//! once instead of once per joiner.
+//! once instead of once per joiner. Members the current plan left out are never in that set:
+//! they stopped when the plan was agreed.
 
 use std::time::Duration;
 
@@ -48,7 +49,7 @@ async fn watch_one_chain(
     own: watch::Receiver<Capacity>,
 ) -> Result<PlanNotice, PipelineError> {
     let mut replanner = Replanner::new(ReplanConfig::default());
-    replanner.update(&current.input)?;
+    replanner.update(&restricted(&current.input, &planned_members(current)))?;
     let me = net.local_peer_id();
     let mut settle = Settle::new(current);
     loop {
@@ -87,7 +88,7 @@ async fn watch_for_joins(
 ) -> Result<PlanNotice, PipelineError> {
     let min_gain = ReplanConfig::default().min_gain;
     let me = net.local_peer_id();
-    let mut considered: Vec<String> = current.members.clone();
+    let mut considered = planned_members(current);
     let mut settle = Settle::new(current);
     loop {
         tokio::time::sleep(REBALANCE_EVERY).await;
@@ -144,7 +145,7 @@ struct Settle {
 impl Settle {
     fn new(current: &PlanNotice) -> Self {
         Self {
-            last: current.members.clone(),
+            last: planned_members(current),
         }
     }
 
@@ -160,6 +161,16 @@ impl Settle {
         self.last = members.to_vec();
         false
     }
+}
+
+/// The members `current` plans in (those it leaves out have stopped), in member order.
+fn planned_members(current: &PlanNotice) -> Vec<String> {
+    current
+        .members
+        .iter()
+        .filter(|m| current.is_planned(m))
+        .cloned()
+        .collect()
 }
 
 /// `input` with only the peers (and links among them) of `ids`.

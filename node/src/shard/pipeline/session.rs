@@ -165,10 +165,23 @@ pub async fn run(
             Err(rebalance) => {
                 let mut next = rebalance?;
                 (next.previous_ranges, next.resume_step) = form::resume_point(&notice, &replicas);
-                announce_rebalance(&net, &config, &next, &notice, &replicas).await?;
                 replans += 1;
+                let announced = announce_rebalance(&net, &config, &next, &notice, &replicas).await;
                 notice = next;
-                continue;
+                match announced {
+                    Ok(()) => continue,
+                    // A member left between the look and the notice: the members that took
+                    // the notice run it, the others still run the old plan; a plan after it
+                    // without the member that is gone reaches both.
+                    Err(err) if err.calls_for_replan() && replans < MAX_REPLANS => {
+                        tracing::warn!(%err, epoch = notice.epoch, "re-balanced plan not delivered; re-planning");
+                        replans += 1;
+                        notice =
+                            form::replan(&net, &mut mailbox, &config, &notice, &replicas).await?;
+                        continue;
+                    }
+                    Err(err) => return Err(err),
+                }
             }
         };
         match result {
