@@ -147,6 +147,15 @@ impl PlanNotice {
             .collect()
     }
 
+    /// The members the plan uses, in member order (those it leaves out have stopped).
+    pub fn planned_members(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|m| self.is_planned(m))
+            .cloned()
+            .collect()
+    }
+
     /// The lowest peer id the plan uses (it watches for joins and drift).
     pub fn watcher(&self) -> Option<&String> {
         self.groups.iter().flatten().min()

@@ -49,7 +49,7 @@ async fn watch_one_chain(
     own: watch::Receiver<Capacity>,
 ) -> Result<PlanNotice, PipelineError> {
     let mut replanner = Replanner::new(ReplanConfig::default());
-    replanner.update(&restricted(&current.input, &planned_members(current)))?;
+    replanner.update(&restricted(&current.input, &current.planned_members()))?;
     let me = net.local_peer_id();
     let mut settle = Settle::new(current);
     loop {
@@ -88,7 +88,7 @@ async fn watch_for_joins(
 ) -> Result<PlanNotice, PipelineError> {
     let min_gain = ReplanConfig::default().min_gain;
     let me = net.local_peer_id();
-    let mut considered = planned_members(current);
+    let mut considered = current.planned_members();
     let mut settle = Settle::new(current);
     loop {
         tokio::time::sleep(REBALANCE_EVERY).await;
@@ -145,7 +145,7 @@ struct Settle {
 impl Settle {
     fn new(current: &PlanNotice) -> Self {
         Self {
-            last: planned_members(current),
+            last: current.planned_members(),
         }
     }
 
@@ -161,16 +161,6 @@ impl Settle {
         self.last = members.to_vec();
         false
     }
-}
-
-/// The members `current` plans in (those it leaves out have stopped), in member order.
-fn planned_members(current: &PlanNotice) -> Vec<String> {
-    current
-        .members
-        .iter()
-        .filter(|m| current.is_planned(m))
-        .cloned()
-        .collect()
 }
 
 /// `input` with only the peers (and links among them) of `ids`.

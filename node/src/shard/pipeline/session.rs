@@ -170,17 +170,10 @@ pub async fn run(
                 notice = next;
                 match announced {
                     Ok(()) => continue,
-                    // A member left between the look and the notice: the members that took
-                    // the notice run it, the others still run the old plan; a plan after it
-                    // without the member that is gone reaches both.
-                    Err(err) if err.calls_for_replan() && replans < MAX_REPLANS => {
-                        tracing::warn!(%err, epoch = notice.epoch, "re-balanced plan not delivered; re-planning");
-                        replans += 1;
-                        notice =
-                            form::replan(&net, &mut mailbox, &config, &notice, &replicas).await?;
-                        continue;
-                    }
-                    Err(err) => return Err(err),
+                    // A member left between the look and the notice: the members that took it
+                    // run it, the others the old plan; the re-plan below, without the member
+                    // that is gone, reaches both.
+                    Err(err) => Err(err),
                 }
             }
         };
