@@ -91,7 +91,7 @@ pub enum PipeBody {
     /// A copy of the sender's shard (stages `start..end`) after step `step`: parameters and
     /// optimizer moments (payload: the shard state, see `docs/protocol.md`), kept by the
     /// receiver so the range survives its holder.
-    Replica {
+    Snapshot {
         /// First stage.
         start: u32,
         /// One past the last stage.

@@ -185,9 +185,7 @@ impl RangeAveraging {
             let outgoing = engine.sync(&mut params, fresh_samples, local_steps, count);
             (current, params, outgoing, refused)
         });
-        let (current, params, outgoing, refused) = work
-            .await
-            .map_err(|e| PipelineError::Compute(e.to_string()))?;
+        let (current, params, outgoing, refused) = work.await?;
         let epoch = current.epoch;
         self.current = Some(current);
         self.report.syncs += 1;
@@ -201,7 +199,7 @@ impl RangeAveraging {
                     .await;
             }
         }
-        let outgoing = outgoing.map_err(|e| PipelineError::Compute(e.to_string()))?;
+        let outgoing = outgoing?;
         if let Some(outgoing) = outgoing {
             for peer in recipients {
                 self.spawn_send(epoch, peer, outgoing.clone());

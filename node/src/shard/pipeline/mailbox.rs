@@ -1,17 +1,18 @@
 //! The pipeline's inbound side (the outbound one is [`super::outbox`]).
 //!
-//! [`Mailbox`] subscribes to the activation, gradient and control stream protocols, decodes and
-//! validates each header (a malformed one is logged and scored against its sender, never passed
-//! on), drops other runs' messages, and hands the rest to the stage in arrival order through one
-//! bounded channel.
+//! The driver's [`Mailbox`] subscribes to the activation, gradient and control stream
+//! protocols, decodes and validates each header (a malformed one is logged and scored against
+//! its sender, never passed on), drops other runs' messages, and hands the rest on in arrival
+//! order through one bounded channel. A stage's mailbox is fed by the driver with its epoch's
+//! messages (see [`Mailbox::for_stage`]).
 
 use std::collections::VecDeque;
-use std::time::Duration;
 
 use libp2p::PeerId;
 use murmur_protocol::RunId;
 use murmur_protocol::pipeline::PipeHeader;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 use super::PipelineError;
 use crate::net::{IncomingPayload, Network, PayloadKind};
@@ -30,40 +31,51 @@ pub(crate) struct Inbound {
     pub(crate) payload: Vec<u8>,
 }
 
-/// Inbound pipeline messages of one run.
+/// Inbound pipeline messages of one run (the driver's) or of one epoch (a stage's).
 #[derive(Debug)]
 pub(crate) struct Mailbox {
     rx: mpsc::Receiver<Inbound>,
     backlog: VecDeque<Inbound>,
+    /// The tasks reading the network's subscriptions (none for a stage's); aborted on drop.
+    _readers: JoinSet<()>,
 }
 
 impl Mailbox {
     /// Subscribes to the pipeline protocols of `net` for `run`.
     pub(crate) fn open(net: &Network, run: RunId) -> Result<Self, PipelineError> {
         let (tx, rx) = mpsc::channel(64);
+        let mut readers = JoinSet::new();
         for kind in [
             PayloadKind::Activations,
             PayloadKind::Gradients,
             PayloadKind::Control,
         ] {
             let incoming = net.subscribe_payloads(kind)?;
-            tokio::spawn(forward(net.clone(), run, incoming, tx.clone()));
+            readers.spawn(forward(net.clone(), run, incoming, tx.clone()));
         }
         Ok(Self {
             rx,
             backlog: VecDeque::new(),
+            _readers: readers,
         })
     }
 
-    /// The next message, or `None` when nothing arrived within `wait` (or the network stopped).
-    pub(crate) async fn recv(&mut self, wait: Duration) -> Option<Inbound> {
+    /// A stage's mailbox: `early` first (messages of its epoch that came before it started),
+    /// then what the driver sends on `rx`.
+    pub(crate) fn for_stage(rx: mpsc::Receiver<Inbound>, early: Vec<Inbound>) -> Self {
+        Self {
+            rx,
+            backlog: early.into(),
+            _readers: JoinSet::new(),
+        }
+    }
+
+    /// The next message; None once every sender is gone. Cancel-safe.
+    pub(crate) async fn next(&mut self) -> Option<Inbound> {
         if let Some(message) = self.backlog.pop_front() {
             return Some(message);
         }
-        tokio::time::timeout(wait, self.rx.recv())
-            .await
-            .ok()
-            .flatten()
+        self.rx.recv().await
     }
 
     /// Puts messages back, to be received before anything new (in the given order).

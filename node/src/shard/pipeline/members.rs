@@ -1,68 +1,18 @@
-//! Who the members of a pipeline are and what the planner is told about them: candidates from
-//! signed announcements, a running pipeline's plan issuer, measured links, and the planner input
-//! for a first plan or for re-balancing a running one.
+//! The I/O side of membership: measuring the links to the members before a first plan, and
+//! the planner input for re-balancing a running pipeline from the peer book.
 
 use libp2p::PeerId;
+use murmur_protocol::RunId;
 use murmur_protocol::pipeline::PipeBody;
 
-use super::PipelineConfig;
+use super::membership::Rules;
 use super::notice::{PlanNotice, control_header};
 use crate::net::{Network, PayloadKind, PeerInfo};
 use crate::shard::capacity::Capacity;
-use crate::shard::planner::{Link, LinkSpec, MemoryModel, PeerCapacity, PlanInput, PlanStage};
-
-/// Link assumed between members with no measured throughput: a 1 Gbit/s LAN, 1 ms round trip.
-pub(super) const DEFAULT_LINK: LinkSpec = LinkSpec {
-    bytes_per_sec: 125e6,
-    rtt_secs: 0.001,
-};
+use crate::shard::planner::{Link, LinkSpec, PeerCapacity, PlanInput};
 
 /// Longest one link probe push may take, so a stuck member does not hold the plan back.
 const PROBE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// The plan epoch a member announces once its part of the run is over (done, failed or left
-/// out): it is no longer a candidate for a plan, a re-plan or a plan issuer.
-pub(crate) const FINISHED_EPOCH: u64 = u64::MAX;
-
-/// Whether `peer`'s latest announcement says its part of the run is over.
-pub(super) fn has_finished(peer: &PeerInfo) -> bool {
-    peer.announcement
-        .as_ref()
-        .is_some_and(|a| a.round == FINISHED_EPOCH)
-}
-
-/// Connected peers announcing this run with no plan epoch: forming, or restarted (after a
-/// crash, with the same identity) and holding neither the running plan nor snapshots.
-pub(super) fn restarted_members(peers: &[PeerInfo], config: &PipelineConfig) -> Vec<String> {
-    peers
-        .iter()
-        .filter(|p| p.connected)
-        .filter(|p| {
-            p.announcement
-                .as_ref()
-                .is_some_and(|a| a.run == config.run && a.round == 0)
-        })
-        .map(|p| p.peer_id.to_string())
-        .collect()
-}
-
-/// The lowest-id member of a pipeline of this run that is already running (announcing a plan
-/// epoch), if any.
-pub(super) fn running_leader(peers: &[PeerInfo], config: &PipelineConfig) -> Option<PeerId> {
-    peers
-        .iter()
-        .filter(|p| p.connected)
-        .filter(|p| {
-            p.announcement.as_ref().is_some_and(|a| {
-                a.run == config.run
-                    && a.model == config.model
-                    && a.round > 0
-                    && a.round != FINISHED_EPOCH
-            })
-        })
-        .map(|p| p.peer_id)
-        .min_by_key(|p| p.to_string())
-}
 
 /// The planner input for re-balancing a running pipeline: the members `previous` planned in
 /// that are still connected plus newcomers announcing this run, each with its latest announced
@@ -70,13 +20,13 @@ pub(super) fn running_leader(peers: &[PeerInfo], config: &PipelineConfig) -> Opt
 /// left out are not candidates: they stopped when it was agreed, though their last
 /// announcement can outlive them by a few seconds (or never say that they finished).
 pub(crate) fn rebalance_input(
-    config: &PipelineConfig,
+    rules: &Rules,
     previous: &PlanNotice,
     peers: &[PeerInfo],
     me: PeerId,
     own: Capacity,
 ) -> (Vec<String>, PlanInput) {
-    let mut members = candidates(peers, config);
+    let mut members = rules.candidates(peers, crate::net::now_ms());
     members.retain(|(p, _)| {
         let id = p.to_string();
         if previous.members.contains(&id) {
@@ -104,52 +54,17 @@ pub(crate) fn rebalance_input(
     (ids, input)
 }
 
-/// How recent an announcement of a member that is not connected must be, milliseconds.
-const RECENT_MS: u64 = 10_000;
-
-/// Connected or recently announced peers announcing this run and model with a measured capacity.
-pub(super) fn candidates(peers: &[PeerInfo], config: &PipelineConfig) -> Vec<(PeerId, Capacity)> {
-    // Announcements reach every member through the gossip mesh; a member not (yet) connected
-    // directly is dialled when the plan is sent, so a recent announcement is enough.
-    let now = crate::net::now_ms();
-    peers
-        .iter()
-        .filter(|p| p.connected || now.saturating_sub(p.last_seen_ms) < RECENT_MS)
-        .filter_map(|p| {
-            let a = p.announcement.as_ref()?;
-            let usable = a.run == config.run
-                && a.model == config.model
-                && a.round != FINISHED_EPOCH
-                && a.capacity.flops_per_sec.is_finite()
-                && a.capacity.flops_per_sec > 0.0
-                && a.capacity.memory_bytes > 0;
-            usable.then(|| {
-                let capacity = Capacity {
-                    flops_per_sec: a.capacity.flops_per_sec,
-                    samples_per_sec: f64::from(a.capacity.samples_per_sec),
-                    memory_bytes: a.capacity.memory_bytes,
-                };
-                (p.peer_id, capacity)
-            })
-        })
-        .collect()
-}
-
 /// Measures the link from this node to each other member the way pipeline messages use it:
 /// the round trip is the fastest of three small pushes (stream open, frame, acknowledgement),
 /// the throughput comes from one 1 MiB push. Members that cannot be reached, or whose small push
 /// takes longer than [`PROBE_DEADLINE`], get no link (the planner then assumes
-/// [`DEFAULT_LINK`]); a large push past the deadline gives the throughput bound it implies. One
+/// the default link of `membership::rules`); a large push past the deadline gives the throughput bound it implies. One
 /// stuck member delays the plan by one deadline, not by four transfer deadlines.
-pub(super) async fn probe_links(
-    net: &Network,
-    config: &PipelineConfig,
-    members: &[(PeerId, Capacity)],
-) -> Vec<Link> {
+pub(super) async fn probe_links(net: &Network, run: RunId, members: &[PeerId]) -> Vec<Link> {
     const SMALL: usize = 1024;
     const LARGE: usize = 1 << 20;
     let me = net.local_peer_id();
-    let Ok(header) = control_header(config, 0, 0, PipeBody::Probe) else {
+    let Ok(header) = control_header(run, 0, 0, PipeBody::Probe) else {
         return Vec::new();
     };
     let push = |peer: PeerId, len: usize| {
@@ -171,7 +86,7 @@ pub(super) async fn probe_links(
         }
     };
     let mut links = Vec::new();
-    'members: for (peer, _) in members.iter().filter(|(p, _)| *p != me) {
+    'members: for peer in members.iter().filter(|p| **p != me) {
         let mut rtt = f64::INFINITY;
         for _ in 0..3 {
             match push(*peer, SMALL).await {
@@ -196,48 +111,6 @@ pub(super) async fn probe_links(
     links
 }
 
-/// The planner's input: the model's stage costs, the members' capacities, and the links the
-/// leader measured to each member.
-pub(super) fn plan_input(
-    config: &PipelineConfig,
-    members: &[(PeerId, Capacity)],
-    links: Vec<Link>,
-) -> PlanInput {
-    let stages = plan_stages(config);
-    let capacities = members
-        .iter()
-        .map(|(peer, c)| PeerCapacity {
-            id: peer.to_string(),
-            flops_per_sec: c.flops_per_sec,
-            memory_bytes: c.memory_bytes,
-        })
-        .collect();
-    PlanInput {
-        links,
-        default_link: DEFAULT_LINK,
-        memory: MemoryModel {
-            state_multiplier: 4,
-            micro_batch_samples: config.micro_samples().max(1) as u64,
-            in_flight_micro_batches: u64::from(config.micro_batches.max(1)),
-        },
-        ..PlanInput::new(stages, capacities)
-    }
-}
-
-/// The run's model stages as the planner sees them.
-pub(super) fn plan_stages(config: &PipelineConfig) -> Vec<PlanStage> {
-    config
-        .spec
-        .stage_costs()
-        .iter()
-        .map(|c| PlanStage {
-            flops_per_sample: c.flops_per_sample as f64,
-            activation_bytes_per_sample: c.activation_bytes_per_sample,
-            param_bytes: c.param_bytes,
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -246,7 +119,7 @@ mod tests {
     use murmur_protocol::{Announcement, ModelFingerprint, PeerKey, RunId};
 
     use super::*;
-    use crate::shard::pipeline::Placement;
+    use crate::shard::pipeline::{PipelineConfig, Placement};
 
     fn config() -> PipelineConfig {
         let data = builtin_data(ModelKind::CharGpt).expect("embedded corpus");
@@ -340,7 +213,7 @@ mod tests {
         ];
         members.sort_by_key(|(p, _)| p.to_string());
         let ids: Vec<String> = members.iter().map(|(p, _)| p.to_string()).collect();
-        let input = plan_input(&config, &members, Vec::new());
+        let input = Rules::of(&config).plan_input(&members, Vec::new());
         let previous = PlanNotice::compute(1, Placement::CapacityAware, ids, input, 1)
             .expect("a plan for two fast peers and a slow one");
         assert!(!previous.is_planned(&slow.peer_id.to_string()));
@@ -350,7 +223,8 @@ mod tests {
         // A newcomer must be connected to be planned in.
         let unconnected = announcing(&config, 5, false, 0, 1e10);
         let peers = vec![fast.clone(), slow.clone(), newcomer.clone(), unconnected];
-        let (ids, input) = rebalance_input(&config, &previous, &peers, me, capacity(2e10));
+        let rules = Rules::of(&config);
+        let (ids, input) = rebalance_input(&rules, &previous, &peers, me, capacity(2e10));
         let mut expected: Vec<String> = [me, fast.peer_id, newcomer.peer_id]
             .iter()
             .map(PeerId::to_string)

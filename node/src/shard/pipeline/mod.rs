@@ -10,7 +10,7 @@
 //! - [`stage`]: one peer's part of the pipeline (the first shard also reads the data);
 //! - [`notice`]: the plan notice, its encoding and checks; `members`: candidates, link
 //!   probes and the planner's input;
-//! - [`replicas`]: snapshots of every range, so a range survives its holder;
+//! - [`snapshots`]: snapshots of every range, so a range survives its holder;
 //! - [`rebalance`]: the plan issuer's watch for joins and capacity drift;
 //! - [`averaging`]: with several chains (data-parallel replicas of the pipeline), the holders
 //!   of a range keep their copies in agreement by gossip averaging;
@@ -21,14 +21,16 @@
 
 mod averaging;
 mod compute;
+mod driver;
 pub mod form;
 mod mailbox;
 mod members;
+mod membership;
 pub mod notice;
 mod outbox;
 mod rebalance;
-mod replicas;
-mod session;
+mod report;
+mod snapshots;
 mod stage;
 mod tensor;
 
@@ -42,7 +44,7 @@ use murmur_protocol::{ModelFingerprint, RunId};
 use serde::{Deserialize, Serialize};
 
 pub use averaging::AveragingReport;
-pub use session::run;
+pub use driver::run;
 
 use super::planner::{Plan, PlanError};
 use crate::net::{NetError, TransferError};
@@ -143,6 +145,18 @@ pub enum PipelineError {
     /// The shard's compute thread failed.
     #[error("shard compute: {0}")]
     Compute(String),
+    /// A pipeline header or tensor description is invalid.
+    #[error(transparent)]
+    Message(#[from] murmur_protocol::MessageError),
+    /// A tensor on the wire does not match its description.
+    #[error(transparent)]
+    Tensor(#[from] murmur_models::WireError),
+    /// The range averaging engine refused a sync.
+    #[error(transparent)]
+    Averaging(#[from] crate::averaging::AveragingError),
+    /// A task of the run (blocking work, a send) panicked or was cancelled.
+    #[error("a pipeline task failed")]
+    Task(#[from] tokio::task::JoinError),
     /// The shard rejected an input or diverged.
     #[error(transparent)]
     Shard(#[from] ShardError),
@@ -171,33 +185,13 @@ pub enum PipelineError {
     /// The members or the plan did not come together in time.
     #[error("pipeline formation: {0}")]
     Formation(String),
-    /// A member of another chain of this plan reported that its chain lost a member, and this
-    /// node is the one to re-plan.
+    /// A member of this plan reported that its chain lost a member (why this node re-plans,
+    /// or fails when it cannot).
     #[error("{peer} reported its chain broken")]
     ChainBroken {
         /// The reporting member.
         peer: PeerId,
     },
-    /// A member announced a new plan (after another member left); this one is over.
-    #[error("re-planned to epoch {epoch}")]
-    Replanned {
-        /// The new epoch.
-        epoch: u64,
-    },
-}
-
-impl PipelineError {
-    /// Whether the run can go on under a new plan: a neighbour went silent or unreachable, or
-    /// a new plan was announced.
-    pub fn calls_for_replan(&self) -> bool {
-        matches!(
-            self,
-            PipelineError::PeerSilent { .. }
-                | PipelineError::Send { .. }
-                | PipelineError::ChainBroken { .. }
-                | PipelineError::Replanned { .. }
-        )
-    }
 }
 
 /// Live figures of this node's part, for progress lines.

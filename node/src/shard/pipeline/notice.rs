@@ -1,15 +1,15 @@
 //! The plan notice: the plan every member of an epoch runs, with the inputs it was computed
-//! from; its bit-exact encoding; the checks a member applies before accepting one; and sending
-//! it (with the snapshots newcomers need) to the members.
+//! from; its bit-exact encoding; and sending it (with the snapshots newcomers need) to the
+//! members. The checks a member applies before accepting one are membership's
+//! (`membership::Rules::check_notice`).
 
 use libp2p::PeerId;
+use murmur_protocol::RunId;
 use murmur_protocol::pipeline::{PIPE_VERSION, PipeBody, PipeHeader};
 use serde::{Deserialize, Serialize};
 
-use super::mailbox::Inbound;
-use super::members::plan_stages;
 use super::outbox::send_with_retries;
-use super::replicas::Replicas;
+use super::snapshots::{self, Snapshots};
 use super::{PipelineConfig, PipelineError, Placement};
 use crate::net::{Network, PayloadKind};
 use crate::shard::planner::{Plan, PlanInput, even_split, group_peers, lean_plan};
@@ -176,14 +176,14 @@ fn parse_peer(member: &str) -> Result<PeerId, PipelineError> {
 
 /// The encoded header of a control message (no micro-batch, no tensor).
 pub(super) fn control_header(
-    config: &PipelineConfig,
+    run: RunId,
     epoch: u64,
     step: u64,
     body: PipeBody,
 ) -> Result<Vec<u8>, PipelineError> {
     let header = PipeHeader {
         version: PIPE_VERSION,
-        run: config.run,
+        run,
         epoch,
         step,
         micro: 0,
@@ -191,9 +191,7 @@ pub(super) fn control_header(
         tensor: None,
         body,
     };
-    header
-        .to_bytes()
-        .map_err(|e| PipelineError::Protocol(e.to_string()))
+    Ok(header.to_bytes()?)
 }
 
 /// Sends `notice` to every member but this node. A member the plan leaves out may already
@@ -206,7 +204,7 @@ pub(super) async fn send_notice(
 ) -> Result<(), PipelineError> {
     let me = net.local_peer_id().to_string();
     let bytes = encode_notice(notice)?;
-    let header = control_header(config, notice.epoch, 0, PipeBody::Plan)?;
+    let header = control_header(config.run, notice.epoch, 0, PipeBody::Plan)?;
     for member in notice.members.iter().filter(|m| **m != me) {
         match send_control(net, config, member, &header, &bytes).await {
             Ok(()) => {}
@@ -228,7 +226,7 @@ pub(super) async fn report_broken(
     epoch: u64,
     leader: PeerId,
 ) -> Result<(), PipelineError> {
-    let header = control_header(config, epoch, 0, PipeBody::Broken)?;
+    let header = control_header(config.run, epoch, 0, PipeBody::Broken)?;
     send_control(net, config, &leader.to_string(), &header, &[]).await
 }
 
@@ -244,60 +242,6 @@ async fn send_control(
     let peer = parse_peer(member)?;
     let kind = PayloadKind::Control;
     send_with_retries(net, peer, kind, header, payload, config.peer_deadline).await
-}
-
-pub(super) fn check_notice(
-    message: &Inbound,
-    me: PeerId,
-    config: &PipelineConfig,
-) -> Result<PlanNotice, PipelineError> {
-    let notice = decode_notice(&message.payload)?;
-    // The plan's ranges index this node's model: its stages must be this run's.
-    if notice.input.stages != plan_stages(config) {
-        return Err(PipelineError::Protocol(
-            "the plan is for other model stages".into(),
-        ));
-    }
-    if notice.replicas != config.replicas.max(1) {
-        return Err(PipelineError::Protocol(format!(
-            "the plan runs {} chains, this run {}",
-            notice.replicas, config.replicas
-        )));
-    }
-    let mut sorted = notice.members.clone();
-    sorted.sort();
-    let sender = message.peer.to_string();
-    // The first plan comes from the lowest member; later ones (re-plans after a departure, a
-    // join or a capacity drift) from the member that saw the change, which must be listed.
-    let allowed = if notice.epoch <= 1 {
-        sorted.first() == Some(&sender)
-    } else {
-        sorted.contains(&sender)
-    };
-    if !allowed {
-        return Err(PipelineError::Protocol(
-            "the sender may not issue this plan".into(),
-        ));
-    }
-    if !notice.members.contains(&me.to_string()) {
-        return Err(PipelineError::Protocol(
-            "this node is not a listed member".into(),
-        ));
-    }
-    let again = PlanNotice::compute(
-        notice.epoch,
-        notice.placement,
-        notice.members.clone(),
-        notice.input.clone(),
-        notice.replicas,
-    )?;
-    if again.plan.assignments != notice.plan.assignments || again.groups != notice.groups {
-        return Err(PipelineError::Protocol(
-            "the plan is not what its inputs give".into(),
-        ));
-    }
-    notice.planned()?;
-    Ok(notice)
 }
 
 /// bincode (serde) with fixed-width little-endian numbers: floats travel bit-exact, so every
@@ -330,21 +274,6 @@ pub fn decode_notice(bytes: &[u8]) -> Result<PlanNotice, PipelineError> {
     Ok(notice)
 }
 
-/// Sends the notice of a re-balanced plan to its members, and the snapshots they build their
-/// ranges from to those outside this node's chain and to restarted ones (see
-/// [`send_parts_beyond_own_chain`]).
-pub(crate) async fn announce_rebalance(
-    net: &Network,
-    config: &PipelineConfig,
-    notice: &PlanNotice,
-    previous: &PlanNotice,
-    replicas: &Replicas,
-) -> Result<(), PipelineError> {
-    send_notice(net, config, notice).await?;
-    let restarted = super::members::restarted_members(&net.peers().await?, config);
-    send_parts_beyond_own_chain(net, config, notice, previous, replicas, &restarted).await
-}
-
 /// Sends each member `notice` plans outside this node's chain of the `previous` plan (and
 /// those of `also`) the snapshots (at the notice's resume step) of the ranges the notice is
 /// built from (`previous_ranges`), which
@@ -358,7 +287,7 @@ pub(crate) async fn send_parts_beyond_own_chain(
     config: &PipelineConfig,
     notice: &PlanNotice,
     previous: &PlanNotice,
-    replicas: &Replicas,
+    snapshots: &std::sync::Mutex<Snapshots>,
     also: &[String],
 ) -> Result<(), PipelineError> {
     if notice.resume_step == 0 {
@@ -376,13 +305,17 @@ pub(crate) async fn send_parts_beyond_own_chain(
     let old = &notice.previous_ranges;
     let mut states = Vec::with_capacity(old.len());
     for range in old {
-        let state = replicas.parts(std::slice::from_ref(range), range, notice.resume_step)?;
-        for state in state {
-            let body = PipeBody::Replica {
+        let parts = snapshots::lock(snapshots).parts(
+            std::slice::from_ref(range),
+            range,
+            notice.resume_step,
+        )?;
+        for state in parts {
+            let body = PipeBody::Snapshot {
                 start: range.start as u32,
                 end: range.end as u32,
             };
-            let header = control_header(config, notice.epoch, notice.resume_step, body)?;
+            let header = control_header(config.run, notice.epoch, notice.resume_step, body)?;
             states.push((header, state));
         }
     }
@@ -390,11 +323,10 @@ pub(crate) async fn send_parts_beyond_own_chain(
     let parts = tokio::task::spawn_blocking(move || {
         states
             .into_iter()
-            .map(|(header, state)| Ok((header, super::replicas::encode(&state)?)))
+            .map(|(header, state)| Ok((header, snapshots::encode(&state)?)))
             .collect::<Result<Vec<_>, PipelineError>>()
     })
-    .await
-    .map_err(|e| PipelineError::Compute(e.to_string()))??;
+    .await??;
     let recipients = notice
         .members
         .iter()

@@ -85,9 +85,7 @@ impl Outbox {
         payload: Vec<u8>,
         delivery: Delivery,
     ) -> Result<(), PipelineError> {
-        let header = header
-            .to_bytes()
-            .map_err(|e| PipelineError::Protocol(e.to_string()))?;
+        let header = header.to_bytes()?;
         self.reap()?;
         let (net, deadline) = (self.net.clone(), self.deadline);
         match delivery {
@@ -135,6 +133,21 @@ impl Outbox {
         Ok(())
     }
 
+    /// The first required send that fails from now on (pending while none does: for a
+    /// `select!` beside the wait for a message). Cancel-safe.
+    pub(crate) async fn failure(&mut self) -> PipelineError {
+        loop {
+            match self.required.join_next().await {
+                None => std::future::pending::<()>().await,
+                Some(done) => {
+                    if let Err(err) = flatten(done) {
+                        return err;
+                    }
+                }
+            }
+        }
+    }
+
     /// Waits for every required send, then up to [`FLUSH_GRACE`] for the best-effort ones
     /// (the rest are dropped: the shard is done, and their receivers may be too).
     pub(crate) async fn flush(&mut self) -> Result<(), PipelineError> {
@@ -179,5 +192,5 @@ pub(super) async fn send_with_retries(
 fn flatten(
     done: Result<Result<(), PipelineError>, tokio::task::JoinError>,
 ) -> Result<(), PipelineError> {
-    done.map_err(|e| PipelineError::Compute(format!("send task failed: {e}")))?
+    done?
 }

@@ -17,9 +17,10 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::PipelineError;
 use super::members::rebalance_input;
+use super::membership::Rules;
 use super::notice::PlanNotice;
-use super::{PipelineConfig, PipelineError};
 use crate::net::Network;
 use crate::shard::capacity::Capacity;
 use crate::shard::planner::{Decision, PlanInput, ReplanConfig, Replanner};
@@ -30,21 +31,21 @@ const REBALANCE_EVERY: Duration = Duration::from_secs(2);
 /// Runs beside the issuer's shard; returns the next epoch's notice once one is adopted. Never
 /// returns otherwise (errors: the network is gone, or the current inputs no longer plan).
 pub(crate) async fn watch_for_rebalance(
-    net: &Network,
-    config: &PipelineConfig,
-    current: &PlanNotice,
+    net: Network,
+    rules: Rules,
+    current: PlanNotice,
     own: watch::Receiver<Capacity>,
 ) -> Result<PlanNotice, PipelineError> {
     if current.replicas > 1 {
-        watch_for_joins(net, config, current, own).await
+        watch_for_joins(&net, &rules, &current, own).await
     } else {
-        watch_one_chain(net, config, current, own).await
+        watch_one_chain(&net, &rules, &current, own).await
     }
 }
 
 async fn watch_one_chain(
     net: &Network,
-    config: &PipelineConfig,
+    rules: &Rules,
     current: &PlanNotice,
     own: watch::Receiver<Capacity>,
 ) -> Result<PlanNotice, PipelineError> {
@@ -56,7 +57,7 @@ async fn watch_one_chain(
         tokio::time::sleep(REBALANCE_EVERY).await;
         let peers = net.peers().await?;
         let own = *own.borrow();
-        let (members, input) = rebalance_input(config, current, &peers, me, own);
+        let (members, input) = rebalance_input(rules, current, &peers, me, own);
         if !settle.held(&members) {
             continue;
         }
@@ -82,7 +83,7 @@ async fn watch_one_chain(
 
 async fn watch_for_joins(
     net: &Network,
-    config: &PipelineConfig,
+    rules: &Rules,
     current: &PlanNotice,
     own: watch::Receiver<Capacity>,
 ) -> Result<PlanNotice, PipelineError> {
@@ -94,7 +95,7 @@ async fn watch_for_joins(
         tokio::time::sleep(REBALANCE_EVERY).await;
         let peers = net.peers().await?;
         let own = *own.borrow();
-        let (members, input) = rebalance_input(config, current, &peers, me, own);
+        let (members, input) = rebalance_input(rules, current, &peers, me, own);
         if !settle.held(&members) {
             continue;
         }

@@ -36,8 +36,7 @@ pub(crate) fn encode(activation: &WireActivation) -> Result<(TensorMeta, Vec<u8>
 
 /// Rebuilds an activation from a header description and payload (finiteness is checked).
 pub(crate) fn decode(meta: &TensorMeta, payload: &[u8]) -> Result<WireActivation, PipelineError> {
-    meta.check_payload(payload)
-        .map_err(|e| PipelineError::Protocol(e.to_string()))?;
+    meta.check_payload(payload)?;
     let words = payload.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]);
     let shape: Vec<usize> = meta.shape.iter().map(|&d| d as usize).collect();
     let activation = match (meta.kind, shape.as_slice()) {
@@ -56,9 +55,7 @@ pub(crate) fn decode(meta: &TensorMeta, payload: &[u8]) -> Result<WireActivation
             )));
         }
     };
-    activation
-        .validate()
-        .map_err(|e| PipelineError::Protocol(e.to_string()))?;
+    activation.validate()?;
     Ok(activation)
 }
 

@@ -6,14 +6,14 @@ use std::collections::HashSet;
 
 use murmur_protocol::pipeline::PipeBody;
 
-use super::{Stage, decode_off_thread};
+use super::{Halt, Stage, decode_off_thread};
 use crate::net::PayloadKind;
 use crate::shard::pipeline::PipelineError;
 use crate::shard::pipeline::mailbox::Inbound;
 
-impl Stage<'_> {
+impl Stage {
     /// Every other shard: answers forwards, backwards and commits.
-    pub(super) async fn follow(&mut self) -> Result<(), PipelineError> {
+    pub(super) async fn follow(&mut self) -> Result<(), Halt> {
         let micros = self.config.micro_batches;
         let scale = 1.0 / micros as f32;
         let (mut step, mut done, mut tail) = (self.resume, 0u32, None::<f64>);
@@ -30,7 +30,7 @@ impl Stage<'_> {
             let h = message.header;
             if h.step > step {
                 if later.len() >= 4 * micros as usize {
-                    return Err(PipelineError::Protocol("too many messages ahead".into()));
+                    return Err(PipelineError::Protocol("too many messages ahead".into()).into());
                 }
                 later.push(Inbound {
                     header: h,
@@ -47,7 +47,8 @@ impl Stage<'_> {
                 return Err(PipelineError::Protocol(format!(
                     "micro-batch {} of a step of {micros}",
                     h.micro
-                )));
+                ))
+                .into());
             }
             match h.body {
                 PipeBody::Forward { targets } => {
@@ -98,7 +99,8 @@ impl Stage<'_> {
                     if done != micros {
                         return Err(PipelineError::Protocol(format!(
                             "commit of step {step} after {done} of {micros} backwards"
-                        )));
+                        ))
+                        .into());
                     }
                     self.compute.call(move |s| s.apply(grad_norm)).await??;
                     if !self.last {
@@ -113,7 +115,8 @@ impl Stage<'_> {
                     self.after_update(step).await?;
                     self.mailbox.requeue(std::mem::take(&mut later));
                 }
-                PipeBody::Plan | PipeBody::Replica { .. } | PipeBody::Probe | PipeBody::Broken => {}
+                PipeBody::Plan | PipeBody::Snapshot { .. } | PipeBody::Probe | PipeBody::Broken => {
+                }
             }
         }
         Ok(())
@@ -126,7 +129,7 @@ fn kind_tag(body: &PipeBody) -> u8 {
         PipeBody::Backward { .. } => 1,
         PipeBody::Commit { .. } => 2,
         PipeBody::Plan => 3,
-        PipeBody::Replica { .. } => 4,
+        PipeBody::Snapshot { .. } => 4,
         PipeBody::Probe => 5,
         PipeBody::Broken => 6,
     }

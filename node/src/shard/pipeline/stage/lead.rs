@@ -13,7 +13,7 @@ use murmur_models::data::BatchStream;
 use murmur_models::{Batch, WireActivation};
 use murmur_protocol::pipeline::PipeBody;
 
-use super::{Stage, decode_off_thread};
+use super::{Halt, Stage, decode_off_thread};
 use crate::net::PayloadKind;
 use crate::shard::pipeline::PipelineError;
 use crate::shard::pipeline::mailbox::Inbound;
@@ -29,10 +29,11 @@ struct Backwards {
     seen: HashSet<u32>,
 }
 
-impl Stage<'_> {
+impl Stage {
     /// The first shard: reads data, drives the steps.
-    pub(super) async fn lead(&mut self) -> Result<(), PipelineError> {
-        let data = &self.config.data;
+    pub(super) async fn lead(&mut self) -> Result<(), Halt> {
+        let config = self.config.clone();
+        let data = &config.data;
         // Each chain reads the data in its own order (chain 0 in the run's).
         let lane = self.position.lane as u64;
         let seed = self.config.train.seed ^ lane.wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -44,8 +45,8 @@ impl Stage<'_> {
         let scale = 1.0 / micros as f32;
         for step in self.resume..self.config.steps {
             if self.last {
-                // A chain of one never waits on a neighbour: look for plans and snapshots here.
-                self.take_control_messages().await?;
+                // A chain of one never waits on a neighbour: look for a stop here.
+                self.check_stop()?;
             }
             let batch = data.batch(&stream.next_batch(self.config.train.batch_size));
             let mut loss_sum = 0.0f32;
@@ -101,7 +102,7 @@ impl Stage<'_> {
         forwarded: u32,
         in_flight: u32,
         backwards: &mut Backwards,
-    ) -> Result<(), PipelineError> {
+    ) -> Result<(), Halt> {
         while backwards.done < self.config.micro_batches {
             let message = if forwarded.saturating_sub(backwards.done) >= in_flight {
                 self.next_message(self.position.next()).await?
@@ -122,21 +123,20 @@ impl Stage<'_> {
         step: u64,
         message: Inbound,
         backwards: &mut Backwards,
-    ) -> Result<(), PipelineError> {
+    ) -> Result<(), Halt> {
         let h = message.header;
         if h.step < step || !backwards.seen.insert(h.micro) {
             return Ok(()); // a retried send delivered twice
         }
         let PipeBody::Backward { loss, tail_norm_sq } = h.body else {
-            return Err(PipelineError::Protocol(
-                "the first shard got a forward".into(),
-            ));
+            return Err(PipelineError::Protocol("the first shard got a forward".into()).into());
         };
         if h.step != step {
             return Err(PipelineError::Protocol(format!(
                 "gradient of step {} during step {step}",
                 h.step
-            )));
+            ))
+            .into());
         }
         let grad = decode_off_thread(h.tensor.clone(), message.payload).await?;
         self.compute

@@ -8,12 +8,17 @@
 //! (run it and send it on, or, on the last shard, compute the loss and send the gradient back),
 //! a backward (send the input gradient up; with the last one of the step, the sum of the
 //! squared gradient norms from here down), a commit (update and pass it on). Messages of a later
-//! step wait until the current step's commit; a neighbour that sends nothing within the
-//! deadline fails the run with [`PipelineError::PeerSilent`] instead of hanging it.
+//! step wait until the current step's commit.
+//!
+//! A stage runs one plan epoch as a task of the driver and ends with an [`EpochEnd`]: every
+//! step done, stopped by the driver (a later plan, a break report, a re-balance), or a
+//! neighbour lost (silent for the deadline, or a send that failed for good). Control messages
+//! never reach it: the driver routes only this epoch's forwards, backwards and commits here.
 //!
 //! The two loops live in `lead` and `follow`; this file holds what they share (sending with
 //! retries, waiting for the next message, progress reports, range snapshots).
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
@@ -21,6 +26,7 @@ use murmur_models::WireActivation;
 use murmur_models::pipeline::StageShard;
 use murmur_protocol::pipeline::{PIPE_VERSION, PipeBody, PipeHeader};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 mod follow;
 mod lead;
@@ -28,13 +34,11 @@ mod lead;
 use super::averaging::RangeAveraging;
 use super::compute::Compute;
 use super::mailbox::{Inbound, Mailbox};
+use super::membership::{EpochEnd, Loss};
 use super::outbox::{Delivery, Outbox};
-use super::replicas::{self, Replicas};
+use super::snapshots::{self, Snapshots};
 use super::{PipelineConfig, PipelineError, StageProgress, tensor};
 use crate::net::{Network, PayloadKind};
-
-/// How often a waiting shard checks its outgoing sends.
-const POLL: Duration = Duration::from_millis(100);
 
 /// Where this node sits in the running plan.
 #[derive(Debug, Clone)]
@@ -90,29 +94,159 @@ pub(crate) struct Resume {
     pub parts: Vec<murmur_models::pipeline::ShardState>,
 }
 
-/// Runs this node's shard from `resume` up to `config.steps` steps; figures accumulate in
-/// `outcome` (also when the run fails), snapshots in `replicas`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn run(
-    net: &Network,
-    mailbox: &mut Mailbox,
+/// Everything one stage of one plan epoch runs with (owned, so the driver can run it as a
+/// task and still handle control messages meanwhile).
+pub(crate) struct StageTask {
+    pub net: Network,
+    pub config: Arc<PipelineConfig>,
+    pub position: Position,
+    pub progress: Arc<watch::Sender<StageProgress>>,
+    /// Snapshots, shared with the driver (which keeps those other members send).
+    pub snapshots: Arc<Mutex<Snapshots>>,
+    pub resume: Resume,
+    /// Figures of the epochs before.
+    pub outcome: StageOutcome,
+    /// The range averaging of the run (handed back when the stage ends).
+    pub averaging: Option<RangeAveraging>,
+    /// This epoch's forwards, backwards and commits from the neighbours.
+    pub mailbox: Mailbox,
+    /// Ends the stage with [`EpochEnd::Stopped`] at its next wait.
+    pub stop: CancellationToken,
+}
+
+/// What a stage hands back to the driver.
+pub(crate) struct StageDone {
+    pub outcome: StageOutcome,
+    pub averaging: Option<RangeAveraging>,
+    pub end: Result<EpochEnd, PipelineError>,
+}
+
+/// Why a stage's loop stopped: an end of its epoch, or an error.
+#[derive(Debug)]
+pub(crate) enum Halt {
+    End(EpochEnd),
+    Failed(PipelineError),
+}
+
+impl From<PipelineError> for Halt {
+    fn from(err: PipelineError) -> Self {
+        match err {
+            PipelineError::PeerSilent { peer, waited } => Halt::End(EpochEnd::NeighbourLost {
+                peer,
+                cause: Loss::Silent(waited),
+            }),
+            PipelineError::Send { peer, error } => Halt::End(EpochEnd::NeighbourLost {
+                peer,
+                cause: Loss::Send(error),
+            }),
+            other => Halt::Failed(other),
+        }
+    }
+}
+
+impl From<murmur_models::pipeline::ShardError> for Halt {
+    fn from(err: murmur_models::pipeline::ShardError) -> Self {
+        Halt::Failed(err.into())
+    }
+}
+
+/// Runs this node's shard of one epoch from `task.resume` up to `config.steps` steps; figures
+/// accumulate in the outcome handed back (also when the epoch ends early).
+pub(crate) async fn run(task: StageTask) -> StageDone {
+    let StageTask {
+        net,
+        config,
+        position,
+        progress,
+        snapshots,
+        resume,
+        outcome,
+        mut averaging,
+        mailbox,
+        stop,
+    } = task;
+    let averages = config.average_every > 0 && !position.mates.is_empty();
+    let built = build_shard(&config, &position, resume.parts, averages).await;
+    let (shard, anchor) = match built {
+        Ok(built) => built,
+        Err(err) => {
+            return StageDone {
+                outcome,
+                averaging,
+                end: Err(err),
+            };
+        }
+    };
+    if let Some(averaging) = averaging.as_mut().filter(|_| averages) {
+        averaging.begin(
+            position.epoch,
+            &position.range,
+            anchor,
+            position.mates.clone(),
+        );
+    }
+    let last = shard.is_last();
+    let compute = match Compute::start(shard, config.slowdown) {
+        Ok(compute) => compute,
+        Err(err) => {
+            return StageDone {
+                outcome,
+                averaging,
+                end: Err(err),
+            };
+        }
+    };
+    // Receivers drop streams beyond their per-protocol limit rather than queue them, so
+    // never have more in flight than a peer with default limits accepts. A neighbour that
+    // cannot take a send within the deadline is as gone as one that sends nothing.
+    let outbox = Outbox::new(
+        net.clone(),
+        net.limits().max_inbound_transfers,
+        config.peer_deadline,
+    );
+    let mut stage = Stage {
+        mailbox,
+        outbox,
+        config,
+        position,
+        compute,
+        progress,
+        last,
+        started: Instant::now(),
+        busy_before: outcome.busy_secs,
+        elapsed_before: outcome.elapsed_secs,
+        outcome,
+        snapshots,
+        resume: resume.step,
+        averaging,
+        averages,
+        stop,
+    };
+    let end = stage.run_to_end().await;
+    stage.outcome.busy_secs = stage.busy_before + stage.compute.busy().as_secs_f64();
+    stage.outcome.elapsed_secs = stage.elapsed_before + stage.started.elapsed().as_secs_f64();
+    StageDone {
+        outcome: stage.outcome,
+        averaging: stage.averaging,
+        end,
+    }
+}
+
+/// Builds the shard of `position`'s range (from `parts`, or the shared initial model) off the
+/// async runtime; with averaging, also the range's initial parameters (the deltas' anchor).
+async fn build_shard(
     config: &PipelineConfig,
     position: &Position,
-    progress: &watch::Sender<StageProgress>,
-    replicas: &mut Replicas,
-    resume: Resume,
-    outcome: &mut StageOutcome,
-    mut averaging: Option<&mut RangeAveraging>,
-) -> Result<(), PipelineError> {
+    parts: Vec<murmur_models::pipeline::ShardState>,
+    averages: bool,
+) -> Result<(StageShard, Vec<f32>), PipelineError> {
     let (spec, device, range, train) = (
         config.spec.clone(),
         config.device.clone(),
         position.range.clone(),
         config.train.clone(),
     );
-    let parts = resume.parts;
-    let averages = config.average_every > 0 && !position.mates.is_empty();
-    let (shard, anchor) = tokio::task::spawn_blocking(move || {
+    let built = tokio::task::spawn_blocking(move || {
         let mut shard = StageShard::new(&spec, &device, range, train)?;
         // Deltas are encoded relative to the shared initial parameters of the range.
         let anchor = if averages {
@@ -125,78 +259,31 @@ pub(crate) async fn run(
         }
         Ok::<_, murmur_models::pipeline::ShardError>((shard, anchor))
     })
-    .await
-    .map_err(|e| PipelineError::Compute(e.to_string()))??;
-    if let Some(averaging) = averaging.as_deref_mut().filter(|_| averages) {
-        averaging.begin(
-            position.epoch,
-            &position.range,
-            anchor,
-            position.mates.clone(),
-        );
-    }
-    let last = shard.is_last();
-    let compute = Compute::start(shard, config.slowdown)?;
-    let mut stage = Stage {
-        mailbox,
-        // Receivers drop streams beyond their per-protocol limit rather than queue them, so
-        // never have more in flight than a peer with default limits accepts. A neighbour that
-        // cannot take a send within the deadline is as gone as one that sends nothing.
-        outbox: Outbox::new(
-            net.clone(),
-            net.limits().max_inbound_transfers,
-            config.peer_deadline,
-        ),
-        config,
-        position,
-        compute,
-        progress,
-        last,
-        started: Instant::now(),
-        busy_before: outcome.busy_secs,
-        elapsed_before: outcome.elapsed_secs,
-        outcome,
-        replicas,
-        resume: resume.step,
-        averaging: averaging.filter(|_| averages),
-    };
-    stage.report(resume.step, None);
-    let result = if position.index == 0 {
-        stage.lead().await
-    } else {
-        stage.follow().await
-    };
-    let result = match result {
-        Ok(()) => stage.outbox.flush().await,
-        Err(err) => Err(err),
-    };
-    // With replicas, what the range ended as (to compare the copies); one copy of the range.
-    if result.is_ok() && !position.mates.is_empty() {
-        stage.outcome.final_params = stage.compute.call(|s| s.params()).await??;
-    }
-    stage.outcome.busy_secs = stage.busy_before + stage.compute.busy().as_secs_f64();
-    stage.outcome.elapsed_secs = stage.elapsed_before + stage.started.elapsed().as_secs_f64();
-    result
+    .await??;
+    Ok(built)
 }
 
-struct Stage<'a> {
-    mailbox: &'a mut Mailbox,
+struct Stage {
+    mailbox: Mailbox,
     outbox: Outbox,
-    config: &'a PipelineConfig,
-    position: &'a Position,
+    config: Arc<PipelineConfig>,
+    position: Position,
     compute: Compute,
-    progress: &'a watch::Sender<StageProgress>,
+    progress: Arc<watch::Sender<StageProgress>>,
     last: bool,
     started: Instant,
     busy_before: f64,
     elapsed_before: f64,
-    outcome: &'a mut StageOutcome,
-    replicas: &'a mut Replicas,
+    outcome: StageOutcome,
+    snapshots: Arc<Mutex<Snapshots>>,
     resume: u64,
-    averaging: Option<&'a mut RangeAveraging>,
+    averaging: Option<RangeAveraging>,
+    /// Whether this stage averages its range with the other chains.
+    averages: bool,
+    stop: CancellationToken,
 }
 
-impl Stage<'_> {
+impl Stage {
     fn header(&self, step: u64, micro: u32, body: PipeBody) -> PipeHeader {
         PipeHeader {
             version: PIPE_VERSION,
@@ -220,9 +307,8 @@ impl Stage<'_> {
         let peer = peer.ok_or_else(|| PipelineError::Protocol("no neighbour to send to".into()))?;
         let payload = match tensor {
             Some(t) => {
-                let (meta, bytes) = tokio::task::spawn_blocking(move || tensor::encode(&t))
-                    .await
-                    .map_err(|e| PipelineError::Compute(e.to_string()))??;
+                let (meta, bytes) =
+                    tokio::task::spawn_blocking(move || tensor::encode(&t)).await??;
                 header.tensor = Some(meta);
                 bytes
             }
@@ -235,7 +321,7 @@ impl Stage<'_> {
         self.outcome.steps = step;
         if let Some(loss) = loss.filter(|_| step > 0) {
             let at = step - 1;
-            let out = &mut *self.outcome;
+            let out = &mut self.outcome;
             let next = out.first_loss_step + out.losses.len() as u64;
             // Keep one contiguous stretch: start over after a gap (another member led meanwhile).
             if out.losses.is_empty() || at < out.first_loss_step || at > next {
@@ -267,7 +353,7 @@ impl Stage<'_> {
     /// the other chains (see [`RangeAveraging`]).
     async fn average(&mut self, done: u64) -> Result<(), PipelineError> {
         let every = self.config.average_every;
-        let Some(averaging) = self.averaging.as_deref_mut() else {
+        let Some(averaging) = self.averaging.as_mut().filter(|_| self.averages) else {
             return Ok(());
         };
         if every == 0 || !done.is_multiple_of(every) {
@@ -293,14 +379,13 @@ impl Stage<'_> {
         }
         let state = self.compute.call(|s| s.state()).await??;
         let (state, bytes) = tokio::task::spawn_blocking(move || {
-            let bytes = replicas::encode(&state);
+            let bytes = snapshots::encode(&state);
             (state, bytes)
         })
-        .await
-        .map_err(|e| PipelineError::Compute(e.to_string()))?;
+        .await?;
         let bytes = bytes?;
         let range = &self.position.range;
-        let body = PipeBody::Replica {
+        let body = PipeBody::Snapshot {
             start: range.start as u32,
             end: range.end as u32,
         };
@@ -327,121 +412,79 @@ impl Stage<'_> {
                 .send_as(peer, PayloadKind::Control, &header, bytes.clone(), delivery)
                 .await?;
         }
-        self.replicas.insert(state);
+        super::snapshots::lock(&self.snapshots).insert(state);
         Ok(())
     }
 
-    /// Keeps a replica another member sent.
-    async fn keep_replica(&mut self, message: Inbound) -> Result<(), PipelineError> {
-        let PipeBody::Replica { start, end } = message.header.body else {
-            return Ok(());
+    /// Runs the loop of this node's position, then waits for its sends; with replicas, keeps
+    /// what the range ended as (to compare the copies).
+    async fn run_to_end(&mut self) -> Result<EpochEnd, PipelineError> {
+        self.report(self.resume, None);
+        let looped = if self.position.index == 0 {
+            self.lead().await
+        } else {
+            self.follow().await
         };
-        let payload = message.payload;
-        let state = tokio::task::spawn_blocking(move || replicas::decode(&payload, start, end))
-            .await
-            .map_err(|e| PipelineError::Compute(e.to_string()))?;
-        match state {
-            Ok(state) => self.replicas.insert(state),
-            Err(err) => tracing::warn!(peer = %message.peer, %err, "replica refused"),
-        }
-        Ok(())
-    }
-
-    /// Handles the control messages already queued, without waiting: snapshots are kept, a
-    /// plan of a later epoch ends this one ([`PipelineError::Replanned`]). For a shard with no
-    /// neighbours, which never waits in [`next_message`](Self::next_message).
-    async fn take_control_messages(&mut self) -> Result<(), PipelineError> {
-        self.outbox.reap()?;
-        while let Some(message) = self.mailbox.recv(Duration::ZERO).await {
-            let h = &message.header;
-            match h.body {
-                PipeBody::Plan if h.epoch > self.position.epoch => {
-                    let epoch = h.epoch;
-                    self.mailbox.requeue(vec![message]);
-                    return Err(PipelineError::Replanned { epoch });
+        let flushed = match looped {
+            Ok(()) => self.outbox.flush().await.map_err(Halt::from),
+            Err(halt) => Err(halt),
+        };
+        match flushed {
+            Ok(()) => {
+                if !self.position.mates.is_empty() {
+                    self.outcome.final_params = self.compute.call(|s| s.params()).await??;
                 }
-                PipeBody::Replica { .. }
-                    if self.position.planned.contains(&message.peer)
-                        && h.epoch == self.position.epoch =>
-                {
-                    self.keep_replica(message).await?;
-                }
-                PipeBody::Broken if self.reports_broken(&message) => {
-                    return Err(PipelineError::ChainBroken { peer: message.peer });
-                }
-                _ => {
-                    tracing::debug!(peer = %message.peer, "pipeline message for a chain of one, dropped")
-                }
+                Ok(EpochEnd::Finished)
             }
+            Err(Halt::End(end)) => Ok(end),
+            Err(Halt::Failed(err)) => Err(err),
         }
-        Ok(())
     }
 
-    /// Whether `message` (a [`PipeBody::Broken`]) reports a broken chain of this epoch from a
-    /// peer of this plan; older reports are left over from an epoch that is over.
-    fn reports_broken(&self, message: &Inbound) -> bool {
-        let current = message.header.epoch == self.position.epoch
-            && self.position.planned.contains(&message.peer);
-        if current {
-            tracing::warn!(peer = %message.peer, epoch = message.header.epoch, "a chain of this plan broke; re-planning");
+    /// For a shard with no neighbours, which never waits on a message: ends the epoch when the
+    /// driver stopped it, or when an earlier send failed.
+    fn check_stop(&mut self) -> Result<(), Halt> {
+        self.outbox.reap()?;
+        if self.stop.is_cancelled() {
+            return Err(Halt::End(EpochEnd::Stopped));
         }
-        current
+        Ok(())
     }
 
     /// The next message of this epoch from an expected neighbour, within the deadline.
-    async fn next_message(&mut self, waiting_on: Option<PeerId>) -> Result<Inbound, PipelineError> {
+    async fn next_message(&mut self, waiting_on: Option<PeerId>) -> Result<Inbound, Halt> {
         let wait = self.config.peer_deadline;
-        self.message_within(wait)
-            .await?
-            .ok_or_else(|| PipelineError::PeerSilent {
+        self.message_within(wait).await?.ok_or_else(|| {
+            Halt::End(EpochEnd::NeighbourLost {
                 peer: waiting_on.unwrap_or(self.position.chain[0]),
-                waited: wait,
+                cause: Loss::Silent(wait),
             })
+        })
     }
 
     /// The next message of this epoch from an expected neighbour, if one comes within `wait`
-    /// (`Duration::ZERO`: only if the first one waiting is such a message).
-    async fn message_within(&mut self, wait: Duration) -> Result<Option<Inbound>, PipelineError> {
-        let deadline = Instant::now() + wait;
-        let mut looked = false;
+    /// (`Duration::ZERO`: only if one is queued already). A failed send or a stop ends the
+    /// wait at once.
+    async fn message_within(&mut self, wait: Duration) -> Result<Option<Inbound>, Halt> {
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
-            // Poll in short slices so a failed send surfaces at once, not after the deadline;
-            // check the deadline every time, as other peers' messages (snapshots) may keep
-            // arriving while the awaited neighbour stays silent.
             self.outbox.reap()?;
-            let left = deadline.saturating_duration_since(Instant::now());
-            if looked && left.is_zero() {
-                return Ok(None);
-            }
-            looked = true;
-            let Some(message) = self.mailbox.recv(POLL.min(left)).await else {
-                continue;
+            let message = tokio::select! {
+                biased;
+                () = self.stop.cancelled() => return Err(Halt::End(EpochEnd::Stopped)),
+                failed = self.outbox.failure() => return Err(failed.into()),
+                message = self.mailbox.next() => message,
+                () = tokio::time::sleep_until(deadline) => return Ok(None),
+            };
+            // The driver dropped this epoch's inbox: it is over.
+            let Some(message) = message else {
+                return Err(Halt::End(EpochEnd::Stopped));
             };
             let h = &message.header;
-            if h.body == PipeBody::Plan && h.epoch > self.position.epoch {
-                let epoch = h.epoch;
-                self.mailbox.requeue(vec![message]);
-                return Err(PipelineError::Replanned { epoch });
-            }
-            if h.body == PipeBody::Probe {
-                continue;
-            }
-            if h.body == PipeBody::Broken {
-                if self.reports_broken(&message) {
-                    return Err(PipelineError::ChainBroken { peer: message.peer });
-                }
-                continue;
-            }
-            if matches!(h.body, PipeBody::Replica { .. }) {
-                if self.position.planned.contains(&message.peer) && h.epoch == self.position.epoch {
-                    self.keep_replica(message).await?;
-                }
-                continue;
-            }
             let expected = match h.body {
                 PipeBody::Forward { .. } | PipeBody::Commit { .. } => self.position.prev(),
                 PipeBody::Backward { .. } => self.position.next(),
-                PipeBody::Plan | PipeBody::Replica { .. } | PipeBody::Probe | PipeBody::Broken => {
+                PipeBody::Plan | PipeBody::Snapshot { .. } | PipeBody::Probe | PipeBody::Broken => {
                     None
                 }
             };
@@ -450,10 +493,10 @@ impl Stage<'_> {
                 continue;
             }
             if h.micros != self.config.micro_batches {
-                return Err(PipelineError::Protocol(format!(
+                return Err(Halt::Failed(PipelineError::Protocol(format!(
                     "{} micro-batches per step, this run uses {}",
                     h.micros, self.config.micro_batches
-                )));
+                ))));
             }
             return Ok(Some(message));
         }
@@ -483,9 +526,7 @@ async fn decode_off_thread(
     meta: Option<murmur_protocol::pipeline::TensorMeta>,
     payload: Vec<u8>,
 ) -> Result<WireActivation, PipelineError> {
-    tokio::task::spawn_blocking(move || decode(&meta, &payload))
-        .await
-        .map_err(|e| PipelineError::Compute(e.to_string()))?
+    tokio::task::spawn_blocking(move || decode(&meta, &payload)).await?
 }
 
 fn decode(

@@ -22,12 +22,12 @@ pub(crate) const MAX_STATE_BYTES: usize = 1 << 30;
 
 /// Shard snapshots by range and step.
 #[derive(Debug)]
-pub(crate) struct Replicas {
+pub(crate) struct Snapshots {
     by_range: HashMap<(usize, usize), BTreeMap<u64, ShardState>>,
     keep: usize,
 }
 
-impl Replicas {
+impl Snapshots {
     /// Room for the snapshots of `chains` chains, which reach a step at different times (a
     /// snapshot of a range at a step comes from whichever of its holders sent it last; they
     /// are kept in agreement by averaging).
@@ -105,6 +105,14 @@ impl Replicas {
     }
 }
 
+/// The snapshots behind `shared` (a panic while it was held leaves them usable: every
+/// update of the map is a single insert or removal).
+pub(crate) fn lock(shared: &std::sync::Mutex<Snapshots>) -> std::sync::MutexGuard<'_, Snapshots> {
+    shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn config() -> impl bincode::config::Config {
     bincode::config::standard()
         .with_little_endian()
@@ -154,7 +162,7 @@ mod tests {
 
     #[test]
     fn rolls_back_to_the_latest_step_every_range_has() {
-        let mut r = Replicas::new(1);
+        let mut r = Snapshots::new(1);
         let ranges = [0..2, 2..4];
         assert_eq!(r.common_step(&ranges), 0);
         for step in [2, 4, 6] {

@@ -1,0 +1,95 @@
+//! The driver's inbound side: plan notices and break reports go to the membership, snapshots
+//! are decoded off the runtime and kept, and each forward, backward or commit goes to the
+//! stage of its epoch (or waits for it).
+
+use super::*;
+
+impl Driver {
+    pub(super) fn on_decoded(
+        &mut self,
+        done: Result<(PeerId, Result<ShardState, PipelineError>), tokio::task::JoinError>,
+    ) {
+        match done {
+            Ok((_, Ok(state))) => {
+                snapshots::lock(&self.snapshots).insert(state);
+                self.try_start();
+            }
+            Ok((peer, Err(err))) => tracing::warn!(%peer, %err, "replica refused"),
+            Err(err) => tracing::warn!(%err, "replica decoding failed"),
+        }
+    }
+
+    pub(super) async fn on_message(&mut self, message: Option<Inbound>) {
+        let Some(message) = message else {
+            self.result = Some(Err(crate::net::NetError::Shutdown.into()));
+            return;
+        };
+        let (from, epoch) = (message.peer, message.header.epoch);
+        match message.header.body {
+            PipeBody::Plan => self.handle(Event::Notice {
+                now: now(),
+                from,
+                payload: message.payload,
+            }),
+            PipeBody::Broken => self.handle(Event::Broken { from, epoch }),
+            PipeBody::Probe => {}
+            PipeBody::Snapshot { start, end } => self.decode_replica(message, start, end).await,
+            PipeBody::Forward { .. } | PipeBody::Backward { .. } | PipeBody::Commit { .. } => {
+                self.route(message).await;
+            }
+        }
+    }
+
+    /// Decodes a snapshot another member sent, off the async runtime (at most [`DECODING`] at
+    /// once). While a stage runs, only snapshots of its epoch from a peer of its plan, or of a
+    /// later epoch, are kept.
+    pub(super) async fn decode_replica(&mut self, message: Inbound, start: u32, end: u32) {
+        if let Some(running) = &self.running {
+            let epoch = message.header.epoch;
+            let planned = running.notice.is_planned(&message.peer.to_string());
+            if epoch < running.notice.epoch || (epoch == running.notice.epoch && !planned) {
+                tracing::debug!(peer = %message.peer, epoch, "snapshot not for this plan, dropped");
+                return;
+            }
+        }
+        while self.decoding.len() >= DECODING {
+            if let Some(done) = self.decoding.join_next().await {
+                self.on_decoded(done);
+            }
+        }
+        let (peer, payload) = (message.peer, message.payload);
+        self.decoding.spawn(async move {
+            let decoded =
+                tokio::task::spawn_blocking(move || snapshots::decode(&payload, start, end)).await;
+            (peer, decoded.map_err(PipelineError::from).and_then(|r| r))
+        });
+    }
+
+    /// A forward, backward or commit: to the running stage if it is of its epoch, kept if it
+    /// is of a later one, dropped if it is of an epoch that is over.
+    pub(super) async fn route(&mut self, message: Inbound) {
+        let epoch = message.header.epoch;
+        let current = self.running.as_ref().map(|r| r.notice.epoch);
+        match current {
+            Some(current) if epoch == current => {
+                if let Some(running) = &self.running
+                    && running.inbox.send(message).await.is_err()
+                {
+                    tracing::debug!(epoch, "stage gone; message dropped");
+                }
+            }
+            Some(current) if epoch < current => {
+                tracing::debug!(epoch, "pipeline message of an epoch that is over, dropped");
+            }
+            _ => {
+                if self.early.len() >= EARLY_MESSAGES {
+                    self.early.pop_front();
+                    tracing::warn!(
+                        "too many pipeline messages before their plan; the oldest dropped"
+                    );
+                }
+                self.early.push_back(message);
+            }
+        }
+    }
+}

@@ -1,0 +1,684 @@
+//! Pipeline membership as a sans-IO state machine: who is in the run, which plan runs, and
+//! what to do when an epoch ends.
+//!
+//! [`Membership::handle`] takes an [`Event`] (a look at the peer book, a plan notice, a break
+//! report, the end of this node's stage, a send or probe that finished, a re-balance proposal)
+//! and returns the [`Action`]s the driver (`super::driver`) carries out: look again later, probe
+//! links, send a notice, report a broken chain, start or stop the stage, finish or fail. There
+//! is no runtime, socket or clock inside: time comes in with the events, so every failure path
+//! a multi-node run ever hit is a unit test here (`tests.rs`).
+//!
+//! The phases, in the order a run goes through them:
+//! - **forming**: wait for `members` candidates (connected or recently announced peers of this
+//!   run and model); the lowest id probes its links and issues the first plan, the others wait
+//!   for it. A node that sees a running pipeline waits to be planned in. A valid notice that
+//!   arrives first is taken at once (the issuer may have seen every member before this node).
+//! - **running**: this node's stage runs the plan. A valid notice of a later epoch, a break
+//!   report from a member of this epoch, or the issuer's own re-balance stops the stage; how
+//!   the stage ended ([`EpochEnd`]) decides what comes next.
+//! - **grace**, then re-plan: after a neighbour was lost (or a break was reported), wait a
+//!   moment for the transport to notice departures, then the lowest surviving member still
+//!   running the plan issues the next epoch from the common snapshot; the others tell it their
+//!   chain broke and wait for its notice.
+
+mod rules;
+#[cfg(test)]
+mod tests;
+
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+
+use super::PipelineError;
+use super::notice::{PlanNotice, Seat};
+use crate::net::{PeerInfo, TransferError};
+use crate::shard::capacity::Capacity;
+use crate::shard::planner::Link;
+
+pub(crate) use rules::{FINISHED_EPOCH, ResumePoint, Rules};
+
+/// Wait before counting the members left after a failure.
+pub(crate) const REPLAN_GRACE: Duration = Duration::from_millis(1000);
+/// How often a forming node looks at the peer book.
+pub(crate) const LOOK_EVERY: Duration = Duration::from_millis(200);
+/// Re-plans tolerated per run before giving up.
+pub(crate) const MAX_REPLANS: u32 = 8;
+
+/// How one plan epoch of this node's stage ended (not an error: each leads to the next epoch
+/// or to the end of the run).
+#[derive(Debug)]
+pub(crate) enum EpochEnd {
+    /// Every step of the run is done.
+    Finished,
+    /// The driver stopped the stage (a later plan, a break report, a re-balance).
+    Stopped,
+    /// A neighbour went silent or could not be reached.
+    NeighbourLost {
+        /// The neighbour.
+        peer: PeerId,
+        /// How it was lost.
+        cause: Loss,
+    },
+}
+
+/// How a neighbour was lost.
+#[derive(Debug)]
+pub(crate) enum Loss {
+    /// Nothing arrived from it within the deadline.
+    Silent(Duration),
+    /// A send to it failed for good.
+    Send(Box<TransferError>),
+}
+
+impl EpochEnd {
+    /// The error a lost neighbour becomes when the run cannot re-plan.
+    fn into_error(self) -> Option<PipelineError> {
+        match self {
+            EpochEnd::NeighbourLost {
+                peer,
+                cause: Loss::Silent(waited),
+            } => Some(PipelineError::PeerSilent { peer, waited }),
+            EpochEnd::NeighbourLost {
+                peer,
+                cause: Loss::Send(error),
+            } => Some(PipelineError::Send { peer, error }),
+            EpochEnd::Finished | EpochEnd::Stopped => None,
+        }
+    }
+}
+
+/// Something the driver saw.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A look at the peer book, asked for by [`Action::Wake`].
+    Tick {
+        /// When.
+        now: Instant,
+        /// The peer book.
+        peers: Vec<PeerInfo>,
+    },
+    /// A plan notice arrived (undecoded).
+    Notice {
+        /// When.
+        now: Instant,
+        /// The (authenticated) sender.
+        from: PeerId,
+        /// The encoded notice.
+        payload: Vec<u8>,
+    },
+    /// A member reported its chain of `epoch` broken.
+    Broken {
+        /// The member.
+        from: PeerId,
+        /// The epoch it ran.
+        epoch: u64,
+    },
+    /// The link probes of [`Action::Probe`] are done.
+    Probed {
+        /// When.
+        now: Instant,
+        /// The links measured.
+        links: Vec<Link>,
+    },
+    /// The send of [`Action::SendNotice`] for `epoch` ended.
+    Sent {
+        /// When.
+        now: Instant,
+        /// The notice's epoch.
+        epoch: u64,
+        /// Whether every planned member got it.
+        result: Result<(), PipelineError>,
+        /// Where a plan after this one would resume (from the snapshots held now).
+        resume: ResumePoint,
+    },
+    /// This node's stage ended.
+    StageEnded {
+        /// When.
+        now: Instant,
+        /// How.
+        end: Result<EpochEnd, PipelineError>,
+        /// Where a next plan would resume (from the snapshots held now).
+        resume: ResumePoint,
+    },
+    /// The re-balancing watch proposes the next epoch's plan.
+    Rebalance(PlanNotice),
+}
+
+/// Something the driver must do.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a few per plan epoch, moved once: boxing the notices buys nothing"
+)]
+pub(crate) enum Action {
+    /// Look at the peer book at this time and report it ([`Event::Tick`]).
+    Wake(Instant),
+    /// Measure the links to these members ([`Event::Probed`]).
+    Probe(Vec<PeerId>),
+    /// Send `notice` to its members ([`Event::Sent`]); with `previous`, also the snapshots
+    /// of `previous`'s ranges at the resume step to the members outside this node's chain of
+    /// `previous` and to restarted ones.
+    SendNotice {
+        /// The notice.
+        notice: PlanNotice,
+        /// The plan it follows, when it resumes from snapshots.
+        previous: Option<PlanNotice>,
+    },
+    /// Tell `to` (the member re-planning) that this node's chain of `epoch` broke.
+    ReportBroken {
+        /// The re-planning member.
+        to: PeerId,
+        /// The epoch that broke.
+        epoch: u64,
+    },
+    /// Announce the plan epoch this node runs.
+    Announce(u64),
+    /// Run this node's stage of `notice` at `seat` (and, if it is the issuer, watch for
+    /// joins and drift).
+    StartStage {
+        /// The plan.
+        notice: PlanNotice,
+        /// Where this node sits.
+        seat: Seat,
+    },
+    /// Stop the running stage (it ends with [`EpochEnd::Stopped`]).
+    StopStage,
+    /// The run is over for this node; `seat` is None when the last plan left it out.
+    Finish {
+        /// The last plan.
+        notice: PlanNotice,
+        /// Where this node sat.
+        seat: Option<Seat>,
+    },
+    /// The run failed.
+    Fail(PipelineError),
+}
+
+/// Why a running stage is being stopped.
+#[derive(Debug, Clone)]
+enum Stopping {
+    /// A valid notice of a later epoch arrived.
+    Superseded(PlanNotice),
+    /// A member of this epoch reported its chain broken.
+    Broken(PeerId),
+    /// This node (the issuer) adopted a re-balanced plan.
+    Rebalance(PlanNotice),
+}
+
+/// What a failed notice send leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnSendFailure {
+    /// The run fails.
+    Fail,
+    /// The pipeline re-plans without the member that could not be reached.
+    Replan,
+}
+
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per node, replaced a few times per plan epoch"
+)]
+enum Phase {
+    Forming {
+        deadline: Instant,
+    },
+    Probing {
+        members: Vec<(PeerId, Capacity)>,
+    },
+    Awaiting {
+        leader: PeerId,
+        epoch: u64,
+        deadline: Instant,
+    },
+    Sending {
+        notice: PlanNotice,
+        on_failure: OnSendFailure,
+    },
+    Running {
+        notice: PlanNotice,
+        seat: Seat,
+        stopping: Option<Stopping>,
+    },
+    Grace {
+        previous: PlanNotice,
+        resume: ResumePoint,
+        until: Instant,
+    },
+    Over,
+}
+
+/// One node's view of the pipeline's membership (see the module docs).
+#[derive(Debug)]
+pub(crate) struct Membership {
+    me: PeerId,
+    own: Capacity,
+    rules: Rules,
+    phase: Phase,
+    replans: u32,
+}
+
+impl Membership {
+    /// A node that starts forming at `now` with its measured capacity `own`; the first
+    /// actions look at the peer book at once.
+    pub(crate) fn new(
+        me: PeerId,
+        own: Capacity,
+        rules: Rules,
+        now: Instant,
+    ) -> (Self, Vec<Action>) {
+        let deadline = now + rules.form_timeout;
+        let membership = Self {
+            me,
+            own,
+            rules,
+            phase: Phase::Forming { deadline },
+            replans: 0,
+        };
+        (membership, vec![Action::Wake(now)])
+    }
+
+    /// Re-plans so far.
+    pub(crate) fn replans(&self) -> u32 {
+        self.replans
+    }
+
+    /// Whether the driver should hand it inbound control messages now. While it sends a notice
+    /// or waits out the grace before a re-plan, messages stay queued (a notice from another
+    /// member is judged once this node knows which plan it runs).
+    pub(crate) fn receptive(&self) -> bool {
+        !matches!(self.phase, Phase::Sending { .. } | Phase::Grace { .. })
+    }
+
+    /// The epoch whose stage runs, if one does.
+    #[cfg(test)]
+    pub(crate) fn running_epoch(&self) -> Option<u64> {
+        match &self.phase {
+            Phase::Running { notice, .. } => Some(notice.epoch),
+            _ => None,
+        }
+    }
+
+    /// Moves the state machine on by one event.
+    pub(crate) fn handle(&mut self, event: Event) -> Vec<Action> {
+        match event {
+            Event::Tick { now, peers } => self.on_tick(now, &peers),
+            Event::Notice { now, from, payload } => self.on_notice(now, from, &payload),
+            Event::Broken { from, epoch } => self.on_broken(from, epoch),
+            Event::Probed { now, links } => self.on_probed(now, links),
+            Event::Sent {
+                now,
+                epoch,
+                result,
+                resume,
+            } => self.on_sent(now, epoch, result, resume),
+            Event::StageEnded { now, end, resume } => self.on_stage_ended(now, end, resume),
+            Event::Rebalance(notice) => self.on_rebalance(notice),
+        }
+    }
+
+    fn on_tick(&mut self, now: Instant, peers: &[PeerInfo]) -> Vec<Action> {
+        match &self.phase {
+            Phase::Forming { deadline } => {
+                let deadline = *deadline;
+                self.form(now, deadline, peers)
+            }
+            Phase::Awaiting {
+                leader, deadline, ..
+            } if now >= *deadline => self.fail(PipelineError::PeerSilent {
+                peer: *leader,
+                waited: self.rules.form_timeout,
+            }),
+            Phase::Awaiting { deadline, .. } => vec![Action::Wake(*deadline)],
+            Phase::Grace { until, .. } if now < *until => vec![Action::Wake(*until)],
+            Phase::Grace { .. } => {
+                let Phase::Grace {
+                    previous, resume, ..
+                } = std::mem::replace(&mut self.phase, Phase::Over)
+                else {
+                    return Vec::new();
+                };
+                self.replan(now, &previous, resume, peers)
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// One look while forming (see the module docs).
+    fn form(&mut self, now: Instant, deadline: Instant, peers: &[PeerInfo]) -> Vec<Action> {
+        if let Some(running) = self.rules.running_leader(peers) {
+            tracing::info!(%running, "a pipeline of this run is running; waiting to be planned in");
+            self.phase = Phase::Awaiting {
+                leader: running,
+                epoch: 1,
+                deadline,
+            };
+            return vec![Action::Wake(deadline)];
+        }
+        let mut members = self.rules.candidates(peers, crate::net::now_ms());
+        members.retain(|(p, _)| *p != self.me);
+        members.push((self.me, self.own));
+        let found = members.len();
+        if found >= self.rules.members {
+            members.sort_by_key(|(peer, _)| peer.to_string());
+            members.truncate(self.rules.members);
+            if let Some((leader, _)) = members
+                .first()
+                .filter(|_| members.iter().any(|(p, _)| *p == self.me))
+            {
+                let leader = *leader;
+                if leader == self.me {
+                    let others = members
+                        .iter()
+                        .map(|(p, _)| *p)
+                        .filter(|p| *p != self.me)
+                        .collect();
+                    self.phase = Phase::Probing { members };
+                    return vec![Action::Probe(others)];
+                }
+                self.phase = Phase::Awaiting {
+                    leader,
+                    epoch: 1,
+                    deadline,
+                };
+                return vec![Action::Wake(deadline)];
+            }
+            // Not among the members of the pipeline being formed: once it runs, it plans
+            // newcomers in.
+            if now >= deadline {
+                return self.fail(PipelineError::Formation(
+                    "more members than needed; this node is not among them".into(),
+                ));
+            }
+        } else if now >= deadline {
+            return self.fail(PipelineError::Formation(format!(
+                "{found} of {} members found within {:?}",
+                self.rules.members, self.rules.form_timeout
+            )));
+        }
+        vec![Action::Wake(now + LOOK_EVERY)]
+    }
+
+    fn on_probed(&mut self, _now: Instant, links: Vec<Link>) -> Vec<Action> {
+        let Phase::Probing { members } = &self.phase else {
+            return Vec::new();
+        };
+        let ids = members.iter().map(|(p, _)| p.to_string()).collect();
+        let input = self.rules.plan_input(members, links);
+        if let Ok(json) = serde_json::to_string(&input) {
+            tracing::debug!(input = %json, "planner input");
+        }
+        match PlanNotice::compute(1, self.rules.placement, ids, input, self.rules.replicas) {
+            Ok(notice) => self.send(notice, None, OnSendFailure::Fail),
+            Err(err) => self.fail(err),
+        }
+    }
+
+    fn send(
+        &mut self,
+        notice: PlanNotice,
+        previous: Option<PlanNotice>,
+        on_failure: OnSendFailure,
+    ) -> Vec<Action> {
+        self.phase = Phase::Sending {
+            notice: notice.clone(),
+            on_failure,
+        };
+        vec![Action::SendNotice { notice, previous }]
+    }
+
+    fn on_sent(
+        &mut self,
+        now: Instant,
+        epoch: u64,
+        result: Result<(), PipelineError>,
+        resume: ResumePoint,
+    ) -> Vec<Action> {
+        let Phase::Sending { notice, on_failure } = &self.phase else {
+            return Vec::new();
+        };
+        if notice.epoch != epoch {
+            return Vec::new();
+        }
+        let (notice, on_failure) = (notice.clone(), *on_failure);
+        match result {
+            Ok(()) => self.adopt(notice),
+            // A member left between the look and the notice: the members that took it run it,
+            // the others the old plan; a re-plan without the member that is gone reaches both.
+            Err(err) if on_failure == OnSendFailure::Replan => {
+                self.broken(now, notice, resume, &err)
+            }
+            Err(err) => self.fail(err),
+        }
+    }
+
+    fn on_notice(&mut self, now: Instant, from: PeerId, payload: &[u8]) -> Vec<Action> {
+        let notice = match self.rules.check_notice(from, payload, self.me) {
+            Ok(notice) => notice,
+            Err(err) => {
+                tracing::warn!(peer = %from, %err, "plan notice refused");
+                return Vec::new();
+            }
+        };
+        match &mut self.phase {
+            Phase::Forming { .. } => self.adopt(notice),
+            Phase::Awaiting { epoch, .. } if notice.epoch >= *epoch => self.adopt(notice),
+            Phase::Running {
+                notice: running,
+                stopping,
+                ..
+            } if notice.epoch > running.epoch && stopping.is_none() => {
+                tracing::info!(epoch = notice.epoch, peer = %from, "a later plan arrived");
+                *stopping = Some(Stopping::Superseded(notice));
+                vec![Action::StopStage]
+            }
+            _ => {
+                tracing::debug!(epoch = notice.epoch, peer = %from, ?now, "plan notice not for this phase, dropped");
+                Vec::new()
+            }
+        }
+    }
+
+    fn on_broken(&mut self, from: PeerId, epoch: u64) -> Vec<Action> {
+        let Phase::Running {
+            notice, stopping, ..
+        } = &mut self.phase
+        else {
+            return Vec::new();
+        };
+        let current = epoch == notice.epoch && notice.is_planned(&from.to_string());
+        if !current || stopping.is_some() {
+            return Vec::new();
+        }
+        tracing::warn!(peer = %from, epoch, "a chain of this plan broke; re-planning");
+        *stopping = Some(Stopping::Broken(from));
+        vec![Action::StopStage]
+    }
+
+    fn on_rebalance(&mut self, notice: PlanNotice) -> Vec<Action> {
+        let Phase::Running { stopping, .. } = &mut self.phase else {
+            return Vec::new();
+        };
+        if stopping.is_some() {
+            return Vec::new();
+        }
+        *stopping = Some(Stopping::Rebalance(notice));
+        vec![Action::StopStage]
+    }
+
+    fn on_stage_ended(
+        &mut self,
+        now: Instant,
+        end: Result<EpochEnd, PipelineError>,
+        resume: ResumePoint,
+    ) -> Vec<Action> {
+        let Phase::Running {
+            notice,
+            seat,
+            stopping,
+        } = std::mem::replace(&mut self.phase, Phase::Over)
+        else {
+            return Vec::new();
+        };
+        let end = match end {
+            Ok(end) => end,
+            Err(err) => return self.fail(err),
+        };
+        match (end, stopping) {
+            (EpochEnd::Finished, _) => vec![Action::Finish {
+                notice,
+                seat: Some(seat),
+            }],
+            (EpochEnd::Stopped, Some(Stopping::Superseded(next))) => {
+                if self.replans >= MAX_REPLANS {
+                    return self.fail(PipelineError::Formation(format!(
+                        "{MAX_REPLANS} re-plans; giving up"
+                    )));
+                }
+                self.replans += 1;
+                self.adopt(next)
+            }
+            (EpochEnd::Stopped, Some(Stopping::Rebalance(mut next))) => {
+                (next.previous_ranges, next.resume_step) = (resume.ranges, resume.step);
+                self.replans += 1;
+                self.send(next, Some(notice), OnSendFailure::Replan)
+            }
+            (EpochEnd::Stopped, Some(Stopping::Broken(reporter))) => {
+                let err = PipelineError::ChainBroken { peer: reporter };
+                self.phase = Phase::Running {
+                    notice: notice.clone(),
+                    seat,
+                    stopping: None,
+                };
+                self.lost(now, resume, err)
+            }
+            (EpochEnd::Stopped, None) => self.fail(PipelineError::Protocol(
+                "the stage stopped with no reason to".into(),
+            )),
+            (lost @ EpochEnd::NeighbourLost { .. }, _) => {
+                let err = lost
+                    .into_error()
+                    .unwrap_or(PipelineError::Protocol("a neighbour was lost".into()));
+                self.phase = Phase::Running {
+                    notice,
+                    seat,
+                    stopping: None,
+                };
+                self.lost(now, resume, err)
+            }
+        }
+    }
+
+    /// The running plan broke (`err`): re-plan after the grace, or fail when the run keeps no
+    /// snapshots or has re-planned too often.
+    fn lost(&mut self, now: Instant, resume: ResumePoint, err: PipelineError) -> Vec<Action> {
+        let Phase::Running { notice, .. } = std::mem::replace(&mut self.phase, Phase::Over) else {
+            return Vec::new();
+        };
+        if !self.rules.replans || self.replans >= MAX_REPLANS {
+            return self.fail(err);
+        }
+        tracing::warn!(%err, epoch = notice.epoch, "pipeline broken; re-planning");
+        self.replans += 1;
+        let until = now + REPLAN_GRACE;
+        self.phase = Phase::Grace {
+            previous: notice,
+            resume,
+            until,
+        };
+        vec![Action::Wake(until)]
+    }
+
+    /// A re-balanced notice could not reach every member: the run re-plans from it, as after
+    /// a departure (its own resume point is where the next plan resumes).
+    fn broken(
+        &mut self,
+        now: Instant,
+        notice: PlanNotice,
+        resume: ResumePoint,
+        err: &PipelineError,
+    ) -> Vec<Action> {
+        let seat = notice
+            .seat(&self.me.to_string())
+            .unwrap_or(Seat { index: 0, lane: 0 });
+        self.phase = Phase::Running {
+            notice,
+            seat,
+            stopping: None,
+        };
+        let err = PipelineError::Protocol(format!("re-balance notice not delivered: {err}"));
+        self.lost(now, resume, err)
+    }
+
+    /// The re-plan after `previous` broke (see [`Rules::survivors`]).
+    fn replan(
+        &mut self,
+        now: Instant,
+        previous: &PlanNotice,
+        resume: ResumePoint,
+        peers: &[PeerInfo],
+    ) -> Vec<Action> {
+        let epoch = previous.epoch + 1;
+        let (survivors, leader) = match self.rules.survivors(previous, peers, self.me) {
+            Ok(found) => found,
+            Err(err) => return self.fail(err),
+        };
+        tracing::warn!(epoch, survivors = survivors.len(), %leader, "re-planning the pipeline");
+        if leader != self.me {
+            self.phase = Phase::Awaiting {
+                leader,
+                epoch,
+                deadline: now + self.rules.form_timeout,
+            };
+            return vec![
+                Action::ReportBroken {
+                    to: leader,
+                    epoch: previous.epoch,
+                },
+                Action::Wake(now + self.rules.form_timeout),
+            ];
+        }
+        let input = rules::restricted(&previous.input, &survivors);
+        let computed = PlanNotice::compute(
+            epoch,
+            previous.placement,
+            survivors,
+            input,
+            previous.replicas,
+        );
+        match computed {
+            Ok(mut notice) => {
+                (notice.previous_ranges, notice.resume_step) = (resume.ranges, resume.step);
+                self.send(notice, Some(previous.clone()), OnSendFailure::Fail)
+            }
+            Err(err) => self.fail(err),
+        }
+    }
+
+    /// Runs `notice`: this node's stage if the plan seats it, else the run is over for it.
+    fn adopt(&mut self, notice: PlanNotice) -> Vec<Action> {
+        let seat = notice.seat(&self.me.to_string());
+        tracing::info!(
+            epoch = notice.epoch,
+            ?seat,
+            resume = notice.resume_step,
+            "plan agreed"
+        );
+        let announce = Action::Announce(notice.epoch);
+        let Some(seat) = seat else {
+            self.phase = Phase::Over;
+            return vec![announce, Action::Finish { notice, seat: None }];
+        };
+        self.phase = Phase::Running {
+            notice: notice.clone(),
+            seat,
+            stopping: None,
+        };
+        vec![announce, Action::StartStage { notice, seat }]
+    }
+
+    fn fail(&mut self, err: PipelineError) -> Vec<Action> {
+        self.phase = Phase::Over;
+        vec![Action::Fail(err)]
+    }
+}

@@ -1,0 +1,600 @@
+//! Unit tests of the membership state machine: event sequences and the actions expected,
+//! including every failure path a multi-node run hit (no network, no sleeps: time is an
+//! argument).
+
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use murmur_models::{ModelKind, builtin_data, spec_for};
+use murmur_protocol::{Announcement, ModelFingerprint, PeerKey, RunId};
+
+use super::*;
+use crate::shard::pipeline::notice::encode_notice;
+use crate::shard::pipeline::{PipelineConfig, Placement};
+
+const FAST: f64 = 2e10;
+/// Far too slow to be worth a shard: the lean plan leaves it out.
+const SLOW: f64 = 1e8;
+
+fn config(members: usize, replicas: u32) -> PipelineConfig {
+    let data = builtin_data(ModelKind::CharGpt).expect("embedded corpus");
+    PipelineConfig {
+        run: RunId::from_name("membership-test"),
+        spec: spec_for(ModelKind::CharGpt, data.train.shape()).expect("spec"),
+        model: ModelFingerprint([7; 32]),
+        train: murmur_models::TrainConfig::default(),
+        micro_batches: 4,
+        steps: 10,
+        members,
+        placement: Placement::CapacityAware,
+        slowdown: 1.0,
+        device: murmur_models::Device::flex(),
+        device_name: "flex".into(),
+        data: data.train,
+        peer_deadline: Duration::from_secs(20),
+        form_timeout: Duration::from_secs(30),
+        capacity_budget: Duration::from_millis(50),
+        replicate_every: 2,
+        replicas,
+        average_every: 0,
+    }
+}
+
+fn capacity(flops_per_sec: f64) -> Capacity {
+    Capacity {
+        flops_per_sec,
+        samples_per_sec: flops_per_sec / 1e8,
+        memory_bytes: 1 << 32,
+    }
+}
+
+/// `n` fixed peer ids, sorted as the membership orders them (by their text).
+fn peers(n: u8) -> Vec<PeerId> {
+    let mut ids: Vec<PeerId> = (1..=n)
+        .map(|seed| {
+            libp2p::identity::Keypair::ed25519_from_bytes([seed; 32])
+                .expect("a valid ed25519 secret")
+                .public()
+                .to_peer_id()
+        })
+        .collect();
+    ids.sort_by_key(PeerId::to_string);
+    ids
+}
+
+/// `peer` announcing `rules`' run at plan epoch `round` with `flops`, seen just now.
+fn announcing(rules: &Rules, peer: PeerId, connected: bool, round: u64, flops: f64) -> PeerInfo {
+    let c = capacity(flops);
+    PeerInfo {
+        peer_id: peer,
+        addrs: Vec::new(),
+        connected,
+        announcement: Some(Announcement {
+            peer: PeerKey([0; 32]),
+            run: rules.run,
+            model: rules.model,
+            capacity: murmur_protocol::Capacity {
+                samples_per_sec: c.samples_per_sec as f32,
+                flops_per_sec: c.flops_per_sec,
+                memory_bytes: c.memory_bytes,
+                device: "flex".into(),
+                links: Vec::new(),
+            },
+            round,
+            listen_addrs: Vec::new(),
+            timestamp_ms: crate::net::now_ms(),
+        }),
+        rtt: None,
+        throughput_bps: None,
+        misbehaviour: 0,
+        last_seen_ms: crate::net::now_ms(),
+    }
+}
+
+/// The first plan of `members` (with their flops), as the lowest would issue it.
+fn first_plan(rules: &Rules, members: &[(PeerId, f64)]) -> PlanNotice {
+    let members: Vec<(PeerId, Capacity)> =
+        members.iter().map(|(p, f)| (*p, capacity(*f))).collect();
+    let ids = members.iter().map(|(p, _)| p.to_string()).collect();
+    let input = rules.plan_input(&members, Vec::new());
+    PlanNotice::compute(1, rules.placement, ids, input, rules.replicas).expect("a plan")
+}
+
+fn notice_event(now: Instant, from: PeerId, notice: &PlanNotice) -> Event {
+    Event::Notice {
+        now,
+        from,
+        payload: encode_notice(notice).expect("encodable"),
+    }
+}
+
+fn started(actions: &[Action]) -> Option<(u64, Seat)> {
+    actions.iter().find_map(|a| match a {
+        Action::StartStage { notice, seat } => Some((notice.epoch, *seat)),
+        _ => None,
+    })
+}
+
+fn sent(actions: &[Action]) -> Option<&PlanNotice> {
+    actions.iter().find_map(|a| match a {
+        Action::SendNotice { notice, .. } => Some(notice),
+        _ => None,
+    })
+}
+
+fn failed(actions: &[Action]) -> Option<&PipelineError> {
+    actions.iter().find_map(|a| match a {
+        Action::Fail(err) => Some(err),
+        _ => None,
+    })
+}
+
+fn woken(actions: &[Action]) -> Option<Instant> {
+    actions.iter().find_map(|a| match a {
+        Action::Wake(at) => Some(*at),
+        _ => None,
+    })
+}
+
+fn no_resume() -> ResumePoint {
+    ResumePoint::default()
+}
+
+/// A membership of `me` among `ids` (all fast) that agreed on the first plan and runs it.
+fn running(rules: &Rules, ids: &[PeerId], me: PeerId, now: Instant) -> (Membership, PlanNotice) {
+    let (mut m, _) = Membership::new(me, capacity(FAST), rules.clone(), now);
+    let members: Vec<(PeerId, f64)> = ids.iter().map(|p| (*p, FAST)).collect();
+    let notice = first_plan(rules, &members);
+    if me == ids[0] {
+        let world: Vec<PeerInfo> = ids
+            .iter()
+            .map(|p| announcing(rules, *p, true, 0, FAST))
+            .collect();
+        let probe = m.handle(Event::Tick { now, peers: world });
+        assert!(matches!(probe[..], [Action::Probe(_)]), "{probe:?}");
+        let send = m.handle(Event::Probed {
+            now,
+            links: Vec::new(),
+        });
+        assert_eq!(sent(&send), Some(&notice));
+        let start = m.handle(Event::Sent {
+            now,
+            epoch: 1,
+            result: Ok(()),
+            resume: no_resume(),
+        });
+        assert_eq!(started(&start).map(|s| s.0), Some(1));
+    } else {
+        let start = m.handle(notice_event(now, ids[0], &notice));
+        assert_eq!(started(&start).map(|s| s.0), Some(1), "{start:?}");
+    }
+    (m, notice)
+}
+
+#[test]
+fn the_lowest_member_probes_plans_and_sends_then_starts() {
+    let rules = Rules::of(&config(3, 1));
+    let ids = peers(3);
+    let now = Instant::now();
+    let (m, notice) = running(&rules, &ids, ids[0], now);
+    assert_eq!(m.running_epoch(), Some(1));
+    assert_eq!(notice.members.len(), 3);
+}
+
+#[test]
+fn a_member_waits_while_too_few_are_found_then_fails_at_the_deadline() {
+    let rules = Rules::of(&config(3, 1));
+    let ids = peers(3);
+    let now = Instant::now();
+    let (mut m, first) = Membership::new(ids[1], capacity(FAST), rules.clone(), now);
+    assert_eq!(woken(&first), Some(now));
+    let one = vec![announcing(&rules, ids[0], true, 0, FAST)];
+    let again = m.handle(Event::Tick {
+        now,
+        peers: one.clone(),
+    });
+    assert_eq!(woken(&again), Some(now + LOOK_EVERY));
+    let late = now + rules.form_timeout;
+    let out = m.handle(Event::Tick {
+        now: late,
+        peers: one,
+    });
+    assert!(
+        matches!(failed(&out), Some(PipelineError::Formation(msg)) if msg.contains("2 of 3")),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_member_that_is_not_the_lowest_awaits_the_lowest_and_fails_if_it_stays_silent() {
+    let rules = Rules::of(&config(3, 1));
+    let ids = peers(3);
+    let now = Instant::now();
+    let (mut m, _) = Membership::new(ids[2], capacity(FAST), rules.clone(), now);
+    let world: Vec<PeerInfo> = ids[..2]
+        .iter()
+        .map(|p| announcing(&rules, *p, true, 0, FAST))
+        .collect();
+    let out = m.handle(Event::Tick { now, peers: world });
+    let deadline = now + rules.form_timeout;
+    assert_eq!(woken(&out), Some(deadline));
+    let out = m.handle(Event::Tick {
+        now: deadline,
+        peers: Vec::new(),
+    });
+    assert!(
+        matches!(failed(&out), Some(PipelineError::PeerSilent { peer, .. }) if *peer == ids[0]),
+        "{out:?}"
+    );
+}
+
+/// The issuer may plan before this node has seen every member's announcement, and a member
+/// the plan leaves out stops announcing: a node still forming takes a valid first plan at once
+/// (before, the others waited for members and failed: 3 of ~25 1,1,8 testnet runs).
+#[test]
+fn a_forming_member_takes_a_valid_first_plan_before_it_sees_the_members() {
+    let rules = Rules::of(&config(3, 1));
+    let ids = peers(3);
+    let now = Instant::now();
+    let (mut m, _) = Membership::new(ids[1], capacity(FAST), rules.clone(), now);
+    let notice = first_plan(&rules, &[(ids[0], FAST), (ids[1], FAST), (ids[2], FAST)]);
+    let out = m.handle(notice_event(now, ids[0], &notice));
+    assert!(matches!(out[0], Action::Announce(1)));
+    assert!(started(&out).is_some(), "{out:?}");
+}
+
+/// A slow issuer that plans itself out still issues the plan and then stops (before, it
+/// waited for a plan of its own and the pipeline never started).
+#[test]
+fn an_issuer_that_plans_itself_out_sends_the_plan_and_finishes_unseated() {
+    let rules = Rules::of(&config(3, 1));
+    let ids = peers(3);
+    let now = Instant::now();
+    let (mut m, _) = Membership::new(ids[0], capacity(SLOW), rules.clone(), now);
+    let world: Vec<PeerInfo> = ids[1..]
+        .iter()
+        .map(|p| announcing(&rules, *p, true, 0, FAST))
+        .collect();
+    m.handle(Event::Tick { now, peers: world });
+    let out = m.handle(Event::Probed {
+        now,
+        links: Vec::new(),
+    });
+    let notice = sent(&out).expect("the issuer sends the plan").clone();
+    assert!(!notice.is_planned(&ids[0].to_string()));
+    let out = m.handle(Event::Sent {
+        now,
+        epoch: 1,
+        result: Ok(()),
+        resume: no_resume(),
+    });
+    assert!(
+        out.iter()
+            .any(|a| matches!(a, Action::Finish { seat: None, .. })),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_first_plan_from_a_member_other_than_the_lowest_is_refused() {
+    let rules = Rules::of(&config(3, 1));
+    let ids = peers(3);
+    let now = Instant::now();
+    let (mut m, _) = Membership::new(ids[2], capacity(FAST), rules.clone(), now);
+    let notice = first_plan(&rules, &[(ids[0], FAST), (ids[1], FAST), (ids[2], FAST)]);
+    assert!(m.handle(notice_event(now, ids[1], &notice)).is_empty());
+    let mut forged = notice.clone();
+    forged.plan.assignments.reverse();
+    assert!(m.handle(notice_event(now, ids[0], &forged)).is_empty());
+    assert!(started(&m.handle(notice_event(now, ids[0], &notice))).is_some());
+}
+
+#[test]
+fn a_newcomer_that_sees_a_running_pipeline_waits_to_be_planned_in() {
+    let rules = Rules::of(&config(2, 1));
+    let ids = peers(3);
+    let now = Instant::now();
+    let (mut m, _) = Membership::new(ids[0], capacity(FAST), rules.clone(), now);
+    let world: Vec<PeerInfo> = ids[1..]
+        .iter()
+        .map(|p| announcing(&rules, *p, true, 1, FAST))
+        .collect();
+    let out = m.handle(Event::Tick { now, peers: world });
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::Probe(_))),
+        "{out:?}"
+    );
+    assert_eq!(woken(&out), Some(now + rules.form_timeout));
+}
+
+#[test]
+fn a_later_valid_plan_stops_the_stage_and_runs_once_it_stopped() {
+    let rules = Rules::of(&config(3, 1));
+    let ids = peers(3);
+    let now = Instant::now();
+    let (mut m, first) = running(&rules, &ids, ids[2], now);
+    let mut next = first.clone();
+    next.epoch = 2;
+    // An equal or earlier epoch is no news.
+    assert!(m.handle(notice_event(now, ids[1], &first)).is_empty());
+    let out = m.handle(notice_event(now, ids[1], &next));
+    assert!(matches!(out[..], [Action::StopStage]), "{out:?}");
+    let out = m.handle(Event::StageEnded {
+        now,
+        end: Ok(EpochEnd::Stopped),
+        resume: no_resume(),
+    });
+    assert_eq!(started(&out).map(|s| s.0), Some(2));
+    assert_eq!(m.replans(), 1);
+}
+
+#[test]
+fn a_stage_that_finishes_ends_the_run_even_with_a_stop_pending() {
+    let rules = Rules::of(&config(2, 1));
+    let ids = peers(2);
+    let now = Instant::now();
+    let (mut m, _) = running(&rules, &ids, ids[1], now);
+    m.handle(Event::Broken {
+        from: ids[0],
+        epoch: 1,
+    });
+    let out = m.handle(Event::StageEnded {
+        now,
+        end: Ok(EpochEnd::Finished),
+        resume: no_resume(),
+    });
+    assert!(matches!(out[..], [Action::Finish { seat: Some(_), .. }]));
+}
+
+fn lost(now: Instant, peer: PeerId) -> Event {
+    Event::StageEnded {
+        now,
+        end: Ok(EpochEnd::NeighbourLost {
+            peer,
+            cause: Loss::Silent(Duration::from_secs(20)),
+        }),
+        resume: ResumePoint {
+            ranges: vec![0..2, 2..3],
+            step: 6,
+        },
+    }
+}
+
+/// After a departure the lowest survivor re-plans over the survivors from the common
+/// snapshot, after the grace; it sends the snapshots on with the notice.
+#[test]
+fn the_lowest_survivor_replans_without_the_lost_member_after_the_grace() {
+    let rules = Rules::of(&config(3, 1));
+    let ids = peers(3);
+    let now = Instant::now();
+    let (mut m, _) = running(&rules, &ids, ids[0], now);
+    let out = m.handle(lost(now, ids[1]));
+    assert_eq!(woken(&out), Some(now + REPLAN_GRACE));
+    assert!(!m.receptive(), "messages wait while the grace runs");
+    let world = vec![announcing(&rules, ids[2], true, 1, FAST)];
+    // Too early: look again at the end of the grace.
+    let early = m.handle(Event::Tick {
+        now,
+        peers: world.clone(),
+    });
+    assert_eq!(woken(&early), Some(now + REPLAN_GRACE));
+    let out = m.handle(Event::Tick {
+        now: now + REPLAN_GRACE,
+        peers: world,
+    });
+    let notice = sent(&out).expect("the lowest survivor re-plans");
+    assert_eq!(notice.epoch, 2);
+    assert_eq!(notice.resume_step, 6);
+    assert_eq!(notice.previous_ranges, vec![0..2, 2..3]);
+    assert!(!notice.members.contains(&ids[1].to_string()));
+    assert!(out.iter().any(|a| matches!(
+        a,
+        Action::SendNotice {
+            previous: Some(_),
+            ..
+        }
+    )));
+}
+
+/// The other survivors tell the re-planning member (which may sit in a healthy chain that
+/// would never notice) and wait for its notice of the next epoch.
+#[test]
+fn a_survivor_that_is_not_the_lowest_reports_the_break_and_awaits_the_next_epoch() {
+    let rules = Rules::of(&config(3, 1));
+    let ids = peers(3);
+    let now = Instant::now();
+    let (mut m, first) = running(&rules, &ids, ids[2], now);
+    m.handle(lost(now, ids[1]));
+    let world = vec![announcing(&rules, ids[0], true, 1, FAST)];
+    let out = m.handle(Event::Tick {
+        now: now + REPLAN_GRACE,
+        peers: world,
+    });
+    assert!(
+        out.iter()
+            .any(|a| matches!(a, Action::ReportBroken { to, epoch: 1 } if *to == ids[0])),
+        "{out:?}"
+    );
+    // A stale notice of the epoch that broke does not count; the next epoch's does.
+    assert!(m.handle(notice_event(now, ids[0], &first)).is_empty());
+    let mut next = first.clone();
+    next.epoch = 2;
+    assert_eq!(
+        started(&m.handle(notice_event(now, ids[0], &next))).map(|s| s.0),
+        Some(2)
+    );
+}
+
+/// A member whose part is over (it finished its steps in a healthy chain) announces
+/// `FINISHED_EPOCH`: it is no survivor and never the re-planning member (before: the broken
+/// chain's survivors waited for it and failed).
+#[test]
+fn a_finished_member_is_not_a_survivor_so_the_next_lowest_replans() {
+    let rules = Rules::of(&config(3, 1));
+    let ids = peers(3);
+    let now = Instant::now();
+    let (mut m, _) = running(&rules, &ids, ids[1], now);
+    m.handle(lost(now, ids[2]));
+    let world = vec![announcing(&rules, ids[0], true, FINISHED_EPOCH, FAST)];
+    let out = m.handle(Event::Tick {
+        now: now + REPLAN_GRACE,
+        peers: world,
+    });
+    let notice = sent(&out).expect("the next lowest re-plans alone");
+    assert_eq!(notice.members, vec![ids[1].to_string()]);
+}
+
+/// A member that crashed and restarted with its identity announces epoch 0: it is planned
+/// back in but never re-plans (it holds neither the notice nor snapshots; before, it was
+/// elected and the run deadlocked).
+#[test]
+fn a_restarted_member_is_planned_back_in_but_does_not_replan() {
+    let rules = Rules::of(&config(3, 1));
+    let ids = peers(3);
+    let now = Instant::now();
+    let (mut m, _) = running(&rules, &ids, ids[1], now);
+    m.handle(lost(now, ids[0]));
+    let world = vec![
+        announcing(&rules, ids[0], true, 0, FAST),
+        announcing(&rules, ids[2], true, 1, FAST),
+    ];
+    let out = m.handle(Event::Tick {
+        now: now + REPLAN_GRACE,
+        peers: world,
+    });
+    let notice = sent(&out).expect("the lowest member still running re-plans");
+    assert!(notice.members.contains(&ids[0].to_string()));
+    assert_eq!(notice.members.len(), 3);
+}
+
+#[test]
+fn a_break_report_ends_the_epoch_only_from_a_planned_member_of_that_epoch() {
+    let rules = Rules::of(&config(3, 1));
+    let ids = peers(4);
+    let now = Instant::now();
+    let (mut m, _) = running(&rules, &ids[..3], ids[0], now);
+    assert!(
+        m.handle(Event::Broken {
+            from: ids[1],
+            epoch: 0
+        })
+        .is_empty()
+    );
+    assert!(
+        m.handle(Event::Broken {
+            from: ids[3],
+            epoch: 1
+        })
+        .is_empty()
+    );
+    let out = m.handle(Event::Broken {
+        from: ids[1],
+        epoch: 1,
+    });
+    assert!(matches!(out[..], [Action::StopStage]));
+    let out = m.handle(Event::StageEnded {
+        now,
+        end: Ok(EpochEnd::Stopped),
+        resume: no_resume(),
+    });
+    assert_eq!(woken(&out), Some(now + REPLAN_GRACE), "re-plans: {out:?}");
+}
+
+/// The issuer's re-balance: the stage stops, the next notice goes out with the resume point
+/// of the running plan; if it cannot be delivered (a member left between the look and the
+/// notice), the run re-plans from it instead of failing (before: the run failed).
+#[test]
+fn an_undelivered_rebalance_notice_replans_instead_of_failing() {
+    let rules = Rules::of(&config(3, 1));
+    let ids = peers(3);
+    let now = Instant::now();
+    let (mut m, first) = running(&rules, &ids, ids[0], now);
+    let mut next = first.clone();
+    next.epoch = 2;
+    assert!(matches!(
+        m.handle(Event::Rebalance(next))[..],
+        [Action::StopStage]
+    ));
+    let out = m.handle(Event::StageEnded {
+        now,
+        end: Ok(EpochEnd::Stopped),
+        resume: ResumePoint {
+            ranges: vec![0..1, 1..3],
+            step: 4,
+        },
+    });
+    let notice = sent(&out).expect("the re-balanced notice is sent");
+    assert_eq!((notice.epoch, notice.resume_step), (2, 4));
+    let undelivered = PipelineError::Formation("member gone".into());
+    let out = m.handle(Event::Sent {
+        now,
+        epoch: 2,
+        result: Err(undelivered),
+        resume: ResumePoint {
+            ranges: vec![0..1, 1..3],
+            step: 4,
+        },
+    });
+    assert!(failed(&out).is_none(), "{out:?}");
+    assert_eq!(woken(&out), Some(now + REPLAN_GRACE));
+    let world = vec![announcing(&rules, ids[1], true, 2, FAST)];
+    let out = m.handle(Event::Tick {
+        now: now + REPLAN_GRACE,
+        peers: world,
+    });
+    let replanned = sent(&out).expect("re-planned without the member that is gone");
+    assert_eq!(replanned.epoch, 3);
+    assert_eq!(replanned.members.len(), 2);
+}
+
+#[test]
+fn a_run_without_snapshots_fails_when_a_neighbour_is_lost() {
+    let mut config = config(2, 1);
+    config.replicate_every = 0;
+    let rules = Rules::of(&config);
+    let ids = peers(2);
+    let now = Instant::now();
+    let (mut m, _) = running(&rules, &ids, ids[0], now);
+    let out = m.handle(lost(now, ids[1]));
+    assert!(
+        matches!(failed(&out), Some(PipelineError::PeerSilent { peer, .. }) if *peer == ids[1]),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn re_plans_are_bounded() {
+    let rules = Rules::of(&config(2, 1));
+    let ids = peers(2);
+    let now = Instant::now();
+    let (mut m, first) = running(&rules, &ids, ids[1], now);
+    for epoch in 2..=u64::from(MAX_REPLANS) + 2 {
+        let mut next = first.clone();
+        next.epoch = epoch;
+        m.handle(notice_event(now, ids[0], &next));
+        let out = m.handle(Event::StageEnded {
+            now,
+            end: Ok(EpochEnd::Stopped),
+            resume: no_resume(),
+        });
+        if epoch > u64::from(MAX_REPLANS) + 1 {
+            assert!(failed(&out).is_some(), "{out:?}");
+        } else {
+            assert_eq!(started(&out).map(|s| s.0), Some(epoch));
+        }
+    }
+}
+
+#[test]
+fn a_stage_error_fails_the_run() {
+    let rules = Rules::of(&config(2, 1));
+    let ids = peers(2);
+    let now = Instant::now();
+    let (mut m, _) = running(&rules, &ids, ids[0], now);
+    let out = m.handle(Event::StageEnded {
+        now,
+        end: Err(PipelineError::Protocol("bad tensor".into())),
+        resume: no_resume(),
+    });
+    assert!(matches!(failed(&out), Some(PipelineError::Protocol(_))));
+}
