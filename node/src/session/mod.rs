@@ -256,7 +256,7 @@ impl Session {
             None => None,
         };
         let (status_tx, status) = watch::channel(NodeStatus {
-            worker: worker.status.clone(),
+            worker: worker.status().clone(),
             ..NodeStatus::default()
         });
         let ctx = Arc::new(Context {

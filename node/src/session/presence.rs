@@ -94,7 +94,7 @@ impl LivePeers {
         self.lock().round
     }
 
-    fn replace(&self, live: Vec<PeerId>, round: u64, complete: bool) {
+    pub(crate) fn replace(&self, live: Vec<PeerId>, round: u64, complete: bool) {
         let mut set = self.lock();
         set.round = round;
         set.incomplete = !complete;
