@@ -11,8 +11,8 @@
 use std::time::Instant;
 
 use murmur_node::averaging::{Averager, AveragerConfig, ReplayGuard};
+use murmur_node::cmd::node::parse_codec;
 use murmur_node::identity::NodeIdentity;
-use murmur_node::node_cmd::parse_codec;
 use murmur_protocol::{ModelFingerprint, RunId};
 
 fn engine(secret: u8, p: usize, codec: murmur_protocol::Codec, peers: usize) -> Averager {

@@ -14,9 +14,9 @@
 use std::time::{Duration, Instant};
 
 use murmur_node::averaging::{AveragerConfig, ButterflyConfig, SyncPolicy};
+use murmur_node::cmd::node::parse_codec;
 use murmur_node::identity::NodeIdentity;
 use murmur_node::net::NetConfig;
-use murmur_node::node_cmd::parse_codec;
 use murmur_node::session::replica::VectorReplica;
 use murmur_node::session::worker::WorkerConfig;
 use murmur_node::session::{Session, SessionConfig};

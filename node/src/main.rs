@@ -1,6 +1,5 @@
-//! The `murmur` binary: parses the command line and hands over to [`murmur_node::cli`].
+//! The `murmur` binary: parses the command line and hands over to [`murmur_node::cmd`].
 
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
@@ -10,15 +9,15 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let args = match murmur_node::node_cmd::config_file::expand_args(std::env::args().collect()) {
-        Ok(args) => args,
+    let cli = match murmur_node::cmd::parse_args(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(murmur_node::cmd::ParseError::Clap(err)) => err.exit(),
         Err(err) => {
             eprintln!("murmur: {err:#}");
             return std::process::ExitCode::FAILURE;
         }
     };
-    let cli = murmur_node::cli::Cli::parse_from(args);
-    match murmur_node::cli::run(cli) {
+    match murmur_node::cmd::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("murmur: {err:#}");

@@ -10,9 +10,9 @@ use murmur_models::{
     DataSplit, DeviceChoice, ModelKind, TrainConfig, Trainer, builtin_data, select_device, spec_for,
 };
 use murmur_node::averaging::{AveragerConfig, SyncPolicy};
+use murmur_node::cmd::node::run_model_fingerprint;
 use murmur_node::identity::NodeIdentity;
 use murmur_node::net::NetConfig;
-use murmur_node::node_cmd::run_model_fingerprint;
 use murmur_node::session::replica::{ModelReplica, Replica};
 use murmur_node::session::worker::WorkerConfig;
 use murmur_node::session::{NodeStatus, Session, SessionConfig};

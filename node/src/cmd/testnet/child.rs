@@ -1,5 +1,6 @@
 //! One child process of the testnet: spawned from this same binary, its JSON-lines stdout
-//! read on a task, its stderr written to a log file, stopped by closing its stdin.
+//! read on a task, its stderr written to a log file, stopped by closing its stdin; and the
+//! command lines every node child starts with, and the bootstrap child.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -52,7 +53,18 @@ pub(crate) fn spawn_with_env(
         .append(true)
         .open(log)
         .with_context(|| format!("opening log file {}", log.display()))?;
-    let mut child = Command::new(exe)
+    let mut command = Command::new(exe);
+    // A child's configuration is its command line: `MURMUR_*` variables of the caller (say
+    // `MURMUR_CONFIG` or `MURMUR_FANOUT`) would change it, or make `node` refuse it.
+    for (key, _) in std::env::vars_os() {
+        if key
+            .to_str()
+            .is_some_and(|k| k.starts_with("MURMUR_") && k != "MURMUR_LOG")
+        {
+            command.env_remove(key);
+        }
+    }
+    let mut child = command
         .args(args)
         .env(
             "MURMUR_LOG",
@@ -136,4 +148,62 @@ impl Layout {
     pub(crate) fn log(&self, name: &str) -> PathBuf {
         self.root.join(format!("{name}.log"))
     }
+}
+
+/// The arguments every testnet node process starts with: its data directory, JSON progress,
+/// stop on stdin EOF, the run, loopback TCP only, no mDNS, the testnet's bootstrap node.
+pub(crate) fn child_node_args(dir: &std::path::Path, run: &str, bootstrap: &str) -> Vec<String> {
+    vec![
+        "--data-dir".into(),
+        dir.display().to_string(),
+        "node".into(),
+        "--json".into(),
+        "--stdin-control".into(),
+        "--run".into(),
+        run.into(),
+        "--no-mdns".into(),
+        "--kad-server".into(),
+        "--listen".into(),
+        "/ip4/127.0.0.1/tcp/0".into(),
+        "--bootstrap".into(),
+        bootstrap.into(),
+    ]
+}
+
+/// Starts the bootstrap node (data in `layout.root/<name>`) and returns it with its TCP
+/// multiaddr.
+pub(crate) async fn start_bootstrap(
+    layout: &Layout,
+    name: &str,
+    lines_tx: &mpsc::Sender<Line>,
+    lines: &mut mpsc::Receiver<Line>,
+) -> anyhow::Result<(ChildProc, String)> {
+    let boot_args: Vec<String> = vec![
+        "--data-dir".into(),
+        layout.root.join(name).display().to_string(),
+        "bootstrap-node".into(),
+    ];
+    let bootstrap = spawn(
+        usize::MAX,
+        0,
+        &boot_args,
+        &layout.log(name),
+        lines_tx.clone(),
+    )?;
+    let addr = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.recv().await {
+            if line.index == usize::MAX
+                && let Some(addr) = line.value.get("addr").and_then(|a| a.as_str())
+                && addr.contains("/tcp/")
+            {
+                return Some(addr.to_owned());
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .context("the bootstrap node did not report its address")?;
+    Ok((bootstrap, addr))
 }

@@ -1,5 +1,9 @@
-//! Flags of `murmur node` (each also readable from a `MURMUR_*` environment variable and
-//! from the `--config` TOML file; see `docs/operator-guide.md`).
+//! Raw flags of `murmur node`, as clap parses them (each also readable from a `MURMUR_*`
+//! environment variable and from the `--config` TOML file; see `docs/operator-guide.md`).
+//!
+//! Flags that only one mode uses (gossip averaging or `--sharded`) have no clap default:
+//! they stay `None` unless given, so [`super::config`] can refuse them in the other mode and
+//! applies their defaults itself.
 
 use std::path::PathBuf;
 
@@ -7,9 +11,10 @@ use libp2p::Multiaddr;
 use murmur_models::{DeviceChoice, ModelKind};
 use murmur_protocol::Codec;
 
+use super::defaults;
 use crate::averaging::{SyncPolicy, Tamper};
+use crate::cmd::train::parse_shard;
 use crate::shard::pipeline::Placement;
-use crate::train_local::parse_shard;
 
 /// Flags of `murmur node`.
 #[derive(Debug, Clone, clap::Args)]
@@ -18,12 +23,12 @@ pub struct NodeArgs {
     #[arg(long, env = "MURMUR_CONFIG")]
     pub config: Option<PathBuf>,
     /// Name of the training run to join.
-    #[arg(long, default_value = "murmur-default", env = "MURMUR_RUN")]
+    #[arg(long, default_value = defaults::RUN, env = "MURMUR_RUN")]
     pub run: String,
 
     // ---- network ----
     /// Port for TCP and QUIC on all interfaces (0 = any free port).
-    #[arg(long, default_value_t = 0, env = "MURMUR_PORT")]
+    #[arg(long, default_value_t = defaults::PORT, env = "MURMUR_PORT")]
     pub port: u16,
     /// Explicit listen multiaddrs (repeatable); replaces --port.
     #[arg(long, env = "MURMUR_LISTEN", value_delimiter = ',')]
@@ -43,16 +48,16 @@ pub struct NodeArgs {
     /// Serve the DHT (Kademlia server mode) from the start, for directly dialable nodes.
     #[arg(long, env = "MURMUR_KAD_SERVER")]
     pub kad_server: bool,
-    /// Seconds between presence announcements.
-    #[arg(long, default_value_t = 2.0, env = "MURMUR_ANNOUNCE_EVERY")]
-    pub announce_every: f64,
+    /// Seconds between presence announcements [default: 2].
+    #[arg(long, env = "MURMUR_ANNOUNCE_EVERY")]
+    pub announce_every: Option<f64>,
 
     // ---- model and data ----
     /// Model: mlp-digits, char-gpt, char-gpt-deep or char-gpt-large.
-    #[arg(long, default_value = "mlp-digits", env = "MURMUR_MODEL")]
+    #[arg(long, default_value = defaults::MODEL, env = "MURMUR_MODEL")]
     pub model: ModelKind,
     /// Compute device: auto, gpu, wgpu-cpu or flex.
-    #[arg(long, default_value = "auto", env = "MURMUR_DEVICE")]
+    #[arg(long, default_value = defaults::DEVICE, env = "MURMUR_DEVICE")]
     pub device: DeviceChoice,
     /// Your own data (CSV for mlp-digits, text for char-gpt). Default: the embedded set.
     #[arg(long, env = "MURMUR_DATA")]
@@ -60,38 +65,40 @@ pub struct NodeArgs {
     /// The CSV file has a header row.
     #[arg(long, env = "MURMUR_CSV_HEADER")]
     pub csv_header: bool,
-    /// Train on shard I of N of the training set, written `I/N` (default: all of it).
+    /// Train on shard I of N of the training set, written `I/N` (default: all of it; not
+    /// with --sharded).
     #[arg(long, value_parser = parse_shard, env = "MURMUR_SHARD")]
     pub shard: Option<(usize, usize)>,
-    /// Local optimizer steps to run; afterwards the node keeps averaging and serving.
+    /// Local optimizer steps to run; afterwards the node keeps averaging and serving
+    /// (default: 1500 for mlp-digits, 300 for char-gpt; 40 with --sharded).
     #[arg(long, env = "MURMUR_STEPS")]
     pub steps: Option<u64>,
     /// Samples per step.
-    #[arg(long, default_value_t = 32, env = "MURMUR_BATCH_SIZE")]
+    #[arg(long, default_value_t = defaults::BATCH_SIZE, env = "MURMUR_BATCH_SIZE")]
     pub batch_size: usize,
-    /// Peak learning rate (default: 3e-3 for mlp-digits, 1e-3 for char-gpt).
+    /// Peak learning rate (default: 3e-3 for mlp-digits, 1e-3 for char-gpt and --sharded).
     #[arg(long, env = "MURMUR_LR")]
     pub lr: Option<f64>,
     /// Initialisation seed; every peer of a run must use the same (default: from the run name).
     #[arg(long, env = "MURMUR_SEED")]
     pub seed: Option<u64>,
-    /// Evaluate on held-out data every this many local steps.
-    #[arg(long, default_value_t = 25, env = "MURMUR_EVAL_EVERY")]
-    pub eval_every: u64,
+    /// Evaluate on held-out data every this many local steps [default: 25].
+    #[arg(long, env = "MURMUR_EVAL_EVERY")]
+    pub eval_every: Option<u64>,
     /// Report when held-out accuracy reaches this fraction (classification only).
     #[arg(long, env = "MURMUR_TARGET_ACCURACY")]
     pub target_accuracy: Option<f32>,
 
     // ---- averaging ----
-    /// Sync policy: steps:H, secs:T or qsr:BETA:MIN:MAX.
-    #[arg(long, default_value = "steps:25", env = "MURMUR_SYNC")]
-    pub sync: SyncPolicy,
-    /// Peers each delta is sent to.
-    #[arg(long, default_value_t = 2, env = "MURMUR_FANOUT")]
-    pub fanout: usize,
-    /// Delta codec: int8, raw, f16, bf16 or topk:K.
-    #[arg(long, default_value = "int8", value_parser = parse_codec, env = "MURMUR_CODEC")]
-    pub codec: Codec,
+    /// Sync policy: steps:H, secs:T or qsr:BETA:MIN:MAX [default: steps:25].
+    #[arg(long, env = "MURMUR_SYNC")]
+    pub sync: Option<SyncPolicy>,
+    /// Peers each delta is sent to [default: 2].
+    #[arg(long, env = "MURMUR_FANOUT")]
+    pub fanout: Option<usize>,
+    /// Delta codec: int8, raw, f16, bf16 or topk:K [default: int8].
+    #[arg(long, value_parser = parse_codec, env = "MURMUR_CODEC")]
+    pub codec: Option<Codec>,
     /// Robust merging: per-delta norm clipping and a coordinate-wise trimmed mean.
     #[arg(long, env = "MURMUR_ROBUST", conflicts_with = "butterfly")]
     pub robust: bool,
@@ -101,18 +108,18 @@ pub struct NodeArgs {
     #[arg(long, env = "MURMUR_BUTTERFLY", conflicts_with = "outer")]
     pub butterfly: bool,
     /// Base window of a butterfly round, seconds; each round adds its parts' transfer time at
-    /// 25 MB/s, so large models get longer.
-    #[arg(long, default_value_t = 4.0, env = "MURMUR_BUTTERFLY_WINDOW")]
-    pub butterfly_window: f64,
+    /// 25 MB/s, so large models get longer (with --butterfly) [default: 4].
+    #[arg(long, env = "MURMUR_BUTTERFLY_WINDOW")]
+    pub butterfly_window: Option<f64>,
     /// DiLoCo: feed the averaged model change to a Nesterov outer optimizer.
     #[arg(long, env = "MURMUR_OUTER")]
     pub outer: bool,
-    /// Outer learning rate (with --outer).
-    #[arg(long, default_value_t = 0.7, env = "MURMUR_OUTER_LR")]
-    pub outer_lr: f32,
-    /// Outer Nesterov momentum (with --outer).
-    #[arg(long, default_value_t = 0.9, env = "MURMUR_OUTER_MOMENTUM")]
-    pub outer_momentum: f32,
+    /// Outer learning rate (with --outer) [default: 0.7].
+    #[arg(long, env = "MURMUR_OUTER_LR")]
+    pub outer_lr: Option<f32>,
+    /// Outer Nesterov momentum (with --outer) [default: 0.9].
+    #[arg(long, env = "MURMUR_OUTER_MOMENTUM")]
+    pub outer_momentum: Option<f32>,
     /// Closed pool: only peers in this signed manifest may contribute or download state.
     #[arg(long, env = "MURMUR_POOL")]
     pub pool: Option<PathBuf>,
@@ -121,42 +128,46 @@ pub struct NodeArgs {
     /// Train one layer shard of a pipeline across peers instead of a whole model replica.
     #[arg(long, env = "MURMUR_SHARDED")]
     pub sharded: bool,
-    /// Members the pipeline waits for, this node included (with --sharded).
-    #[arg(long, default_value_t = 3, env = "MURMUR_PIPELINE_PEERS")]
-    pub pipeline_peers: usize,
-    /// Micro-batches per step (divides --batch-size; with --sharded).
-    #[arg(long, default_value_t = 4, env = "MURMUR_MICRO_BATCHES")]
-    pub micro_batches: u32,
-    /// Stage placement: capacity (proportional to measured capacity) or even.
-    #[arg(long, default_value = "capacity", value_parser = parse_placement, env = "MURMUR_PLACEMENT")]
-    pub placement: Placement,
-    /// Emulate a device this many times slower (≥ 1), to try heterogeneous pipelines.
-    #[arg(long, default_value_t = 1.0, env = "MURMUR_SLOWDOWN")]
-    pub slowdown: f64,
+    /// Members the pipeline waits for, this node included (with --sharded) [default: 3].
+    #[arg(long, env = "MURMUR_PIPELINE_PEERS")]
+    pub pipeline_peers: Option<usize>,
+    /// Micro-batches per step (divides --batch-size; with --sharded) [default: 4].
+    #[arg(long, env = "MURMUR_MICRO_BATCHES")]
+    pub micro_batches: Option<u32>,
+    /// Stage placement: capacity (proportional to measured capacity) or even (with
+    /// --sharded) [default: capacity].
+    #[arg(long, value_parser = parse_placement, env = "MURMUR_PLACEMENT")]
+    pub placement: Option<Placement>,
+    /// Emulate a device this many times slower (≥ 1), to try heterogeneous pipelines (with
+    /// --sharded) [default: 1].
+    #[arg(long, env = "MURMUR_SLOWDOWN")]
+    pub slowdown: Option<f64>,
     /// Snapshot this node's shard to the other members every this many steps, so the run
-    /// re-plans and goes on when a member leaves (0: never; a departure ends the run).
-    #[arg(long, default_value_t = 4, env = "MURMUR_REPLICATE_EVERY")]
-    pub replicate_every: u64,
+    /// re-plans and goes on when a member leaves (0: never; a departure ends the run; with
+    /// --sharded) [default: 4].
+    #[arg(long, env = "MURMUR_REPLICATE_EVERY")]
+    pub replicate_every: Option<u64>,
     /// Data-parallel copies of the pipeline: members are grouped this many at a time, each
     /// group's members hold the same layers in different chains that train on different data
-    /// (with --sharded; 1: one chain).
-    #[arg(long, default_value_t = 1, env = "MURMUR_PIPELINE_REPLICAS")]
-    pub pipeline_replicas: u32,
+    /// (with --sharded; 1: one chain) [default: 1].
+    #[arg(long, env = "MURMUR_PIPELINE_REPLICAS")]
+    pub pipeline_replicas: Option<u32>,
     /// With several pipeline replicas, gossip-average each layer range with its other holders
-    /// every this many steps (0: never).
-    #[arg(long, default_value_t = 4, env = "MURMUR_AVERAGE_EVERY")]
-    pub average_every: u64,
-    /// Seconds to wait for a pipeline neighbour before the run fails or re-plans.
-    #[arg(long, default_value_t = 30.0, env = "MURMUR_PEER_DEADLINE")]
-    pub peer_deadline: f64,
+    /// every this many steps (0: never; with --sharded) [default: 4].
+    #[arg(long, env = "MURMUR_AVERAGE_EVERY")]
+    pub average_every: Option<u64>,
+    /// Seconds to wait for a pipeline neighbour before the run fails or re-plans (with
+    /// --sharded) [default: 30].
+    #[arg(long, env = "MURMUR_PEER_DEADLINE")]
+    pub peer_deadline: Option<f64>,
 
     // ---- state ----
-    /// Checkpoint every this many rounds.
-    #[arg(long, default_value_t = 4, env = "MURMUR_CHECKPOINT_EVERY")]
-    pub checkpoint_every: u64,
-    /// Checkpoints kept.
-    #[arg(long, default_value_t = 3, env = "MURMUR_KEEP_CHECKPOINTS")]
-    pub keep_checkpoints: usize,
+    /// Checkpoint every this many rounds (0: never) [default: 4].
+    #[arg(long, env = "MURMUR_CHECKPOINT_EVERY")]
+    pub checkpoint_every: Option<u64>,
+    /// Checkpoints kept [default: 3].
+    #[arg(long, env = "MURMUR_KEEP_CHECKPOINTS")]
+    pub keep_checkpoints: Option<usize>,
 
     // ---- running ----
     /// Print progress as JSON lines (for scripts and `murmur testnet`).
@@ -171,6 +182,10 @@ pub struct NodeArgs {
     /// Red team only: corrupt every delta this node sends (flip or scale:F).
     #[arg(long, hide = true)]
     pub tamper: Option<Tamper>,
+    /// Check the flags, environment and config file, print the resulting configuration and
+    /// exit without starting the node.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 /// Parses `capacity` or `even`.

@@ -22,7 +22,7 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 
 use crate::averaging::{SyncPolicy, Tamper};
-use child::{ChildProc, Layout, Line};
+use child::{ChildProc, Layout, Line, child_node_args, start_bootstrap};
 use render::{NodeView, Summary};
 
 /// How long nodes keep averaging after all of them used their step budget.
@@ -50,7 +50,7 @@ pub struct TestnetArgs {
     #[arg(long, default_value_t = 2)]
     pub fanout: usize,
     /// Delta codec: int8, raw, f16, bf16 or topk:K.
-    #[arg(long, default_value = "int8", value_parser = crate::node_cmd::parse_codec)]
+    #[arg(long, default_value = "int8", value_parser = crate::cmd::node::parse_codec)]
     pub codec: murmur_protocol::Codec,
     /// Held-out accuracy every node must reach (mlp-digits; default 0.96).
     #[arg(long)]
@@ -97,7 +97,7 @@ pub struct TestnetArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     pub slowdown: Vec<f64>,
     /// With --sharded: stage placement, capacity or even.
-    #[arg(long, default_value = "capacity", value_parser = crate::node_cmd::parse_placement)]
+    #[arg(long, default_value = "capacity", value_parser = crate::cmd::node::parse_placement)]
     pub placement: crate::shard::pipeline::Placement,
     /// With --sharded: run the capacity-aware plan and then an even split, and compare.
     #[arg(long)]
@@ -130,6 +130,11 @@ impl TestnetArgs {
 pub fn run(args: &TestnetArgs) -> anyhow::Result<()> {
     if args.nodes == 0 {
         bail!("--nodes must be at least 1");
+    }
+    if let Some(churn) = args.churn
+        && !(churn.is_finite() && churn > 0.0)
+    {
+        bail!("--churn {churn}: expected a positive finite number of seconds");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -227,64 +232,6 @@ fn codec_arg(codec: murmur_protocol::Codec) -> String {
         Codec::Int8Block { block } => format!("int8:{block}"),
         Codec::TopK { k } => format!("topk:{k}"),
     }
-}
-
-/// The arguments every testnet node process starts with: its data directory, JSON progress,
-/// stop on stdin EOF, the run, loopback TCP only, no mDNS, the testnet's bootstrap node.
-pub(crate) fn child_node_args(dir: &std::path::Path, run: &str, bootstrap: &str) -> Vec<String> {
-    vec![
-        "--data-dir".into(),
-        dir.display().to_string(),
-        "node".into(),
-        "--json".into(),
-        "--stdin-control".into(),
-        "--run".into(),
-        run.into(),
-        "--no-mdns".into(),
-        "--kad-server".into(),
-        "--listen".into(),
-        "/ip4/127.0.0.1/tcp/0".into(),
-        "--bootstrap".into(),
-        bootstrap.into(),
-    ]
-}
-
-/// Starts the bootstrap node (data in `layout.root/<name>`) and returns it with its TCP
-/// multiaddr.
-async fn start_bootstrap(
-    layout: &Layout,
-    name: &str,
-    lines_tx: &mpsc::Sender<Line>,
-    lines: &mut mpsc::Receiver<Line>,
-) -> anyhow::Result<(ChildProc, String)> {
-    let boot_args: Vec<String> = vec![
-        "--data-dir".into(),
-        layout.root.join(name).display().to_string(),
-        "bootstrap-node".into(),
-    ];
-    let bootstrap = child::spawn(
-        usize::MAX,
-        0,
-        &boot_args,
-        &layout.log(name),
-        lines_tx.clone(),
-    )?;
-    let addr = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.recv().await {
-            if line.index == usize::MAX
-                && let Some(addr) = line.value.get("addr").and_then(|a| a.as_str())
-                && addr.contains("/tcp/")
-            {
-                return Some(addr.to_owned());
-            }
-        }
-        None
-    })
-    .await
-    .ok()
-    .flatten()
-    .context("the bootstrap node did not report its address")?;
-    Ok((bootstrap, addr))
 }
 
 async fn orchestrate(args: &TestnetArgs, layout: Layout) -> anyhow::Result<()> {
@@ -442,4 +389,64 @@ async fn collect_finals(
         }
     }
     finals
+}
+
+/// Parses `extra` as the flags of `murmur testnet`.
+#[cfg(test)]
+fn testnet_args(extra: &[&str]) -> TestnetArgs {
+    let argv = ["murmur", "testnet"].iter().chain(extra).copied();
+    match crate::cmd::parse_args(argv).unwrap().command {
+        Some(crate::cmd::Command::Testnet(args)) => *args,
+        other => panic!("not `testnet`: {other:?}"),
+    }
+}
+
+/// Parses and validates a child's command line as the child would.
+#[cfg(test)]
+fn validated(child_argv: Vec<String>) -> crate::cmd::node::NodeConfig {
+    let argv = std::iter::once("murmur".to_owned()).chain(child_argv.iter().cloned());
+    let cli = crate::cmd::parse_args(argv).unwrap_or_else(|e| panic!("{child_argv:?}: {e:#}"));
+    match cli.command {
+        Some(crate::cmd::Command::Node(args)) => crate::cmd::node::NodeConfig::from_args(&args)
+            .unwrap_or_else(|e| panic!("{child_argv:?}: {e}")),
+        other => panic!("not `node`: {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmd::node::Mode;
+
+    #[test]
+    fn every_gossip_child_command_line_parses_and_validates() {
+        let layout = Layout {
+            root: PathBuf::from("/tmp/murmur-testnet-test"),
+        };
+        let variants: [&[&str]; 6] = [
+            &[],
+            &["--robust", "--nodes", "3"],
+            &["--outer", "--codec", "topk:100", "--sync", "secs:1"],
+            &["--butterfly", "--codec", "raw"],
+            &["--malicious", "scale:-4", "--churn", "5"],
+            &["--model", "char-gpt", "--target-accuracy", "0.5"],
+        ];
+        for extra in variants {
+            let args = testnet_args(extra);
+            let total = args.nodes + usize::from(args.malicious.is_some());
+            for i in 0..total {
+                let argv = node_args(&args, &layout, i, "/ip4/127.0.0.1/tcp/4001");
+                let config = validated(argv);
+                let Mode::Gossip(gossip) = config.mode else {
+                    panic!("{extra:?}: node {i} is not a gossip node");
+                };
+                assert_eq!(gossip.robust, args.robust || args.malicious.is_some());
+                assert_eq!(gossip.tamper.is_some(), i >= args.nodes);
+                assert_eq!(
+                    config.common.net.bootstrap[0].to_string(),
+                    "/ip4/127.0.0.1/tcp/4001"
+                );
+            }
+        }
+    }
 }

@@ -1,10 +1,11 @@
-//! The testnet's live table, summary table and final JSON line.
+//! The testnet's live table, summary table and final JSON line, and the live line of a
+//! sharded run.
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::node_cmd::report::human_bytes;
+use crate::cmd::node::report::human_bytes;
 
 /// What the testnet knows about one node, from its JSON lines.
 #[derive(Debug, Clone, Default)]
@@ -207,4 +208,49 @@ impl Summary {
         });
         println!("{line}");
     }
+}
+
+/// One line of a sharded run's live view: each node's stages, step, utilisation and loss.
+pub(super) fn stages(slowdown: &[f64], stages: &[Value], elapsed: Duration) {
+    let mut line = format!("[{:>5.1} s]", elapsed.as_secs_f64());
+    for (i, s) in stages.iter().enumerate() {
+        let range = s
+            .get("range")
+            .and_then(Value::as_array)
+            .map(|r| {
+                let at = |k: usize| r.get(k).and_then(Value::as_u64).unwrap_or(0);
+                format!("{}..{}", at(0), at(1))
+            })
+            .unwrap_or_else(|| "-".into());
+        let step = s.get("step").and_then(Value::as_u64).unwrap_or(0);
+        let util = s.get("utilisation").and_then(Value::as_f64).unwrap_or(0.0);
+        let loss = s
+            .get("loss")
+            .and_then(Value::as_f64)
+            .map_or(String::new(), |l| format!(" loss {l:.3}"));
+        line.push_str(&format!(
+            " | node {i} ×{} stages {range} step {step} util {:>3.0}%{loss}",
+            slowdown[i],
+            100.0 * util
+        ));
+    }
+    println!("{line}");
+}
+
+/// A pipeline plan as `start..end on <peer suffix>` per assignment.
+pub(super) fn plan_text(report: &crate::shard::pipeline::PipelineReport) -> String {
+    report
+        .plan
+        .assignments
+        .iter()
+        .map(|a| {
+            format!(
+                "{}..{} on {}",
+                a.start,
+                a.end,
+                &a.peer[a.peer.len().saturating_sub(6)..]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

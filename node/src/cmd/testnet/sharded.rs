@@ -15,8 +15,8 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::child::{self, ChildProc, Layout, Line};
-use super::{TestnetArgs, child_node_args, start_bootstrap};
+use super::child::{self, ChildProc, Layout, Line, child_node_args, start_bootstrap};
+use super::{TestnetArgs, render};
 use crate::shard::pipeline::{PipelineReport, Placement};
 
 /// Default optimisation steps of a sharded testnet run.
@@ -162,7 +162,7 @@ async fn run_once(
                 }
             }
             _ = tick.tick() => {
-                render(args, &stages, started.elapsed());
+                render::stages(&args.slowdown, &stages, started.elapsed());
                 if kill_at.is_some_and(|at| Instant::now() >= at) {
                     kill_at = None;
                     let victim = rng.random_range(0..n);
@@ -198,7 +198,7 @@ async fn run_once(
     }
     bootstrap.request_stop();
     bootstrap.kill().await;
-    render(args, &stages, started.elapsed());
+    render::stages(&args.slowdown, &stages, started.elapsed());
     let mut reports: Vec<PipelineReport> = Vec::new();
     let mut lost = Vec::new();
     for i in 0..n {
@@ -300,49 +300,6 @@ fn measure(
     })
 }
 
-fn render(args: &TestnetArgs, stages: &[Value], elapsed: Duration) {
-    let mut line = format!("[{:>5.1} s]", elapsed.as_secs_f64());
-    for (i, s) in stages.iter().enumerate() {
-        let range = s
-            .get("range")
-            .and_then(Value::as_array)
-            .map(|r| {
-                let at = |k: usize| r.get(k).and_then(Value::as_u64).unwrap_or(0);
-                format!("{}..{}", at(0), at(1))
-            })
-            .unwrap_or_else(|| "-".into());
-        let step = s.get("step").and_then(Value::as_u64).unwrap_or(0);
-        let util = s.get("utilisation").and_then(Value::as_f64).unwrap_or(0.0);
-        let loss = s
-            .get("loss")
-            .and_then(Value::as_f64)
-            .map_or(String::new(), |l| format!(" loss {l:.3}"));
-        line.push_str(&format!(
-            " | node {i} ×{} stages {range} step {step} util {:>3.0}%{loss}",
-            args.slowdown[i],
-            100.0 * util
-        ));
-    }
-    println!("{line}");
-}
-
-fn plan_text(report: &PipelineReport) -> String {
-    report
-        .plan
-        .assignments
-        .iter()
-        .map(|a| {
-            format!(
-                "{}..{} on {}",
-                a.start,
-                a.end,
-                &a.peer[a.peer.len().saturating_sub(6)..]
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// Prints and records `run`'s steady-state throughput as a fraction of `bound` samples/s.
 fn fraction_of(
     out: &mut serde_json::Map<String, Value>,
@@ -370,7 +327,7 @@ fn summarise(args: &TestnetArgs, runs: &[Measured]) -> anyhow::Result<()> {
         println!(
             "testnet: {} plan [{}]: measured {:.2} samples/s end to end, {:.2} samples/s steady state (planned {:.2}), final loss {}",
             name(run.placement),
-            plan_text(any),
+            render::plan_text(any),
             run.samples_per_sec,
             run.steady_samples_per_sec,
             any.plan.samples_per_sec * any.lanes.max(1) as f64,
@@ -450,4 +407,39 @@ fn summarise(args: &TestnetArgs, runs: &[Measured]) -> anyhow::Result<()> {
     }
     println!("{}", Value::Object(out));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{testnet_args, validated};
+    use super::*;
+    use crate::cmd::node::Mode;
+
+    #[test]
+    fn every_sharded_child_command_line_parses_and_validates() {
+        let layout = Layout {
+            root: std::path::PathBuf::from("/tmp/murmur-testnet-test"),
+        };
+        let variants: [&[&str]; 3] = [
+            &["--sharded"],
+            &["--sharded", "--churn", "10", "--compare-even"],
+            &["--sharded", "--replicas", "2", "--slowdown", "1,1,2,2"],
+        ];
+        for extra in variants {
+            let args = testnet_args(extra);
+            for placement in [Placement::CapacityAware, Placement::Even] {
+                for i in 0..args.slowdown.len() {
+                    let argv = node_args(&args, &layout, placement, i, "/ip4/127.0.0.1/tcp/1");
+                    let config = validated(argv);
+                    let Mode::Sharded(sharded) = config.mode else {
+                        panic!("{extra:?}: node {i} is not sharded");
+                    };
+                    assert_eq!(sharded.placement, placement);
+                    assert_eq!(sharded.slowdown, args.slowdown[i]);
+                    assert_eq!(sharded.pipeline_replicas, args.replicas);
+                    assert_eq!(sharded.pipeline_peers, args.slowdown.len());
+                }
+            }
+        }
+    }
 }
