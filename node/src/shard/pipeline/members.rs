@@ -25,12 +25,11 @@ pub(crate) fn rebalance_input(
     peers: &[PeerInfo],
     me: PeerId,
     own: Capacity,
-) -> (Vec<String>, PlanInput) {
+) -> (Vec<PeerId>, PlanInput) {
     let mut members = rules.candidates(peers, crate::net::now_ms());
     members.retain(|(p, _)| {
-        let id = p.to_string();
-        if previous.members.contains(&id) {
-            return previous.is_planned(&id);
+        if previous.is_member(p) {
+            return previous.is_planned(p);
         }
         // Newcomers must be connected to be planned in.
         peers.iter().any(|i| i.peer_id == *p && i.connected)
@@ -39,6 +38,7 @@ pub(crate) fn rebalance_input(
     members.push((me, own));
     members.sort_by_key(|(p, _)| p.to_string());
     let ids: Vec<String> = members.iter().map(|(p, _)| p.to_string()).collect();
+    let peer_ids = members.iter().map(|(p, _)| *p).collect();
     let mut input = previous.input.clone();
     input.peers = members
         .iter()
@@ -51,7 +51,7 @@ pub(crate) fn rebalance_input(
     input
         .links
         .retain(|l| ids.contains(&l.from) && ids.contains(&l.to));
-    (ids, input)
+    (peer_ids, input)
 }
 
 /// Measures the link from this node to each other member the way pipeline messages use it:
@@ -212,12 +212,12 @@ mod tests {
             (slow.peer_id, capacity(1e8)),
         ];
         members.sort_by_key(|(p, _)| p.to_string());
-        let ids: Vec<String> = members.iter().map(|(p, _)| p.to_string()).collect();
+        let ids: Vec<PeerId> = members.iter().map(|(p, _)| *p).collect();
         let input = Rules::of(&config).plan_input(&members, Vec::new());
-        let previous = PlanNotice::compute(1, Placement::CapacityAware, ids, input, 1)
+        let previous = PlanNotice::compute(1, Placement::CapacityAware, &ids, input, 1)
             .expect("a plan for two fast peers and a slow one");
-        assert!(!previous.is_planned(&slow.peer_id.to_string()));
-        assert!(previous.is_planned(&fast.peer_id.to_string()));
+        assert!(!previous.is_planned(&slow.peer_id));
+        assert!(previous.is_planned(&fast.peer_id));
 
         let newcomer = announcing(&config, 4, true, 0, 1e10);
         // A newcomer must be connected to be planned in.
@@ -230,7 +230,10 @@ mod tests {
             .map(PeerId::to_string)
             .collect();
         expected.sort();
-        assert_eq!(ids, expected);
+        assert_eq!(
+            ids.iter().map(PeerId::to_string).collect::<Vec<_>>(),
+            expected
+        );
         let planned: Vec<&str> = input.peers.iter().map(|p| p.id.as_str()).collect();
         assert_eq!(
             planned,

@@ -58,7 +58,7 @@ impl PlanNotice {
     pub fn compute(
         epoch: u64,
         placement: Placement,
-        members: Vec<String>,
+        members: &[PeerId],
         input: PlanInput,
         replicas: u32,
     ) -> Result<Self, PipelineError> {
@@ -82,7 +82,7 @@ impl PlanNotice {
         Ok(Self {
             epoch,
             placement,
-            members,
+            members: members.iter().map(PeerId::to_string).collect(),
             input,
             plan,
             resume_step: 0,
@@ -97,17 +97,51 @@ impl PlanNotice {
         self.plan.assignments.iter().map(|a| a.stages()).collect()
     }
 
-    /// Whether the plan gives the member with peer id text `member` a range.
-    pub fn is_planned(&self, member: &str) -> bool {
-        self.groups.iter().flatten().any(|m| m == member)
+    /// Whether the notice lists `peer` as a member.
+    pub fn is_member(&self, peer: &PeerId) -> bool {
+        let id = peer.to_string();
+        self.members.contains(&id)
     }
 
-    /// Where the member with peer id text `member` sits, if the plan uses it.
-    pub fn seat(&self, member: &str) -> Option<Seat> {
+    /// Whether the plan gives `peer` a range.
+    pub fn is_planned(&self, peer: &PeerId) -> bool {
+        self.seat(peer).is_some()
+    }
+
+    /// Where `peer` sits, if the plan uses it.
+    pub fn seat(&self, peer: &PeerId) -> Option<Seat> {
+        let id = peer.to_string();
         self.groups.iter().enumerate().find_map(|(index, group)| {
-            let lane = group.iter().position(|m| m == member)?;
+            let lane = group.iter().position(|m| *m == id)?;
             Some(Seat { index, lane })
         })
+    }
+
+    /// The listed members (every one parses: see [`Self::check_ids`]).
+    pub fn member_ids(&self) -> Vec<PeerId> {
+        self.members.iter().filter_map(|m| m.parse().ok()).collect()
+    }
+
+    /// Errors unless every member and every planned peer is a valid peer id, each listed once,
+    /// and every planned peer is a member.
+    pub fn check_ids(&self) -> Result<(), PipelineError> {
+        let members = self
+            .members
+            .iter()
+            .map(|m| parse_peer(m))
+            .collect::<Result<Vec<_>, _>>()?;
+        let unique: std::collections::HashSet<&PeerId> = members.iter().collect();
+        if unique.len() != members.len() {
+            return Err(PipelineError::Protocol("a member is listed twice".into()));
+        }
+        for peer in self.planned()? {
+            if !unique.contains(&peer) {
+                return Err(PipelineError::Protocol(format!(
+                    "{peer} is planned but not a member"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Number of chains the plan runs.
@@ -148,17 +182,16 @@ impl PlanNotice {
     }
 
     /// The members the plan uses, in member order (those it leaves out have stopped).
-    pub fn planned_members(&self) -> Vec<String> {
-        self.members
-            .iter()
+    pub fn planned_members(&self) -> Vec<PeerId> {
+        self.member_ids()
+            .into_iter()
             .filter(|m| self.is_planned(m))
-            .cloned()
             .collect()
     }
 
     /// The lowest peer id the plan uses (it watches for joins and drift).
-    pub fn watcher(&self) -> Option<&String> {
-        self.groups.iter().flatten().min()
+    pub fn watcher(&self) -> Option<PeerId> {
+        self.groups.iter().flatten().min()?.parse().ok()
     }
 
     /// An even split of the stages over the same groups, for comparison.
@@ -202,13 +235,13 @@ pub(super) async fn send_notice(
     config: &PipelineConfig,
     notice: &PlanNotice,
 ) -> Result<(), PipelineError> {
-    let me = net.local_peer_id().to_string();
+    let me = net.local_peer_id();
     let bytes = encode_notice(notice)?;
     let header = control_header(config.run, notice.epoch, 0, PipeBody::Plan)?;
-    for member in notice.members.iter().filter(|m| **m != me) {
+    for member in notice.member_ids().into_iter().filter(|m| *m != me) {
         match send_control(net, config, member, &header, &bytes).await {
             Ok(()) => {}
-            Err(err) if !notice.is_planned(member) => {
+            Err(err) if !notice.is_planned(&member) => {
                 tracing::info!(%member, %err, "plan notice not delivered to a member left out of the plan");
             }
             Err(err) => return Err(err),
@@ -227,19 +260,18 @@ pub(super) async fn report_broken(
     leader: PeerId,
 ) -> Result<(), PipelineError> {
     let header = control_header(config.run, epoch, 0, PipeBody::Broken)?;
-    send_control(net, config, &leader.to_string(), &header, &[]).await
+    send_control(net, config, leader, &header, &[]).await
 }
 
-/// Sends one control message to the member with peer id text `member` (retrying transient
-/// failures within the peer deadline).
+/// Sends one control message to `peer` (retrying transient failures within the peer
+/// deadline).
 async fn send_control(
     net: &Network,
     config: &PipelineConfig,
-    member: &str,
+    peer: PeerId,
     header: &[u8],
     payload: &[u8],
 ) -> Result<(), PipelineError> {
-    let peer = parse_peer(member)?;
     let kind = PayloadKind::Control;
     send_with_retries(net, peer, kind, header, payload, config.peer_deadline).await
 }
@@ -288,18 +320,14 @@ pub(crate) async fn send_parts_beyond_own_chain(
     notice: &PlanNotice,
     previous: &PlanNotice,
     snapshots: &std::sync::Mutex<Snapshots>,
-    also: &[String],
+    also: &[PeerId],
 ) -> Result<(), PipelineError> {
     if notice.resume_step == 0 {
         return Ok(());
     }
-    let me = net.local_peer_id().to_string();
-    let own_chain: Vec<String> = match previous.seat(&me) {
-        Some(seat) => previous
-            .chain(seat.lane)?
-            .iter()
-            .map(PeerId::to_string)
-            .collect(),
+    let me = net.local_peer_id();
+    let own_chain: Vec<PeerId> = match previous.seat(&me) {
+        Some(seat) => previous.chain(seat.lane)?,
         None => Vec::new(),
     };
     let old = &notice.previous_ranges;
@@ -328,9 +356,9 @@ pub(crate) async fn send_parts_beyond_own_chain(
     })
     .await??;
     let recipients = notice
-        .members
-        .iter()
-        .filter(|m| notice.is_planned(m) && **m != me)
+        .planned_members()
+        .into_iter()
+        .filter(|m| *m != me)
         .filter(|m| !own_chain.contains(m) || also.contains(m));
     for member in recipients {
         for (header, bytes) in &parts {

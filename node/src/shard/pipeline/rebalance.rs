@@ -15,15 +15,16 @@
 
 use std::time::Duration;
 
+use libp2p::PeerId;
 use tokio::sync::watch;
 
 use super::PipelineError;
 use super::members::rebalance_input;
-use super::membership::Rules;
+use super::membership::{Rules, restricted};
 use super::notice::PlanNotice;
 use crate::net::Network;
 use crate::shard::capacity::Capacity;
-use crate::shard::planner::{Decision, PlanInput, ReplanConfig, Replanner};
+use crate::shard::planner::{Decision, ReplanConfig, Replanner};
 
 /// How often the member issuing plans looks for joins and drift.
 const REBALANCE_EVERY: Duration = Duration::from_secs(2);
@@ -67,7 +68,7 @@ async fn watch_one_chain(
                 return PlanNotice::compute(
                     current.epoch + 1,
                     current.placement,
-                    members,
+                    &members,
                     input,
                     current.replicas,
                 );
@@ -99,26 +100,26 @@ async fn watch_for_joins(
         if !settle.held(&members) {
             continue;
         }
-        let joined = members.iter().any(|m| !current.members.contains(m));
+        let joined = members.iter().any(|m| !current.is_member(m));
         if !joined || members == considered {
             continue;
         }
         considered.clone_from(&members);
         let epoch = current.epoch + 1;
         let (placement, replicas) = (current.placement, current.replicas);
-        let stayers: Vec<String> = members
+        let stayers: Vec<PeerId> = members
             .iter()
-            .filter(|m| current.members.contains(m))
-            .cloned()
+            .filter(|m| current.is_member(m))
+            .copied()
             .collect();
         let without = PlanNotice::compute(
             epoch,
             placement,
-            stayers.clone(),
+            &stayers,
             restricted(&input, &stayers),
             replicas,
         );
-        let with = PlanNotice::compute(epoch, placement, members, input, replicas);
+        let with = PlanNotice::compute(epoch, placement, &members, input, replicas);
         match (without, with) {
             (Ok(without), Ok(with)) => {
                 let rate = |n: &PlanNotice| n.plan.samples_per_sec * n.lanes() as f64;
@@ -140,7 +141,7 @@ async fn watch_for_joins(
 
 /// The member set of the previous look, to tell a settled set from one still changing.
 struct Settle {
-    last: Vec<String>,
+    last: Vec<PeerId>,
 }
 
 impl Settle {
@@ -151,7 +152,7 @@ impl Settle {
     }
 
     /// Whether `members` is the set of the previous look too (remembering it for the next).
-    fn held(&mut self, members: &[String]) -> bool {
+    fn held(&mut self, members: &[PeerId]) -> bool {
         if self.last == members {
             return true;
         }
@@ -162,13 +163,4 @@ impl Settle {
         self.last = members.to_vec();
         false
     }
-}
-
-/// `input` with only the peers (and links among them) of `ids`.
-fn restricted(input: &PlanInput, ids: &[String]) -> PlanInput {
-    let mut out = input.clone();
-    out.peers.retain(|p| ids.contains(&p.id));
-    out.links
-        .retain(|l| ids.contains(&l.from) && ids.contains(&l.to));
-    out
 }

@@ -46,7 +46,7 @@ impl Driver {
     pub(super) async fn decode_replica(&mut self, message: Inbound, start: u32, end: u32) {
         if let Some(running) = &self.running {
             let epoch = message.header.epoch;
-            let planned = running.notice.is_planned(&message.peer.to_string());
+            let planned = running.notice.is_planned(&message.peer);
             if epoch < running.notice.epoch || (epoch == running.notice.epoch && !planned) {
                 tracing::debug!(peer = %message.peer, epoch, "snapshot not for this plan, dropped");
                 return;

@@ -74,7 +74,7 @@ impl Driver {
         // broken chain, as with one.
         let watches = self.config.placement == Placement::CapacityAware
             && self.config.replicate_every > 0
-            && notice.watcher() == Some(&self.me.to_string());
+            && notice.watcher() == Some(self.me);
         if watches {
             let own = self.progress.capacity();
             let watch =

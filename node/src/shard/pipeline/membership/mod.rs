@@ -35,7 +35,7 @@ use crate::net::{PeerInfo, TransferError};
 use crate::shard::capacity::Capacity;
 use crate::shard::planner::Link;
 
-pub(crate) use rules::{FINISHED_EPOCH, ResumePoint, Rules};
+pub(crate) use rules::{FINISHED_EPOCH, ResumePoint, Rules, restricted};
 
 /// Wait before counting the members left after a failure.
 pub(crate) const REPLAN_GRACE: Duration = Duration::from_millis(1000);
@@ -403,12 +403,12 @@ impl Membership {
         let Phase::Probing { members } = &self.phase else {
             return Vec::new();
         };
-        let ids = members.iter().map(|(p, _)| p.to_string()).collect();
+        let ids: Vec<PeerId> = members.iter().map(|(p, _)| *p).collect();
         let input = self.rules.plan_input(members, links);
         if let Ok(json) = serde_json::to_string(&input) {
             tracing::debug!(input = %json, "planner input");
         }
-        match PlanNotice::compute(1, self.rules.placement, ids, input, self.rules.replicas) {
+        match PlanNotice::compute(1, self.rules.placement, &ids, input, self.rules.replicas) {
             Ok(notice) => self.send(notice, None, OnSendFailure::Fail),
             Err(err) => self.fail(err),
         }
@@ -486,7 +486,7 @@ impl Membership {
         else {
             return Vec::new();
         };
-        let current = epoch == notice.epoch && notice.is_planned(&from.to_string());
+        let current = epoch == notice.epoch && notice.is_planned(&from);
         if !current || stopping.is_some() {
             return Vec::new();
         }
@@ -598,9 +598,7 @@ impl Membership {
         resume: ResumePoint,
         err: &PipelineError,
     ) -> Vec<Action> {
-        let seat = notice
-            .seat(&self.me.to_string())
-            .unwrap_or(Seat { index: 0, lane: 0 });
+        let seat = notice.seat(&self.me).unwrap_or(Seat { index: 0, lane: 0 });
         self.phase = Phase::Running {
             notice,
             seat,
@@ -642,7 +640,7 @@ impl Membership {
         let computed = PlanNotice::compute(
             epoch,
             previous.placement,
-            survivors,
+            &survivors,
             input,
             previous.replicas,
         );
@@ -657,7 +655,7 @@ impl Membership {
 
     /// Runs `notice`: this node's stage if the plan seats it, else the run is over for it.
     fn adopt(&mut self, notice: PlanNotice) -> Vec<Action> {
-        let seat = notice.seat(&self.me.to_string());
+        let seat = notice.seat(&self.me);
         tracing::info!(
             epoch = notice.epoch,
             ?seat,

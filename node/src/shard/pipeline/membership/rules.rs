@@ -137,7 +137,7 @@ impl Rules {
 
     /// Connected peers announcing this run with no plan epoch: forming, or restarted (after a
     /// crash, with the same identity) and holding neither the running plan nor snapshots.
-    pub(crate) fn restarted(&self, peers: &[PeerInfo]) -> Vec<String> {
+    pub(crate) fn restarted(&self, peers: &[PeerInfo]) -> Vec<PeerId> {
         peers
             .iter()
             .filter(|p| p.connected)
@@ -146,7 +146,7 @@ impl Rules {
                     .as_ref()
                     .is_some_and(|a| a.run == self.run && a.round == 0)
             })
-            .map(|p| p.peer_id.to_string())
+            .map(|p| p.peer_id)
             .collect()
     }
 
@@ -158,24 +158,22 @@ impl Rules {
         previous: &PlanNotice,
         peers: &[PeerInfo],
         me: PeerId,
-    ) -> Result<(Vec<String>, PeerId), PipelineError> {
-        let connected: Vec<String> = peers
+    ) -> Result<(Vec<PeerId>, PeerId), PipelineError> {
+        let connected: Vec<PeerId> = peers
             .iter()
             .filter(|p| p.connected && !has_finished(p))
-            .map(|p| p.peer_id.to_string())
+            .map(|p| p.peer_id)
             .collect();
         let restarted = self.restarted(peers);
-        let me = me.to_string();
-        let mut survivors: Vec<String> = previous
+        let mut survivors: Vec<PeerId> = previous
             .planned_members()
             .into_iter()
             .filter(|m| *m == me || connected.contains(m))
             .collect();
-        survivors.sort();
-        let leader = survivors
+        sort_by_id(&mut survivors);
+        let leader = *survivors
             .iter()
             .find(|s| !restarted.contains(s))
-            .and_then(|s| s.parse().ok())
             .ok_or_else(|| PipelineError::Formation("no members left".into()))?;
         Ok((survivors, leader))
     }
@@ -222,18 +220,18 @@ impl Rules {
                 notice.replicas, self.replicas
             )));
         }
-        let sender = from.to_string();
+        notice.check_ids()?;
         let allowed = if notice.epoch <= 1 {
-            notice.members.iter().min() == Some(&sender)
+            notice.members.iter().min() == Some(&from.to_string())
         } else {
-            notice.members.contains(&sender)
+            notice.is_member(&from)
         };
         if !allowed {
             return Err(PipelineError::Protocol(
                 "the sender may not issue this plan".into(),
             ));
         }
-        if !notice.members.contains(&me.to_string()) {
+        if !notice.is_member(&me) {
             return Err(PipelineError::Protocol(
                 "this node is not a listed member".into(),
             ));
@@ -241,7 +239,7 @@ impl Rules {
         let again = PlanNotice::compute(
             notice.epoch,
             notice.placement,
-            notice.members.clone(),
+            &notice.member_ids(),
             notice.input.clone(),
             notice.replicas,
         )?;
@@ -262,8 +260,15 @@ pub(crate) fn has_finished(peer: &PeerInfo) -> bool {
         .is_some_and(|a| a.round == FINISHED_EPOCH)
 }
 
-/// `input` with only the peers (and links among them) of `ids`.
-pub(crate) fn restricted(input: &PlanInput, ids: &[String]) -> PlanInput {
+/// Sorts peers the way membership orders them: by their text (the planner's ids), so every
+/// member derives the same order.
+pub(crate) fn sort_by_id(peers: &mut [PeerId]) {
+    peers.sort_by_key(PeerId::to_string);
+}
+
+/// `input` with only the peers (and links among them) of `peers`.
+pub(crate) fn restricted(input: &PlanInput, peers: &[PeerId]) -> PlanInput {
+    let ids: Vec<String> = peers.iter().map(PeerId::to_string).collect();
     let mut out = input.clone();
     out.peers.retain(|p| ids.contains(&p.id));
     out.links

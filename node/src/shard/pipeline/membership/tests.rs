@@ -95,9 +95,9 @@ fn announcing(rules: &Rules, peer: PeerId, connected: bool, round: u64, flops: f
 fn first_plan(rules: &Rules, members: &[(PeerId, f64)]) -> PlanNotice {
     let members: Vec<(PeerId, Capacity)> =
         members.iter().map(|(p, f)| (*p, capacity(*f))).collect();
-    let ids = members.iter().map(|(p, _)| p.to_string()).collect();
+    let ids: Vec<PeerId> = members.iter().map(|(p, _)| *p).collect();
     let input = rules.plan_input(&members, Vec::new());
-    PlanNotice::compute(1, rules.placement, ids, input, rules.replicas).expect("a plan")
+    PlanNotice::compute(1, rules.placement, &ids, input, rules.replicas).expect("a plan")
 }
 
 fn notice_event(now: Instant, from: PeerId, notice: &PlanNotice) -> Event {
@@ -261,7 +261,7 @@ fn an_issuer_that_plans_itself_out_sends_the_plan_and_finishes_unseated() {
         links: Vec::new(),
     });
     let notice = sent(&out).expect("the issuer sends the plan").clone();
-    assert!(!notice.is_planned(&ids[0].to_string()));
+    assert!(!notice.is_planned(&ids[0]));
     let out = m.handle(Event::Sent {
         now,
         epoch: 1,
@@ -597,4 +597,26 @@ fn a_stage_error_fails_the_run() {
         resume: no_resume(),
     });
     assert!(matches!(failed(&out), Some(PipelineError::Protocol(_))));
+}
+
+/// Every planned peer must be a listed member, each listed once: otherwise the members that
+/// re-plan after a break (the listed ones) and the peers running the plan differ.
+#[test]
+fn a_plan_whose_planned_peers_are_not_all_listed_members_is_refused() {
+    let rules = Rules::of(&config(3, 1));
+    let ids = peers(3);
+    let now = Instant::now();
+    let (mut m, _) = Membership::new(ids[0], capacity(FAST), rules.clone(), now);
+    let notice = first_plan(&rules, &[(ids[0], FAST), (ids[1], FAST), (ids[2], FAST)]);
+    let mut unlisted = notice.clone();
+    unlisted.epoch = 2;
+    unlisted.members.retain(|p| *p != ids[2].to_string());
+    assert!(m.handle(notice_event(now, ids[1], &unlisted)).is_empty());
+    let mut twice = notice.clone();
+    twice.epoch = 2;
+    twice.members.push(ids[1].to_string());
+    assert!(m.handle(notice_event(now, ids[1], &twice)).is_empty());
+    let mut valid = notice;
+    valid.epoch = 2;
+    assert!(started(&m.handle(notice_event(now, ids[1], &valid))).is_some());
 }

@@ -4,41 +4,52 @@
 
 use std::collections::HashSet;
 
-use murmur_protocol::pipeline::PipeBody;
+use murmur_protocol::pipeline::{PipeBody, PipeHeader};
 
 use super::{Halt, Stage, decode_off_thread};
 use crate::net::PayloadKind;
 use crate::shard::pipeline::PipelineError;
 use crate::shard::pipeline::mailbox::Inbound;
 
+/// A following shard's progress through one step.
+#[derive(Debug, Default)]
+struct Step {
+    /// The step (0-based).
+    at: u64,
+    /// Backwards done (on the last shard: forwards, each with its backward).
+    done: u32,
+    /// The downstream shards' squared gradient norm (with the step's last backward).
+    tail: Option<f64>,
+    /// (message kind, micro-batch) pairs handled: retried sends may repeat.
+    seen: HashSet<(u8, u32)>,
+    /// Messages of later steps, handled after this step's commit.
+    later: Vec<Inbound>,
+}
+
 impl Stage {
     /// Every other shard: answers forwards, backwards and commits.
     pub(super) async fn follow(&mut self) -> Result<(), Halt> {
         let micros = self.config.micro_batches;
-        let scale = 1.0 / micros as f32;
-        let (mut step, mut done, mut tail) = (self.resume, 0u32, None::<f64>);
-        let mut later: Vec<Inbound> = Vec::new();
-        // (message kind, micro-batch) pairs handled this step: retried sends may repeat.
-        let mut seen: HashSet<(u8, u32)> = HashSet::new();
-        while step < self.config.steps {
-            let waiting_on = if done == micros && !self.last {
+        let mut step = Step {
+            at: self.resume,
+            ..Step::default()
+        };
+        while step.at < self.config.steps {
+            let waiting_on = if step.done == micros && !self.last {
                 self.position.next()
             } else {
                 self.position.prev()
             };
             let message = self.next_message(waiting_on).await?;
-            let h = message.header;
-            if h.step > step {
-                if later.len() >= 4 * micros as usize {
+            let h = &message.header;
+            if h.step > step.at {
+                if step.later.len() >= 4 * micros as usize {
                     return Err(PipelineError::Protocol("too many messages ahead".into()).into());
                 }
-                later.push(Inbound {
-                    header: h,
-                    ..message
-                });
+                step.later.push(message);
                 continue;
             }
-            if h.step < step || !seen.insert((kind_tag(&h.body), h.micro)) {
+            if h.step < step.at || !step.seen.insert((kind_tag(&h.body), h.micro)) {
                 continue;
             }
             // Each forward is kept (its graph) until its backward: only this step's
@@ -50,75 +61,112 @@ impl Stage {
                 ))
                 .into());
             }
-            match h.body {
+            let Inbound {
+                header, payload, ..
+            } = message;
+            match header.body.clone() {
                 PipeBody::Forward { targets } => {
-                    let input = decode_off_thread(h.tensor.clone(), message.payload).await?;
-                    if self.last {
-                        let (loss, grad) = self
-                            .compute
-                            .call(move |s| s.loss_backward(input, &targets, scale))
-                            .await??;
-                        done += 1;
-                        let tail_norm_sq = if done == micros {
-                            Some(self.compute.call(|s| s.grad_norm_sq()).await?)
-                        } else {
-                            None
-                        };
-                        let body = PipeBody::Backward { loss, tail_norm_sq };
-                        let header = self.header(step, h.micro, body);
-                        self.send(self.position.prev(), PayloadKind::Gradients, header, grad)
-                            .await?;
-                    } else {
-                        self.forward_on(step, h.micro, input, targets).await?;
-                    }
+                    self.on_forward(&mut step, header, payload, targets).await?;
                 }
                 PipeBody::Backward { loss, tail_norm_sq } => {
-                    let grad = decode_off_thread(h.tensor.clone(), message.payload).await?;
-                    let up = self
-                        .compute
-                        .call(move |s| s.backward(h.micro, &grad))
-                        .await??;
-                    done += 1;
-                    tail = tail.or(tail_norm_sq);
-                    let tail_norm_sq = if done == micros {
-                        let own = self.compute.call(|s| s.grad_norm_sq()).await?;
-                        Some(
-                            own + tail.ok_or_else(|| {
-                                PipelineError::Protocol("downstream gradient norm missing".into())
-                            })?,
-                        )
-                    } else {
-                        None
-                    };
-                    let header =
-                        self.header(step, h.micro, PipeBody::Backward { loss, tail_norm_sq });
-                    self.send(self.position.prev(), PayloadKind::Gradients, header, up)
+                    self.on_backward(&mut step, header, payload, (loss, tail_norm_sq))
                         .await?;
                 }
-                PipeBody::Commit { grad_norm } => {
-                    if done != micros {
-                        return Err(PipelineError::Protocol(format!(
-                            "commit of step {step} after {done} of {micros} backwards"
-                        ))
-                        .into());
-                    }
-                    self.compute.call(move |s| s.apply(grad_norm)).await??;
-                    if !self.last {
-                        let header = self.header(step, 0, PipeBody::Commit { grad_norm });
-                        self.send(self.position.next(), PayloadKind::Control, header, None)
-                            .await?;
-                    }
-                    step += 1;
-                    (done, tail) = (0, None);
-                    seen.clear();
-                    self.report(step, None);
-                    self.after_update(step).await?;
-                    self.mailbox.requeue(std::mem::take(&mut later));
-                }
+                PipeBody::Commit { grad_norm } => self.on_commit(&mut step, grad_norm).await?,
                 PipeBody::Plan | PipeBody::Snapshot { .. } | PipeBody::Probe | PipeBody::Broken => {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// A forward: run it and send it on, or, on the last shard, compute the loss and send the
+    /// input gradient back (with the step's last one, the squared norm from here down).
+    async fn on_forward(
+        &mut self,
+        step: &mut Step,
+        h: PipeHeader,
+        payload: Vec<u8>,
+        targets: Vec<u32>,
+    ) -> Result<(), Halt> {
+        let input = decode_off_thread(h.tensor.clone(), payload).await?;
+        if !self.last {
+            return Ok(self.forward_on(step.at, h.micro, input, targets).await?);
+        }
+        let scale = 1.0 / self.config.micro_batches as f32;
+        let (loss, grad) = self
+            .compute
+            .call(move |s| s.loss_backward(input, &targets, scale))
+            .await??;
+        step.done += 1;
+        let tail_norm_sq = if step.done == self.config.micro_batches {
+            Some(self.compute.call(|s| s.grad_norm_sq()).await?)
+        } else {
+            None
+        };
+        let body = PipeBody::Backward { loss, tail_norm_sq };
+        let header = self.header(step.at, h.micro, body);
+        let prev = self.position.prev();
+        Ok(self
+            .send(prev, PayloadKind::Gradients, header, grad)
+            .await?)
+    }
+
+    /// A backward from downstream: send the input gradient up (with the step's last one, the
+    /// squared gradient norm from here down).
+    async fn on_backward(
+        &mut self,
+        step: &mut Step,
+        h: PipeHeader,
+        payload: Vec<u8>,
+        (loss, tail_norm_sq): (f32, Option<f64>),
+    ) -> Result<(), Halt> {
+        let grad = decode_off_thread(h.tensor.clone(), payload).await?;
+        let up = self
+            .compute
+            .call(move |s| s.backward(h.micro, &grad))
+            .await??;
+        step.done += 1;
+        step.tail = step.tail.or(tail_norm_sq);
+        let tail_norm_sq = if step.done == self.config.micro_batches {
+            let own = self.compute.call(|s| s.grad_norm_sq()).await?;
+            let tail = step.tail.ok_or_else(|| {
+                PipelineError::Protocol("downstream gradient norm missing".into())
+            })?;
+            Some(own + tail)
+        } else {
+            None
+        };
+        let header = self.header(step.at, h.micro, PipeBody::Backward { loss, tail_norm_sq });
+        let prev = self.position.prev();
+        Ok(self.send(prev, PayloadKind::Gradients, header, up).await?)
+    }
+
+    /// The step's commit: update, pass it on, report, and go on to the next step (with the
+    /// messages of it that came early).
+    async fn on_commit(&mut self, step: &mut Step, grad_norm: f32) -> Result<(), Halt> {
+        let micros = self.config.micro_batches;
+        if step.done != micros {
+            return Err(PipelineError::Protocol(format!(
+                "commit of step {} after {} of {micros} backwards",
+                step.at, step.done
+            ))
+            .into());
+        }
+        self.compute.call(move |s| s.apply(grad_norm)).await??;
+        if !self.last {
+            let header = self.header(step.at, 0, PipeBody::Commit { grad_norm });
+            let next = self.position.next();
+            self.send(next, PayloadKind::Control, header, None).await?;
+        }
+        let later = std::mem::take(&mut step.later);
+        *step = Step {
+            at: step.at + 1,
+            ..Step::default()
+        };
+        self.report(step.at, None);
+        self.after_update(step.at).await?;
+        self.mailbox.requeue(later);
         Ok(())
     }
 }

@@ -19,7 +19,7 @@
 //! retries, waiting for the next message, progress reports, range snapshots).
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use libp2p::PeerId;
 use murmur_models::WireActivation;
@@ -29,13 +29,15 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 mod follow;
+mod inbox;
 mod lead;
+mod upkeep;
 
 use super::averaging::RangeAveraging;
 use super::compute::Compute;
-use super::mailbox::{Inbound, Mailbox};
+use super::mailbox::Mailbox;
 use super::membership::{EpochEnd, Loss};
-use super::outbox::{Delivery, Outbox};
+use super::outbox::Outbox;
 use super::snapshots::{self, Snapshots};
 use super::{PipelineConfig, PipelineError, StageProgress, tensor};
 use crate::net::{Network, PayloadKind};
@@ -342,80 +344,6 @@ impl Stage {
         });
     }
 
-    /// After the update of step `done` (1-based): average the range with its other holders
-    /// when due, then snapshot it when due.
-    async fn after_update(&mut self, done: u64) -> Result<(), PipelineError> {
-        self.average(done).await?;
-        self.replicate(done).await
-    }
-
-    /// Every `average_every` steps, one gossip-averaging sync of the range with its holders in
-    /// the other chains (see [`RangeAveraging`]).
-    async fn average(&mut self, done: u64) -> Result<(), PipelineError> {
-        let every = self.config.average_every;
-        let Some(averaging) = self.averaging.as_mut().filter(|_| self.averages) else {
-            return Ok(());
-        };
-        if every == 0 || !done.is_multiple_of(every) {
-            return Ok(());
-        }
-        let params = self.compute.call(|s| s.params()).await??;
-        let samples = every * self.config.train.batch_size as u64;
-        let steps = u32::try_from(every).unwrap_or(u32::MAX);
-        let merged = averaging.sync(params, samples, steps).await?;
-        self.compute.call(move |s| s.set_params(&merged)).await??;
-        Ok(())
-    }
-
-    /// Every `replicate_every` steps, snapshot the shard, keep the snapshot and send it to every
-    /// other peer of the plan (all chains).
-    async fn replicate(&mut self, done: u64) -> Result<(), PipelineError> {
-        let every = self.config.replicate_every;
-        // No snapshot after the last step: the run is over, and members may already be gone.
-        let last_step = done >= self.config.steps;
-        if every == 0 || !done.is_multiple_of(every) || last_step || self.position.planned.len() < 2
-        {
-            return Ok(());
-        }
-        let state = self.compute.call(|s| s.state()).await??;
-        let (state, bytes) = tokio::task::spawn_blocking(move || {
-            let bytes = snapshots::encode(&state);
-            (state, bytes)
-        })
-        .await?;
-        let bytes = bytes?;
-        let range = &self.position.range;
-        let body = PipeBody::Snapshot {
-            start: range.start as u32,
-            end: range.end as u32,
-        };
-        let me = self.position.chain[self.position.index];
-        for peer in self
-            .position
-            .planned
-            .clone()
-            .into_iter()
-            .filter(|p| *p != me)
-        {
-            let header = self.header(done, 0, body.clone());
-            let header = PipeHeader {
-                tensor: None,
-                ..header
-            };
-            // Peers of other chains may already have finished their steps.
-            let delivery = if self.position.chain.contains(&peer) {
-                Delivery::Required
-            } else {
-                Delivery::BestEffort
-            };
-            self.outbox
-                .send_as(peer, PayloadKind::Control, &header, bytes.clone(), delivery)
-                .await?;
-        }
-        super::snapshots::lock(&self.snapshots).insert(state);
-        Ok(())
-    }
-
     /// Runs the loop of this node's position, then waits for its sends; with replicas, keeps
     /// what the range ended as (to compare the copies).
     async fn run_to_end(&mut self) -> Result<EpochEnd, PipelineError> {
@@ -438,67 +366,6 @@ impl Stage {
             }
             Err(Halt::End(end)) => Ok(end),
             Err(Halt::Failed(err)) => Err(err),
-        }
-    }
-
-    /// For a shard with no neighbours, which never waits on a message: ends the epoch when the
-    /// driver stopped it, or when an earlier send failed.
-    fn check_stop(&mut self) -> Result<(), Halt> {
-        self.outbox.reap()?;
-        if self.stop.is_cancelled() {
-            return Err(Halt::End(EpochEnd::Stopped));
-        }
-        Ok(())
-    }
-
-    /// The next message of this epoch from an expected neighbour, within the deadline.
-    async fn next_message(&mut self, waiting_on: Option<PeerId>) -> Result<Inbound, Halt> {
-        let wait = self.config.peer_deadline;
-        self.message_within(wait).await?.ok_or_else(|| {
-            Halt::End(EpochEnd::NeighbourLost {
-                peer: waiting_on.unwrap_or(self.position.chain[0]),
-                cause: Loss::Silent(wait),
-            })
-        })
-    }
-
-    /// The next message of this epoch from an expected neighbour, if one comes within `wait`
-    /// (`Duration::ZERO`: only if one is queued already). A failed send or a stop ends the
-    /// wait at once.
-    async fn message_within(&mut self, wait: Duration) -> Result<Option<Inbound>, Halt> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            self.outbox.reap()?;
-            let message = tokio::select! {
-                biased;
-                () = self.stop.cancelled() => return Err(Halt::End(EpochEnd::Stopped)),
-                failed = self.outbox.failure() => return Err(failed.into()),
-                message = self.mailbox.next() => message,
-                () = tokio::time::sleep_until(deadline) => return Ok(None),
-            };
-            // The driver dropped this epoch's inbox: it is over.
-            let Some(message) = message else {
-                return Err(Halt::End(EpochEnd::Stopped));
-            };
-            let h = &message.header;
-            let expected = match h.body {
-                PipeBody::Forward { .. } | PipeBody::Commit { .. } => self.position.prev(),
-                PipeBody::Backward { .. } => self.position.next(),
-                PipeBody::Plan | PipeBody::Snapshot { .. } | PipeBody::Probe | PipeBody::Broken => {
-                    None
-                }
-            };
-            if h.epoch != self.position.epoch || Some(message.peer) != expected {
-                tracing::debug!(peer = %message.peer, epoch = h.epoch, "pipeline message not for this position, dropped");
-                continue;
-            }
-            if h.micros != self.config.micro_batches {
-                return Err(Halt::Failed(PipelineError::Protocol(format!(
-                    "{} micro-batches per step, this run uses {}",
-                    h.micros, self.config.micro_batches
-                ))));
-            }
-            return Ok(Some(message));
         }
     }
 
