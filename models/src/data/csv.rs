@@ -48,7 +48,6 @@ pub fn parse_csv(text: &str, options: &CsvOptions) -> Result<DataSplit, DataErro
     let mut rows: Vec<(Vec<f32>, u32)> = Vec::new();
     let mut header_pending = options.has_header;
     for (i, raw) in text.lines().enumerate() {
-        let line = i + 1;
         let raw = raw.trim();
         if raw.is_empty() {
             continue;
@@ -57,49 +56,7 @@ pub fn parse_csv(text: &str, options: &CsvOptions) -> Result<DataSplit, DataErro
             header_pending = false;
             continue;
         }
-        let err = |message: String| DataError::Csv { line, message };
-        let fields: Vec<&str> = raw.split(',').map(str::trim).collect();
-        let columns = *width.get_or_insert(fields.len());
-        if fields.len() != columns {
-            return Err(err(format!(
-                "{} columns, earlier rows have {columns}",
-                fields.len()
-            )));
-        }
-        if columns < 2 {
-            return Err(err("need at least one feature and a label column".into()));
-        }
-        let label_at = options.label_column.unwrap_or(columns - 1);
-        if label_at >= columns {
-            return Err(err(format!(
-                "label column {label_at} does not exist ({columns} columns)"
-            )));
-        }
-        let label: u32 = fields[label_at].parse().map_err(|_| {
-            err(format!(
-                "label {:?} is not a non-negative integer",
-                fields[label_at]
-            ))
-        })?;
-        if label as usize >= MAX_CLASSES {
-            return Err(err(format!(
-                "label {label} exceeds the limit of {MAX_CLASSES} classes"
-            )));
-        }
-        let mut features = Vec::with_capacity(columns - 1);
-        for (c, field) in fields.iter().enumerate().filter(|(c, _)| *c != label_at) {
-            let value: f32 = field
-                .parse()
-                .map_err(|_| err(format!("column {} value {field:?} is not a number", c + 1)))?;
-            if !value.is_finite() {
-                return Err(err(format!(
-                    "column {} value {field:?} is not finite",
-                    c + 1
-                )));
-            }
-            features.push(value * options.feature_scale);
-        }
-        rows.push((features, label));
+        rows.push(parse_row(raw, i + 1, &mut width, options)?);
     }
     if rows.len() < 2 {
         return Err(DataError::TooSmall(format!(
@@ -107,6 +64,65 @@ pub fn parse_csv(text: &str, options: &CsvOptions) -> Result<DataSplit, DataErro
             rows.len()
         )));
     }
+    Ok(split_rows(&rows))
+}
+
+/// Parses one data row (1-based `line`) into its features and label. `width` is the column
+/// count of the earlier rows (set by the first).
+fn parse_row(
+    raw: &str,
+    line: usize,
+    width: &mut Option<usize>,
+    options: &CsvOptions,
+) -> Result<(Vec<f32>, u32), DataError> {
+    let err = |message: String| DataError::Csv { line, message };
+    let fields: Vec<&str> = raw.split(',').map(str::trim).collect();
+    let columns = *width.get_or_insert(fields.len());
+    if fields.len() != columns {
+        return Err(err(format!(
+            "{} columns, earlier rows have {columns}",
+            fields.len()
+        )));
+    }
+    if columns < 2 {
+        return Err(err("need at least one feature and a label column".into()));
+    }
+    let label_at = options.label_column.unwrap_or(columns - 1);
+    if label_at >= columns {
+        return Err(err(format!(
+            "label column {label_at} does not exist ({columns} columns)"
+        )));
+    }
+    let label: u32 = fields[label_at].parse().map_err(|_| {
+        err(format!(
+            "label {:?} is not a non-negative integer",
+            fields[label_at]
+        ))
+    })?;
+    if label as usize >= MAX_CLASSES {
+        return Err(err(format!(
+            "label {label} exceeds the limit of {MAX_CLASSES} classes"
+        )));
+    }
+    let mut features = Vec::with_capacity(columns - 1);
+    for (c, field) in fields.iter().enumerate().filter(|(c, _)| *c != label_at) {
+        let value: f32 = field
+            .parse()
+            .map_err(|_| err(format!("column {} value {field:?} is not a number", c + 1)))?;
+        if !value.is_finite() {
+            return Err(err(format!(
+                "column {} value {field:?} is not finite",
+                c + 1
+            )));
+        }
+        features.push(value * options.feature_scale);
+    }
+    Ok((features, label))
+}
+
+/// Splits parsed rows (at least one) into train and test sets: row `i` is a test row when
+/// `i % 5 == 0`.
+fn split_rows(rows: &[(Vec<f32>, u32)]) -> DataSplit {
     let n_features = rows[0].0.len();
     let n_classes = rows
         .iter()
@@ -128,8 +144,8 @@ pub fn parse_csv(text: &str, options: &CsvOptions) -> Result<DataSplit, DataErro
             n_classes,
         })
     };
-    Ok(DataSplit {
+    DataSplit {
         train: make(&|i| i % 5 != 0),
         test: make(&|i| i % 5 == 0),
-    })
+    }
 }

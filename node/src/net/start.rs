@@ -7,12 +7,12 @@ use std::time::Duration;
 use libp2p::identity::Keypair;
 use libp2p::kad;
 use libp2p::multiaddr::Protocol;
-use libp2p::{Multiaddr, PeerId};
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::behaviour::build_swarm;
+use super::behaviour::{NodeBehaviour, build_swarm};
 use super::config::NetConfig;
 use super::error::NetError;
 use super::event_loop::{EventLoop, LoopSettings};
@@ -21,7 +21,7 @@ use super::gossip::{ReceivedAnnouncement, announcement_topic};
 use super::handle::Network;
 use super::peers::PeerTable;
 use super::shared::Shared;
-use crate::store::Store;
+use crate::store::{PeerBook, Store};
 
 /// Most connections the node opens on its own to discovered peers.
 const TARGET_CONNECTIONS: usize = 48;
@@ -53,59 +53,16 @@ impl Network {
         store: Option<&Store>,
     ) -> Result<(Network, NetEvents), NetError> {
         let local_peer_id = keypair.public().to_peer_id();
-        let mut swarm = build_swarm(keypair, &config)?;
-        let topic = announcement_topic(&config.run);
-        swarm
-            .behaviour_mut()
-            .gossipsub
-            .subscribe(&topic)
-            .map_err(|e| NetError::Transport(e.to_string()))?;
-        listen_and_advertise(&mut swarm, &config.listen_addrs, &config.external_addrs)?;
-        if config.kad_server {
-            swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
-        }
-
+        let (mut swarm, topic) = open_swarm(keypair, &config)?;
         let book = store.map(Store::peer_book).transpose()?;
         let known = match &book {
             Some(book) => book.all()?,
             None => Vec::new(),
         };
-        let redial: Vec<(PeerId, Vec<Multiaddr>)> = match &book {
-            Some(book) => {
-                book.dial_candidates(config.redial_known_peers, config.limits.ban_score)?
-            }
-            None => Vec::new(),
-        };
-        for (peer, addrs) in redial {
-            for addr in &addrs {
-                swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
-            }
-            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
-                .addresses(addrs)
-                .build();
-            if let Err(e) = swarm.dial(opts) {
-                tracing::debug!(%peer, "redial of known peer failed: {e}");
-            }
+        if let Some(book) = &book {
+            redial_known(&mut swarm, book, &config)?;
         }
-        for addr in &config.bootstrap {
-            if let Some(peer) = peer_id_of_addr(addr) {
-                swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
-            }
-            swarm
-                .dial(addr.clone())
-                .map_err(|e| NetError::Dial(e.to_string()))?;
-        }
-        if !config.bootstrap.is_empty() {
-            let _ = swarm.behaviour_mut().kad.bootstrap();
-        }
-        for relay in &config.relays {
-            swarm
-                .listen_on(relay.clone().with(Protocol::P2pCircuit))
-                .map_err(|e| NetError::Listen {
-                    addr: relay.to_string(),
-                    reason: e.to_string(),
-                })?;
-        }
+        dial_bootstrap_and_relays(&mut swarm, &config)?;
 
         let control = swarm.behaviour().stream.new_control();
         let (command_tx, command_rx) = mpsc::channel(config.limits.command_queue);
@@ -158,6 +115,76 @@ impl Network {
             },
         ))
     }
+}
+
+/// Builds the swarm, subscribes it to the run's announcement topic, starts its listeners and
+/// sets the Kademlia mode; returns the swarm and the topic.
+fn open_swarm(
+    keypair: Keypair,
+    config: &NetConfig,
+) -> Result<(Swarm<NodeBehaviour>, gossipsub::IdentTopic), NetError> {
+    let mut swarm = build_swarm(keypair, config)?;
+    let topic = announcement_topic(&config.run);
+    swarm
+        .behaviour_mut()
+        .gossipsub
+        .subscribe(&topic)
+        .map_err(|e| NetError::Transport(e.to_string()))?;
+    listen_and_advertise(&mut swarm, &config.listen_addrs, &config.external_addrs)?;
+    if config.kad_server {
+        swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
+    }
+    Ok((swarm, topic))
+}
+
+/// Redials the peer book's dial candidates (their addresses also seed Kademlia); a failed
+/// redial is only logged.
+fn redial_known(
+    swarm: &mut Swarm<NodeBehaviour>,
+    book: &PeerBook,
+    config: &NetConfig,
+) -> Result<(), NetError> {
+    let redial = book.dial_candidates(config.redial_known_peers, config.limits.ban_score)?;
+    for (peer, addrs) in redial {
+        for addr in &addrs {
+            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+        }
+        let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .build();
+        if let Err(e) = swarm.dial(opts) {
+            tracing::debug!(%peer, "redial of known peer failed: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// Dials the bootstrap addresses (seeding Kademlia and starting its bootstrap) and listens
+/// through every relay.
+fn dial_bootstrap_and_relays(
+    swarm: &mut Swarm<NodeBehaviour>,
+    config: &NetConfig,
+) -> Result<(), NetError> {
+    for addr in &config.bootstrap {
+        if let Some(peer) = peer_id_of_addr(addr) {
+            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+        }
+        swarm
+            .dial(addr.clone())
+            .map_err(|e| NetError::Dial(e.to_string()))?;
+    }
+    if !config.bootstrap.is_empty() {
+        let _ = swarm.behaviour_mut().kad.bootstrap();
+    }
+    for relay in &config.relays {
+        swarm
+            .listen_on(relay.clone().with(Protocol::P2pCircuit))
+            .map_err(|e| NetError::Listen {
+                addr: relay.to_string(),
+                reason: e.to_string(),
+            })?;
+    }
+    Ok(())
 }
 
 /// Starts listening on every address in `listen` and adds `external` as confirmed external

@@ -24,9 +24,10 @@
 //! the round ends early, and the next one uses the views as they are by then.
 //!
 //! [`Butterfly`] is plain synchronous state owned by the training thread; [`wire`] encodes,
-//! signs and checks the parts.
+//! signs and checks the parts, [`inbox`] takes in received ones.
 
 mod gate;
+mod inbox;
 mod round;
 mod wire;
 
@@ -35,10 +36,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
-use murmur_protocol::{Codec, Digest, PartHeader, PartPhase};
+use murmur_protocol::{Codec, PartPhase};
 
 use super::{AveragerConfig, AveragingError, Rejection};
 pub use gate::PartGate;
+use inbox::EarlyPart;
 use round::{LateMeans, Round};
 pub use wire::PartSend;
 use wire::Signer;
@@ -74,23 +76,9 @@ impl ButterflyConfig {
     }
 }
 
-/// A part received for a round this node has not started: checked, not decoded yet.
-#[derive(Debug)]
-struct EarlyPart {
-    peer: PeerId,
-    header: PartHeader,
-    payload: Vec<u8>,
-    digest: Digest,
-}
-
 /// Slowest rate, bytes per second, at which a node is expected to take in one phase of a
 /// round (its `n − 1` slices, or its `n − 1` means): sizes the window of large models.
 pub const MIN_PART_RATE: f64 = 25e6;
-
-/// Most early parts kept (all of one round, the latest heard of).
-const MAX_EARLY: usize = 256;
-/// Most payload bytes of early parts kept, in f32-encoded models of this node's size.
-const MAX_EARLY_MODELS: usize = 2;
 
 /// Most rounds a part may be ahead of the receiver's clock (a peer far ahead is caught up
 /// with by downloading its state, not by jumping the round clock to whatever a part says).
@@ -304,99 +292,6 @@ impl Butterfly {
         self.current = Some(current);
         self.publish_gate();
         Ok(sends)
-    }
-
-    /// Checks and takes in a part from `peer` (`digest`: as checked by the transfer).
-    /// `own_round` is the node's round clock: parts more than [`MAX_ROUND_LEAD`] rounds
-    /// ahead of it are refused.
-    pub fn receive(
-        &mut self,
-        peer: &PeerId,
-        header: &[u8],
-        payload: Vec<u8>,
-        digest: &Digest,
-        anchor: &[f32],
-        own_round: u64,
-    ) -> Result<Received, Rejection> {
-        let part = self.signer.open(peer, header, self.total)?;
-        let round = part.body.base_round;
-        if round > self.next_round(own_round).saturating_add(MAX_ROUND_LEAD) {
-            return Err(Rejection::Stale);
-        }
-        if part.phase == PartPhase::Result
-            && let Some(late) = self.late.iter_mut().find(|l| l.number() == round)
-        {
-            let correction = late.take_mean(peer, &part, &payload, digest, anchor)?;
-            self.corrections.push(correction);
-            self.late.retain(|l| !l.is_empty());
-            return Ok(Received::LateMean);
-        }
-        let current = self.current.as_ref().map(Round::number);
-        if self.finished.is_some_and(|f| round <= f) || current.is_some_and(|c| round < c) {
-            return Err(Rejection::Stale);
-        }
-        if current != Some(round) {
-            if part.phase != PartPhase::Contribution {
-                return Err(Rejection::PartMismatch);
-            }
-            return self.keep_early(*peer, part, payload, *digest);
-        }
-        let Some(current) = self.current.as_mut() else {
-            return Err(Rejection::Stale);
-        };
-        match part.phase {
-            PartPhase::Contribution => current
-                .collect(peer, &part, &payload, digest, anchor)
-                .map(|()| Received::Contribution),
-            PartPhase::Result => {
-                let correction = current.take_mean(peer, &part, &payload, digest, anchor)?;
-                self.corrections.push(correction);
-                Ok(Received::Mean)
-            }
-        }
-    }
-
-    fn keep_early(
-        &mut self,
-        peer: PeerId,
-        header: PartHeader,
-        payload: Vec<u8>,
-        digest: Digest,
-    ) -> Result<Received, Rejection> {
-        let round = header.body.base_round;
-        // Decoded only once the round starts: the bytes are checked against the signed
-        // digest now (the transfer's digest saves hashing them again when it matches).
-        let signed = header.body.payload_digest;
-        if payload.len() as u64 != header.body.payload_len
-            || (digest != signed && Digest::of(&payload) != signed)
-        {
-            return Err(Rejection::BadPayload);
-        }
-        if self
-            .early
-            .keys()
-            .next_back()
-            .is_some_and(|latest| round < *latest)
-        {
-            return Err(Rejection::Stale);
-        }
-        // Only the latest round heard of is worth joining.
-        self.early.retain(|r, _| *r >= round);
-        let parts = self.early.entry(round).or_default();
-        if parts.iter().any(|p| p.peer == peer) {
-            return Err(Rejection::Replay);
-        }
-        let held: usize = parts.iter().map(|p| p.payload.len()).sum();
-        if parts.len() >= MAX_EARLY || held + payload.len() > MAX_EARLY_MODELS * 4 * self.total {
-            return Err(Rejection::Overloaded);
-        }
-        parts.push(EarlyPart {
-            peer,
-            header,
-            payload,
-            digest,
-        });
-        Ok(Received::Early)
     }
 
     /// A part this node sent for `round` to `peer` could not be delivered: its mean is not

@@ -46,6 +46,71 @@ fn check_link(what: &str, l: &LinkSpec) -> Result<(), PlanError> {
     finite(&format!("{what} rtt_secs"), l.rtt_secs, false)
 }
 
+/// Checks every peer's speed and that no id repeats; maps each id to its index in
+/// `input.peers`.
+fn peer_index(input: &PlanInput) -> Result<BTreeMap<&str, usize>, PlanError> {
+    let mut index = BTreeMap::new();
+    for (i, p) in input.peers.iter().enumerate() {
+        finite(&format!("flops_per_sec of {}", p.id), p.flops_per_sec, true)?;
+        if index.insert(p.id.as_str(), i).is_some() {
+            return Err(PlanError::DuplicatePeer(p.id.clone()));
+        }
+    }
+    Ok(index)
+}
+
+/// Prefix sums over the stages: entry `i` sums stages `0..i` (S + 1 entries, in stage order).
+struct PrefixSums {
+    /// FLOPs per sample.
+    flops: Vec<f64>,
+    /// Parameter bytes.
+    params: Vec<u128>,
+    /// Activation bytes per sample.
+    acts: Vec<u128>,
+}
+
+/// The stages' [`PrefixSums`]. Checks every stage's FLOPs.
+fn prefix_sums(input: &PlanInput) -> Result<PrefixSums, PlanError> {
+    let (mut flops, mut params, mut acts) = (vec![0.0], vec![0u128], vec![0u128]);
+    for (i, st) in input.stages.iter().enumerate() {
+        finite(
+            &format!("flops_per_sample of stage {i}"),
+            st.flops_per_sample,
+            false,
+        )?;
+        flops.push(flops[i] + st.flops_per_sample);
+        params.push(params[i] + u128::from(st.param_bytes));
+        acts.push(acts[i] + u128::from(st.activation_bytes_per_sample));
+    }
+    Ok(PrefixSums {
+        flops,
+        params,
+        acts,
+    })
+}
+
+/// Checks every link and merges them into directed links between peer indices: lowest
+/// bandwidth, highest round trip. Links naming an unknown peer, or a peer to itself, are
+/// skipped.
+fn merged_links(
+    input: &PlanInput,
+    index: &BTreeMap<&str, usize>,
+) -> Result<BTreeMap<(usize, usize), LinkSpec>, PlanError> {
+    let mut links: BTreeMap<(usize, usize), LinkSpec> = BTreeMap::new();
+    for l in &input.links {
+        check_link(&format!("link {} → {}", l.from, l.to), &l.spec)?;
+        let (Some(&a), Some(&b)) = (index.get(l.from.as_str()), index.get(l.to.as_str())) else {
+            continue;
+        };
+        if a != b {
+            let e = links.entry((a, b)).or_insert(l.spec);
+            e.bytes_per_sec = e.bytes_per_sec.min(l.spec.bytes_per_sec);
+            e.rtt_secs = e.rtt_secs.max(l.spec.rtt_secs);
+        }
+    }
+    Ok(links)
+}
+
 impl<'a> Model<'a> {
     /// Validates `input` and precomputes everything.
     pub(super) fn new(input: &'a PlanInput) -> Result<Self, PlanError> {
@@ -56,13 +121,7 @@ impl<'a> Model<'a> {
         if s == 0 {
             return Err(PlanError::NoStages);
         }
-        let mut index = BTreeMap::new();
-        for (i, p) in input.peers.iter().enumerate() {
-            finite(&format!("flops_per_sec of {}", p.id), p.flops_per_sec, true)?;
-            if index.insert(p.id.as_str(), i).is_some() {
-                return Err(PlanError::DuplicatePeer(p.id.clone()));
-            }
-        }
+        let index = peer_index(input)?;
         let m = input.memory;
         if m.micro_batch_samples == 0 || m.in_flight_micro_batches == 0 {
             return Err(PlanError::Invalid(
@@ -70,33 +129,14 @@ impl<'a> Model<'a> {
             ));
         }
         let stash = u128::from(m.micro_batch_samples) * u128::from(m.in_flight_micro_batches);
-        let (mut flops, mut params, mut acts) = (vec![0.0], vec![0u128], vec![0u128]);
-        for (i, st) in input.stages.iter().enumerate() {
-            finite(
-                &format!("flops_per_sample of stage {i}"),
-                st.flops_per_sample,
-                false,
-            )?;
-            flops.push(flops[i] + st.flops_per_sample);
-            params.push(params[i] + u128::from(st.param_bytes));
-            acts.push(acts[i] + u128::from(st.activation_bytes_per_sample));
-        }
+        let PrefixSums {
+            flops,
+            params,
+            acts,
+        } = prefix_sums(input)?;
         finite("total flops_per_sample", flops[s], true)?;
         check_link("default link", &input.default_link)?;
-        // Merged directed links between peer indices: lowest bandwidth, highest round trip.
-        let mut links: BTreeMap<(usize, usize), LinkSpec> = BTreeMap::new();
-        for l in &input.links {
-            check_link(&format!("link {} → {}", l.from, l.to), &l.spec)?;
-            let (Some(&a), Some(&b)) = (index.get(l.from.as_str()), index.get(l.to.as_str()))
-            else {
-                continue;
-            };
-            if a != b {
-                let e = links.entry((a, b)).or_insert(l.spec);
-                e.bytes_per_sec = e.bytes_per_sec.min(l.spec.bytes_per_sec);
-                e.rtt_secs = e.rtt_secs.max(l.spec.rtt_secs);
-            }
-        }
+        let links = merged_links(input, &index)?;
         let dir = |a: usize, b: usize| {
             let l = links.get(&(a, b)).or_else(|| links.get(&(b, a)));
             *l.unwrap_or(&input.default_link)

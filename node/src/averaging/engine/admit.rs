@@ -1,0 +1,131 @@
+//! Admission of a received delta: the envelope, signer, run, model, membership, replay and
+//! staleness checks, decoding into a reused buffer, and queueing the result for the next sync.
+//! Every refusal is counted.
+
+use libp2p::PeerId;
+use murmur_protocol::{CodecError, Digest, Message, SignedEnvelope, envelope::MAX_ENVELOPE_BYTES};
+
+use super::{Averager, Candidate};
+use crate::averaging::Rejection;
+use crate::net::key_matches_peer;
+
+impl Averager {
+    /// Checks a received delta and queues it for the next sync. Every refusal is counted.
+    pub fn receive(
+        &mut self,
+        sender: &PeerId,
+        header: &[u8],
+        payload: &[u8],
+    ) -> Result<(), Rejection> {
+        self.receive_transferred(sender, header, payload, None)
+    }
+
+    /// Like [`receive`](Self::receive) for a payload whose digest the transfer already
+    /// computed and checked (`transfer_digest`): a match with the signed digest saves hashing
+    /// the payload again.
+    pub fn receive_transferred(
+        &mut self,
+        sender: &PeerId,
+        header: &[u8],
+        payload: &[u8],
+        transfer_digest: Option<&Digest>,
+    ) -> Result<(), Rejection> {
+        let result = self.check(sender, header, payload, transfer_digest);
+        match result {
+            Ok(candidate) => {
+                self.pending.push(candidate);
+                let cap = 4 * self.config.fanout.max(1) + 8;
+                if self.pending.len() > cap {
+                    let dropped = self.pending.remove(0);
+                    self.recycle(dropped.values);
+                    self.counts.reject(Rejection::Overloaded);
+                }
+                Ok(())
+            }
+            Err(reason) => {
+                self.counts.reject(reason);
+                Err(reason)
+            }
+        }
+    }
+
+    fn check(
+        &mut self,
+        sender: &PeerId,
+        header: &[u8],
+        payload: &[u8],
+        transfer_digest: Option<&Digest>,
+    ) -> Result<Candidate, Rejection> {
+        let (signer, message) = SignedEnvelope::open_bytes(header, MAX_ENVELOPE_BYTES)
+            .map_err(|_| Rejection::BadEnvelope)?;
+        let Message::Delta(h) = message else {
+            return Err(Rejection::NotADelta);
+        };
+        if !key_matches_peer(&signer, sender) {
+            return Err(Rejection::SignerMismatch);
+        }
+        if h.run != self.config.run {
+            return Err(Rejection::WrongRun);
+        }
+        if h.model != self.config.model {
+            return Err(Rejection::WrongModel);
+        }
+        if !self.config.admission.admits(&signer) {
+            return Err(Rejection::NotMember);
+        }
+        if self.replay.contains(&signer, h.base_round) {
+            return Err(Rejection::Replay);
+        }
+        let lag = if self.training {
+            self.round.saturating_sub(h.base_round)
+        } else {
+            0
+        };
+        if lag > self.config.max_staleness {
+            return Err(Rejection::Stale);
+        }
+        let expected = self.anchor.len() as u64;
+        let mut values = self.spare.pop().unwrap_or_default();
+        let decoded = match transfer_digest {
+            Some(digest) => h.decode_received_payload_into(payload, expected, digest, &mut values),
+            None => h.decode_payload_into(payload, expected, &mut values),
+        };
+        if let Err(e) = decoded {
+            self.recycle(values);
+            return Err(match e {
+                CodecError::NonFinite(_) => Rejection::NonFinite,
+                _ => Rejection::BadPayload,
+            });
+        }
+        // One pass: back to absolute values, the distance from the anchor (the outlier
+        // check's figure), and finiteness after adding the anchor.
+        let mut norm_sq = 0.0f64;
+        let mut finite = true;
+        for (v, a) in values.iter_mut().zip(&self.anchor) {
+            norm_sq += f64::from(*v) * f64::from(*v);
+            *v += a;
+            finite &= v.is_finite();
+        }
+        if !finite {
+            self.recycle(values);
+            return Err(Rejection::NonFinite);
+        }
+        // Recording the pair can only fail on a storage error; the delta is still good.
+        if let Err(err) = self.replay.insert(signer, h.base_round) {
+            tracing::warn!(%err, "could not persist a merged (peer, round) pair");
+        }
+        // Rounds are a Lamport clock: a node that hears of a later round moves up to it, so
+        // peers that sync at different rates keep comparable round numbers and `lag`
+        // measures real staleness.
+        self.round = self.round.max(h.base_round);
+        let discount = self
+            .config
+            .staleness_discount
+            .powi(lag.saturating_sub(1).min(64) as i32);
+        Ok(Candidate {
+            values,
+            mass: h.weight * discount,
+            norm: norm_sq.sqrt(),
+        })
+    }
+}

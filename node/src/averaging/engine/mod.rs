@@ -1,0 +1,220 @@
+//! [`Averager`]: one node's side of gossip averaging — validates received deltas, merges them
+//! at each sync (push-sum or robust), applies the optional outer optimizer, and produces the
+//! signed, compressed message for the next fan-out.
+//!
+//! It is plain synchronous code over flat `f32` vectors, owned by the node's training thread;
+//! the network only moves its bytes.
+//!
+//! - [`admit`]: checking a received delta and queueing it;
+//! - [`merge`]: merging the queued deltas (outlier filter, push-sum or robust);
+//! - [`outgoing`]: a sync's signed, compressed message, and failed sends folded back;
+//! - [`state`]: checkpoints and the round clock.
+
+mod admit;
+mod merge;
+mod outgoing;
+mod state;
+
+use murmur_protocol::{Codec, ErrorFeedback, ModelFingerprint, PeerKey, RunId};
+
+use super::mixing::RobustConfig;
+use super::outer::{OuterConfig, OuterOptimizer};
+use super::reject::{MergeCounts, Rejection};
+use super::replay::ReplayGuard;
+use super::{Admission, Tamper};
+use merge::History;
+pub use outgoing::Outgoing;
+pub use state::AveragerState;
+
+/// Settings of the averaging engine.
+#[derive(Debug, Clone)]
+pub struct AveragerConfig {
+    /// The run.
+    pub run: RunId,
+    /// The architecture fingerprint every delta must carry.
+    pub model: ModelFingerprint,
+    /// Payload codec (lossy codecs run with error feedback).
+    pub codec: Codec,
+    /// Peers each sync is sent to.
+    pub fanout: usize,
+    /// A delta `d` rounds behind the receiver's clock is weighted by `discount^(d-1)` (one
+    /// round of lag is free).
+    pub staleness_discount: f64,
+    /// Deltas more rounds behind than this are refused.
+    pub max_staleness: u64,
+    /// A model whose distance from the anchor exceeds this multiple of the median distance
+    /// (own model included) is refused as an outlier.
+    pub outlier_ratio: f64,
+    /// Robust merging (clipping + trimmed mean) instead of plain push-sum.
+    pub robust: Option<RobustConfig>,
+    /// DiLoCo-style outer optimizer applied to the merged model.
+    pub outer: Option<OuterConfig>,
+    /// Who may contribute.
+    pub admission: Admission,
+    /// Averaging mass the node starts with (samples).
+    pub initial_mass: f64,
+    /// Red-team switch: corrupt what this node sends (testnets only).
+    pub tamper: Option<Tamper>,
+    /// Average in butterfly rounds (exact group means) instead of push-sum gossip.
+    pub butterfly: Option<super::ButterflyConfig>,
+}
+
+impl AveragerConfig {
+    /// Defaults for `run` and `model`: int8 blocks with error feedback, fan-out 2.
+    pub fn new(run: RunId, model: ModelFingerprint) -> Self {
+        Self {
+            run,
+            model,
+            codec: Codec::Int8Block {
+                block: murmur_protocol::codec::DEFAULT_INT8_BLOCK,
+            },
+            fanout: 2,
+            staleness_discount: 0.8,
+            max_staleness: 16,
+            outlier_ratio: 10.0,
+            robust: None,
+            outer: None,
+            admission: Admission::Open,
+            initial_mass: 1.0,
+            tamper: None,
+            butterfly: None,
+        }
+    }
+}
+
+/// A received delta that passed admission, waiting for the next sync.
+#[derive(Debug)]
+struct Candidate {
+    values: Vec<f32>,
+    mass: f64,
+    /// Distance of `values` from the anchor (computed while decoding).
+    norm: f64,
+}
+
+/// Model-sized buffers kept for reuse between deltas: decoding a large model's delta into a
+/// fresh vector every time costs a page fault per 4 KiB (glibc maps allocations this large
+/// afresh each time), more than the decoding itself.
+const SPARE_BUFFERS: usize = 4;
+
+/// The averaging engine of one node.
+#[derive(Debug)]
+pub struct Averager {
+    config: AveragerConfig,
+    key: ed25519_dalek::SigningKey,
+    me: PeerKey,
+    anchor: Vec<f32>,
+    round: u64,
+    mass: f64,
+    feedback: ErrorFeedback,
+    outer: Option<(OuterOptimizer, Vec<f32>)>,
+    pending: Vec<Candidate>,
+    replay: ReplayGuard,
+    counts: MergeCounts,
+    /// Failed sends of earlier rounds are dropped when they come back: after adopting or
+    /// restoring a state, the model and mass they carried are no longer this node's share.
+    returns_from: u64,
+    training: bool,
+    /// Norms (distance from the anchor) of recently merged models.
+    norm_history: History,
+    /// Distances from the own model of recently merged models (robust clipping radius).
+    distance_history: History,
+    /// Decoding buffers of merged or refused deltas, reused by the next ones.
+    spare: Vec<Vec<f32>>,
+    /// Scratch for the model relative to the anchor at a sync.
+    relative: Vec<f32>,
+}
+
+impl Averager {
+    /// An engine whose payloads are encoded relative to `anchor` (the run's initial model,
+    /// identical on every peer).
+    pub fn new(
+        config: AveragerConfig,
+        key: ed25519_dalek::SigningKey,
+        anchor: Vec<f32>,
+        replay: ReplayGuard,
+    ) -> Self {
+        let me = PeerKey(key.verifying_key().to_bytes());
+        let outer = config
+            .outer
+            .map(|c| (OuterOptimizer::new(c, anchor.len()), Vec::new()));
+        Self {
+            mass: config.initial_mass,
+            config,
+            key,
+            me,
+            feedback: ErrorFeedback::new(anchor.len()),
+            anchor,
+            round: 0,
+            outer,
+            pending: Vec::new(),
+            replay,
+            counts: MergeCounts::default(),
+            returns_from: 0,
+            training: true,
+            norm_history: History::default(),
+            distance_history: History::default(),
+            spare: Vec::new(),
+            relative: Vec::new(),
+        }
+    }
+
+    /// Current round (number of syncs done).
+    pub fn round(&self) -> u64 {
+        self.round
+    }
+    /// Mass held, in samples.
+    pub fn mass(&self) -> f64 {
+        self.mass
+    }
+    /// Merge and rejection counters.
+    pub fn counts(&self) -> &MergeCounts {
+        &self.counts
+    }
+
+    /// The run's initial model, which payloads are encoded relative to.
+    pub fn anchor(&self) -> &[f32] {
+        &self.anchor
+    }
+
+    /// The signing key and peer key of this node.
+    pub fn signer(&self) -> (&ed25519_dalek::SigningKey, PeerKey) {
+        (&self.key, self.me)
+    }
+
+    /// Butterfly rounds: adds trained samples to the mass.
+    pub fn add_mass(&mut self, samples: f64) {
+        self.mass += samples;
+    }
+
+    /// Butterfly rounds: counts parts averaged in.
+    pub fn count_merged(&mut self, parts: u64) {
+        self.counts.merged += parts;
+    }
+    /// Deltas waiting for the next sync.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+    /// The configuration.
+    pub fn config(&self) -> &AveragerConfig {
+        &self.config
+    }
+
+    /// Whether this node still trains. Staleness only matters while models move: with
+    /// training off, old messages are merged at full weight so no mass is lost and the
+    /// average stays exact.
+    pub fn set_training(&mut self, training: bool) {
+        self.training = training;
+    }
+
+    /// Counts a delta dropped before it reached the engine.
+    pub fn count_rejection(&mut self, reason: Rejection) {
+        self.counts.reject(reason);
+    }
+
+    /// Keeps a decoding buffer for the next delta (up to [`SPARE_BUFFERS`]).
+    fn recycle(&mut self, buffer: Vec<f32>) {
+        if self.spare.len() < SPARE_BUFFERS && buffer.capacity() >= self.anchor.len() {
+            self.spare.push(buffer);
+        }
+    }
+}
