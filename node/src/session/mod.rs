@@ -28,7 +28,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::averaging::{Averager, AveragerConfig, AveragingError, ReplayGuard, replay};
 use crate::identity::NodeIdentity;
-use crate::net::{Admission, NetConfig, NetError, Network, PayloadKind};
+use crate::net::{
+    Admission, IncomingPayload, NetConfig, NetError, NetEvents, Network, PayloadKind,
+    StateRequestEvent,
+};
 use crate::store::{Store, StoreError};
 use checkpoints::{CheckpointStoreError, Checkpoints};
 use in_flight::SendsInFlight;
@@ -203,20 +206,7 @@ impl Session {
     ) -> Result<Self, SessionError> {
         let param_count = replica.len();
         let trains = replica.trains();
-        let replay = match &store {
-            Some(store) => ReplayGuard::persistent(store.raw_tree(replay::MERGED_TREE)?)?,
-            None => ReplayGuard::in_memory(),
-        };
-        let checkpoints = store
-            .as_ref()
-            .map(|s| Checkpoints::open(s, config.checkpoint_keep))
-            .transpose()?;
-        let averager = Averager::new(
-            config.averager.clone(),
-            identity.signing_key().clone(),
-            anchor,
-            replay,
-        );
+        let (averager, checkpoints) = open_averager(&identity, store.as_ref(), &config, anchor)?;
         let (net, events) =
             Network::start(identity.keypair(), config.net.clone(), store.as_ref()).await?;
         let deltas = net.subscribe_payloads(PayloadKind::Delta)?;
@@ -225,36 +215,17 @@ impl Session {
         let (outputs, output_rx) = mpsc::channel(64);
         let live_peers = Arc::new(LivePeers::default());
         let in_flight = Arc::new(SendsInFlight::default());
-        let mut worker = Worker::new(
-            replica,
-            averager,
-            config.worker.clone(),
-            WorkerLinks {
-                inputs: input_rx,
-                outputs,
-                live_peers: live_peers.clone(),
-                in_flight: in_flight.clone(),
-            },
-            checkpoints,
-        );
+        let links = WorkerLinks {
+            inputs: input_rx,
+            outputs,
+            live_peers: live_peers.clone(),
+            in_flight: in_flight.clone(),
+        };
+        let mut worker = Worker::new(replica, averager, config.worker.clone(), links, checkpoints);
         if let Some(round) = worker.resume()? {
             tracing::info!(round, "resumed from checkpoint");
         }
-        // Parts are checked against the rounds before their payloads are read.
-        let parts = match worker.part_gate() {
-            Some(gate) => {
-                let wake = inputs.clone();
-                let admission: Admission = Arc::new(move |peer, header| {
-                    let verdict = gate.admit(peer, header);
-                    if verdict.is_err() && gate.should_wake() {
-                        let _ = wake.try_send(WorkerInput::PartsRefused);
-                    }
-                    verdict
-                });
-                Some(net.subscribe_payloads_admitting(PayloadKind::Part, admission)?)
-            }
-            None => None,
-        };
+        let parts = subscribe_parts(&worker, &inputs, &net)?;
         let (status_tx, status) = watch::channel(NodeStatus {
             worker: worker.status().clone(),
             ..NodeStatus::default()
@@ -276,19 +247,17 @@ impl Session {
             .name("murmur-train".into())
             .spawn(move || worker.run())
             .map_err(SessionError::Spawn)?;
-        let tasks = TaskTracker::new();
-        tasks.spawn(pumps::inbound(ctx.clone(), PayloadKind::Delta, deltas));
-        if let Some(parts) = parts {
-            tasks.spawn(pumps::inbound(ctx.clone(), PayloadKind::Part, parts));
-        }
-        tasks.spawn(pumps::outbound(ctx.clone(), output_rx, tasks.clone()));
-        tasks.spawn(presence::run(ctx.clone(), events));
-        tasks.spawn(state_sync::serve(ctx.clone(), state_requests));
-        tasks.spawn(state_sync::join(ctx.clone()));
+        let inbound = Inbound {
+            deltas,
+            parts,
+            outputs: output_rx,
+            events,
+            state_requests,
+        };
         Ok(Self {
+            tasks: spawn_tasks(&ctx, inbound),
             ctx,
             worker: Some(handle),
-            tasks,
             status,
         })
     }
@@ -336,6 +305,81 @@ impl Session {
         }
         .with_traffic(&self.ctx.traffic, peers))
     }
+}
+
+/// The averager (with its replay guard, persistent when there is a store) and the
+/// checkpoints of a session.
+fn open_averager(
+    identity: &NodeIdentity,
+    store: Option<&Store>,
+    config: &SessionConfig,
+    anchor: Vec<f32>,
+) -> Result<(Averager, Option<Checkpoints>), SessionError> {
+    let replay = match store {
+        Some(store) => ReplayGuard::persistent(store.raw_tree(replay::MERGED_TREE)?)?,
+        None => ReplayGuard::in_memory(),
+    };
+    let checkpoints = store
+        .map(|s| Checkpoints::open(s, config.checkpoint_keep))
+        .transpose()?;
+    let averager = Averager::new(
+        config.averager.clone(),
+        identity.signing_key().clone(),
+        anchor,
+        replay,
+    );
+    Ok((averager, checkpoints))
+}
+
+/// Subscribes to butterfly parts when the worker runs rounds: parts are checked against
+/// the rounds before their payloads are read, and a refusal may wake the training thread.
+fn subscribe_parts(
+    worker: &Worker,
+    inputs: &std::sync::mpsc::SyncSender<WorkerInput>,
+    net: &Network,
+) -> Result<Option<mpsc::Receiver<IncomingPayload>>, SessionError> {
+    let Some(gate) = worker.part_gate() else {
+        return Ok(None);
+    };
+    let wake = inputs.clone();
+    let admission: Admission = Arc::new(move |peer, header| {
+        let verdict = gate.admit(peer, header);
+        if verdict.is_err() && gate.should_wake() {
+            let _ = wake.try_send(WorkerInput::PartsRefused);
+        }
+        verdict
+    });
+    Ok(Some(net.subscribe_payloads_admitting(
+        PayloadKind::Part,
+        admission,
+    )?))
+}
+
+/// What the session's tasks read.
+struct Inbound {
+    deltas: mpsc::Receiver<IncomingPayload>,
+    parts: Option<mpsc::Receiver<IncomingPayload>>,
+    outputs: mpsc::Receiver<worker::WorkerOutput>,
+    events: NetEvents,
+    state_requests: mpsc::Receiver<StateRequestEvent>,
+}
+
+/// Starts the session's async tasks, every one tracked.
+fn spawn_tasks(ctx: &Arc<Context>, inbound: Inbound) -> TaskTracker {
+    let tasks = TaskTracker::new();
+    tasks.spawn(pumps::inbound(
+        ctx.clone(),
+        PayloadKind::Delta,
+        inbound.deltas,
+    ));
+    if let Some(parts) = inbound.parts {
+        tasks.spawn(pumps::inbound(ctx.clone(), PayloadKind::Part, parts));
+    }
+    tasks.spawn(pumps::outbound(ctx.clone(), inbound.outputs, tasks.clone()));
+    tasks.spawn(presence::run(ctx.clone(), inbound.events));
+    tasks.spawn(state_sync::serve(ctx.clone(), inbound.state_requests));
+    tasks.spawn(state_sync::join(ctx.clone()));
+    tasks
 }
 
 /// Publishes worker figures merged with the network counters.

@@ -178,7 +178,7 @@ impl NodeConfig {
     }
 }
 
-fn refuse(
+pub(crate) fn refuse(
     error: fn(Vec<&'static str>) -> ConfigError,
     given: Vec<&'static str>,
 ) -> Result<(), ConfigError> {
@@ -343,7 +343,7 @@ fn needs(
     }
 }
 
-fn at_least<T: PartialOrd + std::fmt::Display>(
+pub(crate) fn at_least<T: PartialOrd + std::fmt::Display>(
     flag: &'static str,
     value: T,
     min: T,
@@ -357,7 +357,12 @@ fn at_least<T: PartialOrd + std::fmt::Display>(
 }
 
 /// A number of seconds in `[min, max]` (finite, so `inf` and `nan` are refused).
-fn seconds(flag: &'static str, secs: f64, min: f64, max: f64) -> Result<Duration, ConfigError> {
+pub(crate) fn seconds(
+    flag: &'static str,
+    secs: f64,
+    min: f64,
+    max: f64,
+) -> Result<Duration, ConfigError> {
     if secs.is_finite() && (min..=max).contains(&secs) {
         Ok(Duration::from_secs_f64(secs))
     } else {
@@ -365,7 +370,11 @@ fn seconds(flag: &'static str, secs: f64, min: f64, max: f64) -> Result<Duration
     }
 }
 
-fn invalid(flag: &'static str, value: impl ToString, expected: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(
+    flag: &'static str,
+    value: impl ToString,
+    expected: impl Into<String>,
+) -> ConfigError {
     ConfigError::Invalid {
         flag,
         value: value.to_string(),

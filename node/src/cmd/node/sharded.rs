@@ -30,7 +30,8 @@ pub(super) async fn serve(
     let (net, mut events) = Network::start(identity.keypair(), common.net.clone(), Some(&store))
         .await
         .context("starting the network")?;
-    tokio::spawn(async move {
+    // Network events are only logged here; the task ends when the network shuts down.
+    let drain = tokio::spawn(async move {
         loop {
             tokio::select! {
                 Some(event) = events.events.recv() => tracing::debug!(?event, "network"),
@@ -39,6 +40,21 @@ pub(super) async fn serve(
             }
         }
     });
+    let peer = net.local_peer_id();
+    let result = train(common, &net, &identity, config).await;
+    net.shutdown().await;
+    join_drain(drain).await;
+    final_report(common.json, peer, result?)
+}
+
+/// Prints the listening addresses, then trains this node's shard until the run ends
+/// (`Some`) or the node is stopped (`None`).
+async fn train(
+    common: &CommonConfig,
+    net: &Network,
+    identity: &NodeIdentity,
+    config: PipelineConfig,
+) -> anyhow::Result<Option<Result<PipelineReport, pipeline::PipelineError>>> {
     let peer = net.local_peer_id();
     for addr in net.listen_addrs().await? {
         print_line(
@@ -54,9 +70,23 @@ pub(super) async fn serve(
         config,
         progress_tx,
     );
-    let result = drive(common, peer, work, progress).await;
-    net.shutdown().await;
-    final_report(common.json, peer, result)
+    Ok(drive(common, peer, work, progress).await)
+}
+
+/// How long the network-event task may take to end once the network is shut down.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// Waits (at most [`DRAIN_GRACE`]) for the network-event task, aborting it after that; a
+/// panic of the task is logged.
+async fn join_drain(mut drain: tokio::task::JoinHandle<()>) {
+    match tokio::time::timeout(DRAIN_GRACE, &mut drain).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::error!(error = %err, "the network-event task failed"),
+        Err(_) => {
+            tracing::warn!("the network-event task did not end after shutdown; aborting it");
+            drain.abort();
+        }
+    }
 }
 
 /// The pipeline configuration of this node (builds the model once for its fingerprint).

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 /// A JSON line printed by child `index`.
 #[derive(Debug)]
@@ -19,12 +20,18 @@ pub(crate) struct Line {
     pub(crate) value: serde_json::Value,
 }
 
+/// How long the task reading a child's stdout may take to end once the child is gone.
+const READER_GRACE: Duration = Duration::from_secs(2);
+
 /// A running child.
 #[derive(Debug)]
 pub(crate) struct ChildProc {
     child: Child,
     stdin: Option<ChildStdin>,
     pub(crate) generation: u32,
+    /// The task forwarding its stdout lines: joined (with a bounded wait) when the child
+    /// is stopped or killed, aborted if the child is dropped.
+    reader: Option<JoinHandle<()>>,
 }
 
 /// Starts `murmur <args>` with piped stdin/stdout and stderr appended to `log`.
@@ -78,32 +85,40 @@ pub(crate) fn spawn_with_env(
         .spawn()
         .context("starting a child process")?;
     let stdin = child.stdin.take();
-    if let Some(stdout) = child.stdout.take() {
-        tokio::spawn(async move {
-            let mut reader = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    continue;
-                };
-                if lines
-                    .send(Line {
-                        index,
-                        generation,
-                        value,
-                    })
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        });
-    }
+    let reader = child
+        .stdout
+        .take()
+        .map(|stdout| tokio::spawn(forward_lines(stdout, index, generation, lines)));
     Ok(ChildProc {
         child,
         stdin,
         generation,
+        reader,
     })
+}
+
+/// Forwards the JSON lines of a child's stdout (others are skipped) until it closes or no
+/// one listens.
+async fn forward_lines(
+    stdout: ChildStdout,
+    index: usize,
+    generation: u32,
+    lines: mpsc::Sender<Line>,
+) {
+    let mut reader = BufReader::new(stdout).lines();
+    while let Ok(Some(line)) = reader.next_line().await {
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        let line = Line {
+            index,
+            generation,
+            value,
+        };
+        if lines.send(line).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl ChildProc {
@@ -115,6 +130,23 @@ impl ChildProc {
     /// Kills the child at once (SIGKILL), as a crash would.
     pub(crate) async fn kill(&mut self) {
         let _ = self.child.kill().await;
+        self.join_reader().await;
+    }
+
+    /// Waits (at most [`READER_GRACE`]) for the stdout reader of a child that is gone, then
+    /// aborts it; a panic of the reader is logged, not lost.
+    async fn join_reader(&mut self) {
+        let Some(mut reader) = self.reader.take() else {
+            return;
+        };
+        match tokio::time::timeout(READER_GRACE, &mut reader).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::error!(error = %err, "a testnet child's stdout reader failed"),
+            Err(_) => {
+                tracing::warn!("a testnet child's stdout reader did not end; aborting it");
+                reader.abort();
+            }
+        }
     }
 
     /// The child's exit status, once it has exited.
@@ -126,11 +158,23 @@ impl ChildProc {
     /// by itself.
     pub(crate) async fn wait_or_kill(&mut self, limit: Duration) -> bool {
         match tokio::time::timeout(limit, self.child.wait()).await {
-            Ok(_) => true,
+            Ok(_) => {
+                self.join_reader().await;
+                true
+            }
             Err(_) => {
                 self.kill().await;
                 false
             }
+        }
+    }
+}
+
+impl Drop for ChildProc {
+    fn drop(&mut self) {
+        // The child itself is killed on drop (`kill_on_drop`); its reader goes with it.
+        if let Some(reader) = self.reader.take() {
+            reader.abort();
         }
     }
 }
