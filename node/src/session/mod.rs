@@ -11,6 +11,7 @@
 
 pub mod checkpoints;
 mod in_flight;
+mod inputs;
 pub mod presence;
 pub mod pumps;
 pub mod replica;
@@ -141,7 +142,7 @@ pub(crate) struct Context {
     pub(crate) net: Network,
     pub(crate) identity: NodeIdentity,
     pub(crate) config: SessionConfig,
-    pub(crate) inputs: std::sync::mpsc::SyncSender<WorkerInput>,
+    pub(crate) inputs: inputs::InputSender,
     pub(crate) live_peers: Arc<LivePeers>,
     pub(crate) in_flight: Arc<SendsInFlight>,
     pub(crate) traffic: Traffic,
@@ -160,30 +161,15 @@ impl Context {
     /// mass, a snapshot request) to it, waiting while its queue is full of deltas instead
     /// of dropping the input. Gives up after [`DELIVER_LIMIT`], on shutdown, or when the
     /// thread is gone; returns whether the input was queued.
-    pub(crate) async fn deliver(&self, mut input: WorkerInput) -> bool {
-        let started = tokio::time::Instant::now();
-        loop {
-            match self.inputs.try_send(input) {
-                Ok(()) => return true,
-                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return false,
-                Err(std::sync::mpsc::TrySendError::Full(back)) => input = back,
-            }
-            if started.elapsed() >= DELIVER_LIMIT {
-                tracing::warn!("training thread did not take an input in time");
-                return false;
-            }
-            tokio::select! {
-                _ = self.cancel.cancelled() => return false,
-                _ = tokio::time::sleep(DELIVER_RETRY) => {}
-            }
-        }
+    pub(crate) async fn deliver(&self, input: WorkerInput) -> bool {
+        self.inputs
+            .send_within(input, DELIVER_LIMIT, &self.cancel)
+            .await
     }
 }
 
 /// How long [`Context::deliver`] waits for room in the training thread's queue.
 const DELIVER_LIMIT: Duration = Duration::from_secs(30);
-/// How often it retries meanwhile.
-const DELIVER_RETRY: Duration = Duration::from_millis(10);
 
 /// A running node.
 #[derive(Debug)]
@@ -211,7 +197,7 @@ impl Session {
             Network::start(identity.keypair(), config.net.clone(), store.as_ref()).await?;
         let deltas = net.subscribe_payloads(PayloadKind::Delta)?;
         let state_requests = net.serve_state()?;
-        let (inputs, input_rx) = std::sync::mpsc::sync_channel(64);
+        let (inputs, input_rx) = inputs::channel(64);
         let (outputs, output_rx) = mpsc::channel(64);
         let live_peers = Arc::new(LivePeers::default());
         let in_flight = Arc::new(SendsInFlight::default());
@@ -335,7 +321,7 @@ fn open_averager(
 /// the rounds before their payloads are read, and a refusal may wake the training thread.
 fn subscribe_parts(
     worker: &Worker,
-    inputs: &std::sync::mpsc::SyncSender<WorkerInput>,
+    inputs: &inputs::InputSender,
     net: &Network,
 ) -> Result<Option<mpsc::Receiver<IncomingPayload>>, SessionError> {
     let Some(gate) = worker.part_gate() else {

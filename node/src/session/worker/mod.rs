@@ -17,7 +17,7 @@ mod mode;
 mod shared;
 
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
 use std::time::Duration;
 
 use libp2p::PeerId;
@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::SessionError;
 use super::checkpoints::Checkpoints;
 use super::in_flight::SendsInFlight;
+use super::inputs::InputReceiver;
 use super::presence::LivePeers;
 use super::replica::Replica;
 use crate::averaging::butterfly::{PartGate, PartSend};
@@ -184,7 +185,7 @@ pub struct WorkerStatus {
 pub struct Worker {
     shared: Shared,
     mode: Box<dyn Mode>,
-    inputs: Receiver<WorkerInput>,
+    inputs: InputReceiver,
 }
 
 impl std::fmt::Debug for Worker {
@@ -198,7 +199,7 @@ impl std::fmt::Debug for Worker {
 /// The channels and shared state between the training thread and the async tasks.
 #[derive(Debug)]
 pub(crate) struct WorkerLinks {
-    pub(crate) inputs: Receiver<WorkerInput>,
+    pub(crate) inputs: InputReceiver,
     pub(crate) outputs: mpsc::Sender<WorkerOutput>,
     pub(crate) live_peers: Arc<LivePeers>,
     pub(crate) in_flight: Arc<SendsInFlight>,

@@ -1,8 +1,6 @@
 //! The training thread without a network: fixtures for the mode tests, and whole-worker
 //! runs over preloaded inputs in each averaging mode.
 
-use std::sync::mpsc::sync_channel;
-
 use murmur_protocol::{Codec, ModelFingerprint, RunId};
 
 use super::*;
@@ -93,9 +91,9 @@ fn run_worker(
     averager: Averager,
     inputs: Vec<WorkerInput>,
 ) -> (WorkerStatus, Vec<WorkerOutput>, bool) {
-    let (input_tx, input_rx) = sync_channel(64);
+    let (input_tx, input_rx) = crate::session::inputs::channel(64);
     for input in inputs {
-        input_tx.send(input).expect("queued");
+        input_tx.try_send(input).expect("queued");
     }
     let (tx, mut rx) = mpsc::channel(64);
     let worker = Worker::new(
