@@ -112,6 +112,7 @@ async fn measure(
             join_lag_rounds: u64::MAX / 2,
             checkpoint_keep: 1,
             device: "bench".into(),
+            tamper: None,
         };
         let identity = NodeIdentity::from_secret([i as u8 + 1; 32]).expect("identity");
         let session = Session::start(

@@ -11,6 +11,7 @@
 //! - [`store`]: the sled store (peer book, checkpoints, merged pairs).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod adversary;
 pub mod averaging;
 pub mod cmd;
 pub mod identity;

@@ -4,8 +4,9 @@
 use std::collections::BTreeSet;
 
 use libp2p::PeerId;
+use murmur_node::adversary::{Adversary, Tamper};
 use murmur_node::averaging::{
-    Admission, Averager, AveragerConfig, Outgoing, Rejection, ReplayGuard, Tamper,
+    Admission, Averager, AveragerConfig, Outgoing, Rejection, ReplayGuard,
 };
 use murmur_node::identity::NodeIdentity;
 use murmur_protocol::{
@@ -177,7 +178,10 @@ fn a_closed_pool_refuses_non_members() {
 fn a_scaled_model_is_refused_as_an_outlier_when_merged() {
     let (mut receiver, _) = averager(1, |_| {});
     let (honest, from) = delta_from(2, 3.0, |_| {});
-    let (scaled, attacker) = delta_from(3, 1.0, |c| c.tamper = Some(Tamper::Scale(100.0)));
+    let (plain, attacker) = delta_from(3, 1.0, |_| {});
+    // The attacker's own, validly signed delta of a model scaled ×100.
+    let adversary = Adversary::new(Tamper::Scale(100.0), identity(3).signing_key().clone());
+    let scaled = adversary.corrupt(&plain).expect("corrupted");
     // Both pass the checks on arrival: the norm is judged against the own model at a merge.
     assert_eq!(
         receiver.receive(&from, &honest.header, &honest.payload),

@@ -5,7 +5,8 @@ mod train_common;
 
 use std::time::Duration;
 
-use murmur_node::averaging::{Rejection, RobustConfig, Tamper};
+use murmur_node::adversary::Tamper;
+use murmur_node::averaging::{Rejection, RobustConfig};
 use murmur_node::session::NodeStatus;
 use train_common::*;
 
@@ -27,7 +28,7 @@ async fn run_with(
         cfg.averager.robust = Some(RobustConfig::default());
         cfg.worker.target_accuracy = Some(0.95);
         if !honest {
-            cfg.averager.tamper = Some(tamper);
+            cfg.tamper = Some(tamper);
         }
         let session = start(seed_base + i, None, replica, anchor, cfg).await;
         if i == 0 {

@@ -19,7 +19,6 @@ pub mod reject;
 pub mod replay;
 
 use std::collections::BTreeSet;
-use std::str::FromStr;
 
 use murmur_protocol::{CodecError, MessageError, PeerKey};
 
@@ -47,44 +46,6 @@ impl Admission {
         match self {
             Admission::Open => true,
             Admission::Closed(members) => members.contains(peer),
-        }
-    }
-}
-
-/// How a malicious test node corrupts what it sends.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Tamper {
-    /// Multiply the model change by a factor (e.g. 100).
-    Scale(f32),
-    /// Negate the model change.
-    Flip,
-}
-
-impl Tamper {
-    /// Applies the corruption to a model change.
-    pub fn apply(self, values: &mut [f32]) {
-        let factor = match self {
-            Tamper::Scale(s) => s,
-            Tamper::Flip => -1.0,
-        };
-        for v in values {
-            *v *= factor;
-        }
-    }
-}
-
-impl FromStr for Tamper {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "flip" => Ok(Tamper::Flip),
-            _ => s
-                .strip_prefix("scale:")
-                .and_then(|f| f.parse::<f32>().ok())
-                .filter(|f| f.is_finite())
-                .map(Tamper::Scale)
-                .ok_or_else(|| format!("bad tamper mode {s:?}: expected flip or scale:F")),
         }
     }
 }

@@ -57,6 +57,8 @@ pub struct SessionConfig {
     pub checkpoint_keep: usize,
     /// Device description announced to peers.
     pub device: String,
+    /// Red team only: corrupt every delta sent this way (see [`crate::adversary`]).
+    pub tamper: Option<crate::adversary::Tamper>,
 }
 
 /// A session failed.

@@ -11,8 +11,9 @@ use tokio_util::task::TaskTracker;
 
 use super::worker::{WorkerInput, WorkerOutput};
 use super::{Context, publish_status};
-use crate::averaging::Rejection;
+use crate::adversary::Adversary;
 use crate::averaging::butterfly::PartSend;
+use crate::averaging::{Outgoing, Rejection};
 use crate::net::{IncomingPayload, PayloadKind, TransferError};
 
 /// Most delta sends in flight at once.
@@ -83,41 +84,7 @@ pub(crate) async fn outbound(
     while let Some(output) = outputs.recv().await {
         match output {
             WorkerOutput::Send { peers, outgoing } => {
-                for peer in peers {
-                    let (ctx, outgoing, sends) = (ctx.clone(), outgoing.clone(), sends.clone());
-                    tasks.spawn(async move {
-                        // Released however the task ends (delivered, failed, cancelled).
-                        let _slot = ctx.in_flight.slot(peer);
-                        let Ok(_permit) = sends.acquire_owned().await else {
-                            return;
-                        };
-                        let sent = tokio::select! {
-                            _ = ctx.cancel.cancelled() => return,
-                            sent = ctx.net.send_hashed_payload(
-                                peer,
-                                PayloadKind::Delta,
-                                &outgoing.header,
-                                &outgoing.payload,
-                                outgoing.digest,
-                            ) => sent,
-                        };
-                        match sent {
-                            Ok(stats) => {
-                                ctx.traffic
-                                    .bytes_sent
-                                    .fetch_add(stats.bytes, Ordering::Relaxed);
-                                ctx.traffic.deltas_sent.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(err) => {
-                                tracing::debug!(%peer, %err, "delta not delivered; mass returned");
-                                ctx.traffic.send_failures.fetch_add(1, Ordering::Relaxed);
-                                if !ctx.deliver(WorkerInput::SendFailed(outgoing)).await {
-                                    tracing::warn!(%peer, "undelivered delta's mass not returned: node stopping");
-                                }
-                            }
-                        }
-                    });
-                }
+                send_deltas(&ctx, &tasks, &sends, peers, outgoing).await;
             }
             WorkerOutput::SendParts(parts) => {
                 for part in parts {
@@ -210,6 +177,82 @@ async fn send_part(
                 phase: part.phase,
             };
             let _ = ctx.deliver(failed).await;
+        }
+    }
+}
+
+/// Sends `outgoing` to each of `peers`, each send a tracked task; a send that fails returns
+/// the engine's own `outgoing` (its model and mass) to the training thread.
+async fn send_deltas(
+    ctx: &Arc<Context>,
+    tasks: &TaskTracker,
+    sends: &Arc<Semaphore>,
+    peers: Vec<libp2p::PeerId>,
+    outgoing: Outgoing,
+) {
+    let Some(wire) = on_the_wire(ctx, &outgoing).await else {
+        for _ in &peers {
+            if !ctx.deliver(WorkerInput::SendFailed(outgoing.clone())).await {
+                tracing::warn!("unsent delta's mass not returned: node stopping");
+            }
+        }
+        return;
+    };
+    for peer in peers {
+        let (ctx, outgoing, wire, sends) =
+            (ctx.clone(), outgoing.clone(), wire.clone(), sends.clone());
+        tasks.spawn(async move {
+                // Released however the task ends (delivered, failed, cancelled).
+                let _slot = ctx.in_flight.slot(peer);
+                let Ok(_permit) = sends.acquire_owned().await else {
+                    return;
+                };
+                let sent = tokio::select! {
+                    _ = ctx.cancel.cancelled() => return,
+                    sent = ctx.net.send_hashed_payload(
+                        peer,
+                        PayloadKind::Delta,
+                        &wire.header,
+                        &wire.payload,
+                        wire.digest,
+                    ) => sent,
+                };
+                match sent {
+                    Ok(stats) => {
+                        ctx.traffic
+                            .bytes_sent
+                            .fetch_add(stats.bytes, Ordering::Relaxed);
+                        ctx.traffic.deltas_sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(err) => {
+                        tracing::debug!(%peer, %err, "delta not delivered; mass returned");
+                        ctx.traffic.send_failures.fetch_add(1, Ordering::Relaxed);
+                        if !ctx.deliver(WorkerInput::SendFailed(outgoing)).await {
+                            tracing::warn!(%peer, "undelivered delta's mass not returned: node stopping");
+                        }
+                    }
+                }
+            });
+    }
+}
+
+/// What goes on the wire for `outgoing`: itself, or on a red-team node its corrupted version
+/// (made off the runtime); None when it could not be made.
+async fn on_the_wire(ctx: &Context, outgoing: &Outgoing) -> Option<Outgoing> {
+    let Some(tamper) = ctx.config.tamper else {
+        return Some(outgoing.clone());
+    };
+    let adversary = Adversary::new(tamper, ctx.identity.signing_key().clone());
+    let original = outgoing.clone();
+    match tokio::task::spawn_blocking(move || adversary.corrupt(&original)).await {
+        Ok(Ok(wire)) => Some(wire),
+        Ok(Err(err)) => {
+            tracing::warn!(%err, "delta not corrupted; not sent");
+            None
+        }
+        Err(err) => {
+            tracing::warn!(%err, "corrupting a delta failed; not sent");
+            None
         }
     }
 }

@@ -46,6 +46,7 @@ pub fn config(
         join_lag_rounds: 8,
         checkpoint_keep: 3,
         device: "test".into(),
+        tamper: None,
     }
 }
 

@@ -17,11 +17,11 @@ mod state;
 
 use murmur_protocol::{Codec, ErrorFeedback, ModelFingerprint, PeerKey, RunId};
 
+use super::Admission;
 use super::mixing::RobustConfig;
 use super::outer::{OuterConfig, OuterOptimizer};
 use super::reject::{MergeCounts, Rejection};
 use super::replay::ReplayGuard;
-use super::{Admission, Tamper};
 use merge::History;
 pub use outgoing::Outgoing;
 pub use state::AveragerState;
@@ -53,8 +53,6 @@ pub struct AveragerConfig {
     pub admission: Admission,
     /// Averaging mass the node starts with (samples).
     pub initial_mass: f64,
-    /// Red-team switch: corrupt what this node sends (testnets only).
-    pub tamper: Option<Tamper>,
     /// Average in butterfly rounds (exact group means) instead of push-sum gossip.
     pub butterfly: Option<super::ButterflyConfig>,
 }
@@ -76,7 +74,6 @@ impl AveragerConfig {
             outer: None,
             admission: Admission::Open,
             initial_mass: 1.0,
-            tamper: None,
             butterfly: None,
         }
     }

@@ -104,9 +104,6 @@ impl Averager {
         let mut relative = std::mem::take(&mut self.relative);
         relative.clear();
         relative.extend(params.iter().zip(&self.anchor).map(|(x, a)| x - a));
-        if let Some(tamper) = self.config.tamper {
-            tamper.apply(&mut relative);
-        }
         let compressed = self.feedback.compress(&relative, self.config.codec);
         self.relative = relative;
         let compressed = compressed?;

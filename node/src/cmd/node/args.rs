@@ -12,7 +12,8 @@ use murmur_models::{DeviceChoice, ModelKind};
 use murmur_protocol::Codec;
 
 use super::defaults;
-use crate::averaging::{SyncPolicy, Tamper};
+use crate::adversary::Tamper;
+use crate::averaging::SyncPolicy;
 use crate::cmd::train::parse_shard;
 use crate::shard::pipeline::Placement;
 

@@ -16,7 +16,8 @@ use super::args::NodeArgs;
 use super::defaults;
 use super::modes::{gossip_flags_given, sharded_flags_given};
 use super::run_seed;
-use crate::averaging::{OuterConfig, SyncPolicy, Tamper};
+use crate::adversary::Tamper;
+use crate::averaging::{OuterConfig, SyncPolicy};
 use crate::net::NetConfig;
 use crate::shard::pipeline::Placement;
 

@@ -35,7 +35,6 @@ pub(super) async fn serve(
     averager.robust = gossip.robust.then(RobustConfig::default);
     averager.outer = gossip.outer;
     averager.admission = admission(gossip, &common.run)?;
-    averager.tamper = gossip.tamper;
     averager.butterfly = gossip.butterfly.map(|window| {
         ButterflyConfig {
             window,
@@ -59,6 +58,7 @@ pub(super) async fn serve(
         join_lag_rounds: 8,
         checkpoint_keep: gossip.keep_checkpoints,
         device: selected.info.name.clone(),
+        tamper: gossip.tamper,
     };
     let peer_id = identity.peer_id();
     let replica = Box::new(ModelReplica(trainer));

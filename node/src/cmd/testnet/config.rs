@@ -15,7 +15,8 @@ use murmur_protocol::Codec;
 
 use super::TestnetArgs;
 use super::defaults;
-use crate::averaging::{SyncPolicy, Tamper};
+use crate::adversary::Tamper;
+use crate::averaging::SyncPolicy;
 use crate::cmd::node::config::{at_least, invalid, refuse};
 use crate::cmd::node::{ConfigError, defaults as node_defaults};
 use crate::shard::pipeline::Placement;

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::child::{self, ChildProc, Layout, Line, child_node_args, start_bootstrap};
 use super::config::{CommonConfig, GossipConfig};
 use super::render::{self, NodeView, Summary};
-use crate::averaging::Tamper;
+use crate::adversary::Tamper;
 
 /// How long nodes keep averaging after all of them used their step budget.
 const SETTLE: Duration = Duration::from_secs(5);

@@ -22,7 +22,8 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use murmur_models::{DeviceChoice, ModelKind};
 
-use crate::averaging::{SyncPolicy, Tamper};
+use crate::adversary::Tamper;
+use crate::averaging::SyncPolicy;
 use child::Layout;
 pub use config::{Mode, TestnetConfig};
 
