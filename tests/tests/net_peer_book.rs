@@ -55,3 +55,49 @@ async fn restarted_node_redials_known_peers() {
     node.shutdown().await;
     friend.shutdown().await;
 }
+
+/// Membership waits on the peer book instead of looking on a timer: a peer's first
+/// connection and its last disconnection mark `peer_changes` changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_book_changes_are_signalled() {
+    let (friend, _friend_events) = Network::start(identity(63).keypair, loopback(), None)
+        .await
+        .expect("friend starts");
+    let friend_addr = addr_of(&friend, "tcp").await;
+    let (node, _events) = Network::start(identity(64).keypair, loopback(), None)
+        .await
+        .expect("node starts");
+    let mut changes = node.peer_changes();
+    changes.borrow_and_update();
+    node.dial(friend_addr).await.expect("dial");
+    tokio::time::timeout(Duration::from_secs(10), changes.changed())
+        .await
+        .expect("a connection is signalled within 10 s")
+        .expect("the network is up");
+    assert!(
+        node.peers()
+            .await
+            .expect("peers")
+            .iter()
+            .any(|p| p.peer_id == friend.local_peer_id() && p.connected)
+    );
+    changes.borrow_and_update();
+    friend.shutdown().await;
+    let disconnected = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if changes.changed().await.is_err() {
+                return false;
+            }
+            let peers = node.peers().await.unwrap_or_default();
+            if !peers
+                .iter()
+                .any(|p| p.peer_id == friend.local_peer_id() && p.connected)
+            {
+                return true;
+            }
+        }
+    })
+    .await;
+    assert_eq!(disconnected, Ok(true), "the disconnection is signalled");
+    node.shutdown().await;
+}

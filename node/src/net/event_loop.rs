@@ -60,6 +60,9 @@ pub(crate) struct EventLoop {
     pub(crate) commands: mpsc::Receiver<Command>,
     pub(crate) events: mpsc::Sender<NetEvent>,
     pub(crate) announcements: mpsc::Sender<ReceivedAnnouncement>,
+    /// Tells [`Network::peer_changes`](super::Network::peer_changes) watchers the peer book
+    /// changed.
+    pub(crate) peer_changes: tokio::sync::watch::Sender<u64>,
     pub(crate) peers: PeerTable,
     pub(crate) book: Option<PeerBook>,
     pub(crate) settings: LoopSettings,

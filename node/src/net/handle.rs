@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId};
 use murmur_protocol::{Digest, SignedEnvelope};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::config::NetLimits;
 use super::error::{NetError, TransferError};
@@ -242,6 +242,13 @@ impl Network {
     /// Fails with `Publish` until at least one peer subscribed to the topic.
     pub async fn publish_bytes(&self, bytes: Vec<u8>) -> Result<(), NetError> {
         self.request(|reply| Command::Publish(bytes, reply)).await?
+    }
+
+    /// A receiver that is marked changed whenever the peer book changes in a way that
+    /// [`peers`](Self::peers) would show: a peer's first connection or last disconnection, or a
+    /// new announcement. Wait on it instead of looking at the peer book on a timer.
+    pub fn peer_changes(&self) -> watch::Receiver<u64> {
+        self.shared.peer_changes.clone()
     }
 
     /// Known peers with addresses, latest announcement, RTT, throughput and score.

@@ -25,6 +25,9 @@ pub(crate) struct Shared {
     pub(crate) events: mpsc::Sender<NetEvent>,
     pub(crate) control: Mutex<libp2p_stream::Control>,
     pub(crate) active: AtomicUsize,
+    /// Bumped by the event loop whenever the peer book changes in a way membership reads (a
+    /// peer's first connection, its last disconnection, a new announcement).
+    pub(crate) peer_changes: tokio::sync::watch::Receiver<u64>,
 }
 
 impl std::fmt::Debug for Shared {

@@ -69,6 +69,7 @@ impl Network {
         let (event_tx, event_rx) = mpsc::channel(config.limits.event_queue);
         let (announce_tx, announce_rx) = mpsc::channel(config.limits.event_queue);
         let cancel = CancellationToken::new();
+        let (peer_changes, peer_changes_rx) = tokio::sync::watch::channel(0u64);
         let shared = Arc::new(Shared {
             local_peer_id,
             limits: config.limits.clone(),
@@ -79,12 +80,14 @@ impl Network {
             events: event_tx.clone(),
             control: Mutex::new(control),
             active: AtomicUsize::new(0),
+            peer_changes: peer_changes_rx,
         });
         let mut event_loop = EventLoop {
             swarm,
             commands: command_rx,
             events: event_tx,
             announcements: announce_tx,
+            peer_changes,
             peers: PeerTable::from_records(known),
             book,
             cancel,

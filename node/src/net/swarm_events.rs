@@ -26,6 +26,7 @@ impl EventLoop {
                 }
                 let addr = endpoint.get_remote_address().clone();
                 if self.peers.connected(peer_id, &addr) {
+                    self.peers_changed();
                     self.emit(NetEvent::PeerConnected {
                         peer: peer_id,
                         addr,
@@ -47,8 +48,14 @@ impl EventLoop {
 
     fn connection_closed(&mut self, peer: libp2p::PeerId) {
         if self.peers.disconnected(peer) {
+            self.peers_changed();
             self.emit(NetEvent::PeerDisconnected(peer));
         }
+    }
+
+    /// Tells the peer-book watchers something they read changed.
+    fn peers_changed(&self) {
+        self.peer_changes.send_modify(|generation| *generation += 1);
     }
 
     fn handle_behaviour_event(&mut self, event: NodeBehaviourEvent) {
@@ -128,6 +135,7 @@ impl EventLoop {
             Ok(received) => {
                 self.peers
                     .record_announcement(received.from, &received.announcement);
+                self.peers_changed();
                 if let Err(e) = self.announcements.try_send(received) {
                     tracing::debug!("announcement dropped: {e}");
                 }

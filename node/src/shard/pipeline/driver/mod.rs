@@ -7,8 +7,8 @@
 //! (shared with the running stage, which adds its own), the range averaging (lent to each
 //! stage), and the tasks it starts, each tracked in a [`JoinSet`] of its kind. Its loop is one
 //! `select!` (biased: a stage's end before the messages it may have left behind), each arm
-//! one call; nothing in it polls on a fixed period except the forming node's look at the peer
-//! book, which the membership asks for (the peer book has no change notification).
+//! one call. While forming, the membership looks at the peer book whenever it changes
+//! ([`Network::peer_changes`]), with a 1 s bound for what changes without an event.
 
 mod control;
 mod inbound;
@@ -92,6 +92,7 @@ pub async fn run(
     let snapshots = Arc::new(Mutex::new(Snapshots::new(config.replicas as usize)));
     let mut driver = Driver {
         me: net.local_peer_id(),
+        peer_changes: net.peer_changes(),
         net,
         config,
         rules,
@@ -160,6 +161,8 @@ struct Pending {
 
 struct Driver {
     me: PeerId,
+    /// Marked changed whenever the peer book changes (read while forming).
+    peer_changes: watch::Receiver<u64>,
     net: Network,
     config: Arc<PipelineConfig>,
     rules: Rules,
@@ -193,6 +196,7 @@ impl Driver {
         loop {
             let wake = self.next_wake();
             let receptive = self.membership.receptive();
+            let watches_peers = self.membership.watches_peers();
             tokio::select! {
                 biased;
                 Some(done) = self.stages.join_next() => self.on_stage_done(done),
@@ -200,6 +204,7 @@ impl Driver {
                 Some(done) = self.watchers.join_next() => self.on_watcher(done),
                 Some(done) = self.decoding.join_next() => self.on_decoded(done),
                 message = self.mailbox.next(), if receptive => self.on_message(message).await,
+                changed = self.peer_changes.changed(), if watches_peers => self.on_peers_changed(changed).await,
                 () = sleep_until(wake), if wake.is_some() => self.on_wake().await,
             }
             if let Some(result) = self.result.take() {
@@ -276,6 +281,24 @@ impl Driver {
         Vec::new()
     }
 
+    /// The peer book changed: the membership takes a look now (while it forms).
+    async fn on_peers_changed(&mut self, changed: Result<(), watch::error::RecvError>) {
+        if changed.is_err() {
+            self.result = Some(Err(crate::net::NetError::Shutdown.into()));
+            return;
+        }
+        self.look().await;
+    }
+
+    /// Hands the membership a look at the peer book.
+    async fn look(&mut self) {
+        let now = now();
+        match self.net.peers().await {
+            Ok(peers) => self.handle(Event::Tick { now, peers }),
+            Err(err) => self.result = Some(Err(err.into())),
+        }
+    }
+
     async fn on_wake(&mut self) {
         let now = now();
         if self.pending.as_ref().is_some_and(|p| now >= p.deadline) {
@@ -283,10 +306,7 @@ impl Driver {
         }
         if self.wake.is_some_and(|at| now >= at) {
             self.wake = None;
-            match self.net.peers().await {
-                Ok(peers) => self.handle(Event::Tick { now, peers }),
-                Err(err) => self.result = Some(Err(err.into())),
-            }
+            self.look().await;
         }
     }
 

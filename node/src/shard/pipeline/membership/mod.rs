@@ -39,8 +39,10 @@ pub(crate) use rules::{FINISHED_EPOCH, ResumePoint, Rules, restricted};
 
 /// Wait before counting the members left after a failure.
 pub(crate) const REPLAN_GRACE: Duration = Duration::from_millis(1000);
-/// How often a forming node looks at the peer book.
-pub(crate) const LOOK_EVERY: Duration = Duration::from_millis(200);
+/// Longest a forming node goes without a look at the peer book. It looks whenever the peer
+/// book changes (the driver sends a [`Event::Tick`] then); this bound only catches what changes
+/// with no event, such as an unconnected peer's announcement growing too old to count.
+pub(crate) const LOOK_EVERY: Duration = Duration::from_secs(1);
 /// Re-plans tolerated per run before giving up.
 pub(crate) const MAX_REPLANS: u32 = 8;
 
@@ -281,6 +283,12 @@ impl Membership {
     /// Re-plans so far.
     pub(crate) fn replans(&self) -> u32 {
         self.replans
+    }
+
+    /// Whether the driver should send a [`Event::Tick`] whenever the peer book changes (while
+    /// forming: who the members are is read from it).
+    pub(crate) fn watches_peers(&self) -> bool {
+        matches!(self.phase, Phase::Forming { .. })
     }
 
     /// Whether the driver should hand it inbound control messages now. While it sends a notice
