@@ -79,6 +79,9 @@ pub enum SessionError {
     /// Checkpoints failed.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointStoreError),
+    /// The averager's signing key is not a valid peer identity.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
     /// The training thread died.
     #[error("the training thread stopped unexpectedly")]
     WorkerGone,
@@ -209,7 +212,7 @@ impl Session {
             live_peers: live_peers.clone(),
             in_flight: in_flight.clone(),
         };
-        let mut worker = Worker::new(replica, averager, config.worker.clone(), links, checkpoints);
+        let mut worker = Worker::new(replica, averager, config.worker.clone(), links, checkpoints)?;
         if let Some(round) = worker.resume()? {
             tracing::info!(round, "resumed from checkpoint");
         }

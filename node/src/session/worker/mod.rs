@@ -220,7 +220,7 @@ impl Worker {
         config: WorkerConfig,
         links: WorkerLinks,
         checkpoints: Option<Checkpoints>,
-    ) -> Self {
+    ) -> Result<Self, SessionError> {
         let WorkerLinks {
             inputs,
             outputs,
@@ -230,7 +230,7 @@ impl Worker {
         let mode: Box<dyn Mode> = match averager.config().butterfly {
             Some(config) => {
                 let (key, me) = averager.signer();
-                let local = crate::identity::peer_id_of(&me).unwrap_or_else(|_| PeerId::random());
+                let local = crate::identity::peer_id_of(&me)?;
                 let butterfly =
                     Butterfly::new(config, averager.config(), key.clone(), local, replica.len());
                 Box::new(Rounds::new(butterfly, local))
@@ -238,11 +238,11 @@ impl Worker {
             None => Box::new(PushSum::new(StdRng::seed_from_u64(config.seed), in_flight)),
         };
         let shared = Shared::new(replica, averager, config, outputs, live_peers, checkpoints);
-        Self {
+        Ok(Self {
             shared,
             mode,
             inputs,
-        }
+        })
     }
 
     /// The figures so far.

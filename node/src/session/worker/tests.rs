@@ -107,7 +107,8 @@ fn run_worker(
             in_flight: Arc::new(SendsInFlight::default()),
         },
         None,
-    );
+    )
+    .expect("a valid signing key");
     let gate = worker.part_gate().is_some();
     let status = worker.run().expect("runs");
     let outputs = std::iter::from_fn(|| rx.try_recv().ok())
