@@ -46,8 +46,15 @@ impl Driver {
     pub(super) async fn decode_replica(&mut self, message: Inbound, start: u32, end: u32) {
         if let Some(running) = &self.running {
             let epoch = message.header.epoch;
-            let planned = running.notice.is_planned(&message.peer);
-            if epoch < running.notice.epoch || (epoch == running.notice.epoch && !planned) {
+            // Of this epoch from a peer of its plan, or of a later one from one of its members
+            // (the member re-planning).
+            let from_plan = running.notice.is_planned(&message.peer);
+            let from_member = running.notice.is_member(&message.peer);
+            let current = running.notice.epoch;
+            if epoch < current
+                || (epoch == current && !from_plan)
+                || (epoch > current && !from_member)
+            {
                 tracing::debug!(peer = %message.peer, epoch, "snapshot not for this plan, dropped");
                 return;
             }
@@ -79,6 +86,9 @@ impl Driver {
                 }
             }
             Some(current) if epoch < current => {
+                tracing::debug!(epoch, "pipeline message of an epoch that is over, dropped");
+            }
+            None if epoch <= self.ended_epoch => {
                 tracing::debug!(epoch, "pipeline message of an epoch that is over, dropped");
             }
             _ => {

@@ -30,7 +30,7 @@ use super::averaging::RangeAveraging;
 use super::form::{self, Announcer};
 use super::mailbox::{Inbound, Mailbox};
 use super::members::probe_links;
-use super::membership::{Action, Event, Membership, Rules};
+use super::membership::{Action, Event, Membership, ResumePoint, Rules};
 use super::notice::{PlanNotice, Seat, report_broken, send_notice, send_parts_beyond_own_chain};
 use super::rebalance::watch_for_rebalance;
 use super::report::{Progress, report};
@@ -93,6 +93,7 @@ pub async fn run(
     let mut driver = Driver {
         me: net.local_peer_id(),
         peer_changes: net.peer_changes(),
+        ended_epoch: 0,
         net,
         config,
         rules,
@@ -163,6 +164,8 @@ struct Driver {
     me: PeerId,
     /// Marked changed whenever the peer book changes (read while forming).
     peer_changes: watch::Receiver<u64>,
+    /// The epoch of the last stage that ended (its messages are stale).
+    ended_epoch: u64,
     net: Network,
     config: Arc<PipelineConfig>,
     rules: Rules,
@@ -214,9 +217,14 @@ impl Driver {
         }
     }
 
-    /// The earlier of the membership's look and a pending stage's deadline.
+    /// The earlier of the membership's look and a pending stage's deadline (which waits for
+    /// the snapshots still being decoded).
     fn next_wake(&self) -> Option<Instant> {
-        let pending = self.pending.as_ref().map(|p| p.deadline);
+        let pending = self
+            .pending
+            .as_ref()
+            .map(|p| p.deadline)
+            .filter(|_| self.decoding.is_empty());
         match (self.wake, pending) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -266,8 +274,12 @@ impl Driver {
                 if let Some(running) = &self.running {
                     running.stop.cancel();
                 } else if let Some(pending) = self.pending.take() {
-                    let resume =
-                        form::resume_point(&pending.notice, &snapshots::lock(&self.snapshots));
+                    // It never ran: a next plan resumes where this one was to.
+                    self.ended_epoch = pending.notice.epoch;
+                    let resume = ResumePoint {
+                        ranges: pending.notice.previous_ranges.clone(),
+                        step: pending.notice.resume_step,
+                    };
                     return self.membership.handle(Event::StageEnded {
                         now: now(),
                         end: Ok(super::membership::EpochEnd::Stopped),

@@ -36,7 +36,10 @@ impl Driver {
                     self.result = Some(Err(err));
                 }
             }
-            Err(err) if now() >= pending.deadline => self.result = Some(Err(err)),
+            // Snapshots still being decoded may be the ones missing: wait for them.
+            Err(err) if now() >= pending.deadline && self.decoding.is_empty() => {
+                self.result = Some(Err(err));
+            }
             Err(_) => self.pending = Some(pending),
         }
     }
@@ -125,6 +128,7 @@ impl Driver {
         let Some(running) = self.running.take() else {
             return;
         };
+        self.ended_epoch = running.notice.epoch;
         let done = match done {
             Ok(done) => done,
             Err(err) => {

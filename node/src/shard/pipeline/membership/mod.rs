@@ -196,11 +196,14 @@ pub(crate) enum Action {
     Fail(PipelineError),
 }
 
+/// Break reports kept for an epoch this node does not run yet.
+const BROKEN_KEPT: usize = 16;
+
 /// Why a running stage is being stopped.
 #[derive(Debug, Clone)]
 enum Stopping {
-    /// A valid notice of a later epoch arrived.
-    Superseded(PlanNotice),
+    /// A valid notice of a later epoch arrived (kept in `Membership::later`).
+    Superseded,
     /// A member of this epoch reported its chain broken.
     Broken(PeerId),
     /// This node (the issuer) adopted a re-balanced plan.
@@ -258,6 +261,12 @@ pub(crate) struct Membership {
     rules: Rules,
     phase: Phase,
     replans: u32,
+    /// The latest valid notice of an epoch later than the one running: it decides how the
+    /// running epoch ends, however its stage ends (bar finishing).
+    later: Option<PlanNotice>,
+    /// Break reports (reporter, epoch) for epochs not running yet: a member may run the next
+    /// plan, and lose a neighbour, before this node has its notice.
+    broken_later: Vec<(PeerId, u64)>,
 }
 
 impl Membership {
@@ -276,6 +285,8 @@ impl Membership {
             rules,
             phase: Phase::Forming { deadline },
             replans: 0,
+            later: None,
+            broken_later: Vec::new(),
         };
         (membership, vec![Action::Wake(now)])
     }
@@ -453,8 +464,12 @@ impl Membership {
             Ok(()) => self.adopt(notice),
             // A member left between the look and the notice: the members that took it run it,
             // the others the old plan; a re-plan without the member that is gone reaches both.
-            Err(err) if on_failure == OnSendFailure::Replan => {
-                self.broken(now, notice, resume, &err)
+            // Only a member out of reach calls for it: other failures (no snapshot to send, the
+            // network gone) would re-plan from less than the run holds.
+            Err(err @ (PipelineError::Send { .. } | PipelineError::PeerSilent { .. }))
+                if on_failure == OnSendFailure::Replan =>
+            {
+                self.broken(now, notice, resume, err)
             }
             Err(err) => self.fail(err),
         }
@@ -469,15 +484,22 @@ impl Membership {
             }
         };
         match &mut self.phase {
-            Phase::Forming { .. } => self.adopt(notice),
+            // A node about to issue the first plan takes a valid one that came first.
+            Phase::Forming { .. } | Phase::Probing { .. } => self.adopt(notice),
             Phase::Awaiting { epoch, .. } if notice.epoch >= *epoch => self.adopt(notice),
             Phase::Running {
                 notice: running,
                 stopping,
                 ..
-            } if notice.epoch > running.epoch && stopping.is_none() => {
+            } if notice.epoch > running.epoch => {
                 tracing::info!(epoch = notice.epoch, peer = %from, "a later plan arrived");
-                *stopping = Some(Stopping::Superseded(notice));
+                if self.later.as_ref().is_none_or(|l| notice.epoch > l.epoch) {
+                    self.later = Some(notice);
+                }
+                if stopping.is_some() {
+                    return Vec::new();
+                }
+                *stopping = Some(Stopping::Superseded);
                 vec![Action::StopStage]
             }
             _ => {
@@ -488,6 +510,21 @@ impl Membership {
     }
 
     fn on_broken(&mut self, from: PeerId, epoch: u64) -> Vec<Action> {
+        let running = match &self.phase {
+            Phase::Running { notice, .. } => Some(notice.epoch),
+            Phase::Over => return Vec::new(),
+            _ => None,
+        };
+        if running.is_none_or(|running| epoch > running) {
+            // For a plan this node does not run yet: judged once it does.
+            if !self.broken_later.contains(&(from, epoch)) {
+                if self.broken_later.len() >= BROKEN_KEPT {
+                    self.broken_later.remove(0);
+                }
+                self.broken_later.push((from, epoch));
+            }
+            return Vec::new();
+        }
         let Phase::Running {
             notice, stopping, ..
         } = &mut self.phase
@@ -504,10 +541,15 @@ impl Membership {
     }
 
     fn on_rebalance(&mut self, notice: PlanNotice) -> Vec<Action> {
-        let Phase::Running { stopping, .. } = &mut self.phase else {
+        let Phase::Running {
+            notice: running,
+            stopping,
+            ..
+        } = &mut self.phase
+        else {
             return Vec::new();
         };
-        if stopping.is_some() {
+        if stopping.is_some() || notice.epoch != running.epoch + 1 {
             return Vec::new();
         }
         *stopping = Some(Stopping::Rebalance(notice));
@@ -532,20 +574,31 @@ impl Membership {
             Ok(end) => end,
             Err(err) => return self.fail(err),
         };
+        if let EpochEnd::Finished = end {
+            return vec![Action::Finish {
+                notice,
+                seat: Some(seat),
+            }];
+        }
+        // A valid later plan decides, however the stage ended (stopped for it, or a neighbour
+        // lost meanwhile: its members moved on).
+        if let Some(next) = self.later.take() {
+            if self.replans >= MAX_REPLANS {
+                return self.fail(PipelineError::Formation(format!(
+                    "{MAX_REPLANS} re-plans; giving up"
+                )));
+            }
+            self.replans += 1;
+            return self.adopt(next);
+        }
         match (end, stopping) {
             (EpochEnd::Finished, _) => vec![Action::Finish {
                 notice,
                 seat: Some(seat),
             }],
-            (EpochEnd::Stopped, Some(Stopping::Superseded(next))) => {
-                if self.replans >= MAX_REPLANS {
-                    return self.fail(PipelineError::Formation(format!(
-                        "{MAX_REPLANS} re-plans; giving up"
-                    )));
-                }
-                self.replans += 1;
-                self.adopt(next)
-            }
+            (EpochEnd::Stopped, Some(Stopping::Superseded)) => self.fail(PipelineError::Protocol(
+                "the stage stopped for a later plan that is gone".into(),
+            )),
             (EpochEnd::Stopped, Some(Stopping::Rebalance(mut next))) => {
                 (next.previous_ranges, next.resume_step) = (resume.ranges, resume.step);
                 self.replans += 1;
@@ -604,7 +657,7 @@ impl Membership {
         now: Instant,
         notice: PlanNotice,
         resume: ResumePoint,
-        err: &PipelineError,
+        err: PipelineError,
     ) -> Vec<Action> {
         let seat = notice.seat(&self.me).unwrap_or(Seat { index: 0, lane: 0 });
         self.phase = Phase::Running {
@@ -612,7 +665,6 @@ impl Membership {
             seat,
             stopping: None,
         };
-        let err = PipelineError::Protocol(format!("re-balance notice not delivered: {err}"));
         self.lost(now, resume, err)
     }
 
@@ -675,12 +727,25 @@ impl Membership {
             self.phase = Phase::Over;
             return vec![announce, Action::Finish { notice, seat: None }];
         };
+        self.later = self.later.take().filter(|l| l.epoch > notice.epoch);
+        // A member of this plan may have lost a neighbour before this node had the notice.
+        let reporter = self
+            .broken_later
+            .iter()
+            .find(|(p, e)| *e == notice.epoch && notice.is_planned(p))
+            .map(|(p, _)| *p);
+        self.broken_later.retain(|(_, e)| *e > notice.epoch);
         self.phase = Phase::Running {
             notice: notice.clone(),
             seat,
-            stopping: None,
+            stopping: reporter.map(Stopping::Broken),
         };
-        vec![announce, Action::StartStage { notice, seat }]
+        let mut actions = vec![announce, Action::StartStage { notice, seat }];
+        if let Some(reporter) = reporter {
+            tracing::warn!(peer = %reporter, "a chain of this plan broke before it started here; re-planning");
+            actions.push(Action::StopStage);
+        }
+        actions
     }
 
     fn fail(&mut self, err: PipelineError) -> Vec<Action> {

@@ -15,10 +15,10 @@ impl Stage {
     /// For a shard with no neighbours, which never waits on a message: ends the epoch when the
     /// driver stopped it, or when an earlier send failed.
     pub(super) fn check_stop(&mut self) -> Result<(), Halt> {
-        self.outbox.reap()?;
         if self.stop.is_cancelled() {
             return Err(Halt::End(EpochEnd::Stopped));
         }
+        self.outbox.reap()?;
         Ok(())
     }
 
@@ -42,6 +42,11 @@ impl Stage {
     pub(super) async fn message_within(&mut self, wait: Duration) -> Result<Option<Inbound>, Halt> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
+            // A stop decides before a send that failed meanwhile: the driver stopped the stage
+            // for a reason of its own (a later plan, a break report).
+            if self.stop.is_cancelled() {
+                return Err(Halt::End(EpochEnd::Stopped));
+            }
             self.outbox.reap()?;
             let message = tokio::select! {
                 biased;
