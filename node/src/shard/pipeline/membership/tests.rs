@@ -773,3 +773,31 @@ fn a_node_probing_its_links_takes_a_valid_plan_that_comes_first() {
         .is_empty()
     );
 }
+
+/// A member the plan left out stops at once, but its last announcement (of a capacity, not
+/// of being finished) stays recent for seconds: re-balancing must not plan it back in, or
+/// the new plan is sent to a node that is gone.
+#[test]
+fn members_the_plan_left_out_are_not_rebalanced_back_in() {
+    use crate::shard::pipeline::members::rebalance_input;
+
+    let rules = Rules::of(&config(3, 1));
+    let ids = peers(5);
+    let me = ids[0];
+    let fast = announcing(&rules, ids[1], true, 1, FAST);
+    let slow = announcing(&rules, ids[2], true, 1, SLOW);
+    let previous = first_plan(&rules, &[(me, FAST), (ids[1], FAST), (ids[2], SLOW)]);
+    assert!(!previous.is_planned(&slow.peer_id));
+    assert!(previous.is_planned(&fast.peer_id));
+
+    let newcomer = announcing(&rules, ids[3], true, 0, 1e10);
+    // A newcomer must be connected to be planned in.
+    let unconnected = announcing(&rules, ids[4], false, 0, 1e10);
+    let world = vec![fast, slow, newcomer.clone(), unconnected];
+    let (members, input) = rebalance_input(&rules, &previous, &world, me, capacity(FAST));
+    let expected = vec![me, ids[1], newcomer.peer_id];
+    assert_eq!(members, expected);
+    let planned: Vec<String> = input.peers.iter().map(|p| p.id.clone()).collect();
+    let expected: Vec<String> = expected.iter().map(PeerId::to_string).collect();
+    assert_eq!(planned, expected);
+}
