@@ -72,19 +72,12 @@ pub(crate) enum Loss {
     Send(Box<TransferError>),
 }
 
-impl EpochEnd {
-    /// The error a lost neighbour becomes when the run cannot re-plan.
-    fn into_error(self) -> Option<PipelineError> {
+impl Loss {
+    /// The error losing `peer` this way becomes when the run cannot re-plan.
+    fn into_error(self, peer: PeerId) -> PipelineError {
         match self {
-            EpochEnd::NeighbourLost {
-                peer,
-                cause: Loss::Silent(waited),
-            } => Some(PipelineError::PeerSilent { peer, waited }),
-            EpochEnd::NeighbourLost {
-                peer,
-                cause: Loss::Send(error),
-            } => Some(PipelineError::Send { peer, error }),
-            EpochEnd::Finished | EpochEnd::Stopped => None,
+            Loss::Silent(waited) => PipelineError::PeerSilent { peer, waited },
+            Loss::Send(error) => PipelineError::Send { peer, error },
         }
     }
 }
@@ -469,7 +462,7 @@ impl Membership {
             Err(err @ (PipelineError::Send { .. } | PipelineError::PeerSilent { .. }))
                 if on_failure == OnSendFailure::Replan =>
             {
-                self.broken(now, notice, resume, err)
+                self.lost(now, notice, resume, err)
             }
             Err(err) => self.fail(err),
         }
@@ -570,16 +563,17 @@ impl Membership {
         else {
             return Vec::new();
         };
-        let end = match end {
-            Ok(end) => end,
+        let lost = match end {
             Err(err) => return self.fail(err),
+            Ok(EpochEnd::Finished) => {
+                return vec![Action::Finish {
+                    notice,
+                    seat: Some(seat),
+                }];
+            }
+            Ok(EpochEnd::Stopped) => None,
+            Ok(EpochEnd::NeighbourLost { peer, cause }) => Some(cause.into_error(peer)),
         };
-        if let EpochEnd::Finished = end {
-            return vec![Action::Finish {
-                notice,
-                seat: Some(seat),
-            }];
-        }
         // A valid later plan decides, however the stage ended (stopped for it, or a neighbour
         // lost meanwhile: its members moved on).
         if let Some(next) = self.later.take() {
@@ -591,81 +585,46 @@ impl Membership {
             self.replans += 1;
             return self.adopt(next);
         }
-        match (end, stopping) {
-            (EpochEnd::Finished, _) => vec![Action::Finish {
-                notice,
-                seat: Some(seat),
-            }],
-            (EpochEnd::Stopped, Some(Stopping::Superseded)) => self.fail(PipelineError::Protocol(
-                "the stage stopped for a later plan that is gone".into(),
-            )),
-            (EpochEnd::Stopped, Some(Stopping::Rebalance(mut next))) => {
+        match (lost, stopping) {
+            (Some(err), _) => self.lost(now, notice, resume, err),
+            (None, Some(Stopping::Rebalance(mut next))) => {
                 (next.previous_ranges, next.resume_step) = (resume.ranges, resume.step);
                 self.replans += 1;
                 self.send(next, Some(notice), OnSendFailure::Replan)
             }
-            (EpochEnd::Stopped, Some(Stopping::Broken(reporter))) => {
+            (None, Some(Stopping::Broken(reporter))) => {
                 let err = PipelineError::ChainBroken { peer: reporter };
-                self.phase = Phase::Running {
-                    notice: notice.clone(),
-                    seat,
-                    stopping: None,
-                };
-                self.lost(now, resume, err)
+                self.lost(now, notice, resume, err)
             }
-            (EpochEnd::Stopped, None) => self.fail(PipelineError::Protocol(
-                "the stage stopped with no reason to".into(),
+            // A stop for a later plan keeps that plan in `later`, taken above.
+            (None, Some(Stopping::Superseded) | None) => self.fail(PipelineError::Protocol(
+                "the stage stopped with no plan to go on with".into(),
             )),
-            (lost @ EpochEnd::NeighbourLost { .. }, _) => {
-                let err = lost
-                    .into_error()
-                    .unwrap_or(PipelineError::Protocol("a neighbour was lost".into()));
-                self.phase = Phase::Running {
-                    notice,
-                    seat,
-                    stopping: None,
-                };
-                self.lost(now, resume, err)
-            }
         }
     }
 
-    /// The running plan broke (`err`): re-plan after the grace, or fail when the run keeps no
-    /// snapshots or has re-planned too often.
-    fn lost(&mut self, now: Instant, resume: ResumePoint, err: PipelineError) -> Vec<Action> {
-        let Phase::Running { notice, .. } = std::mem::replace(&mut self.phase, Phase::Over) else {
-            return Vec::new();
-        };
+    /// `previous` broke (`err`): re-plan after the grace, or fail when the run keeps no
+    /// snapshots or has re-planned too often. Also after a re-balanced notice could not reach
+    /// every member: the run re-plans from it, its own resume point included.
+    fn lost(
+        &mut self,
+        now: Instant,
+        previous: PlanNotice,
+        resume: ResumePoint,
+        err: PipelineError,
+    ) -> Vec<Action> {
         if !self.rules.replans || self.replans >= MAX_REPLANS {
             return self.fail(err);
         }
-        tracing::warn!(%err, epoch = notice.epoch, "pipeline broken; re-planning");
+        tracing::warn!(%err, epoch = previous.epoch, "pipeline broken; re-planning");
         self.replans += 1;
         let until = now + REPLAN_GRACE;
         self.phase = Phase::Grace {
-            previous: notice,
+            previous,
             resume,
             until,
         };
         vec![Action::Wake(until)]
-    }
-
-    /// A re-balanced notice could not reach every member: the run re-plans from it, as after
-    /// a departure (its own resume point is where the next plan resumes).
-    fn broken(
-        &mut self,
-        now: Instant,
-        notice: PlanNotice,
-        resume: ResumePoint,
-        err: PipelineError,
-    ) -> Vec<Action> {
-        let seat = notice.seat(&self.me).unwrap_or(Seat { index: 0, lane: 0 });
-        self.phase = Phase::Running {
-            notice,
-            seat,
-            stopping: None,
-        };
-        self.lost(now, resume, err)
     }
 
     /// The re-plan after `previous` broke (see [`Rules::survivors`]).
