@@ -293,13 +293,20 @@ impl Driver {
         Vec::new()
     }
 
-    /// The peer book changed: the membership takes a look now (while it forms).
+    /// The peer book changed: the membership takes a look (while it forms), at once or, after
+    /// a look moments ago, at the end of the shortest gap between looks.
     async fn on_peers_changed(&mut self, changed: Result<(), watch::error::RecvError>) {
         if changed.is_err() {
             self.result = Some(Err(crate::net::NetError::Shutdown.into()));
             return;
         }
-        self.look().await;
+        let now = now();
+        let at = self.membership.look_after_change(now);
+        if at <= now {
+            self.look().await;
+        } else {
+            self.wake = Some(self.wake.map_or(at, |w| w.min(at)));
+        }
     }
 
     /// Hands the membership a look at the peer book.

@@ -43,6 +43,9 @@ pub(crate) const REPLAN_GRACE: Duration = Duration::from_millis(1000);
 /// book changes (the driver sends a [`Event::Tick`] then); this bound only catches what changes
 /// with no event, such as an unconnected peer's announcement growing too old to count.
 pub(crate) const LOOK_EVERY: Duration = Duration::from_secs(1);
+/// Shortest time between two looks: peers choose how often they announce, and each
+/// announcement changes the peer book, so a flood of them must not become a flood of looks.
+pub(crate) const LOOK_GAP: Duration = Duration::from_millis(100);
 /// Re-plans tolerated per run before giving up.
 pub(crate) const MAX_REPLANS: u32 = 8;
 
@@ -260,6 +263,8 @@ pub(crate) struct Membership {
     /// Break reports (reporter, epoch) for epochs not running yet: a member may run the next
     /// plan, and lose a neighbour, before this node has its notice.
     broken_later: Vec<(PeerId, u64)>,
+    /// When it last looked at the peer book.
+    last_look: Option<Instant>,
 }
 
 impl Membership {
@@ -280,6 +285,7 @@ impl Membership {
             replans: 0,
             later: None,
             broken_later: Vec::new(),
+            last_look: None,
         };
         (membership, vec![Action::Wake(now)])
     }
@@ -293,6 +299,13 @@ impl Membership {
     /// forming: who the members are is read from it).
     pub(crate) fn watches_peers(&self) -> bool {
         matches!(self.phase, Phase::Forming { .. })
+    }
+
+    /// When to look at the peer book after it changed at `now`: at once, unless the last look
+    /// was less than [`LOOK_GAP`] ago.
+    pub(crate) fn look_after_change(&self, now: Instant) -> Instant {
+        self.last_look
+            .map_or(now, |last| (last + LOOK_GAP).max(now))
     }
 
     /// Whether the driver should hand it inbound control messages now. While it sends a notice
@@ -330,6 +343,7 @@ impl Membership {
     }
 
     fn on_tick(&mut self, now: Instant, peers: &[PeerInfo]) -> Vec<Action> {
+        self.last_look = Some(now);
         match &self.phase {
             Phase::Forming { deadline } => {
                 let deadline = *deadline;

@@ -801,3 +801,22 @@ fn members_the_plan_left_out_are_not_rebalanced_back_in() {
     let expected: Vec<String> = expected.iter().map(PeerId::to_string).collect();
     assert_eq!(planned, expected);
 }
+
+/// Peers choose how often they announce and each announcement changes the peer book: after a
+/// look, the next one waits out the shortest gap, however many changes come meanwhile.
+#[test]
+fn looks_after_peer_book_changes_are_spaced() {
+    let rules = Rules::of(&config(3, 1));
+    let ids = peers(3);
+    let now = Instant::now();
+    let (mut m, _) = Membership::new(ids[0], capacity(FAST), rules, now);
+    assert_eq!(m.look_after_change(now), now, "no look yet: at once");
+    m.handle(Event::Tick {
+        now,
+        peers: Vec::new(),
+    });
+    let soon = now + Duration::from_millis(10);
+    assert_eq!(m.look_after_change(soon), now + LOOK_GAP);
+    let later = now + 2 * LOOK_GAP;
+    assert_eq!(m.look_after_change(later), later);
+}
