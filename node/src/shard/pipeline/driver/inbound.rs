@@ -59,11 +59,6 @@ impl Driver {
                 return;
             }
         }
-        while self.decoding.len() >= DECODING {
-            if let Some(done) = self.decoding.join_next().await {
-                self.on_decoded(done);
-            }
-        }
         let (peer, payload) = (message.peer, message.payload);
         self.decoding.spawn(async move {
             let decoded =

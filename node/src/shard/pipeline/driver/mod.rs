@@ -198,7 +198,9 @@ impl Driver {
     async fn run(mut self) -> Result<PipelineReport, PipelineError> {
         loop {
             let wake = self.next_wake();
-            let receptive = self.membership.receptive();
+            // With [`DECODING`] snapshots being decoded, inbound messages wait their turn (the
+            // loop goes on with everything else meanwhile).
+            let receptive = self.membership.receptive() && self.decoding.len() < DECODING;
             let watches_peers = self.membership.watches_peers();
             tokio::select! {
                 biased;
