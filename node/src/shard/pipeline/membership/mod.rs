@@ -372,7 +372,7 @@ impl Membership {
 
     /// One look while forming (see the module docs).
     fn form(&mut self, now: Instant, deadline: Instant, peers: &[PeerInfo]) -> Vec<Action> {
-        if let Some(running) = self.rules.running_leader(peers) {
+        if let Some(running) = self.rules.running_leader(peers, crate::net::now_ms()) {
             tracing::info!(%running, "a pipeline of this run is running; waiting to be planned in");
             self.phase = Phase::Awaiting {
                 leader: running,

@@ -118,11 +118,14 @@ impl Rules {
     }
 
     /// The lowest-id member of a pipeline of this run that is already running (announcing a
-    /// plan epoch), if any.
-    pub(crate) fn running_leader(&self, peers: &[PeerInfo]) -> Option<PeerId> {
+    /// plan epoch), if any: connected, or announced recently (`now_ms`) like a candidate. A
+    /// newcomer that has the announcement of a running member before a connection to one
+    /// must not take the running members for candidates of a first plan of its own (it would
+    /// issue one, and a re-plan of it reaches the running members as a later epoch).
+    pub(crate) fn running_leader(&self, peers: &[PeerInfo], now_ms: u64) -> Option<PeerId> {
         peers
             .iter()
-            .filter(|p| p.connected)
+            .filter(|p| p.connected || now_ms.saturating_sub(p.last_seen_ms) < RECENT_MS)
             .filter(|p| {
                 p.announcement.as_ref().is_some_and(|a| {
                     a.run == self.run

@@ -820,3 +820,25 @@ fn looks_after_peer_book_changes_are_spaced() {
     let later = now + 2 * LOOK_GAP;
     assert_eq!(m.look_after_change(later), later);
 }
+
+/// A newcomer may have the running members' announcements (through the gossip mesh) before a
+/// connection to any of them: it still waits to be planned in rather than counting them as
+/// candidates and issuing a first plan of its own (whose re-plan would reach them as a later
+/// epoch and take them off their pipeline; seen once in a full-suite run of the join test).
+#[test]
+fn a_newcomer_not_yet_connected_to_a_running_pipeline_does_not_form_its_own() {
+    let rules = Rules::of(&config(2, 1));
+    let ids = peers(3);
+    let now = Instant::now();
+    let (mut m, _) = Membership::new(ids[0], capacity(FAST), rules.clone(), now);
+    let world: Vec<PeerInfo> = ids[1..]
+        .iter()
+        .map(|p| announcing(&rules, *p, false, 1, FAST))
+        .collect();
+    let out = m.handle(Event::Tick { now, peers: world });
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::Probe(_))),
+        "{out:?}"
+    );
+    assert_eq!(woken(&out), Some(now + rules.form_timeout));
+}
