@@ -19,14 +19,15 @@ const PROBE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 /// capacity (this node's from `own`), and the previous links among them. Members `previous`
 /// left out are not candidates: they stopped when it was agreed, though their last
 /// announcement can outlive them by a few seconds (or never say that they finished).
+/// `wall_ms` is the wall clock now (the clock of announcements).
 pub(crate) fn rebalance_input(
     rules: &Rules,
     previous: &PlanNotice,
-    peers: &[PeerInfo],
+    (peers, wall_ms): (&[PeerInfo], u64),
     me: PeerId,
     own: Capacity,
 ) -> (Vec<PeerId>, PlanInput) {
-    let mut members = rules.candidates(peers, crate::net::now_ms());
+    let mut members = rules.candidates(peers, wall_ms);
     members.retain(|(p, _)| {
         if previous.is_member(p) {
             return previous.is_planned(p);
@@ -57,9 +58,10 @@ pub(crate) fn rebalance_input(
 /// Measures the link from this node to each other member the way pipeline messages use it:
 /// the round trip is the fastest of three small pushes (stream open, frame, acknowledgement),
 /// the throughput comes from one 1 MiB push. Members that cannot be reached, or whose small push
-/// takes longer than [`PROBE_DEADLINE`], get no link (the planner then assumes
-/// the default link of `membership::rules`); a large push past the deadline gives the throughput bound it implies. One
-/// stuck member delays the plan by one deadline, not by four transfer deadlines.
+/// takes longer than [`PROBE_DEADLINE`], get no link (the planner then assumes the default
+/// link of `membership::rules`); a large push past the deadline gives the throughput bound
+/// it implies. Members are probed at once, so the probes take at most four deadlines however
+/// many members there are, and one stuck member delays the plan by one deadline.
 pub(super) async fn probe_links(net: &Network, run: RunId, members: &[PeerId]) -> Vec<Link> {
     const SMALL: usize = 1024;
     const LARGE: usize = 1 << 20;
@@ -85,28 +87,29 @@ pub(super) async fn probe_links(net: &Network, run: RunId, members: &[PeerId]) -
             }
         }
     };
-    let mut links = Vec::new();
-    'members: for peer in members.iter().filter(|p| **p != me) {
+    let probe = |peer: PeerId| async move {
         let mut rtt = f64::INFINITY;
         for _ in 0..3 {
-            match push(*peer, SMALL).await {
-                Some(secs) => rtt = rtt.min(secs),
-                None => continue 'members,
-            }
+            rtt = rtt.min(push(peer, SMALL).await?);
         }
         // A member that answers small pushes but not a large one in time is a slow link: it
         // gets the throughput bound the deadline implies rather than the LAN default.
-        let large = push(*peer, LARGE)
+        let large = push(peer, LARGE)
             .await
             .unwrap_or(rtt + PROBE_DEADLINE.as_secs_f64());
-        links.push(Link {
+        Some(Link {
             from: me.to_string(),
             to: peer.to_string(),
             spec: LinkSpec {
                 bytes_per_sec: LARGE as f64 / (large - rtt).max(1e-6),
                 rtt_secs: rtt,
             },
-        });
-    }
-    links
+        })
+    };
+    let probes = members.iter().filter(|p| **p != me).map(|p| probe(*p));
+    futures::future::join_all(probes)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }

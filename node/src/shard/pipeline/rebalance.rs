@@ -8,12 +8,15 @@
 //! same announced capacities, by the same 10 % — regrouping on every capacity wobble would
 //! thrash, and a newcomer that would only be left out changes nothing.
 //!
-//! Both watches act only on a member set that held for two looks in a row: peers that join
-//! together are seldom seen in the same look, and one re-plan for them all moves each shard
-//! once instead of once per joiner. Members the current plan left out are never in that set:
-//! they stopped when the plan was agreed.
+//! Both watches look at the peer book when it changes (a join, a leave, an announcement with
+//! new capacities) or this node's own capacity estimate does, at most once per [`LOOK_GAP`]:
+//! with nothing changing they do nothing. They act only on a member set that held for two
+//! looks at least [`LOOK_GAP`] apart (a look that finds the set changed asks for the second
+//! itself): peers that join together are seldom seen in the same look, and one re-plan for
+//! them all moves each shard once instead of once per joiner. Members the current plan left
+//! out are never in that set: they stopped when it was agreed.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use tokio::sync::watch;
@@ -26,8 +29,8 @@ use crate::net::Network;
 use crate::shard::capacity::Capacity;
 use crate::shard::planner::{Decision, ReplanConfig, Replanner};
 
-/// How often the member issuing plans looks for joins and drift.
-const REBALANCE_EVERY: Duration = Duration::from_secs(2);
+/// Shortest time between two looks, and how long a member set must hold to count.
+const LOOK_GAP: Duration = Duration::from_secs(2);
 
 /// Runs beside the issuer's shard; returns the next epoch's notice once one is adopted. Never
 /// returns otherwise (errors: the network is gone, or the current inputs no longer plan).
@@ -54,12 +57,13 @@ async fn watch_one_chain(
     replanner.update(&restricted(&current.input, &current.planned_members()))?;
     let me = net.local_peer_id();
     let mut settle = Settle::new(current);
+    let mut looks = Looks::new(net, own);
     loop {
-        tokio::time::sleep(REBALANCE_EVERY).await;
+        let own = looks.next().await?;
         let peers = net.peers().await?;
-        let own = *own.borrow();
-        let (members, input) = rebalance_input(rules, current, &peers, me, own);
-        if !settle.held(&members) {
+        let (members, input) =
+            rebalance_input(rules, current, (&peers, crate::net::now_ms()), me, own);
+        if !looks.looked(settle.held(&members)) {
             continue;
         }
         match replanner.update(&input) {
@@ -92,12 +96,13 @@ async fn watch_for_joins(
     let me = net.local_peer_id();
     let mut considered = current.planned_members();
     let mut settle = Settle::new(current);
+    let mut looks = Looks::new(net, own);
     loop {
-        tokio::time::sleep(REBALANCE_EVERY).await;
+        let own = looks.next().await?;
         let peers = net.peers().await?;
-        let own = *own.borrow();
-        let (members, input) = rebalance_input(rules, current, &peers, me, own);
-        if !settle.held(&members) {
+        let (members, input) =
+            rebalance_input(rules, current, (&peers, crate::net::now_ms()), me, own);
+        if !looks.looked(settle.held(&members)) {
             continue;
         }
         let joined = members.iter().any(|m| !current.is_member(m));
@@ -139,6 +144,96 @@ async fn watch_for_joins(
     }
 }
 
+/// When the watch looks next (no clock inside: time is an argument): after a change, but not
+/// sooner than [`LOOK_GAP`] after the last look; and [`LOOK_GAP`] after a look that found the
+/// member set still changing, to see whether it held.
+#[derive(Debug)]
+struct Schedule {
+    last: Instant,
+    next: Option<Instant>,
+}
+
+impl Schedule {
+    /// A watch started at `now`: its first look (the set it starts from) after one gap.
+    fn new(now: Instant) -> Self {
+        Self {
+            last: now,
+            next: Some(now + LOOK_GAP),
+        }
+    }
+
+    /// Something the watch reads changed at `now`.
+    fn changed(&mut self, now: Instant) {
+        let at = now.max(self.last + LOOK_GAP);
+        self.next = Some(self.next.map_or(at, |next| next.min(at)));
+    }
+
+    /// The watch looked at `now`; `settled` says whether the member set held.
+    fn looked(&mut self, now: Instant, settled: bool) {
+        self.last = now;
+        self.next = (!settled).then(|| now + LOOK_GAP);
+    }
+}
+
+/// The watch's inputs (the peer book's changes and this node's capacity) and its [`Schedule`].
+struct Looks {
+    changes: watch::Receiver<u64>,
+    own: watch::Receiver<Capacity>,
+    /// Whether `own` still has a sender (its changes are no longer awaited once it is gone).
+    own_open: bool,
+    schedule: Schedule,
+}
+
+impl Looks {
+    fn new(net: &Network, own: watch::Receiver<Capacity>) -> Self {
+        let mut changes = net.peer_changes();
+        changes.mark_unchanged();
+        Self {
+            changes,
+            own,
+            own_open: true,
+            schedule: Schedule::new(now()),
+        }
+    }
+
+    /// Waits for the next look and returns this node's capacity for it.
+    async fn next(&mut self) -> Result<Capacity, PipelineError> {
+        loop {
+            let next = self.schedule.next;
+            tokio::select! {
+                biased;
+                changed = self.changes.changed() => {
+                    changed.map_err(|_| crate::net::NetError::Shutdown)?;
+                    self.schedule.changed(now());
+                }
+                changed = self.own.changed(), if self.own_open => match changed {
+                    Ok(()) => self.schedule.changed(now()),
+                    Err(_) => self.own_open = false,
+                },
+                () = sleep_until(next), if next.is_some() => {
+                    return Ok(*self.own.borrow_and_update());
+                }
+            }
+        }
+    }
+
+    /// Records a look; returns `settled` (whether the member set held).
+    fn looked(&mut self, settled: bool) -> bool {
+        self.schedule.looked(now(), settled);
+        settled
+    }
+}
+
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+    }
+}
+
 /// The member set of the previous look, to tell a settled set from one still changing.
 struct Settle {
     last: Vec<PeerId>,
@@ -162,5 +257,54 @@ impl Settle {
         );
         self.last = members.to_vec();
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_look_comes_one_gap_after_the_start() {
+        let t0 = Instant::now();
+        assert_eq!(Schedule::new(t0).next, Some(t0 + LOOK_GAP));
+    }
+
+    #[test]
+    fn with_nothing_changing_a_settled_watch_does_not_look_again() {
+        let t0 = Instant::now();
+        let mut schedule = Schedule::new(t0);
+        schedule.looked(t0 + LOOK_GAP, true);
+        assert_eq!(schedule.next, None);
+    }
+
+    #[test]
+    fn a_change_is_looked_at_no_sooner_than_a_gap_after_the_last_look() {
+        let t0 = Instant::now();
+        let mut schedule = Schedule::new(t0);
+        schedule.looked(t0 + LOOK_GAP, true);
+        let soon = t0 + LOOK_GAP + Duration::from_millis(300);
+        schedule.changed(soon);
+        assert_eq!(schedule.next, Some(t0 + 2 * LOOK_GAP));
+        // More changes meanwhile (announcements) do not push the look back.
+        schedule.changed(soon + Duration::from_millis(500));
+        assert_eq!(schedule.next, Some(t0 + 2 * LOOK_GAP));
+        let late = t0 + 5 * LOOK_GAP;
+        schedule.looked(t0 + 2 * LOOK_GAP, true);
+        schedule.changed(late);
+        assert_eq!(
+            schedule.next,
+            Some(late),
+            "long after the last look: at once"
+        );
+    }
+
+    #[test]
+    fn a_look_that_finds_the_set_changing_asks_for_a_second() {
+        let t0 = Instant::now();
+        let mut schedule = Schedule::new(t0);
+        let at = t0 + LOOK_GAP;
+        schedule.looked(at, false);
+        assert_eq!(schedule.next, Some(at + LOOK_GAP));
     }
 }

@@ -14,12 +14,12 @@ impl Driver {
                 snapshots::lock(&self.snapshots).insert(state);
                 self.try_start();
             }
-            Ok((peer, Err(err))) => tracing::warn!(%peer, %err, "replica refused"),
-            Err(err) => tracing::warn!(%err, "replica decoding failed"),
+            Ok((peer, Err(err))) => tracing::warn!(%peer, %err, "snapshot refused"),
+            Err(err) => tracing::warn!(%err, "snapshot decoding failed"),
         }
     }
 
-    pub(super) async fn on_message(&mut self, message: Option<Inbound>) {
+    pub(super) fn on_message(&mut self, message: Option<Inbound>) {
         let Some(message) = message else {
             self.result = Some(Err(crate::net::NetError::Shutdown.into()));
             return;
@@ -33,9 +33,9 @@ impl Driver {
             }),
             PipeBody::Broken => self.handle(Event::Broken { from, epoch }),
             PipeBody::Probe => {}
-            PipeBody::Snapshot { start, end } => self.decode_replica(message, start, end).await,
+            PipeBody::Snapshot { start, end } => self.decode_snapshot(message, start, end),
             PipeBody::Forward { .. } | PipeBody::Backward { .. } | PipeBody::Commit { .. } => {
-                self.route(message).await;
+                self.route(message);
             }
         }
     }
@@ -43,7 +43,7 @@ impl Driver {
     /// Decodes a snapshot another member sent, off the async runtime (at most [`DECODING`] at
     /// once). While a stage runs, only snapshots of its epoch from a peer of its plan, or of a
     /// later epoch, are kept.
-    pub(super) async fn decode_replica(&mut self, message: Inbound, start: u32, end: u32) {
+    pub(super) fn decode_snapshot(&mut self, message: Inbound, start: u32, end: u32) {
         if let Some(running) = &self.running {
             let epoch = message.header.epoch;
             // Of this epoch from a peer of its plan, or of a later one from one of its members
@@ -69,15 +69,13 @@ impl Driver {
 
     /// A forward, backward or commit: to the running stage if it is of its epoch, kept if it
     /// is of a later one, dropped if it is of an epoch that is over.
-    pub(super) async fn route(&mut self, message: Inbound) {
+    pub(super) fn route(&mut self, message: Inbound) {
         let epoch = message.header.epoch;
         let current = self.running.as_ref().map(|r| r.notice.epoch);
         match current {
             Some(current) if epoch == current => {
-                if let Some(running) = &self.running
-                    && running.inbox.send(message).await.is_err()
-                {
-                    tracing::debug!(epoch, "stage gone; message dropped");
+                if let Some(running) = &mut self.running {
+                    running.handoff.deliver(message);
                 }
             }
             Some(current) if epoch < current => {

@@ -11,6 +11,7 @@
 //! ([`Network::peer_changes`]), with a 1 s bound for what changes without an event.
 
 mod control;
+mod handoff;
 mod inbound;
 mod stages;
 
@@ -40,6 +41,7 @@ use super::{PipelineConfig, PipelineError, PipelineReport, Placement, StageProgr
 use crate::net::Network;
 use crate::shard::capacity::{self, Capacity};
 use control::Control;
+use handoff::{Handoff, room_in};
 
 /// Longest wait for snapshots still in flight when a new plan starts.
 const PARTS_WAIT: Duration = Duration::from_secs(5);
@@ -149,8 +151,8 @@ struct Running {
     notice: PlanNotice,
     /// Ends the stage at its next wait.
     stop: CancellationToken,
-    /// Its inbox.
-    inbox: mpsc::Sender<Inbound>,
+    /// Its inbox, and the messages held while it is full.
+    handoff: Handoff,
 }
 
 /// A stage waiting for the snapshots its range is built from.
@@ -198,9 +200,13 @@ impl Driver {
     async fn run(mut self) -> Result<PipelineReport, PipelineError> {
         loop {
             let wake = self.next_wake();
-            // With [`DECODING`] snapshots being decoded, inbound messages wait their turn (the
-            // loop goes on with everything else meanwhile).
-            let receptive = self.membership.receptive() && self.decoding.len() < DECODING;
+            // With [`DECODING`] snapshots being decoded, or [`HELD`] messages held for a
+            // stage that is behind, inbound messages wait their turn (the loop goes on with
+            // everything else meanwhile).
+            let receptive = self.membership.receptive()
+                && self.decoding.len() < DECODING
+                && self.running.as_ref().is_none_or(|r| r.handoff.can_hold());
+            let room = self.running.as_ref().and_then(|r| r.handoff.room());
             let watches_peers = self.membership.watches_peers();
             tokio::select! {
                 biased;
@@ -208,7 +214,12 @@ impl Driver {
                 Some(done) = self.control.join_next() => self.on_control(done),
                 Some(done) = self.watchers.join_next() => self.on_watcher(done),
                 Some(done) = self.decoding.join_next() => self.on_decoded(done),
-                message = self.mailbox.next(), if receptive => self.on_message(message).await,
+                permit = room_in(room) => {
+                    if let Some(running) = &mut self.running {
+                        running.handoff.on_room(permit);
+                    }
+                }
+                message = self.mailbox.next(), if receptive => self.on_message(message),
                 changed = self.peer_changes.changed(), if watches_peers => self.on_peers_changed(changed).await,
                 () = sleep_until(wake), if wake.is_some() => self.on_wake().await,
             }
@@ -315,7 +326,11 @@ impl Driver {
     async fn look(&mut self) {
         let now = now();
         match self.net.peers().await {
-            Ok(peers) => self.handle(Event::Tick { now, peers }),
+            Ok(peers) => self.handle(Event::Tick {
+                now,
+                wall_ms: crate::net::now_ms(),
+                peers,
+            }),
             Err(err) => self.result = Some(Err(err.into())),
         }
     }

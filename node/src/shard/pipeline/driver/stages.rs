@@ -106,7 +106,7 @@ impl Driver {
         self.running = Some(Running {
             notice,
             stop,
-            inbox,
+            handoff: Handoff::new(inbox),
         });
         Ok(())
     }

@@ -46,6 +46,11 @@ pub(crate) const LOOK_EVERY: Duration = Duration::from_secs(1);
 /// Shortest time between two looks: peers choose how often they announce, and each
 /// announcement changes the peer book, so a flood of them must not become a flood of looks.
 pub(crate) const LOOK_GAP: Duration = Duration::from_millis(100);
+/// Longest the first plan waits for its link probes: past it, the issuer plans with the
+/// links it has (none: the planner's default link), so a member that neither answers nor
+/// fails a probe does not hold the run back. The driver bounds each probe push tighter
+/// (`members::PROBE_DEADLINE`); this bound holds whatever the probes do.
+pub(crate) const PROBE_BUDGET: Duration = Duration::from_secs(25);
 /// Re-plans tolerated per run before giving up.
 pub(crate) const MAX_REPLANS: u32 = 8;
 
@@ -92,6 +97,9 @@ pub(crate) enum Event {
     Tick {
         /// When.
         now: Instant,
+        /// The wall clock now, in ms since the Unix epoch: the clock of announcements
+        /// (`PeerInfo::last_seen_ms`), against which a peer counts as recently seen.
+        wall_ms: u64,
         /// The peer book.
         peers: Vec<PeerInfo>,
     },
@@ -226,6 +234,7 @@ enum Phase {
     },
     Probing {
         members: Vec<(PeerId, Capacity)>,
+        deadline: Instant,
     },
     Awaiting {
         leader: PeerId,
@@ -327,7 +336,11 @@ impl Membership {
     /// Moves the state machine on by one event.
     pub(crate) fn handle(&mut self, event: Event) -> Vec<Action> {
         match event {
-            Event::Tick { now, peers } => self.on_tick(now, &peers),
+            Event::Tick {
+                now,
+                wall_ms,
+                peers,
+            } => self.on_tick(now, wall_ms, &peers),
             Event::Notice { now, from, payload } => self.on_notice(now, from, &payload),
             Event::Broken { from, epoch } => self.on_broken(from, epoch),
             Event::Probed { now, links } => self.on_probed(now, links),
@@ -342,13 +355,21 @@ impl Membership {
         }
     }
 
-    fn on_tick(&mut self, now: Instant, peers: &[PeerInfo]) -> Vec<Action> {
+    fn on_tick(&mut self, now: Instant, wall_ms: u64, peers: &[PeerInfo]) -> Vec<Action> {
         self.last_look = Some(now);
         match &self.phase {
             Phase::Forming { deadline } => {
                 let deadline = *deadline;
-                self.form(now, deadline, peers)
+                self.form(now, wall_ms, deadline, peers)
             }
+            Phase::Probing { deadline, .. } if now >= *deadline => {
+                tracing::warn!(
+                    budget = ?PROBE_BUDGET,
+                    "link probes did not finish in time; planning with the default link"
+                );
+                self.on_probed(now, Vec::new())
+            }
+            Phase::Probing { deadline, .. } => vec![Action::Wake(*deadline)],
             Phase::Awaiting {
                 leader, deadline, ..
             } if now >= *deadline => self.fail(PipelineError::PeerSilent {
@@ -371,8 +392,14 @@ impl Membership {
     }
 
     /// One look while forming (see the module docs).
-    fn form(&mut self, now: Instant, deadline: Instant, peers: &[PeerInfo]) -> Vec<Action> {
-        if let Some(running) = self.rules.running_leader(peers, crate::net::now_ms()) {
+    fn form(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        deadline: Instant,
+        peers: &[PeerInfo],
+    ) -> Vec<Action> {
+        if let Some(running) = self.rules.running_leader(peers, wall_ms) {
             tracing::info!(%running, "a pipeline of this run is running; waiting to be planned in");
             self.phase = Phase::Awaiting {
                 leader: running,
@@ -381,7 +408,7 @@ impl Membership {
             };
             return vec![Action::Wake(deadline)];
         }
-        let mut members = self.rules.candidates(peers, crate::net::now_ms());
+        let mut members = self.rules.candidates(peers, wall_ms);
         members.retain(|(p, _)| *p != self.me);
         members.push((self.me, self.own));
         let found = members.len();
@@ -399,8 +426,9 @@ impl Membership {
                         .map(|(p, _)| *p)
                         .filter(|p| *p != self.me)
                         .collect();
-                    self.phase = Phase::Probing { members };
-                    return vec![Action::Probe(others)];
+                    let deadline = now + PROBE_BUDGET;
+                    self.phase = Phase::Probing { members, deadline };
+                    return vec![Action::Probe(others), Action::Wake(deadline)];
                 }
                 self.phase = Phase::Awaiting {
                     leader,
@@ -426,7 +454,7 @@ impl Membership {
     }
 
     fn on_probed(&mut self, _now: Instant, links: Vec<Link>) -> Vec<Action> {
-        let Phase::Probing { members } = &self.phase else {
+        let Phase::Probing { members, .. } = &self.phase else {
             return Vec::new();
         };
         let ids: Vec<PeerId> = members.iter().map(|(p, _)| *p).collect();

@@ -82,12 +82,12 @@ fn announcing(rules: &Rules, peer: PeerId, connected: bool, round: u64, flops: f
             },
             round,
             listen_addrs: Vec::new(),
-            timestamp_ms: crate::net::now_ms(),
+            timestamp_ms: WALL,
         }),
         rtt: None,
         throughput_bps: None,
         misbehaviour: 0,
-        last_seen_ms: crate::net::now_ms(),
+        last_seen_ms: WALL,
     }
 }
 
@@ -98,6 +98,18 @@ fn first_plan(rules: &Rules, members: &[(PeerId, f64)]) -> PlanNotice {
     let ids: Vec<PeerId> = members.iter().map(|(p, _)| *p).collect();
     let input = rules.plan_input(&members, Vec::new());
     PlanNotice::compute(1, rules.placement, &ids, input, rules.replicas).expect("a plan")
+}
+
+/// The wall clock of the tests' announcements (ms since the Unix epoch).
+const WALL: u64 = 1_796_601_600_000;
+
+/// A look at `peers` at `now`, with the wall clock at [`WALL`].
+fn tick(now: Instant, peers: Vec<PeerInfo>) -> Event {
+    Event::Tick {
+        now,
+        wall_ms: WALL,
+        peers,
+    }
 }
 
 fn notice_event(now: Instant, from: PeerId, notice: &PlanNotice) -> Event {
@@ -150,8 +162,11 @@ fn running(rules: &Rules, ids: &[PeerId], me: PeerId, now: Instant) -> (Membersh
             .iter()
             .map(|p| announcing(rules, *p, true, 0, FAST))
             .collect();
-        let probe = m.handle(Event::Tick { now, peers: world });
-        assert!(matches!(probe[..], [Action::Probe(_)]), "{probe:?}");
+        let probe = m.handle(tick(now, world));
+        assert!(
+            matches!(probe[..], [Action::Probe(_), Action::Wake(_)]),
+            "{probe:?}"
+        );
         let send = m.handle(Event::Probed {
             now,
             links: Vec::new(),
@@ -189,16 +204,10 @@ fn a_member_waits_while_too_few_are_found_then_fails_at_the_deadline() {
     let (mut m, first) = Membership::new(ids[1], capacity(FAST), rules.clone(), now);
     assert_eq!(woken(&first), Some(now));
     let one = vec![announcing(&rules, ids[0], true, 0, FAST)];
-    let again = m.handle(Event::Tick {
-        now,
-        peers: one.clone(),
-    });
+    let again = m.handle(tick(now, one.clone()));
     assert_eq!(woken(&again), Some(now + LOOK_EVERY));
     let late = now + rules.form_timeout;
-    let out = m.handle(Event::Tick {
-        now: late,
-        peers: one,
-    });
+    let out = m.handle(tick(late, one));
     assert!(
         matches!(failed(&out), Some(PipelineError::Formation(msg)) if msg.contains("2 of 3")),
         "{out:?}"
@@ -215,13 +224,10 @@ fn a_member_that_is_not_the_lowest_awaits_the_lowest_and_fails_if_it_stays_silen
         .iter()
         .map(|p| announcing(&rules, *p, true, 0, FAST))
         .collect();
-    let out = m.handle(Event::Tick { now, peers: world });
+    let out = m.handle(tick(now, world));
     let deadline = now + rules.form_timeout;
     assert_eq!(woken(&out), Some(deadline));
-    let out = m.handle(Event::Tick {
-        now: deadline,
-        peers: Vec::new(),
-    });
+    let out = m.handle(tick(deadline, Vec::new()));
     assert!(
         matches!(failed(&out), Some(PipelineError::PeerSilent { peer, .. }) if *peer == ids[0]),
         "{out:?}"
@@ -255,7 +261,7 @@ fn an_issuer_that_plans_itself_out_sends_the_plan_and_finishes_unseated() {
         .iter()
         .map(|p| announcing(&rules, *p, true, 0, FAST))
         .collect();
-    m.handle(Event::Tick { now, peers: world });
+    m.handle(tick(now, world));
     let out = m.handle(Event::Probed {
         now,
         links: Vec::new(),
@@ -299,7 +305,7 @@ fn a_newcomer_that_sees_a_running_pipeline_waits_to_be_planned_in() {
         .iter()
         .map(|p| announcing(&rules, *p, true, 1, FAST))
         .collect();
-    let out = m.handle(Event::Tick { now, peers: world });
+    let out = m.handle(tick(now, world));
     assert!(
         !out.iter().any(|a| matches!(a, Action::Probe(_))),
         "{out:?}"
@@ -374,15 +380,9 @@ fn the_lowest_survivor_replans_without_the_lost_member_after_the_grace() {
     assert!(!m.receptive(), "messages wait while the grace runs");
     let world = vec![announcing(&rules, ids[2], true, 1, FAST)];
     // Too early: look again at the end of the grace.
-    let early = m.handle(Event::Tick {
-        now,
-        peers: world.clone(),
-    });
+    let early = m.handle(tick(now, world.clone()));
     assert_eq!(woken(&early), Some(now + REPLAN_GRACE));
-    let out = m.handle(Event::Tick {
-        now: now + REPLAN_GRACE,
-        peers: world,
-    });
+    let out = m.handle(tick(now + REPLAN_GRACE, world));
     let notice = sent(&out).expect("the lowest survivor re-plans");
     assert_eq!(notice.epoch, 2);
     assert_eq!(notice.resume_step, 6);
@@ -407,10 +407,7 @@ fn a_survivor_that_is_not_the_lowest_reports_the_break_and_awaits_the_next_epoch
     let (mut m, first) = running(&rules, &ids, ids[2], now);
     m.handle(lost(now, ids[1]));
     let world = vec![announcing(&rules, ids[0], true, 1, FAST)];
-    let out = m.handle(Event::Tick {
-        now: now + REPLAN_GRACE,
-        peers: world,
-    });
+    let out = m.handle(tick(now + REPLAN_GRACE, world));
     assert!(
         out.iter()
             .any(|a| matches!(a, Action::ReportBroken { to, epoch: 1 } if *to == ids[0])),
@@ -437,10 +434,7 @@ fn a_finished_member_is_not_a_survivor_so_the_next_lowest_replans() {
     let (mut m, _) = running(&rules, &ids, ids[1], now);
     m.handle(lost(now, ids[2]));
     let world = vec![announcing(&rules, ids[0], true, FINISHED_EPOCH, FAST)];
-    let out = m.handle(Event::Tick {
-        now: now + REPLAN_GRACE,
-        peers: world,
-    });
+    let out = m.handle(tick(now + REPLAN_GRACE, world));
     let notice = sent(&out).expect("the next lowest re-plans alone");
     assert_eq!(notice.members, vec![ids[1].to_string()]);
 }
@@ -459,10 +453,7 @@ fn a_restarted_member_is_planned_back_in_but_does_not_replan() {
         announcing(&rules, ids[0], true, 0, FAST),
         announcing(&rules, ids[2], true, 1, FAST),
     ];
-    let out = m.handle(Event::Tick {
-        now: now + REPLAN_GRACE,
-        peers: world,
-    });
+    let out = m.handle(tick(now + REPLAN_GRACE, world));
     let notice = sent(&out).expect("the lowest member still running re-plans");
     assert!(notice.is_planned(&ids[0]), "planned back in");
     assert_eq!(notice.members.len(), 3);
@@ -542,10 +533,7 @@ fn an_undelivered_rebalance_notice_replans_instead_of_failing() {
     assert!(failed(&out).is_none(), "{out:?}");
     assert_eq!(woken(&out), Some(now + REPLAN_GRACE));
     let world = vec![announcing(&rules, ids[1], true, 2, FAST)];
-    let out = m.handle(Event::Tick {
-        now: now + REPLAN_GRACE,
-        peers: world,
-    });
+    let out = m.handle(tick(now + REPLAN_GRACE, world));
     let replanned = sent(&out).expect("re-planned without the member that is gone");
     assert_eq!(replanned.epoch, 3);
     assert_eq!(replanned.members.len(), 2);
@@ -729,10 +717,7 @@ fn a_break_report_for_the_awaited_epoch_is_kept_until_it_runs() {
     let (mut m, first) = running(&rules, &ids, ids[2], now);
     m.handle(lost(now, ids[1]));
     let world = vec![announcing(&rules, ids[0], true, 1, FAST)];
-    m.handle(Event::Tick {
-        now: now + REPLAN_GRACE,
-        peers: world,
-    });
+    m.handle(tick(now + REPLAN_GRACE, world));
     assert!(
         m.handle(Event::Broken {
             from: ids[0],
@@ -757,8 +742,8 @@ fn a_node_probing_its_links_takes_a_valid_plan_that_comes_first() {
     let (mut m, _) = Membership::new(ids[0], capacity(FAST), rules.clone(), now);
     let world = vec![announcing(&rules, ids[1], true, 0, FAST)];
     assert!(matches!(
-        m.handle(Event::Tick { now, peers: world })[..],
-        [Action::Probe(_)]
+        m.handle(tick(now, world))[..],
+        [Action::Probe(_), Action::Wake(_)]
     ));
     let mut plan = first_plan(&rules, &[(ids[0], FAST), (ids[1], FAST), (ids[2], FAST)]);
     plan.epoch = 2;
@@ -794,7 +779,7 @@ fn members_the_plan_left_out_are_not_rebalanced_back_in() {
     // A newcomer must be connected to be planned in.
     let unconnected = announcing(&rules, ids[4], false, 0, 1e10);
     let world = vec![fast, slow, newcomer.clone(), unconnected];
-    let (members, input) = rebalance_input(&rules, &previous, &world, me, capacity(FAST));
+    let (members, input) = rebalance_input(&rules, &previous, (&world, WALL), me, capacity(FAST));
     let expected = vec![me, ids[1], newcomer.peer_id];
     assert_eq!(members, expected);
     let planned: Vec<String> = input.peers.iter().map(|p| p.id.clone()).collect();
@@ -811,10 +796,7 @@ fn looks_after_peer_book_changes_are_spaced() {
     let now = Instant::now();
     let (mut m, _) = Membership::new(ids[0], capacity(FAST), rules, now);
     assert_eq!(m.look_after_change(now), now, "no look yet: at once");
-    m.handle(Event::Tick {
-        now,
-        peers: Vec::new(),
-    });
+    m.handle(tick(now, Vec::new()));
     let soon = now + Duration::from_millis(10);
     assert_eq!(m.look_after_change(soon), now + LOOK_GAP);
     let later = now + 2 * LOOK_GAP;
@@ -835,10 +817,86 @@ fn a_newcomer_not_yet_connected_to_a_running_pipeline_does_not_form_its_own() {
         .iter()
         .map(|p| announcing(&rules, *p, false, 1, FAST))
         .collect();
-    let out = m.handle(Event::Tick { now, peers: world });
+    let out = m.handle(tick(now, world));
     assert!(
         !out.iter().any(|a| matches!(a, Action::Probe(_))),
         "{out:?}"
     );
     assert_eq!(woken(&out), Some(now + rules.form_timeout));
+}
+
+/// A probe push that neither answers nor fails (a member that accepts streams and never
+/// reads them) does not hold the first plan back: past [`PROBE_BUDGET`] the issuer plans
+/// with the default link, and the probes' late result changes nothing.
+#[test]
+fn a_stuck_probe_does_not_hold_the_first_plan_back() {
+    let rules = Rules::of(&config(3, 1));
+    let ids = peers(3);
+    let now = Instant::now();
+    let (mut m, _) = Membership::new(ids[0], capacity(FAST), rules.clone(), now);
+    let world: Vec<PeerInfo> = ids
+        .iter()
+        .map(|p| announcing(&rules, *p, true, 0, FAST))
+        .collect();
+    let out = m.handle(tick(now, world.clone()));
+    assert_eq!(woken(&out), Some(now + PROBE_BUDGET), "{out:?}");
+    let early = m.handle(tick(now + Duration::from_secs(3), world.clone()));
+    assert!(sent(&early).is_none(), "{early:?}");
+    assert_eq!(woken(&early), Some(now + PROBE_BUDGET));
+    let out = m.handle(tick(now + PROBE_BUDGET, world));
+    let notice = sent(&out).expect("planned without the probes");
+    assert!(notice.input.links.is_empty());
+    assert_eq!(notice.members.len(), 3);
+    let late = m.handle(Event::Probed {
+        now: now + PROBE_BUDGET,
+        links: Vec::new(),
+    });
+    assert!(late.is_empty(), "{late:?}");
+}
+
+/// Peers count by the wall clock the look brings, not the machine's: an unconnected peer
+/// whose announcement is older than a candidate's recency is not a member to wait for.
+#[test]
+fn an_unconnected_peer_with_an_old_announcement_is_not_a_candidate() {
+    let rules = Rules::of(&config(2, 1));
+    let ids = peers(2);
+    let now = Instant::now();
+    let (mut m, _) = Membership::new(ids[0], capacity(FAST), rules.clone(), now);
+    let mut old = announcing(&rules, ids[1], false, 0, FAST);
+    old.last_seen_ms = WALL - 60_000;
+    let out = m.handle(tick(now, vec![old.clone()]));
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::Probe(_))),
+        "{out:?}"
+    );
+    old.last_seen_ms = WALL - 1_000;
+    let out = m.handle(tick(now + LOOK_EVERY, vec![old]));
+    assert!(out.iter().any(|a| matches!(a, Action::Probe(_))), "{out:?}");
+}
+
+/// The last message of a run: the downstream neighbour finishes and leaves, and the sender
+/// may see that send fail (before 2026-12-05 the acknowledgement was lost in the transport)
+/// and report the chain broken. A member whose part is over takes no part in that: it
+/// neither re-plans nor answers, whatever arrives after it finished.
+#[test]
+fn a_member_that_finished_ignores_what_comes_after_its_last_step() {
+    let rules = Rules::of(&config(3, 1));
+    let ids = peers(3);
+    let now = Instant::now();
+    let (mut m, notice) = running(&rules, &ids, ids[2], now);
+    let out = m.handle(Event::StageEnded {
+        now,
+        end: Ok(EpochEnd::Finished),
+        resume: no_resume(),
+    });
+    assert!(matches!(out[..], [Action::Finish { .. }]), "{out:?}");
+    let broken = m.handle(Event::Broken {
+        from: ids[1],
+        epoch: 1,
+    });
+    assert!(broken.is_empty(), "{broken:?}");
+    let mut next = notice.clone();
+    next.epoch = 2;
+    assert!(m.handle(notice_event(now, ids[0], &next)).is_empty());
+    assert!(m.handle(tick(now + REPLAN_GRACE, Vec::new())).is_empty());
 }
