@@ -21,6 +21,8 @@ const RANGE_BYTES: u64 = 8 * 1024 * 1024;
 const RANGE_ATTEMPTS: usize = 3;
 /// How long after start the node looks for peers far ahead of it.
 const JOIN_WINDOW: Duration = Duration::from_secs(30);
+/// Wait after a failed state download before the next try.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// A served snapshot is reused for range requests this long.
 const SNAPSHOT_TTL: Duration = Duration::from_secs(60);
 
@@ -156,49 +158,69 @@ fn reply(ctx: &Context, served: &Served, request: &StateRequest) -> Result<State
 }
 
 /// Watches for peers far ahead (late join, restart after a long outage) and adopts the
-/// state of the most advanced one once.
+/// state of the most advanced one once. It looks when the peer book changes (announcements
+/// carry the rounds), during [`JOIN_WINDOW`] from the start; after a failed download it waits
+/// [`RETRY_AFTER`] before trying again.
 pub(crate) async fn join(ctx: Arc<Context>) {
     // Only a training node can be behind: with training off every model is as good as any
     // other, and averaging alone brings it to the mean.
     if !ctx.trains {
         return;
     }
-    let started = Instant::now();
+    let window = tokio::time::sleep(JOIN_WINDOW);
+    tokio::pin!(window);
+    let mut changes = ctx.net.peer_changes();
     let start_round = ctx.status.borrow().worker.round;
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    while started.elapsed() < JOIN_WINDOW {
-        tokio::select! {
-            _ = ctx.cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    loop {
         let Ok(peers) = ctx.net.peers().await else {
             return;
         };
-        let live = super::presence::live_peers(&ctx, &peers);
-        let progress = Progress {
-            start_round,
-            trained_rounds: ctx.status.borrow().worker.trained_rounds,
-        };
-        let ahead = peers
-            .iter()
-            .filter(|p| live.contains(&p.peer_id))
-            .filter_map(|p| p.announcement.as_ref().map(|a| (a.round, p.peer_id)))
-            .filter(|(round, _)| progress.is_far_behind(*round, ctx.config.join_lag_rounds))
-            .max();
-        let Some((announced, peer)) = ahead else {
-            continue;
-        };
-        match download(&ctx, peer, announced).await {
-            Ok((round, params)) => {
-                tracing::info!(%peer, round, "downloaded model state");
-                if !ctx.deliver(WorkerInput::Adopt { round, params }).await {
-                    tracing::warn!(%peer, round, "downloaded state not adopted: node stopping");
+        if let Some((announced, peer)) = far_ahead(&ctx, &peers, start_round) {
+            match download(&ctx, peer, announced).await {
+                Ok((round, params)) => {
+                    tracing::info!(%peer, round, "downloaded model state");
+                    if !ctx.deliver(WorkerInput::Adopt { round, params }).await {
+                        tracing::warn!(%peer, round, "downloaded state not adopted: node stopping");
+                    }
+                    return;
                 }
-                return;
+                Err(err) => {
+                    tracing::warn!(%peer, %err, "state download failed; will retry");
+                    tokio::select! {
+                        biased;
+                        () = ctx.cancel.cancelled() => return,
+                        () = &mut window => return,
+                        () = tokio::time::sleep(RETRY_AFTER) => {}
+                    }
+                }
             }
-            Err(err) => tracing::warn!(%peer, %err, "state download failed; will retry"),
+        }
+        tokio::select! {
+            biased;
+            () = ctx.cancel.cancelled() => return,
+            () = &mut window => return,
+            changed = changes.changed() => if changed.is_err() { return },
         }
     }
+}
+
+/// The live peer announcing the highest round far enough ahead of this node to adopt.
+fn far_ahead(
+    ctx: &Context,
+    peers: &[crate::net::PeerInfo],
+    start_round: u64,
+) -> Option<(u64, libp2p::PeerId)> {
+    let live = super::presence::live_peers(ctx, peers);
+    let progress = Progress {
+        start_round,
+        trained_rounds: ctx.status.borrow().worker.trained_rounds,
+    };
+    peers
+        .iter()
+        .filter(|p| live.contains(&p.peer_id))
+        .filter_map(|p| p.announcement.as_ref().map(|a| (a.round, p.peer_id)))
+        .filter(|(round, _)| progress.is_far_behind(*round, ctx.config.join_lag_rounds))
+        .max()
 }
 
 /// How far this node's model has come on its own, for telling whether a peer is far ahead.
