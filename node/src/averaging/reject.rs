@@ -22,6 +22,8 @@ pub enum Rejection {
     Replay,
     /// Too many rounds behind.
     Stale,
+    /// Too many rounds ahead of this node's clock.
+    TooFarAhead,
     /// Payload length, digest, codec or element count do not match.
     BadPayload,
     /// The decoded values contain NaN or infinity.
@@ -47,6 +49,7 @@ impl Rejection {
             Rejection::NotMember => "not_member",
             Rejection::Replay => "replay",
             Rejection::Stale => "stale",
+            Rejection::TooFarAhead => "too_far_ahead",
             Rejection::BadPayload => "bad_payload",
             Rejection::NonFinite => "non_finite",
             Rejection::NormOutlier => "norm_outlier",
@@ -59,6 +62,7 @@ impl Rejection {
     pub fn penalty(self) -> u32 {
         match self {
             Rejection::Stale
+            | Rejection::TooFarAhead
             | Rejection::Overloaded
             | Rejection::WrongModel
             | Rejection::PartMismatch => 0,
@@ -84,6 +88,9 @@ impl fmt::Display for Rejection {
 pub struct MergeCounts {
     /// Deltas merged.
     pub merged: u64,
+    /// Deltas folded into a queued one of the same sender before a sync (each sender holds
+    /// one place in the queue; see `engine::admit`).
+    pub folded: u64,
     /// Deltas rejected, by reason.
     pub rejected: BTreeMap<Rejection, u64>,
 }

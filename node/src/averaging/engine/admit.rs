@@ -1,6 +1,12 @@
-//! Admission of a received delta: the envelope, signer, run, model, membership, replay and
-//! staleness checks, decoding into a reused buffer, and queueing the result for the next sync.
-//! Every refusal is counted.
+//! Admission of a received delta: the envelope, signer, run, model, membership, replay,
+//! staleness and lead checks, decoding into a reused buffer, and queueing the result for the
+//! next sync. Every refusal is counted.
+//!
+//! One sender holds at most one place in the queue: a second delta from it before the next
+//! sync is folded into the first (their mass-weighted mean, with both masses), which is what
+//! push-sum would have merged anyway. A peer id is free, but one identity that sends many
+//! deltas with distinct rounds no longer fills the queue and pushes honest deltas out, nor
+//! casts more than one vote in a robust merge.
 
 use libp2p::PeerId;
 use murmur_protocol::{CodecError, Digest, Message, SignedEnvelope, envelope::MAX_ENVELOPE_BYTES};
@@ -33,6 +39,11 @@ impl Averager {
         let result = self.check(sender, header, payload, transfer_digest);
         match result {
             Ok(candidate) => {
+                if let Some(queued) = self.pending.iter().position(|c| c.peer == candidate.peer) {
+                    let folded = self.fold(queued, candidate);
+                    self.recycle(folded);
+                    return Ok(());
+                }
                 self.pending.push(candidate);
                 let cap = 4 * self.config.fanout.max(1) + 8;
                 if self.pending.len() > cap {
@@ -75,6 +86,9 @@ impl Averager {
         }
         if self.replay.contains(&signer, h.base_round) {
             return Err(Rejection::Replay);
+        }
+        if h.base_round > self.round.saturating_add(self.config.max_lead) {
+            return Err(Rejection::TooFarAhead);
         }
         let lag = if self.training {
             self.round.saturating_sub(h.base_round)
@@ -123,9 +137,35 @@ impl Averager {
             .staleness_discount
             .powi(lag.saturating_sub(1).min(64) as i32);
         Ok(Candidate {
+            peer: signer,
             values,
             mass: h.weight * discount,
             norm: norm_sq.sqrt(),
         })
+    }
+
+    /// Folds `later` into the queued candidate at `queued` (same sender): the mass-weighted
+    /// mean of both models with the sum of their masses. Returns the buffer left over.
+    fn fold(&mut self, queued: usize, later: Candidate) -> Vec<f32> {
+        let anchor = &self.anchor;
+        let first = &mut self.pending[queued];
+        let total = first.mass + later.mass;
+        if total <= 0.0 || !total.is_finite() {
+            // Nothing to weigh by: the later delta stands alone.
+            let earlier = std::mem::replace(first, later);
+            return earlier.values;
+        }
+        let (a, b) = (first.mass / total, later.mass / total);
+        let mut norm_sq = 0.0f64;
+        for ((x, y), base) in first.values.iter_mut().zip(&later.values).zip(anchor) {
+            let mixed = (a * f64::from(*x) + b * f64::from(*y)) as f32;
+            *x = mixed;
+            let d = f64::from(mixed - base);
+            norm_sq += d * d;
+        }
+        first.mass = total;
+        first.norm = norm_sq.sqrt();
+        self.counts.folded += 1;
+        later.values
     }
 }

@@ -42,6 +42,10 @@ pub struct AveragerConfig {
     pub staleness_discount: f64,
     /// Deltas more rounds behind than this are refused.
     pub max_staleness: u64,
+    /// Deltas more rounds ahead of this node's clock than this are refused, and never move
+    /// it: a peer's round is a number it chooses, and a clock that jumps to it would make
+    /// every honest delta look stale (see [`DEFAULT_MAX_LEAD`]).
+    pub max_lead: u64,
     /// A model whose distance from the anchor exceeds this multiple of the median distance
     /// (own model included) is refused as an outlier.
     pub outlier_ratio: f64,
@@ -69,6 +73,7 @@ impl AveragerConfig {
             fanout: 2,
             staleness_discount: 0.8,
             max_staleness: 16,
+            max_lead: DEFAULT_MAX_LEAD,
             outlier_ratio: 10.0,
             robust: None,
             outer: None,
@@ -79,9 +84,18 @@ impl AveragerConfig {
     }
 }
 
-/// A received delta that passed admission, waiting for the next sync.
+/// How far ahead of this node's round clock a delta may be: honest peers that sync at
+/// different rates stay within a round or two of each other (each moves its clock up to the
+/// rounds it hears), so 64 leaves room for a node that paused, and a node further behind
+/// than that catches up by adopting a peer's state, not by merging.
+pub const DEFAULT_MAX_LEAD: u64 = 64;
+
+/// A received delta that passed admission, waiting for the next sync. Deltas of one sender
+/// between two syncs are folded into one (see `admit`).
 #[derive(Debug)]
 struct Candidate {
+    /// Its signer.
+    peer: PeerKey,
     values: Vec<f32>,
     mass: f64,
     /// Distance of `values` from the anchor (computed while decoding).

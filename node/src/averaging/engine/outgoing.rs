@@ -94,7 +94,7 @@ impl Averager {
             previous.extend_from_slice(params);
         }
         let round = self.round;
-        self.round += 1;
+        self.round = self.round.saturating_add(1);
         if let Err(err) = self.replay.prune(self.round) {
             tracing::warn!(%err, "could not prune the merged-pairs set");
         }

@@ -34,6 +34,7 @@ pub fn status_json(peer: &PeerId, s: &NodeStatus, elapsed: Duration) -> serde_js
         "reached_target": w.reached_target,
         "mass": w.mass,
         "merged": w.counts.merged,
+        "folded": w.counts.folded,
         "rejected": w.counts.rejected_total(),
         "rejected_by_reason": w.counts.rejected_json(),
         "bytes_sent": s.bytes_sent,
