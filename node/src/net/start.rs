@@ -56,7 +56,7 @@ impl Network {
         let (mut swarm, topic) = open_swarm(keypair, &config)?;
         let book = store.map(Store::peer_book).transpose()?;
         let known = match &book {
-            Some(book) => book.all()?,
+            Some(book) => book.all()?.records,
             None => Vec::new(),
         };
         if let Some(book) = &book {

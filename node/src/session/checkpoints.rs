@@ -18,8 +18,9 @@ pub const CHECKPOINT_TREE: &str = "checkpoints/v1";
 pub const SESSION_TREE: &str = "session/v1";
 const NEXT_ROUND_KEY: &[u8] = b"next_round";
 const MAGIC: &[u8; 8] = b"MRMCKPT1";
-/// Largest checkpoint read back (bounds a corrupt length).
-const MAX_CHECKPOINT_BYTES: usize = 2 << 30;
+/// Largest checkpoint written and read back (the same bound both ways: a checkpoint that
+/// could not be read back is refused when written, with an error that says so).
+pub const MAX_CHECKPOINT_BYTES: usize = 2 << 30;
 
 /// Everything a node needs to resume.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,6 +47,14 @@ pub enum CheckpointStoreError {
     /// Encoding failed.
     #[error("encoding a checkpoint: {0}")]
     Encode(#[from] bincode::error::EncodeError),
+    /// The checkpoint is larger than one that can be read back.
+    #[error("a checkpoint of {bytes} bytes exceeds the {max}-byte limit; not written")]
+    TooLarge {
+        /// Its size.
+        bytes: usize,
+        /// [`MAX_CHECKPOINT_BYTES`].
+        max: usize,
+    },
 }
 
 /// The checkpoints of one node.
@@ -54,6 +63,8 @@ pub struct Checkpoints {
     tree: sled::Tree,
     session: sled::Tree,
     keep: usize,
+    /// Largest checkpoint written or read ([`MAX_CHECKPOINT_BYTES`]; smaller in tests).
+    max_bytes: usize,
 }
 
 impl Checkpoints {
@@ -63,12 +74,22 @@ impl Checkpoints {
             tree: store.raw_tree(CHECKPOINT_TREE)?,
             session: store.raw_tree(SESSION_TREE)?,
             keep: keep.max(1),
+            max_bytes: MAX_CHECKPOINT_BYTES,
         })
     }
 
-    /// Writes `checkpoint` durably, then drops all but the newest `keep`.
+    /// Writes `checkpoint` durably, then drops all but the newest `keep`. A checkpoint over
+    /// [`MAX_CHECKPOINT_BYTES`] is refused ([`CheckpointStoreError::TooLarge`]) and the held
+    /// ones are kept.
     pub fn save(&self, checkpoint: &SessionCheckpoint) -> Result<(), CheckpointStoreError> {
         let body = bincode::serde::encode_to_vec(checkpoint, bincode::config::standard())?;
+        let bytes = body.len() + 40;
+        if bytes > self.max_bytes {
+            return Err(CheckpointStoreError::TooLarge {
+                bytes,
+                max: self.max_bytes,
+            });
+        }
         let mut value = Vec::with_capacity(body.len() + 40);
         value.extend_from_slice(MAGIC);
         value.extend_from_slice(blake3::hash(&body).as_bytes());
@@ -89,7 +110,7 @@ impl Checkpoints {
     pub fn latest(&self) -> Result<Option<SessionCheckpoint>, CheckpointStoreError> {
         for item in self.tree.iter().rev() {
             let (key, value) = item?;
-            match decode(&value) {
+            match decode(&value, self.max_bytes) {
                 Some(ckpt) => return Ok(Some(ckpt)),
                 None => tracing::warn!(key = ?key, "skipping a damaged checkpoint"),
             }
@@ -108,9 +129,12 @@ impl Checkpoints {
     }
 
     /// Records the next round number this node may use (so a restart never reuses a round
-    /// it already sent, which receivers would refuse as a replay).
+    /// it already sent, which receivers would refuse as a replay), durably: the flush also
+    /// makes the (peer, round) pairs merged so far durable, so a restart does not accept
+    /// them again.
     pub fn record_next_round(&self, round: u64) -> Result<(), CheckpointStoreError> {
         self.session.insert(NEXT_ROUND_KEY, &round.to_be_bytes())?;
+        self.session.flush()?;
         Ok(())
     }
 
@@ -124,8 +148,8 @@ impl Checkpoints {
     }
 }
 
-fn decode(value: &[u8]) -> Option<SessionCheckpoint> {
-    if value.len() < 40 || value.len() > MAX_CHECKPOINT_BYTES || &value[..8] != MAGIC {
+fn decode(value: &[u8], max_bytes: usize) -> Option<SessionCheckpoint> {
+    if value.len() < 40 || value.len() > max_bytes || &value[..8] != MAGIC {
         return None;
     }
     let body = &value[40..];
@@ -169,6 +193,24 @@ mod tests {
         bad[last] ^= 1;
         tree.insert(4u64.to_be_bytes(), bad).unwrap();
         assert_eq!(c.latest().unwrap().unwrap().round, 3);
+    }
+
+    /// A checkpoint too large to read back is refused when written, and the held ones stay
+    /// (before: it was written, the older ones dropped, and a restart found none it could
+    /// read, so it began from scratch).
+    #[test]
+    fn a_checkpoint_too_large_to_read_back_is_refused_and_the_held_ones_kept() {
+        let store = Store::temporary().unwrap();
+        let mut c = Checkpoints::open(&store, 1).unwrap();
+        c.max_bytes = 1000;
+        c.save(&ckpt(1)).unwrap();
+        let mut big = ckpt(2);
+        big.replica = vec![7; 2000];
+        assert!(matches!(
+            c.save(&big),
+            Err(CheckpointStoreError::TooLarge { max: 1000, .. })
+        ));
+        assert_eq!(c.latest().unwrap().unwrap().round, 1);
     }
 
     #[test]

@@ -10,7 +10,7 @@ mod typed;
 
 use std::path::Path;
 
-pub use peer_book::{MAX_ADDRS_PER_PEER, PeerBook, PeerRecord, StoredCapacity};
+pub use peer_book::{MAX_ADDRS_PER_PEER, PeerBook, PeerRecord, Scan, StoredCapacity};
 pub use typed::TypedTree;
 
 /// Name of the tree that holds the peer book.

@@ -66,6 +66,15 @@ impl PeerRecord {
     }
 }
 
+/// What [`PeerBook::all`] read.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// The readable records.
+    pub records: Vec<(PeerId, PeerRecord)>,
+    /// Records skipped as damaged.
+    pub damaged: usize,
+}
+
 /// The peer book tree.
 #[derive(Clone, Debug)]
 pub struct PeerBook {
@@ -87,30 +96,55 @@ impl PeerBook {
         self.tree.insert(&peer.to_bytes(), record)
     }
 
-    /// Reads, changes and writes back the record of `peer` (created if missing).
+    /// Reads, changes and writes back the record of `peer` (created if missing, or replacing
+    /// a damaged one).
     pub fn update(
         &self,
         peer: &PeerId,
         change: impl FnOnce(&mut PeerRecord),
     ) -> Result<PeerRecord, StoreError> {
-        let mut record = self.get(peer)?.unwrap_or_default();
+        let mut record = match self.get(peer) {
+            Ok(record) => record.unwrap_or_default(),
+            Err(err @ StoreError::Decode { .. }) => {
+                tracing::warn!(%peer, %err, "damaged peer-book record replaced");
+                PeerRecord::default()
+            }
+            Err(err) => return Err(err),
+        };
         change(&mut record);
         self.put(peer, &record)?;
         Ok(record)
     }
 
-    /// All records. Entries with a corrupt key or value are reported as errors.
-    pub fn all(&self) -> Result<Vec<(PeerId, PeerRecord)>, StoreError> {
-        self.tree
-            .iter()
-            .map(|item| {
-                let (key, record) = item?;
+    /// All readable records, and how many were damaged (an undecodable key or value: a
+    /// torn write, another version, a corrupt file). Damaged ones are skipped and logged, not
+    /// fatal: a peer book is a cache of whom to redial. Only a failing store is an error.
+    pub fn all(&self) -> Result<Scan, StoreError> {
+        let mut scan = Scan::default();
+        for item in self.tree.iter() {
+            let entry = item.and_then(|(key, record)| {
                 let peer = PeerId::from_bytes(&key).map_err(|_| StoreError::BadKey {
                     tree: self.tree.name().to_owned(),
                 })?;
                 Ok((peer, record))
-            })
-            .collect()
+            });
+            match entry {
+                Ok(entry) => scan.records.push(entry),
+                Err(err @ (StoreError::Decode { .. } | StoreError::BadKey { .. })) => {
+                    scan.damaged += 1;
+                    tracing::debug!(%err, "damaged peer-book record skipped");
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        if scan.damaged > 0 {
+            tracing::warn!(
+                damaged = scan.damaged,
+                kept = scan.records.len(),
+                "skipped damaged peer-book records"
+            );
+        }
+        Ok(scan)
     }
 
     /// Peers worth redialing after a restart: most recently seen first, with at least one
@@ -122,6 +156,7 @@ impl PeerBook {
     ) -> Result<Vec<(PeerId, Vec<Multiaddr>)>, StoreError> {
         let mut records: Vec<_> = self
             .all()?
+            .records
             .into_iter()
             .filter(|(_, r)| r.misbehaviour < max_misbehaviour && !r.addrs.is_empty())
             .collect();
@@ -160,6 +195,30 @@ mod tests {
         let all = book.dial_candidates(10, 100)?;
         assert_eq!(all.iter().map(|(p, _)| *p).collect::<Vec<_>>(), vec![b, a]);
         assert_eq!(book.dial_candidates(10, 3)?.len(), 1);
+        Ok(())
+    }
+
+    /// A damaged record (torn write, corrupt file, bad key) is skipped and counted; the
+    /// others are read and the damaged one can be written over (before, one such record made
+    /// every start-up fail).
+    #[test]
+    fn damaged_records_are_skipped_and_counted() -> Result<(), Box<dyn std::error::Error>> {
+        let store = Store::temporary()?;
+        let book = store.peer_book()?;
+        let (good, bad) = (PeerId::random(), PeerId::random());
+        book.update(&good, |r| {
+            r.add_addr(&"/ip4/127.0.0.1/tcp/1".parse().expect("valid addr"));
+        })?;
+        let raw = store.raw_tree(crate::store::PEER_BOOK_TREE)?;
+        raw.insert(bad.to_bytes(), &[0xff; 3][..])?;
+        raw.insert(b"not a peer id", &[0u8; 4][..])?;
+        let scan = book.all()?;
+        assert_eq!(scan.damaged, 2);
+        assert_eq!(scan.records.len(), 1);
+        assert_eq!(scan.records[0].0, good);
+        assert_eq!(book.dial_candidates(10, 100)?.len(), 1);
+        book.update(&bad, |r| r.last_seen_ms = 5)?;
+        assert_eq!(book.get(&bad)?.map(|r| r.last_seen_ms), Some(5));
         Ok(())
     }
 

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use super::{WorkerConfig, WorkerOutput, WorkerStatus};
 use crate::averaging::{Averager, Outgoing, Rejection};
 use crate::session::SessionError;
-use crate::session::checkpoints::{Checkpoints, SessionCheckpoint};
+use crate::session::checkpoints::{CheckpointStoreError, Checkpoints, SessionCheckpoint};
 use crate::session::presence::LivePeers;
 use crate::session::replica::Replica;
 
@@ -37,6 +37,8 @@ pub(super) struct Shared {
     train_time: Duration,
     /// The parameter buffer of the last sync, reused by the next one (model-sized).
     pub(super) params_buffer: Vec<f32>,
+    /// A checkpoint was refused as too large (said once; later ones are not tried again).
+    checkpoint_refused: bool,
 }
 
 impl Shared {
@@ -62,6 +64,7 @@ impl Shared {
             last_sync: Instant::now(),
             train_time: Duration::ZERO,
             params_buffer: Vec::new(),
+            checkpoint_refused: false,
         }
     }
 
@@ -146,7 +149,11 @@ impl Shared {
 
     /// Writes a checkpoint (when the node has a store).
     pub(super) fn checkpoint(&mut self) -> Result<(), SessionError> {
-        let Some(store) = &self.checkpoints else {
+        let Some(store) = self
+            .checkpoints
+            .as_ref()
+            .filter(|_| !self.checkpoint_refused)
+        else {
             return Ok(());
         };
         let ckpt = SessionCheckpoint {
@@ -155,8 +162,17 @@ impl Shared {
             replica: self.replica.checkpoint()?,
             averager: self.averager.state(),
         };
-        store.save(&ckpt)?;
-        tracing::debug!(round = ckpt.round, "checkpoint written");
+        match store.save(&ckpt) {
+            Ok(()) => tracing::debug!(round = ckpt.round, "checkpoint written"),
+            // Training goes on; the operator is told the node cannot resume from disk.
+            Err(err @ CheckpointStoreError::TooLarge { .. }) => {
+                if !self.checkpoint_refused {
+                    tracing::error!(%err, "checkpoints are off for this model: a restart will start from the run's initial model or a peer's state");
+                }
+                self.checkpoint_refused = true;
+            }
+            Err(err) => return Err(err.into()),
+        }
         Ok(())
     }
 
