@@ -233,10 +233,17 @@ impl EventLoop {
     fn flush_peer_book(&mut self) -> Option<tokio::task::JoinHandle<()>> {
         let book = self.book.clone()?;
         let dirty = self.peers.take_dirty();
-        if dirty.is_empty() {
+        let evicted = self.peers.take_evicted();
+        if dirty.is_empty() && evicted.is_empty() {
             return None;
         }
         Some(tokio::task::spawn_blocking(move || {
+            // Removals first: a peer evicted and seen again since is written back.
+            for peer in evicted {
+                if let Err(e) = book.remove(&peer) {
+                    tracing::warn!(%peer, "peer book removal failed: {e}");
+                }
+            }
             for (peer, record) in dirty {
                 if let Err(e) = book.put(&peer, &record) {
                     tracing::warn!(%peer, "peer book write failed: {e}");

@@ -3,6 +3,13 @@
 //! Entries start from the persisted peer book and are updated from connections, discovery,
 //! ping, transfers and announcements. Changed entries are marked dirty and written back to
 //! the peer book in batches, off the swarm task.
+//!
+//! Both stay bounded, whatever peers do: a peer id is free, so the table holds at most
+//! [`MAX_PEERS`] entries (a new peer beyond that evicts the least recently seen one that is not
+//! connected, from the peer book too). Misbehaviour scores are not forever: a score holds for
+//! [`SCORE_HOLD_MS`] after the peer's last offence (a ban lasts that long), then halves every
+//! [`SCORE_HALF_LIFE_MS`], so an honest peer that once sent something odd over a long run is
+//! not banned for good.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -53,18 +60,41 @@ pub fn link_stats(peers: &[PeerInfo]) -> Vec<LinkStat> {
         .collect()
 }
 
+/// Most peers the table (and the peer book) keeps.
+pub(crate) const MAX_PEERS: usize = 4096;
+/// How long a misbehaviour score holds after the peer's last offence (ms).
+pub(crate) const SCORE_HOLD_MS: u64 = 3_600_000;
+/// After the hold, the score halves this often (ms).
+pub(crate) const SCORE_HALF_LIFE_MS: u64 = 3_600_000;
+
+/// `score`, last raised at `since_ms`, as it stands at `now_ms`.
+fn decayed(score: u32, since_ms: u64, now_ms: u64) -> u32 {
+    let past_hold = now_ms
+        .saturating_sub(since_ms)
+        .saturating_sub(SCORE_HOLD_MS);
+    if past_hold == 0 {
+        return score;
+    }
+    let halvings = past_hold as f64 / SCORE_HALF_LIFE_MS as f64;
+    (f64::from(score) * 0.5f64.powf(halvings)).floor() as u32
+}
+
 #[derive(Debug, Default)]
 struct Entry {
     record: PeerRecord,
     connections: usize,
     announcement: Option<Announcement>,
     dirty: bool,
+    /// When the misbehaviour score was last raised (ms).
+    scored_ms: u64,
 }
 
 /// Live peer table.
 #[derive(Debug, Default)]
 pub(crate) struct PeerTable {
     entries: HashMap<PeerId, Entry>,
+    /// Peers evicted since the last [`take_evicted`](Self::take_evicted) (for the peer book).
+    evicted: Vec<PeerId>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -74,21 +104,52 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 impl PeerTable {
-    /// Seeds the table from persisted records.
-    pub(crate) fn from_records(records: Vec<(PeerId, PeerRecord)>) -> Self {
+    /// Seeds the table from persisted records (the [`MAX_PEERS`] seen most recently; the
+    /// others are evicted).
+    pub(crate) fn from_records(mut records: Vec<(PeerId, PeerRecord)>) -> Self {
+        records.sort_by_key(|(_, r)| std::cmp::Reverse(r.last_seen_ms));
+        let evicted = records
+            .iter()
+            .skip(MAX_PEERS)
+            .map(|(peer, _)| *peer)
+            .collect();
+        records.truncate(MAX_PEERS);
         let entries = records
             .into_iter()
             .map(|(peer, record)| {
-                (
-                    peer,
-                    Entry {
-                        record,
-                        ..Entry::default()
-                    },
-                )
+                let scored_ms = record.last_seen_ms;
+                let entry = Entry {
+                    record,
+                    scored_ms,
+                    ..Entry::default()
+                };
+                (peer, entry)
             })
             .collect();
-        Self { entries }
+        Self { entries, evicted }
+    }
+
+    /// Peers evicted since the last call (to remove from the peer book).
+    pub(crate) fn take_evicted(&mut self) -> Vec<PeerId> {
+        std::mem::take(&mut self.evicted)
+    }
+
+    /// Makes room for one more entry: the least recently seen peer that is not connected
+    /// goes (none goes while every entry is connected: connections are bounded elsewhere).
+    fn make_room(&mut self) {
+        if self.entries.len() < MAX_PEERS {
+            return;
+        }
+        let stalest = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.connections == 0)
+            .min_by_key(|(_, e)| e.record.last_seen_ms)
+            .map(|(peer, _)| *peer);
+        if let Some(peer) = stalest {
+            self.entries.remove(&peer);
+            self.evicted.push(peer);
+        }
     }
 
     /// Whether `peer` is known.
@@ -97,6 +158,9 @@ impl PeerTable {
     }
 
     fn touch(&mut self, peer: PeerId) -> &mut Entry {
+        if !self.entries.contains_key(&peer) {
+            self.make_room();
+        }
         let entry = self.entries.entry(peer).or_default();
         entry.record.last_seen_ms = now_ms();
         entry.dirty = true;
@@ -157,13 +221,26 @@ impl PeerTable {
 
     /// Adds misbehaviour points; returns the new score.
     pub(crate) fn penalize(&mut self, peer: PeerId, points: u32) -> u32 {
+        self.penalize_at(peer, points, now_ms())
+    }
+
+    fn penalize_at(&mut self, peer: PeerId, points: u32, now_ms: u64) -> u32 {
         let entry = self.touch(peer);
-        entry.record.misbehaviour = entry.record.misbehaviour.saturating_add(points);
+        let score = decayed(entry.record.misbehaviour, entry.scored_ms, now_ms);
+        entry.record.misbehaviour = score.saturating_add(points);
+        entry.scored_ms = now_ms;
         entry.record.misbehaviour
     }
 
+    /// The peer's misbehaviour score now (decayed).
     pub(crate) fn misbehaviour(&self, peer: &PeerId) -> u32 {
-        self.entries.get(peer).map_or(0, |e| e.record.misbehaviour)
+        self.misbehaviour_at(peer, now_ms())
+    }
+
+    fn misbehaviour_at(&self, peer: &PeerId, now_ms: u64) -> u32 {
+        self.entries
+            .get(peer)
+            .map_or(0, |e| decayed(e.record.misbehaviour, e.scored_ms, now_ms))
     }
 
     pub(crate) fn is_connected(&self, peer: &PeerId) -> bool {
@@ -188,6 +265,7 @@ impl PeerTable {
 
     /// Snapshot of all known peers.
     pub(crate) fn infos(&self) -> Vec<PeerInfo> {
+        let now = now_ms();
         self.entries
             .iter()
             .map(|(peer, e)| PeerInfo {
@@ -197,7 +275,7 @@ impl PeerTable {
                 announcement: e.announcement.clone(),
                 rtt: e.record.rtt_us.map(Duration::from_micros),
                 throughput_bps: e.record.throughput_bps,
-                misbehaviour: e.record.misbehaviour,
+                misbehaviour: decayed(e.record.misbehaviour, e.scored_ms, now),
                 last_seen_ms: e.record.last_seen_ms,
             })
             .collect()
@@ -249,5 +327,43 @@ mod tests {
         assert_eq!(links[0].peer, PeerKey([1; 32]));
         assert_eq!(links[0].rtt_us, 3000);
         assert_eq!(links[0].bytes_per_sec, 250_000_000);
+    }
+
+    /// A score holds for an hour after the last offence (a ban lasts that long), then
+    /// halves every hour (before: scores never decayed, so an honest peer that sent a few
+    /// odd messages over a long run was banned for good).
+    #[test]
+    fn misbehaviour_holds_then_decays() {
+        let mut table = PeerTable::default();
+        let peer = PeerId::random();
+        let t0 = 1_000_000_000;
+        assert_eq!(table.penalize_at(peer, 100, t0), 100);
+        assert_eq!(table.misbehaviour_at(&peer, t0 + SCORE_HOLD_MS), 100);
+        let later = t0 + SCORE_HOLD_MS + SCORE_HALF_LIFE_MS;
+        assert_eq!(table.misbehaviour_at(&peer, later), 50);
+        assert_eq!(
+            table.misbehaviour_at(&peer, later + 10 * SCORE_HALF_LIFE_MS),
+            0
+        );
+        // A new offence adds to what is left, and holds again.
+        assert_eq!(table.penalize_at(peer, 10, later), 60);
+        assert_eq!(table.misbehaviour_at(&peer, later + SCORE_HOLD_MS), 60);
+    }
+
+    /// Fresh identities cost nothing: the table stays bounded, evicting the stalest peer
+    /// that is not connected (and reporting it for the peer book), never a connected one.
+    #[test]
+    fn the_table_stays_bounded_and_keeps_connected_peers() {
+        let mut table = PeerTable::default();
+        let addr: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().expect("valid addr");
+        let connected = PeerId::random();
+        table.connected(connected, &addr);
+        for _ in 0..MAX_PEERS + 100 {
+            table.add_addr(PeerId::random(), &addr);
+        }
+        assert_eq!(table.entries.len(), MAX_PEERS);
+        assert!(table.is_connected(&connected));
+        assert_eq!(table.take_evicted().len(), 101);
+        assert!(table.take_evicted().is_empty());
     }
 }

@@ -96,6 +96,11 @@ impl PeerBook {
         self.tree.insert(&peer.to_bytes(), record)
     }
 
+    /// Removes the record of `peer`.
+    pub fn remove(&self, peer: &PeerId) -> Result<bool, StoreError> {
+        self.tree.remove(&peer.to_bytes())
+    }
+
     /// Reads, changes and writes back the record of `peer` (created if missing, or replacing
     /// a damaged one).
     pub fn update(

@@ -87,17 +87,7 @@ impl Averager {
         if self.replay.contains(&signer, h.base_round) {
             return Err(Rejection::Replay);
         }
-        if h.base_round > self.round.saturating_add(self.config.max_lead) {
-            return Err(Rejection::TooFarAhead);
-        }
-        let lag = if self.training {
-            self.round.saturating_sub(h.base_round)
-        } else {
-            0
-        };
-        if lag > self.config.max_staleness {
-            return Err(Rejection::Stale);
-        }
+        let lag = self.lag(h.base_round)?;
         let expected = self.anchor.len() as u64;
         let mut values = self.spare.pop().unwrap_or_default();
         let decoded = match transfer_digest {
@@ -142,6 +132,23 @@ impl Averager {
             mass: h.weight * discount,
             norm: norm_sq.sqrt(),
         })
+    }
+
+    /// How many rounds a delta made at `base_round` lags this node's clock (0 while not
+    /// training: then nothing is stale); refused when too stale or too far ahead.
+    fn lag(&self, base_round: u64) -> Result<u64, Rejection> {
+        if base_round > self.round.saturating_add(self.config.max_lead) {
+            return Err(Rejection::TooFarAhead);
+        }
+        let lag = if self.training {
+            self.round.saturating_sub(base_round)
+        } else {
+            0
+        };
+        if lag > self.config.max_staleness {
+            return Err(Rejection::Stale);
+        }
+        Ok(lag)
     }
 
     /// Folds `later` into the queued candidate at `queued` (same sender): the mass-weighted
