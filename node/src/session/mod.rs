@@ -15,6 +15,7 @@ mod inputs;
 pub mod presence;
 pub mod pumps;
 pub mod replica;
+mod state_check;
 pub mod state_sync;
 pub mod worker;
 
@@ -154,6 +155,9 @@ pub(crate) struct Context {
     pub(crate) status: watch::Sender<NodeStatus>,
     pub(crate) param_count: usize,
     pub(crate) trains: bool,
+    /// The run's initial model, which a late joiner measures downloaded states against
+    /// (kept only by a node that trains: only it can be a late joiner).
+    pub(crate) anchor: Option<Arc<[f32]>>,
     pub(crate) cancel: CancellationToken,
 }
 
@@ -197,6 +201,7 @@ impl Session {
     ) -> Result<Self, SessionError> {
         let param_count = replica.len();
         let trains = replica.trains();
+        let join_anchor = trains.then(|| Arc::<[f32]>::from(anchor.as_slice()));
         let (averager, checkpoints) = open_averager(&identity, store.as_ref(), &config, anchor)?;
         let (net, events) =
             Network::start(identity.keypair(), config.net.clone(), store.as_ref()).await?;
@@ -232,6 +237,7 @@ impl Session {
             status: status_tx,
             param_count,
             trains,
+            anchor: join_anchor,
             cancel: CancellationToken::new(),
         });
         let handle = std::thread::Builder::new()

@@ -1,5 +1,6 @@
 //! Model state for late joiners: serving it in digest-checked byte ranges, and downloading
-//! it (resumably, range by range) when this node finds itself far behind its peers.
+//! it (resumably, range by range) when this node finds itself far behind its peers — from
+//! several of them, adopting only what independent peers agree on (`super::state_check`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -11,8 +12,8 @@ use murmur_protocol::envelope::MAX_ENVELOPE_BYTES;
 use murmur_protocol::{Digest, Message, SignedEnvelope, StateHeader, StateRequest};
 use tokio::sync::{mpsc, oneshot};
 
-use super::Context;
 use super::worker::{Snapshot, WorkerInput};
+use super::{Context, state_check};
 use crate::net::{StateReply, StateRequestEvent, key_matches_peer};
 
 /// Bytes per requested range.
@@ -21,8 +22,8 @@ const RANGE_BYTES: u64 = 8 * 1024 * 1024;
 const RANGE_ATTEMPTS: usize = 3;
 /// How long after start the node looks for peers far ahead of it.
 const JOIN_WINDOW: Duration = Duration::from_secs(30);
-/// Wait after a failed state download before the next try.
-const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Wait after a failed or refused state download before the next try.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
 /// A served snapshot is reused for range requests this long.
 const SNAPSHOT_TTL: Duration = Duration::from_secs(60);
 
@@ -157,41 +158,46 @@ fn reply(ctx: &Context, served: &Served, request: &StateRequest) -> Result<State
     })
 }
 
-/// Watches for peers far ahead (late join, restart after a long outage) and adopts the
-/// state of the most advanced one once. It looks when the peer book changes (announcements
-/// carry the rounds), during [`JOIN_WINDOW`] from the start; after a failed download it waits
-/// [`RETRY_AFTER`] before trying again.
+/// Watches for peers far ahead (late join, restart after a long outage) and adopts, once,
+/// a state that independent peers agree on (`super::state_check`): it downloads from up to
+/// three of them and adopts only what at least two agree on. It looks when the peer book
+/// changes (announcements carry the rounds), during [`JOIN_WINDOW`] from the start; after a
+/// failed or refused attempt it waits [`RETRY_AFTER`]. With fewer than two peers far ahead
+/// it adopts nothing and keeps training and averaging.
 pub(crate) async fn join(ctx: Arc<Context>) {
     // Only a training node can be behind: with training off every model is as good as any
     // other, and averaging alone brings it to the mean.
-    if !ctx.trains {
+    let Some(anchor) = ctx.anchor.clone().filter(|_| ctx.trains) else {
         return;
-    }
+    };
     let window = tokio::time::sleep(JOIN_WINDOW);
     tokio::pin!(window);
     let mut changes = ctx.net.peer_changes();
     let start_round = ctx.status.borrow().worker.round;
+    let mut told_alone = false;
     loop {
         let Ok(peers) = ctx.net.peers().await else {
             return;
         };
-        if let Some((announced, peer)) = far_ahead(&ctx, &peers, start_round) {
-            match download(&ctx, peer, announced).await {
-                Ok((round, params)) => {
-                    tracing::info!(%peer, round, "downloaded model state");
-                    if !ctx.deliver(WorkerInput::Adopt { round, params }).await {
-                        tracing::warn!(%peer, round, "downloaded state not adopted: node stopping");
-                    }
+        let ahead = far_ahead(&ctx, &peers, start_round);
+        let sources = state_check::sources(ahead, ctx.config.averager.max_lead);
+        match sources.len() {
+            0 => {}
+            1 => {
+                if !told_alone {
+                    tracing::info!(peer = %sources[0].1, "one peer far ahead; waiting for a second to cross-check its state");
+                    told_alone = true;
+                }
+            }
+            _ => {
+                if adopt_agreed(&ctx, &sources, &anchor).await {
                     return;
                 }
-                Err(err) => {
-                    tracing::warn!(%peer, %err, "state download failed; will retry");
-                    tokio::select! {
-                        biased;
-                        () = ctx.cancel.cancelled() => return,
-                        () = &mut window => return,
-                        () = tokio::time::sleep(RETRY_AFTER) => {}
-                    }
+                tokio::select! {
+                    biased;
+                    () = ctx.cancel.cancelled() => return,
+                    () = &mut window => return,
+                    () = tokio::time::sleep(RETRY_AFTER) => {}
                 }
             }
         }
@@ -204,12 +210,48 @@ pub(crate) async fn join(ctx: Arc<Context>) {
     }
 }
 
-/// The live peer announcing the highest round far enough ahead of this node to adopt.
+/// Downloads the states of `sources` and adopts what they agree on; returns whether the
+/// training thread took a state (or is gone: nothing more to do).
+async fn adopt_agreed(ctx: &Context, sources: &[(u64, PeerId)], anchor: &[f32]) -> bool {
+    let mut offers = Vec::with_capacity(sources.len());
+    for &(announced, peer) in sources {
+        match download(ctx, peer, announced).await {
+            Ok((round, params)) => offers.push(state_check::Offer {
+                peer,
+                round,
+                params,
+            }),
+            Err(err) => tracing::warn!(%peer, %err, "state download failed; will retry"),
+        }
+    }
+    match state_check::cross_check(&offers, anchor) {
+        state_check::Verdict::Adopt {
+            round,
+            params,
+            peers,
+        } => {
+            tracing::info!(?peers, round, "downloaded model state agreed by peers");
+            if !ctx.deliver(WorkerInput::Adopt { round, params }).await {
+                tracing::warn!(round, "downloaded state not adopted: node stopping");
+            }
+            true
+        }
+        state_check::Verdict::Disagree => {
+            tracing::warn!(
+                offers = offers.len(),
+                "the states of the peers far ahead do not agree; none adopted, training on"
+            );
+            false
+        }
+    }
+}
+
+/// Live peers announcing a round far enough ahead of this node to adopt a state from.
 fn far_ahead(
     ctx: &Context,
     peers: &[crate::net::PeerInfo],
     start_round: u64,
-) -> Option<(u64, libp2p::PeerId)> {
+) -> Vec<(u64, PeerId)> {
     let live = super::presence::live_peers(ctx, peers);
     let progress = Progress {
         start_round,
@@ -220,7 +262,7 @@ fn far_ahead(
         .filter(|p| live.contains(&p.peer_id))
         .filter_map(|p| p.announcement.as_ref().map(|a| (a.round, p.peer_id)))
         .filter(|(round, _)| progress.is_far_behind(*round, ctx.config.join_lag_rounds))
-        .max()
+        .collect()
 }
 
 /// How far this node's model has come on its own, for telling whether a peer is far ahead.
