@@ -3,7 +3,7 @@
 #
 #   scripts/testnet.sh [NODES]          (default 4)
 #
-# Starts a bootstrap node and NODES training nodes on loopback, each training on its shard of
+# Starts a bootstrap node and NODES training nodes on loopback, each training on its part of
 # the embedded digits data, with data directories and logs under ./testnet-run/. Extra node
 # flags: MURMUR_NODE_ARGS="--robust --sync secs:1". Stops everything on Ctrl-C.
 set -euo pipefail
@@ -40,7 +40,7 @@ echo "bootstrap: $addr"
 for i in $(seq 0 $((nodes - 1))); do
   # shellcheck disable=SC2086
   "$bin" --data-dir "$root/node-$i" node --json --run murmur-testnet --no-mdns --kad-server \
-    --listen /ip4/127.0.0.1/tcp/0 --bootstrap "$addr" --shard "$i/$nodes" \
+    --listen /ip4/127.0.0.1/tcp/0 --bootstrap "$addr" --data-part "$i/$nodes" \
     --target-accuracy 0.96 ${MURMUR_NODE_ARGS:-} \
     > "$root/node-$i.log" 2> "$root/node-$i.stderr" &
   pids+=($!)

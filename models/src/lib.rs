@@ -7,7 +7,7 @@
 //! * [`model`] — a network with its flat layout; stage-range forward/backward.
 //! * [`params`] — path-keyed flat parameter layout and fingerprint.
 //! * [`wire`] — activations as plain data for crossing processes.
-//! * [`data`] — built-in and user data sets, sharding, shuffling, batching, resumable cursors.
+//! * [`data`] — built-in and user data sets, data parts, shuffling, batching, resumable cursors.
 //! * [`pipeline`] — one pipeline shard: micro-batched forward/backward of a stage range, AdamW.
 //! * [`trainer`] — AdamW with warmup + cosine schedule and gradient clipping; checkpoints.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]

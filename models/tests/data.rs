@@ -1,7 +1,7 @@
-//! Data loading, CSV errors, splits, sharding, shuffling and cursors.
+//! Data loading, CSV errors, splits, data parts, shuffling and cursors.
 
 use murmur_models::data::{
-    BatchStream, CsvOptions, DataCursor, DataError, Source, digits, parse_csv, peer_shard_index,
+    BatchStream, CsvOptions, DataCursor, DataError, Source, digits, parse_csv, peer_part_index,
     shakespeare, text_corpus,
 };
 use murmur_models::{DataShape, WireActivation};
@@ -138,30 +138,30 @@ fn text_corpus_rejects_tiny_text_and_accepts_unicode() {
 }
 
 #[test]
-fn shards_partition_the_data() {
+fn parts_partition_the_data() {
     let data = digits().unwrap().train;
-    let shards: Vec<_> = (0..3).map(|i| data.shard(i, 3).unwrap()).collect();
-    assert_eq!(shards.iter().map(|s| s.len()).sum::<usize>(), data.len());
+    let parts: Vec<_> = (0..3).map(|i| data.part(i, 3).unwrap()).collect();
+    assert_eq!(parts.iter().map(|s| s.len()).sum::<usize>(), data.len());
     let mut seen: Vec<u32> = Vec::new();
-    for s in &shards {
+    for s in &parts {
         let all: Vec<usize> = (0..s.len()).collect();
         seen.extend(s.batch(&all).targets);
     }
     assert_eq!(seen.len(), data.len());
-    assert!(data.shard(3, 3).is_err());
-    assert!(data.shard(0, 0).is_err());
+    assert!(data.part(3, 3).is_err());
+    assert!(data.part(0, 0).is_err());
     assert_eq!(
-        peer_shard_index("12D3KooWpeer", 7),
-        peer_shard_index("12D3KooWpeer", 7)
+        peer_part_index("12D3KooWpeer", 7),
+        peer_part_index("12D3KooWpeer", 7)
     );
-    assert!(peer_shard_index("12D3KooWpeer", 7) < 7);
+    assert!(peer_part_index("12D3KooWpeer", 7) < 7);
     let spread: std::collections::HashSet<_> = (0..50)
-        .map(|i| peer_shard_index(&format!("peer-{i}"), 4))
+        .map(|i| peer_part_index(&format!("peer-{i}"), 4))
         .collect();
     assert_eq!(spread.len(), 4);
     assert_eq!(
-        data.shard_for_peer("p", 4).unwrap().len(),
-        data.shard(peer_shard_index("p", 4), 4).unwrap().len()
+        data.part_for_peer("p", 4).unwrap().len(),
+        data.part(peer_part_index("p", 4), 4).unwrap().len()
     );
 }
 

@@ -11,6 +11,10 @@
 //! - [`store`]: the sled store (peer book, checkpoints, merged pairs).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+// Test fixtures shared with the integration tests (`tests/support/`) name this crate as they do.
+#[cfg(test)]
+extern crate self as murmur_node;
+
 pub mod adversary;
 pub mod averaging;
 pub mod cmd;

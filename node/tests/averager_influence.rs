@@ -2,36 +2,16 @@
 //! [`Averager`] (no network): the numbers in a signed delta are the sender's choice, so the
 //! round clock only moves within a bounded lead, and one sender holds one place in the queue.
 
+mod support;
+
 use libp2p::PeerId;
-use murmur_node::averaging::{Averager, AveragerConfig, DEFAULT_MAX_LEAD, Rejection, ReplayGuard};
-use murmur_node::identity::NodeIdentity;
-use murmur_protocol::{
-    Codec, DeltaHeader, Digest, Message, ModelFingerprint, RunId, SignedEnvelope,
-};
+use murmur_node::averaging::{Averager, DEFAULT_MAX_LEAD, Rejection};
+use murmur_protocol::{Codec, DeltaHeader, Digest, Message, SignedEnvelope};
+use support::{LEN, MODEL, identity, run};
 
-const LEN: usize = 32;
-const MODEL: ModelFingerprint = ModelFingerprint([7; 32]);
-
-fn run() -> RunId {
-    RunId::from_name("influence")
-}
-
-fn identity(secret: u8) -> NodeIdentity {
-    NodeIdentity::from_secret([secret; 32]).expect("identity")
-}
-
-/// Node `secret`'s engine: raw f32, fan-out 1, mass 10, anchor at zero.
+/// Node `secret`'s engine (the fixture's: raw f32, fan-out 1, mass 10, anchor at zero).
 fn averager(secret: u8) -> Averager {
-    let mut config = AveragerConfig::new(run(), MODEL);
-    config.codec = Codec::RawF32;
-    config.fanout = 1;
-    config.initial_mass = 10.0;
-    Averager::new(
-        config,
-        identity(secret).signing_key().clone(),
-        vec![0.0; LEN],
-        ReplayGuard::in_memory(),
-    )
+    support::averager(secret, |_| {}).0
 }
 
 /// A signed delta from `secret`: every value `value`, at `round`, with `weight`.

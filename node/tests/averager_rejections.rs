@@ -1,45 +1,17 @@
 //! The averaging engine's refusals, checked on the synchronous [`Averager`] directly (no
 //! network): every reason a delta is not merged is returned and counted.
 
+mod support;
+
 use std::collections::BTreeSet;
 
 use libp2p::PeerId;
 use murmur_node::adversary::{Adversary, Tamper};
-use murmur_node::averaging::{
-    Admission, Averager, AveragerConfig, Outgoing, Rejection, ReplayGuard,
-};
-use murmur_node::identity::NodeIdentity;
+use murmur_node::averaging::{Admission, Averager, AveragerConfig, Outgoing, Rejection};
 use murmur_protocol::{
     Codec, DeltaHeader, Digest, Message, ModelFingerprint, RunId, SignedEnvelope,
 };
-
-const LEN: usize = 64;
-const MODEL: ModelFingerprint = ModelFingerprint([4; 32]);
-
-fn run() -> RunId {
-    RunId::from_name("rejections")
-}
-
-fn identity(secret: u8) -> NodeIdentity {
-    NodeIdentity::from_secret([secret; 32]).expect("identity")
-}
-
-/// The engine of node `secret` (raw f32, fan-out 1), with `configure` applied.
-fn averager(secret: u8, configure: impl FnOnce(&mut AveragerConfig)) -> (Averager, PeerId) {
-    let identity = identity(secret);
-    let mut config = AveragerConfig::new(run(), MODEL);
-    config.codec = Codec::RawF32;
-    config.fanout = 1;
-    config.initial_mass = 10.0;
-    configure(&mut config);
-    let averager = Averager::new(
-        config,
-        identity.signing_key().clone(),
-        vec![0.0; LEN],
-        ReplayGuard::in_memory(),
-    );
-    (averager, identity.peer_id())
-}
+use support::{LEN, MODEL, averager, identity, run};
 
 /// A delta of `values` from a fresh sender `secret` configured by `configure`.
 fn delta_from(

@@ -1,25 +1,14 @@
 //! Push-sum conserves the network's weighted total when a send fails: the returned
 //! delta's model comes back with its mass, even after the sender synced again.
 
-use murmur_node::averaging::{Averager, AveragerConfig, ReplayGuard};
-use murmur_node::identity::NodeIdentity;
-use murmur_protocol::{Codec, ModelFingerprint, RunId};
+mod support;
 
-const LEN: usize = 64;
+use murmur_node::averaging::Averager;
+use support::LEN;
 
+/// The fixture averager of node `secret` with initial mass `mass`.
 fn averager(secret: u8, mass: f64) -> (Averager, libp2p::PeerId) {
-    let identity = NodeIdentity::from_secret([secret; 32]).expect("identity");
-    let mut config = AveragerConfig::new(RunId::from_name("returns"), ModelFingerprint([1; 32]));
-    config.codec = Codec::RawF32;
-    config.fanout = 1;
-    config.initial_mass = mass;
-    let averager = Averager::new(
-        config,
-        identity.signing_key().clone(),
-        vec![0.0; LEN],
-        ReplayGuard::in_memory(),
-    );
-    (averager, identity.peer_id())
+    support::averager(secret, |c| c.initial_mass = mass)
 }
 
 fn weighted_total(nodes: &[(&Averager, &[f32])]) -> f64 {

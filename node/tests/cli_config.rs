@@ -117,3 +117,29 @@ fn flags_of_the_other_mode_are_refused_by_name() {
         assert!(stderr.contains(flag), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn renamed_flags_answer_to_their_old_names_and_help_shows_only_the_new() {
+    let config = |args: &[&str], env: &[(&str, &str)]| {
+        let args = [&["node"][..], args, &["--check-config"]].concat();
+        stdout(&murmur(&args, env))
+    };
+    let part = config(&["--data-part", "1/2"], &[]);
+    assert_ne!(part, config(&[], &[]));
+    assert_eq!(config(&["--shard", "1/2"], &[]), part);
+    assert_eq!(config(&[], &[("MURMUR_DATA_PART", "1/2")]), part);
+    assert_eq!(config(&[], &[("MURMUR_SHARD", "1/2")]), part);
+    let both = [("MURMUR_DATA_PART", "1/2"), ("MURMUR_SHARD", "0/2")];
+    assert_eq!(config(&[], &both), part, "the new name wins");
+    let every = config(&["--sharded", "--snapshot-every", "2"], &[]);
+    assert_ne!(every, config(&["--sharded"], &[]));
+    assert_eq!(config(&["--sharded", "--replicate-every", "2"], &[]), every);
+    let old = [("MURMUR_REPLICATE_EVERY", "2")];
+    assert_eq!(config(&["--sharded"], &old), every);
+    for command in ["node", "train"] {
+        let help = stdout(&murmur(&[command, "--help"], &[]));
+        assert!(help.contains("--data-part"), "{command}:\n{help}");
+        assert!(!help.contains("--shard "), "{command}:\n{help}");
+        assert!(!help.contains("replicate"), "{command}:\n{help}");
+    }
+}

@@ -111,12 +111,12 @@ fn u(v: &Value, key: &str) -> u64 {
 fn a_node_killed_again_and_again_resumes_from_its_checkpoints_and_the_run_finishes() {
     let root = tempfile::tempdir().expect("temp dir");
     let (dir_a, dir_b) = (root.path().join("a"), root.path().join("b"));
-    let a = spawn(&dir_a, &["--shard", "0/2"]);
+    let a = spawn(&dir_a, &["--data-part", "0/2"]);
     let listening = a
         .wait_for(Duration::from_secs(20), |v| v["event"] == "listening")
         .expect("node a listens");
     let addr = listening["addr"].as_str().expect("address").to_owned();
-    let b_args = ["--bootstrap", addr.as_str(), "--shard", "1/2"];
+    let b_args = ["--bootstrap", addr.as_str(), "--data-part", "1/2"];
 
     let mut b = spawn(&dir_b, &b_args);
     let mut last_round = 0;

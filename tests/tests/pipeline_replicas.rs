@@ -29,7 +29,7 @@ async fn two_chains(average_every: u64) -> (Vec<f64>, Vec<PipelineReport>) {
             c.members = 4;
             c.replicas = 2;
             c.average_every = average_every;
-            c.replicate_every = 4;
+            c.snapshot_every = 4;
             c
         })
         .collect();
@@ -134,7 +134,7 @@ async fn start_two_chains(first: u8, steps: u64, slowdown: f64, deadline: Durati
         c.members = 4;
         c.replicas = 2;
         c.average_every = 4;
-        c.replicate_every = 2;
+        c.snapshot_every = 2;
         c.peer_deadline = deadline;
         let (tx, rx) = watch::channel(StageProgress::default());
         progress.push(rx);
@@ -265,7 +265,7 @@ async fn two_nodes_that_join_two_chains_lengthen_them() {
         c.members = 4;
         c.replicas = 2;
         c.average_every = 4;
-        c.replicate_every = 2;
+        c.snapshot_every = 2;
         c.peer_deadline = Duration::from_secs(10);
         c
     };

@@ -1,4 +1,4 @@
-//! Four nodes gossip-train mlp-digits on quarter shards of the data: every node reaches
+//! Four nodes gossip-train mlp-digits on quarter parts of the data: every node reaches
 //! 96 % held-out accuracy within a step budget comparable to one node seeing all the data.
 
 mod train_common;
@@ -8,7 +8,7 @@ use std::time::Duration;
 use train_common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn four_nodes_on_quarter_shards_all_reach_96_percent() {
+async fn four_nodes_on_quarter_parts_all_reach_96_percent() {
     // One node on all the data trains 1500 steps by default (`murmur train`); each node here
     // may take 1000 local steps on a quarter of it (it stops as soon as all are at 96 %).
     let budget = 1000;

@@ -1,8 +1,8 @@
 //! Data sets: the built-in `digits` and Shakespeare corpora, a user's CSV or text file,
-//! deterministic sharding across peers, seeded shuffling and batching with a resumable cursor.
+//! deterministic splitting into parts across peers, seeded shuffling and batching with a resumable cursor.
 //!
 //! A [`Dataset`] is a shared, immutable [`Source`] plus the list of sample indices it holds, so
-//! shards are cheap views. A sample is one row (classification) or one `context`-long window of
+//! parts are cheap views. A sample is one row (classification) or one `context`-long window of
 //! characters whose targets are the next characters (text).
 
 mod batch;
@@ -50,11 +50,11 @@ pub enum DataError {
     #[error("{0}")]
     TooSmall(String),
     /// `index >= count` or `count == 0`.
-    #[error("shard {index} of {count} is invalid")]
-    BadShard {
-        /// Shard index.
+    #[error("data part {index} of {count} is invalid")]
+    BadPart {
+        /// Part index.
         index: usize,
-        /// Shard count.
+        /// Part count.
         count: usize,
     },
 }
@@ -180,10 +180,10 @@ impl Dataset {
         }
     }
 
-    /// Shard `index` of `count`: every `count`-th sample starting at `index`.
-    pub fn shard(&self, index: usize, count: usize) -> Result<Self, DataError> {
+    /// Part `index` of `count`: every `count`-th sample starting at `index`.
+    pub fn part(&self, index: usize, count: usize) -> Result<Self, DataError> {
         if count == 0 || index >= count {
-            return Err(DataError::BadShard { index, count });
+            return Err(DataError::BadPart { index, count });
         }
         let samples = self
             .samples
@@ -198,9 +198,9 @@ impl Dataset {
         })
     }
 
-    /// The shard a peer id hashes to (see [`peer_shard_index`]).
-    pub fn shard_for_peer(&self, peer_id: &str, count: usize) -> Result<Self, DataError> {
-        self.shard(peer_shard_index(peer_id, count), count)
+    /// The part a peer id hashes to (see [`peer_part_index`]).
+    pub fn part_for_peer(&self, peer_id: &str, count: usize) -> Result<Self, DataError> {
+        self.part(peer_part_index(peer_id, count), count)
     }
 
     /// The first `n` samples (for bounded evaluation).
@@ -261,9 +261,9 @@ impl Dataset {
     }
 }
 
-/// Which of `count` shards a peer id maps to: BLAKE3 of the id, first 8 bytes, modulo `count`.
+/// Which of `count` parts a peer id maps to: BLAKE3 of the id, first 8 bytes, modulo `count`.
 /// Equal in every process; `0` when `count` is 0.
-pub fn peer_shard_index(peer_id: &str, count: usize) -> usize {
+pub fn peer_part_index(peer_id: &str, count: usize) -> usize {
     if count == 0 {
         return 0;
     }

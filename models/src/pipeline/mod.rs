@@ -54,7 +54,7 @@ pub enum ShardError {
 }
 
 /// What a shard holds beyond the model architecture: its parameters and optimizer moments,
-/// for replication to a backup peer and for moving a range to a new holder.
+/// for snapshots sent to the other members and for moving a range to a new holder.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShardState {
     /// The stages held.
@@ -292,7 +292,7 @@ impl StageShard {
     }
 
     /// Adopts the parameters and moments of `states`, which together must cover this shard's
-    /// range exactly (in order), e.g. the replicated copies of the ranges of a departed peer and
+    /// range exactly (in order), e.g. the snapshots of the ranges of a departed peer and
     /// of this peer's old range after a re-plan.
     pub fn restore_from_parts(&mut self, states: &[ShardState]) -> Result<(), ShardError> {
         let layout = self.model.layout();

@@ -1,6 +1,6 @@
-//! The local trainer the node owns on a dedicated thread: any [`ModelSpec`], a data shard, AdamW
-//! with warmup + cosine schedule and gradient clipping, evaluation, flat-parameter access for
-//! averaging, and checkpoints.
+//! The local trainer the node owns on a dedicated thread: any [`ModelSpec`], a part of the data
+//! set, AdamW with warmup + cosine schedule and gradient clipping, evaluation, flat-parameter
+//! access for averaging, and checkpoints.
 
 mod setup;
 
@@ -31,7 +31,7 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// A trainer for `spec` on `train` (this peer's shard), evaluated on `test`.
+    /// A trainer for `spec` on `train` (this peer's part of the data), evaluated on `test`.
     pub fn new(
         spec: &ModelSpec,
         train: Dataset,
@@ -42,7 +42,9 @@ impl Trainer {
         check_fit(spec, train.shape())?;
         check_fit(spec, test.shape())?;
         if train.is_empty() {
-            return Err(TrainError::Mismatch("the training shard is empty".into()));
+            return Err(TrainError::Mismatch(
+                "the training data part is empty".into(),
+            ));
         }
         let model = Model::new(spec, device, config.seed)?;
         let stream = BatchStream::new(train.len(), config.seed);

@@ -87,7 +87,7 @@ where
     T: Into<OsString>,
 {
     let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
-    let command = Cli::command();
+    let command = node::with_old_env_names(Cli::command(), |name| std::env::var_os(name).is_some());
     let matches = command.clone().try_get_matches_from(&argv)?;
     let config = matches
         .subcommand_matches("node")

@@ -51,23 +51,25 @@ pub struct TrainArgs {
     /// Stop early once held-out accuracy reaches this fraction (classification only).
     #[arg(long)]
     pub target_accuracy: Option<f32>,
-    /// Train on shard I of N of the training set, written `I/N`.
-    #[arg(long, value_parser = parse_shard)]
-    pub shard: Option<(usize, usize)>,
+    /// Train on part I of N of the training set (every N-th sample from the I-th), written
+    /// `I/N`.
+    #[arg(long, alias = "shard", value_parser = parse_data_part)]
+    pub data_part: Option<(usize, usize)>,
 }
 
-pub(crate) fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+/// Parses `I/N`, a part of the data set (`--data-part`).
+pub(crate) fn parse_data_part(s: &str) -> Result<(usize, usize), String> {
     let (i, n) = s.split_once('/').ok_or("expected I/N, e.g. 0/4")?;
     let i: usize = i
         .trim()
         .parse()
-        .map_err(|_| format!("bad shard index {i:?}"))?;
+        .map_err(|_| format!("bad data part index {i:?}"))?;
     let n: usize = n
         .trim()
         .parse()
-        .map_err(|_| format!("bad shard count {n:?}"))?;
+        .map_err(|_| format!("bad data part count {n:?}"))?;
     if n == 0 || i >= n {
-        return Err(format!("shard {i}/{n} out of range"));
+        return Err(format!("data part {i}/{n} out of range"));
     }
     Ok((i, n))
 }
@@ -96,8 +98,8 @@ pub struct TrainRunConfig {
     pub eval_every: u64,
     /// Stop once held-out accuracy reaches this fraction (in (0, 1]).
     pub target_accuracy: Option<f32>,
-    /// Train on shard I of N (I < N).
-    pub shard: Option<(usize, usize)>,
+    /// Train on part I of N of the training set (I < N).
+    pub data_part: Option<(usize, usize)>,
 }
 
 impl TrainRunConfig {
@@ -117,11 +119,11 @@ impl TrainRunConfig {
         {
             return Err(invalid("--target-accuracy", t, "a fraction in (0, 1]"));
         }
-        if let Some((i, n)) = a.shard
+        if let Some((i, n)) = a.data_part
             && i >= n
         {
             let expected = "I/N with I < N, e.g. 0/4";
-            return Err(invalid("--shard", format!("{i}/{n}"), expected));
+            return Err(invalid("--data-part", format!("{i}/{n}"), expected));
         }
         Ok(Self {
             model: a.model,
@@ -134,7 +136,7 @@ impl TrainRunConfig {
             seed: a.seed,
             eval_every: at_least("--eval-every", a.eval_every, 1)?,
             target_accuracy: a.target_accuracy,
-            shard: a.shard,
+            data_part: a.data_part,
         })
     }
 }
@@ -145,8 +147,8 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     let selected = select_device(config.device).context("selecting a compute device")?;
     println!("device: {selected}");
     let data = load_split(config.model, config.data.as_deref(), config.csv_header)?;
-    let train_set = match config.shard {
-        Some((i, n)) => data.train.shard(i, n)?,
+    let train_set = match config.data_part {
+        Some((i, n)) => data.train.part(i, n)?,
         None => data.train,
     };
     let spec = spec_for(config.model, train_set.shape())?;
@@ -286,8 +288,16 @@ mod tests {
         assert_eq!(mlp.batch_size, defaults::BATCH_SIZE);
         let gpt = config(&["--model", "char-gpt"]).unwrap();
         assert_eq!((gpt.steps, gpt.lr), (defaults::STEPS_GPT, defaults::LR_GPT));
-        let given = config(&["--shard", "1/4", "--target-accuracy", "1", "--lr", "0.1"]).unwrap();
-        assert_eq!(given.shard, Some((1, 4)));
+        let given = config(&[
+            "--data-part",
+            "1/4",
+            "--target-accuracy",
+            "1",
+            "--lr",
+            "0.1",
+        ]);
+        let given = given.unwrap();
+        assert_eq!(given.data_part, Some((1, 4)));
         assert_eq!(given.target_accuracy, Some(1.0));
         assert_eq!(given.lr, 0.1);
     }
@@ -315,18 +325,30 @@ mod tests {
     }
 
     #[test]
-    fn a_shard_index_must_be_below_the_count() {
-        let argv = ["murmur", "train", "--shard", "4/4"];
+    fn a_data_part_index_must_be_below_the_count() {
+        let argv = ["murmur", "train", "--data-part", "4/4"];
         let err = parse_args(argv)
             .expect_err("refused by the parser")
             .to_string();
-        assert!(err.contains("shard 4/4 out of range"), "{err}");
+        assert!(err.contains("data part 4/4 out of range"), "{err}");
         let mut raw = args(&[]);
-        raw.shard = Some((2, 2));
+        raw.data_part = Some((2, 2));
         let err = TrainRunConfig::from_args(&raw).unwrap_err().to_string();
         assert!(
-            err.contains("--shard 2/2: expected I/N with I < N"),
+            err.contains("--data-part 2/2: expected I/N with I < N"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn the_old_shard_flag_still_names_the_data_part() {
+        let new = config(&["--data-part", "1/2"]).unwrap();
+        let old = config(&["--shard", "1/2"]).unwrap();
+        assert_eq!((new.data_part, old.data_part), (Some((1, 2)), Some((1, 2))));
+        let argv = ["murmur", "train", "--shard", "1/2", "--data-part", "0/2"];
+        assert!(
+            parse_args(argv).is_err(),
+            "one flag under two names, given twice"
         );
     }
 }

@@ -45,7 +45,7 @@ pub trait Replica: Send {
     fn steps(&self) -> u64;
 }
 
-/// A burn model with its optimizer and data shard.
+/// A burn model with its optimizer and part of the data.
 #[derive(Debug)]
 pub struct ModelReplica(pub Trainer);
 

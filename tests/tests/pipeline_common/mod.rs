@@ -60,7 +60,7 @@ pub fn config(steps: u64, placement: Placement, slowdown: f64) -> PipelineConfig
         peer_deadline: Duration::from_secs(20),
         form_timeout: Duration::from_secs(30),
         capacity_budget: Duration::from_millis(50),
-        replicate_every: 2,
+        snapshot_every: 2,
         replicas: 1,
         average_every: 0,
     }

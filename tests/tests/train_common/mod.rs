@@ -68,7 +68,7 @@ pub fn digits() -> DataSplit {
     builtin_data(ModelKind::MlpDigits).expect("embedded digits")
 }
 
-/// An mlp-digits replica on shard `index` of `count`, with the run's shared init seed.
+/// An mlp-digits replica on data part `index` of `count`, with the run's shared init seed.
 /// Returns the replica, its anchor (initial parameters) and the run model fingerprint.
 pub fn digits_replica(
     index: usize,
@@ -76,7 +76,7 @@ pub fn digits_replica(
     steps: u64,
 ) -> (Box<dyn Replica>, Vec<f32>, ModelFingerprint) {
     let data = digits();
-    let train = data.train.shard(index, count).expect("shard");
+    let train = data.train.part(index, count).expect("a data part");
     let spec = spec_for(ModelKind::MlpDigits, train.shape()).expect("spec");
     let device = select_device(DeviceChoice::Flex)
         .expect("flex device")
@@ -150,8 +150,9 @@ pub fn accuracy(status: &NodeStatus) -> f32 {
     status.worker.eval.and_then(|e| e.accuracy).unwrap_or(0.0)
 }
 
-/// Starts `count` mlp-digits nodes on `count` shards with a local step budget of `budget`,
-/// syncing every 25 steps, identities from `seed` on; `adjust` edits each node's config.
+/// Starts `count` mlp-digits nodes on `count` parts of the data with a local step budget of
+/// `budget`, syncing every 25 steps, identities from `seed` on; `adjust` edits each node's
+/// config.
 pub async fn digit_nodes(
     count: usize,
     budget: u64,
@@ -174,7 +175,7 @@ pub async fn digit_nodes(
 }
 
 /// Waits (at most `limit`) until every session reached the target accuracy and merged
-/// something from its peers (a node that starts last may reach the target on its own shard
+/// something from its peers (a node that starts last may reach the target on its own part
 /// before its first merge), stops them all, and returns whether they did with their last
 /// statuses.
 pub async fn train_to_target(sessions: Vec<Session>, limit: Duration) -> (bool, Vec<NodeStatus>) {

@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 
+use clap::Command;
 use libp2p::Multiaddr;
 use murmur_models::{DeviceChoice, ModelKind};
 use murmur_protocol::Codec;
@@ -14,7 +15,7 @@ use murmur_protocol::Codec;
 use super::defaults;
 use crate::adversary::Tamper;
 use crate::averaging::SyncPolicy;
-use crate::cmd::train::parse_shard;
+use crate::cmd::train::parse_data_part;
 use crate::shard::pipeline::Placement;
 
 /// Flags of `murmur node`.
@@ -66,10 +67,10 @@ pub struct NodeArgs {
     /// The CSV file has a header row.
     #[arg(long, env = "MURMUR_CSV_HEADER")]
     pub csv_header: bool,
-    /// Train on shard I of N of the training set, written `I/N` (default: all of it; not
-    /// with --sharded).
-    #[arg(long, value_parser = parse_shard, env = "MURMUR_SHARD")]
-    pub shard: Option<(usize, usize)>,
+    /// Train on part I of N of the training set (every N-th sample from the I-th), written
+    /// `I/N` (default: all of it; not with --sharded).
+    #[arg(long, alias = "shard", value_parser = parse_data_part, env = "MURMUR_DATA_PART")]
+    pub data_part: Option<(usize, usize)>,
     /// Local optimizer steps to run; afterwards the node keeps averaging and serving
     /// (default: 1500 for mlp-digits, 300 for char-gpt; 40 with --sharded).
     #[arg(long, env = "MURMUR_STEPS")]
@@ -146,8 +147,8 @@ pub struct NodeArgs {
     /// Snapshot this node's shard to the other members every this many steps, so the run
     /// re-plans and goes on when a member leaves (0: never; a departure ends the run; with
     /// --sharded) [default: 4].
-    #[arg(long, env = "MURMUR_REPLICATE_EVERY")]
-    pub replicate_every: Option<u64>,
+    #[arg(long, alias = "replicate-every", env = "MURMUR_SNAPSHOT_EVERY")]
+    pub snapshot_every: Option<u64>,
     /// Data-parallel copies of the pipeline: members are grouped this many at a time, each
     /// group's members hold the same layers in different chains that train on different data
     /// (with --sharded; 1: one chain) [default: 1].
@@ -189,6 +190,28 @@ pub struct NodeArgs {
     pub check_config: bool,
 }
 
+/// Renamed environment variables: (old name, new name, argument id). Where only the old name
+/// is set, the argument reads it, so scripts written for the old name keep working.
+const OLD_ENV_NAMES: [(&str, &str, &str); 2] = [
+    ("MURMUR_SHARD", "MURMUR_DATA_PART", "data_part"),
+    (
+        "MURMUR_REPLICATE_EVERY",
+        "MURMUR_SNAPSHOT_EVERY",
+        "snapshot_every",
+    ),
+];
+
+/// `command` (the whole `murmur` command) with the `node` arguments whose environment variable
+/// was renamed reading the old name instead where `is_set` says only the old one is set.
+pub(crate) fn with_old_env_names(command: Command, is_set: impl Fn(&str) -> bool) -> Command {
+    OLD_ENV_NAMES
+        .into_iter()
+        .filter(|(old, new, _)| is_set(old) && !is_set(new))
+        .fold(command, |command, (old, _, id)| {
+            command.mut_subcommand("node", |node| node.mut_arg(id, |arg| arg.env(old)))
+        })
+}
+
 /// Parses `capacity` or `even`.
 pub fn parse_placement(s: &str) -> Result<Placement, String> {
     match s {
@@ -222,5 +245,36 @@ pub fn parse_codec(s: &str) -> Result<Codec, String> {
         _ => Err(format!(
             "unknown codec {s:?}: expected int8, raw, f16, bf16 or topk:K"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+    use crate::cmd::Cli;
+
+    fn env_of(command: &Command, id: &str) -> Option<String> {
+        let node = command.find_subcommand("node").expect("a node subcommand");
+        let arg = node.get_arguments().find(|a| a.get_id() == id);
+        let env = arg.expect("the argument").get_env()?;
+        Some(env.to_string_lossy().into_owned())
+    }
+
+    #[test]
+    fn an_old_environment_variable_is_read_only_when_the_new_one_is_unset() {
+        let ids = ["data_part", "snapshot_every"];
+        let env = |set: &[&str]| {
+            let command = with_old_env_names(Cli::command(), |name| set.contains(&name));
+            ids.map(|id| env_of(&command, id).expect("an environment variable"))
+        };
+        assert_eq!(env(&[]), ["MURMUR_DATA_PART", "MURMUR_SNAPSHOT_EVERY"]);
+        assert_eq!(
+            env(&["MURMUR_SHARD", "MURMUR_REPLICATE_EVERY"]),
+            ["MURMUR_SHARD", "MURMUR_REPLICATE_EVERY"]
+        );
+        let both = ["MURMUR_SHARD", "MURMUR_DATA_PART", "MURMUR_REPLICATE_EVERY"];
+        assert_eq!(env(&both), ["MURMUR_DATA_PART", "MURMUR_REPLICATE_EVERY"]);
     }
 }

@@ -111,8 +111,8 @@ pub struct CommonConfig {
 /// Settings of gossip averaging.
 #[derive(Debug, Clone)]
 pub struct GossipConfig {
-    /// Train on shard I of N of the training set.
-    pub shard: Option<(usize, usize)>,
+    /// Train on part I of N of the training set.
+    pub data_part: Option<(usize, usize)>,
     /// Evaluate every this many local steps (≥ 1).
     pub eval_every: u64,
     /// Report when held-out accuracy reaches this fraction.
@@ -153,7 +153,7 @@ pub struct ShardedConfig {
     /// Emulated slowdown (finite, ≥ 1).
     pub slowdown: f64,
     /// Snapshot every this many steps (0: never).
-    pub replicate_every: u64,
+    pub snapshot_every: u64,
     /// Data-parallel chains (1 to `pipeline_peers`).
     pub pipeline_replicas: u32,
     /// Average each range every this many steps (0: never).
@@ -265,7 +265,7 @@ fn gossip(a: &NodeArgs) -> Result<GossipConfig, ConfigError> {
     };
     let announce = a.announce_every.unwrap_or(defaults::ANNOUNCE_EVERY);
     Ok(GossipConfig {
-        shard: a.shard,
+        data_part: a.data_part,
         eval_every: at_least(
             "--eval-every",
             a.eval_every.unwrap_or(defaults::EVAL_EVERY),
@@ -325,7 +325,7 @@ fn sharded(a: &NodeArgs) -> Result<ShardedConfig, ConfigError> {
         micro_batches: micro,
         placement: a.placement.unwrap_or(defaults::PLACEMENT),
         slowdown,
-        replicate_every: a.replicate_every.unwrap_or(defaults::REPLICATE_EVERY),
+        snapshot_every: a.snapshot_every.unwrap_or(defaults::SNAPSHOT_EVERY),
         pipeline_replicas: replicas,
         average_every: a.average_every.unwrap_or(defaults::AVERAGE_EVERY),
         peer_deadline: seconds("--peer-deadline", deadline, 0.1, 86_400.0)?,
@@ -442,7 +442,7 @@ mod tests {
     #[test]
     fn every_gossip_only_flag_is_refused_with_sharded() {
         let given: [&[&str]; 17] = [
-            &["--shard", "0/2"],
+            &["--data-part", "0/2"],
             &["--eval-every", "10"],
             &["--target-accuracy", "0.9"],
             &["--announce-every", "1"],
@@ -530,5 +530,24 @@ mod tests {
         ] {
             refused(flags, needle);
         }
+    }
+
+    #[test]
+    fn the_old_flag_names_give_the_same_config() {
+        let data_part = |flags: &[&str]| match config(flags).unwrap().mode {
+            Mode::Gossip(gossip) => gossip.data_part,
+            Mode::Sharded(_) => panic!("gossip is the default"),
+        };
+        assert_eq!(data_part(&["--data-part", "1/2"]), Some((1, 2)));
+        assert_eq!(data_part(&["--shard", "1/2"]), Some((1, 2)));
+        let snapshot_every = |flags: &[&str]| match config(flags).unwrap().mode {
+            Mode::Sharded(sharded) => sharded.snapshot_every,
+            Mode::Gossip(_) => panic!("--sharded"),
+        };
+        assert_eq!(snapshot_every(&["--sharded", "--snapshot-every", "2"]), 2);
+        assert_eq!(snapshot_every(&["--sharded", "--replicate-every", "2"]), 2);
+        // Refusals name the flag by its one documented name.
+        refused(&["--sharded", "--shard", "1/2"], "--data-part");
+        refused(&["--replicate-every", "2"], "--snapshot-every");
     }
 }

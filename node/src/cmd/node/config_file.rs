@@ -1,4 +1,5 @@
-//! `--config FILE`: a TOML file whose keys are `murmur node`'s long flag names.
+//! `--config FILE`: a TOML file whose keys are `murmur node`'s long flag names (or a flag's
+//! old name, which the command line also still accepts, e.g. `shard` for `data-part`).
 //!
 //! Precedence is command line, then environment (`MURMUR_*`), then the file, then the
 //! built-in default. The command line is never rewritten: clap parses it first (so in
@@ -6,6 +7,7 @@
 //! become the defaults of the `node` subcommand's arguments, and clap parses the same command
 //! line again, where whatever the command line or the environment gives wins over them.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, bail};
@@ -22,8 +24,9 @@ pub fn with_file_defaults(command: Command, path: &Path) -> anyhow::Result<Comma
         .find_subcommand("node")
         .context("the murmur command has no `node` subcommand")?
         .clone();
+    let mut keys = BTreeMap::new();
     for (key, value) in table {
-        node = with_default(node, &key, &value)
+        node = with_default(node, &key, &value, &mut keys)
             .with_context(|| format!("config file {}: key `{key}`", path.display()))?;
     }
     Ok(command.mut_subcommand("node", |_| node))
@@ -42,14 +45,27 @@ fn read_table(path: &Path) -> anyhow::Result<toml::Table> {
         .with_context(|| format!("parsing config file {}", path.display()))
 }
 
-/// `node` with `value` as the default of the argument whose long name is `key`.
-fn with_default(node: Command, key: &str, value: &toml::Value) -> anyhow::Result<Command> {
+/// `node` with `value` as the default of the argument whose long name (or alias) is `key`;
+/// `keys` maps the arguments given so far to their key, so one flag under two names is refused.
+fn with_default(
+    node: Command,
+    key: &str,
+    value: &toml::Value,
+    keys: &mut BTreeMap<String, String>,
+) -> anyhow::Result<Command> {
     if key == "config" {
         bail!("`config` cannot be nested");
     }
-    let Some(arg) = node.get_arguments().find(|a| a.get_long() == Some(key)) else {
+    let named = |a: &&Arg| {
+        a.get_long() == Some(key) || a.get_all_aliases().is_some_and(|old| old.contains(&key))
+    };
+    let Some(arg) = node.get_arguments().find(named) else {
         bail!("no such flag --{key}");
     };
+    let id = arg.get_id().as_str().to_owned();
+    if let Some(first) = keys.insert(id.clone(), key.to_owned()) {
+        bail!("`{first}` and `{key}` set the same flag");
+    }
     let values = strings(value)?;
     let takes_values = arg.get_action().takes_values();
     if !takes_values && !matches!(value, toml::Value::Boolean(_)) {
@@ -61,7 +77,6 @@ fn with_default(node: Command, key: &str, value: &toml::Value) -> anyhow::Result
     if takes_values {
         check_values(arg, key, &values)?;
     }
-    let id = arg.get_id().as_str().to_owned();
     Ok(node.mut_arg(id, |a| a.default_values(values)))
 }
 
@@ -184,7 +199,9 @@ mod tests {
             ("robust = \"yes\"", "--robust is a switch"),
             ("run = [\"a\", \"b\"]", "--run takes one value"),
             ("config = \"x.toml\"", "cannot be nested"),
+            ("data-part = \"3/2\"", "bad value for --data-part"),
             ("shard = \"3/2\"", "bad value for --shard"),
+            ("shard = \"1/2\"\ndata-part = \"1/2\"", "set the same flag"),
         ] {
             let (_dir, path) = write(text);
             let argv = ["murmur", "node", "--config", path.to_str().unwrap()];
@@ -192,6 +209,20 @@ mod tests {
             assert!(err.contains(needle), "{text}: {err}");
             assert!(err.contains("node.toml"), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn old_flag_names_are_keys_too() {
+        let args = |text: &str| {
+            let (_dir, path) = write(text);
+            let argv = ["murmur", "node", "--config", path.to_str().unwrap()];
+            node_args(parse_args(argv).unwrap())
+        };
+        let (new, old) = (args("data-part = \"1/2\"\n"), args("shard = \"1/2\"\n"));
+        assert_eq!((new.data_part, old.data_part), (Some((1, 2)), Some((1, 2))));
+        let new = args("snapshot-every = 2\n");
+        let old = args("replicate-every = 2\n");
+        assert_eq!((new.snapshot_every, old.snapshot_every), (Some(2), Some(2)));
     }
 
     #[test]

@@ -56,8 +56,8 @@ pub const MICRO_BATCHES: u32 = 4;
 pub const PLACEMENT: Placement = Placement::CapacityAware;
 /// `--slowdown`.
 pub const SLOWDOWN: f64 = 1.0;
-/// `--replicate-every`, steps.
-pub const REPLICATE_EVERY: u64 = 4;
+/// `--snapshot-every`, steps.
+pub const SNAPSHOT_EVERY: u64 = 4;
 /// `--pipeline-replicas`.
 pub const PIPELINE_REPLICAS: u32 = 1;
 /// `--average-every`, steps.

@@ -1,4 +1,4 @@
-//! `murmur node` by gossip averaging (the default): loads the model and its data shard, starts
+//! `murmur node` by gossip averaging (the default): loads the model and its part of the data, starts
 //! a [`Session`] (network + training thread, resuming from the last checkpoint if there is
 //! one) and prints progress until the node is told to stop.
 
@@ -86,15 +86,15 @@ pub(super) async fn serve(
     Ok(())
 }
 
-/// The trainer of this node's data shard, and the model's spec.
+/// The trainer of this node's part of the data, and the model's spec.
 fn trainer(
     common: &CommonConfig,
     gossip: &GossipConfig,
     device: &murmur_models::Device,
 ) -> anyhow::Result<(Trainer, ModelSpec)> {
     let data = load_split(common.model, common.data.as_deref(), common.csv_header)?;
-    let train = match gossip.shard {
-        Some((i, n)) => data.train.shard(i, n)?,
+    let train = match gossip.data_part {
+        Some((i, n)) => data.train.part(i, n)?,
         None => data.train,
     };
     let spec = spec_for(common.model, train.shape())?;

@@ -20,6 +20,7 @@ use std::path::Path;
 use anyhow::Context;
 use murmur_protocol::{ModelFingerprint, RunId};
 
+pub(crate) use args::with_old_env_names;
 pub use args::{NodeArgs, parse_codec, parse_placement};
 pub use config::{CommonConfig, ConfigError, GossipConfig, Mode, NodeConfig, ShardedConfig};
 

@@ -6,7 +6,7 @@ use super::args::NodeArgs;
 
 /// Flags only gossip averaging reads: refused with `--sharded`.
 pub const GOSSIP_ONLY: [&str; 17] = [
-    "--shard",
+    "--data-part",
     "--eval-every",
     "--target-accuracy",
     "--announce-every",
@@ -31,7 +31,7 @@ pub const SHARDED_ONLY: [&str; 8] = [
     "--micro-batches",
     "--placement",
     "--slowdown",
-    "--replicate-every",
+    "--snapshot-every",
     "--pipeline-replicas",
     "--average-every",
     "--peer-deadline",
@@ -40,7 +40,7 @@ pub const SHARDED_ONLY: [&str; 8] = [
 /// The gossip-only flags given (in [`GOSSIP_ONLY`] order).
 pub(super) fn gossip_flags_given(a: &NodeArgs) -> Vec<&'static str> {
     let given = [
-        a.shard.is_some(),
+        a.data_part.is_some(),
         a.eval_every.is_some(),
         a.target_accuracy.is_some(),
         a.announce_every.is_some(),
@@ -72,7 +72,7 @@ pub(super) fn sharded_flags_given(a: &NodeArgs) -> Vec<&'static str> {
         a.micro_batches.is_some(),
         a.placement.is_some(),
         a.slowdown.is_some(),
-        a.replicate_every.is_some(),
+        a.snapshot_every.is_some(),
         a.pipeline_replicas.is_some(),
         a.average_every.is_some(),
         a.peer_deadline.is_some(),

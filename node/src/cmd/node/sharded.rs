@@ -127,7 +127,7 @@ async fn pipeline_config(
         peer_deadline: sharded.peer_deadline,
         form_timeout: Duration::from_secs(120),
         capacity_budget: Duration::from_millis(1500),
-        replicate_every: sharded.replicate_every,
+        snapshot_every: sharded.snapshot_every,
         replicas: sharded.pipeline_replicas,
         average_every: sharded.average_every,
     })

@@ -1,4 +1,4 @@
-//! `murmur testnet` (gossip averaging): N honest nodes, each training on shard i/N, and an
+//! `murmur testnet` (gossip averaging): N honest nodes, each training on data part i/N, and an
 //! optional malicious one; live per-node progress; churn; a summary at the end.
 
 use std::collections::BTreeMap;
@@ -35,7 +35,7 @@ fn node_args(
         common.model.to_string(),
         "--device".into(),
         common.device.to_string(),
-        "--shard".into(),
+        "--data-part".into(),
         format!("{}/{}", index.min(honest - 1), honest),
         "--steps".into(),
         common.steps.to_string(),

@@ -1,7 +1,7 @@
 //! `murmur testnet`: a whole Murmur network on this machine, one command.
 //!
 //! Starts a bootstrap node and N training nodes as separate processes of this binary on
-//! loopback, each with shard i/N of the training data; shows live per-node progress; stops
+//! loopback, each with part i/N of the training data; shows live per-node progress; stops
 //! when every honest node reached the target accuracy (or its step budget, or the time
 //! limit); prints a summary table and one JSON line; and cleans up every process. Churn
 //! (`--churn SECS`: kill -9 and restart a random node) and a malicious extra node

@@ -1,36 +1,15 @@
 //! The training thread without a network: fixtures for the mode tests, and whole-worker
 //! runs over preloaded inputs in each averaging mode.
 
-use murmur_protocol::{Codec, ModelFingerprint, RunId};
-
 use super::*;
-use crate::averaging::{AveragerConfig, ButterflyConfig, ReplayGuard};
-use crate::identity::NodeIdentity;
+use crate::averaging::{AveragerConfig, ButterflyConfig};
 use crate::session::replica::VectorReplica;
 
-/// Model size of the fixtures.
-pub(super) const LEN: usize = 64;
+/// The averager fixture of the integration tests, shared.
+#[path = "../../../tests/support/mod.rs"]
+mod support;
 
-/// An averager of node `secret` over a zero anchor (raw f32 deltas, fan-out 1, mass 10),
-/// with `configure` applied; and its peer id.
-pub(super) fn averager(
-    secret: u8,
-    configure: impl FnOnce(&mut AveragerConfig),
-) -> (Averager, PeerId) {
-    let identity = NodeIdentity::from_secret([secret; 32]).expect("identity");
-    let mut config = AveragerConfig::new(RunId::from_name("worker"), ModelFingerprint([9; 32]));
-    config.codec = Codec::RawF32;
-    config.fanout = 1;
-    config.initial_mass = 10.0;
-    configure(&mut config);
-    let averager = Averager::new(
-        config,
-        identity.signing_key().clone(),
-        vec![0.0; LEN],
-        ReplayGuard::in_memory(),
-    );
-    (averager, identity.peer_id())
-}
+pub(super) use support::{LEN, averager};
 
 /// A schedule that never syncs on its own and checkpoints nothing.
 pub(super) fn config() -> WorkerConfig {

@@ -94,7 +94,7 @@ pub struct PipelineConfig {
     pub capacity_budget: Duration,
     /// Snapshot every range to the other members every this many steps (0: never; a departed
     /// member then ends the run).
-    pub replicate_every: u64,
+    pub snapshot_every: u64,
     /// Data-parallel copies of the pipeline: the members are grouped this many at a time and
     /// each group's members hold the same range in different chains (see
     /// [`crate::shard::planner::group_peers`]). 1: one chain.

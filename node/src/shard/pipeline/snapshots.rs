@@ -1,11 +1,11 @@
-//! Copies of shard state kept so that every range survives its holder.
+//! Snapshots of shard state, kept so that every range survives its holder.
 //!
-//! Every `replicate_every` steps each shard holder snapshots its range (parameters and AdamW
+//! Every `snapshot_every` steps each shard holder snapshots its range (parameters and AdamW
 //! moments, after the step's update) and streams the snapshot to every other member of the
 //! chain; it keeps its own snapshot too. After a member disappears the survivors roll back to the
 //! latest step at which a snapshot of *every* range of the old plan is held, and build the ranges
 //! of the new plan from those snapshots, so all shards resume from one consistent model state and
-//! at most `replicate_every` steps are repeated.
+//! at most `snapshot_every` steps are repeated.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -126,7 +126,7 @@ pub(crate) fn encode(state: &ShardState) -> Result<Vec<u8>, PipelineError> {
         .map_err(|e| PipelineError::Protocol(format!("cannot encode a shard state: {e}")))
 }
 
-/// Decodes a shard state sent as a replica of stages `start..end`.
+/// Decodes a shard state sent as a snapshot of stages `start..end`.
 pub(crate) fn decode(bytes: &[u8], start: u32, end: u32) -> Result<ShardState, PipelineError> {
     let (state, used): (ShardState, usize) = bincode::serde::decode_from_slice(bytes, config())
         .map_err(|e| PipelineError::Protocol(format!("malformed shard state: {e}")))?;

@@ -76,7 +76,7 @@ impl Driver {
         // chains only joins re-balance (see `rebalance`); departures re-plan through the
         // broken chain, as with one.
         let watches = self.config.placement == Placement::CapacityAware
-            && self.config.replicate_every > 0
+            && self.config.snapshot_every > 0
             && notice.watcher() == Some(self.me);
         if watches {
             let own = self.progress.capacity();

@@ -80,7 +80,7 @@ impl Rules {
             replicas: config.replicas.max(1),
             placement: config.placement,
             form_timeout: config.form_timeout,
-            replans: config.replicate_every > 0,
+            replans: config.snapshot_every > 0,
             stages,
             memory: MemoryModel {
                 state_multiplier: 4,

@@ -34,7 +34,7 @@ fn config(members: usize, replicas: u32) -> PipelineConfig {
         peer_deadline: Duration::from_secs(20),
         form_timeout: Duration::from_secs(30),
         capacity_budget: Duration::from_millis(50),
-        replicate_every: 2,
+        snapshot_every: 2,
         replicas,
         average_every: 0,
     }
@@ -547,7 +547,7 @@ fn an_undelivered_rebalance_notice_replans_instead_of_failing() {
 #[test]
 fn a_run_without_snapshots_fails_when_a_neighbour_is_lost() {
     let mut config = config(2, 1);
-    config.replicate_every = 0;
+    config.snapshot_every = 0;
     let rules = Rules::of(&config);
     let ids = peers(2);
     let now = Instant::now();

@@ -14,7 +14,7 @@ impl Stage {
     /// when due, then snapshot it when due.
     pub(super) async fn after_update(&mut self, done: u64) -> Result<(), PipelineError> {
         self.average(done).await?;
-        self.replicate(done).await
+        self.snapshot(done).await
     }
 
     /// Every `average_every` steps, one gossip-averaging sync of the range with its holders in
@@ -35,10 +35,10 @@ impl Stage {
         Ok(())
     }
 
-    /// Every `replicate_every` steps, snapshot the shard, keep the snapshot and send it to every
+    /// Every `snapshot_every` steps, snapshot the shard, keep the snapshot and send it to every
     /// other peer of the plan (all chains).
-    async fn replicate(&mut self, done: u64) -> Result<(), PipelineError> {
-        let every = self.config.replicate_every;
+    async fn snapshot(&mut self, done: u64) -> Result<(), PipelineError> {
+        let every = self.config.snapshot_every;
         // No snapshot after the last step: the run is over, and members may already be gone.
         let last_step = done >= self.config.steps;
         if every == 0 || !done.is_multiple_of(every) || last_step || self.position.planned.len() < 2
