@@ -3,6 +3,7 @@
 //! stage of its epoch (or waits for it).
 
 use super::*;
+use crate::errors::chain;
 
 impl Driver {
     pub(super) fn on_decoded(
@@ -14,7 +15,7 @@ impl Driver {
                 snapshots::lock(&self.snapshots).insert(state);
                 self.try_start();
             }
-            Ok((peer, Err(err))) => tracing::warn!(%peer, %err, "replica refused"),
+            Ok((peer, Err(err))) => tracing::warn!(%peer, err = %chain(&err), "replica refused"),
             Err(err) => tracing::warn!(%err, "replica decoding failed"),
         }
     }
