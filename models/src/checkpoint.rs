@@ -30,7 +30,7 @@ pub(crate) struct Checkpoint {
 }
 
 /// Checkpoint bytes could not be produced or used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     /// Fewer bytes than the header.
     #[error("checkpoint is truncated ({0} bytes)")]
@@ -45,11 +45,14 @@ pub enum CheckpointError {
     #[error("checkpoint is corrupt (checksum mismatch)")]
     Corrupt,
     /// The payload does not decode.
-    #[error("checkpoint payload does not decode: {0}")]
-    Decode(String),
+    #[error("checkpoint payload does not decode")]
+    Decode(#[source] bincode::error::DecodeError),
+    /// A decoded payload was followed by extra bytes.
+    #[error("checkpoint payload does not decode: {0} trailing bytes")]
+    TrailingBytes(usize),
     /// Encoding failed.
-    #[error("checkpoint encoding failed: {0}")]
-    Encode(String),
+    #[error("checkpoint encoding failed")]
+    Encode(#[source] bincode::error::EncodeError),
     /// For another architecture.
     #[error("checkpoint is for another model architecture")]
     WrongModel,
@@ -63,8 +66,8 @@ fn config() -> impl bincode::config::Config {
 
 impl Checkpoint {
     pub(crate) fn encode(&self) -> Result<Vec<u8>, CheckpointError> {
-        let payload = bincode::serde::encode_to_vec(self, config())
-            .map_err(|e| CheckpointError::Encode(e.to_string()))?;
+        let payload =
+            bincode::serde::encode_to_vec(self, config()).map_err(CheckpointError::Encode)?;
         let mut out = Vec::with_capacity(HEADER + payload.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
@@ -91,12 +94,9 @@ impl Checkpoint {
             return Err(CheckpointError::Corrupt);
         }
         let (value, used) = bincode::serde::decode_from_slice::<Self, _>(payload, config())
-            .map_err(|e| CheckpointError::Decode(e.to_string()))?;
+            .map_err(CheckpointError::Decode)?;
         if used != payload.len() {
-            return Err(CheckpointError::Decode(format!(
-                "{} trailing bytes",
-                payload.len() - used
-            )));
+            return Err(CheckpointError::TrailingBytes(payload.len() - used));
         }
         Ok(value)
     }

@@ -103,15 +103,13 @@ impl AdamW {
                 order.push(e);
             }
         }
-        let datas = tx
-            .try_execute()
-            .map_err(|e| ParamError::Read(format!("{e:?}")))?;
+        let datas = tx.try_execute().map_err(|e| ParamError::Read(e.into()))?;
         let mut m = vec![0.0; layout.total()];
         let mut v = vec![0.0; layout.total()];
         let read = |d: TensorData| {
             d.convert::<f32>()
                 .try_into_vec::<f32>()
-                .map_err(|e| ParamError::Read(format!("{e:?}")))
+                .map_err(|e| ParamError::Read(e.into()))
         };
         let mut datas = datas.into_iter();
         for e in order {

@@ -28,7 +28,7 @@ pub enum WireActivation {
 }
 
 /// A wire activation is malformed or could not be read back.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
     /// Data length does not match the shape.
     #[error("shape {shape:?} needs {expected} values, got {got}")]
@@ -44,8 +44,11 @@ pub enum WireError {
     #[error("non-finite value at index {0}")]
     NonFinite(usize),
     /// Device read failed.
-    #[error("reading the tensor from the device failed: {0}")]
-    Read(String),
+    #[error("reading the tensor from the device failed")]
+    Read(#[source] burn::tensor::DataError),
+    /// Token ids where a gradient (a hidden tensor) was expected.
+    #[error("a gradient must be a hidden tensor")]
+    NotHidden,
 }
 
 impl WireActivation {
@@ -88,14 +91,13 @@ impl WireActivation {
 
     /// Reads an activation back from its device.
     pub fn from_activation(activation: &Activation) -> Result<Self, WireError> {
-        let read = |e| WireError::Read(format!("{e:?}"));
         match activation {
             Activation::Tokens(t) => {
                 let ids = t
                     .to_data()
                     .convert::<i64>()
                     .try_into_vec::<i64>()
-                    .map_err(read)?
+                    .map_err(WireError::Read)?
                     .into_iter()
                     .map(|v| u32::try_from(v).unwrap_or(u32::MAX))
                     .collect();
@@ -110,7 +112,7 @@ impl WireActivation {
                     .to_data()
                     .convert::<f32>()
                     .try_into_vec::<f32>()
-                    .map_err(read)?,
+                    .map_err(WireError::Read)?,
             }),
         }
     }

@@ -143,7 +143,10 @@ fn shard_state_moves_between_holders_and_bad_inputs_are_errors() {
     let device = common::flex();
     let mut a = StageShard::new(&spec, &device, 1..3, cfg.clone()).unwrap();
     let grad = WireActivation::hidden([1, 1, 1], vec![0.0]).unwrap();
-    assert_eq!(a.backward(3, &grad), Err(ShardError::UnknownMicroBatch(3)));
+    assert!(matches!(
+        a.backward(3, &grad),
+        Err(ShardError::UnknownMicroBatch(3))
+    ));
     a.apply(0.0).unwrap();
     let state = a.state().unwrap();
     // The same range elsewhere adopts it; a wider range is rebuilt from two parts.

@@ -48,8 +48,8 @@ pub enum IdentityError {
     #[error("no identity at {0}: run `murmur keygen` first")]
     Missing(PathBuf),
     /// The operating system's random source failed.
-    #[error("cannot draw a random key: {0}")]
-    Random(String),
+    #[error("cannot draw a random key")]
+    Random(#[source] rand::rand_core::OsError),
     /// A secret that libp2p does not accept as an ed25519 key.
     #[error("not a valid ed25519 secret key")]
     BadSecret,
@@ -96,7 +96,7 @@ impl NodeIdentity {
         let mut secret = [0u8; 32];
         rand::rngs::OsRng
             .try_fill_bytes(&mut secret)
-            .map_err(|e| IdentityError::Random(e.to_string()))?;
+            .map_err(IdentityError::Random)?;
         write_key_file(path, &secret)?;
         tracing::info!(path = %path.display(), "created a new node identity");
         Self::load_file(path)

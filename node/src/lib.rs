@@ -9,6 +9,7 @@
 //! - [`session`]: one training node: training thread + network tasks, checkpoints, state sync.
 //! - [`shard`]: capacity-aware placement of layer shards on peers.
 //! - [`store`]: the sled store (peer book, checkpoints, merged pairs).
+//! - [`errors`]: printing an error with its chain of causes.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 // Test fixtures shared with the integration tests (`tests/support/`) name this crate as they do.
@@ -18,6 +19,7 @@ extern crate self as murmur_node;
 pub mod adversary;
 pub mod averaging;
 pub mod cmd;
+pub mod errors;
 pub mod identity;
 pub mod net;
 pub mod paths;

@@ -1,5 +1,6 @@
 //! The `murmur` binary: parses the command line and hands over to [`murmur_node::cmd`].
 
+use murmur_node::errors::chain;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
@@ -13,14 +14,14 @@ fn main() -> std::process::ExitCode {
         Ok(cli) => cli,
         Err(murmur_node::cmd::ParseError::Clap(err)) => err.exit(),
         Err(err) => {
-            eprintln!("murmur: {err:#}");
+            eprintln!("murmur: {}", chain(&err));
             return std::process::ExitCode::FAILURE;
         }
     };
     match murmur_node::cmd::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("murmur: {err:#}");
+            eprintln!("murmur: {}", chain(err.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }

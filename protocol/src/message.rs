@@ -11,6 +11,7 @@ use bincode::{Decode, Encode};
 use crate::codec::{Codec, CodecError};
 use crate::ids::{Digest, ModelFingerprint, PeerKey, RunId};
 use crate::part::PartHeader;
+use crate::pipeline::PIPE_VERSION;
 use crate::wire::{self, WireError};
 
 /// Most listen addresses an announcement may carry.
@@ -177,8 +178,11 @@ pub enum MessageError {
     #[error(transparent)]
     Codec(#[from] CodecError),
     /// The message could not be encoded.
-    #[error("cannot encode message: {0}")]
-    Encode(String),
+    #[error("cannot encode message")]
+    Encode(#[source] bincode::error::EncodeError),
+    /// A pipeline header of a version this build does not speak.
+    #[error("pipeline header version {0} (this build speaks {PIPE_VERSION})")]
+    PipeVersion(u8),
     /// A range lies outside the payload it refers to.
     #[error("range {offset}+{len} outside a payload of {total} bytes")]
     BadRange {
@@ -195,7 +199,7 @@ impl Message {
     /// Validates and encodes the message body (what the envelope signs).
     pub fn to_bytes(&self) -> Result<Vec<u8>, MessageError> {
         self.validate()?;
-        wire::encode(self).map_err(|e| MessageError::Encode(e.to_string()))
+        wire::encode(self).map_err(MessageError::Encode)
     }
 
     /// Decodes and validates a message body.

@@ -131,10 +131,7 @@ impl PipeHeader {
     /// Checks version and bounds.
     pub fn validate(&self) -> Result<(), MessageError> {
         if self.version != PIPE_VERSION {
-            return Err(MessageError::Encode(format!(
-                "pipeline header version {} (this build speaks {PIPE_VERSION})",
-                self.version
-            )));
+            return Err(MessageError::PipeVersion(self.version));
         }
         if self.micros == 0 || self.micro >= self.micros {
             return Err(MessageError::FieldTooLong {
@@ -177,7 +174,7 @@ impl PipeHeader {
     /// Validates and encodes.
     pub fn to_bytes(&self) -> Result<Vec<u8>, MessageError> {
         self.validate()?;
-        wire::encode(self).map_err(|e| MessageError::Encode(e.to_string()))
+        wire::encode(self).map_err(MessageError::Encode)
     }
 
     /// Decodes and validates.
@@ -230,7 +227,10 @@ mod tests {
         assert!(bad.to_bytes().is_err());
         let mut bytes = h.to_bytes().unwrap();
         bytes[0] = 9;
-        assert!(PipeHeader::from_bytes(&bytes).is_err());
+        assert!(matches!(
+            PipeHeader::from_bytes(&bytes),
+            Err(MessageError::PipeVersion(9))
+        ));
         assert!(PipeHeader::from_bytes(&bytes[..5]).is_err());
     }
 

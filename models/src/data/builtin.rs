@@ -19,9 +19,9 @@ fn gunzip(bytes: &[u8], name: &str) -> Result<String, DataError> {
     let mut out = String::new();
     GzDecoder::new(bytes)
         .read_to_string(&mut out)
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::InvalidData if out.is_empty() => DataError::Gzip(name.into()),
-            _ => DataError::Gzip(format!("{name}: {e}")),
+        .map_err(|source| DataError::Gzip {
+            name: name.into(),
+            source,
         })?;
     Ok(out)
 }
@@ -40,4 +40,20 @@ pub fn digits() -> Result<DataSplit, DataError> {
 pub fn shakespeare(context: usize) -> Result<DataSplit, DataError> {
     let text = gunzip(SHAKESPEARE_GZ, "shakespeare.txt.gz")?;
     text_corpus(&text, context)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use super::gunzip;
+    use crate::data::DataError;
+
+    #[test]
+    fn corrupt_gzip_keeps_the_decoders_error() {
+        let err = gunzip(b"not gzip at all", "broken.gz").unwrap_err();
+        assert!(matches!(&err, DataError::Gzip { name, .. } if name == "broken.gz"));
+        assert_eq!(err.to_string(), "corrupt gzip data in broken.gz");
+        assert!(err.source().is_some(), "the decoder's error is kept");
+    }
 }

@@ -38,7 +38,10 @@ pub fn read_csv_file(path: &Path, options: &CsvOptions) -> Result<DataSplit, Dat
         path: path.display().to_string(),
         source,
     })?;
-    let text = String::from_utf8(text).map_err(|_| DataError::Utf8(path.display().to_string()))?;
+    let text = String::from_utf8(text).map_err(|e| DataError::Utf8 {
+        path: path.display().to_string(),
+        source: e.utf8_error(),
+    })?;
     parse_csv(&text, options)
 }
 

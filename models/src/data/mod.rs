@@ -33,11 +33,21 @@ pub enum DataError {
         source: std::io::Error,
     },
     /// Embedded or given gzip data is corrupt.
-    #[error("corrupt gzip data in {0}")]
-    Gzip(String),
+    #[error("corrupt gzip data in {name}")]
+    Gzip {
+        /// The data set's file name.
+        name: String,
+        /// What the decoder reported.
+        source: std::io::Error,
+    },
     /// Text is not UTF-8.
-    #[error("{0} is not valid UTF-8")]
-    Utf8(String),
+    #[error("{path} is not valid UTF-8")]
+    Utf8 {
+        /// The file.
+        path: String,
+        /// Where the first invalid byte is.
+        source: std::str::Utf8Error,
+    },
     /// A malformed CSV row.
     #[error("line {line}: {message}")]
     Csv {

@@ -50,7 +50,10 @@ pub fn read_text_file(path: &Path, context: usize) -> Result<DataSplit, DataErro
         path: path.display().to_string(),
         source,
     })?;
-    let text = String::from_utf8(bytes).map_err(|_| DataError::Utf8(path.display().to_string()))?;
+    let text = String::from_utf8(bytes).map_err(|e| DataError::Utf8 {
+        path: path.display().to_string(),
+        source: e.utf8_error(),
+    })?;
     text_corpus(&text, context)
 }
 
@@ -86,4 +89,26 @@ pub fn text_corpus(text: &str, context: usize) -> Result<DataSplit, DataError> {
         train: make(train),
         test: make(test),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use super::read_text_file;
+    use crate::data::DataError;
+
+    #[test]
+    fn a_file_that_is_not_utf8_names_the_first_bad_byte() {
+        let path = std::env::temp_dir().join(format!("murmur-not-utf8-{}.txt", std::process::id()));
+        std::fs::write(&path, b"abc\xffdef").unwrap();
+        let err = read_text_file(&path, 2).unwrap_err();
+        let _ = std::fs::remove_file(&path);
+        let DataError::Utf8 { source, .. } = &err else {
+            panic!("unexpected {err}");
+        };
+        assert_eq!(source.valid_up_to(), 3);
+        assert!(err.to_string().ends_with("is not valid UTF-8"), "{err}");
+        assert!(err.source().is_some());
+    }
 }

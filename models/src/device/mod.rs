@@ -138,6 +138,15 @@ pub enum DeviceError {
         /// Panic message or mismatch.
         reason: String,
     },
+    /// The adapter ran the test computation but its result could not be read back.
+    #[error("device {name} failed its smoke test: its result could not be read back")]
+    ReadBack {
+        /// Adapter name.
+        name: String,
+        /// What burn reported.
+        #[source]
+        source: burn::tensor::DataError,
+    },
 }
 
 /// Chooses and checks a device.
@@ -198,7 +207,12 @@ fn smoke_test(selected: &SelectedDevice) -> Result<(), DeviceError> {
     let reason = match outcome {
         Ok(Ok(v)) if v.first().is_some_and(|x| (x - 12.0).abs() < 1e-4) => return Ok(()),
         Ok(Ok(v)) => format!("2*[1,2,3] summed to {v:?}"),
-        Ok(Err(err)) => format!("{err:?}"),
+        Ok(Err(source)) => {
+            return Err(DeviceError::ReadBack {
+                name: selected.info.name.clone(),
+                source,
+            });
+        }
         Err(panic) => panic
             .downcast_ref::<String>()
             .cloned()

@@ -29,7 +29,7 @@ use crate::params::{
 use crate::spec::{ModelSpec, SpecError, StageCost};
 
 /// Building or running a model failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// Bad specification.
     #[error(transparent)]
@@ -43,6 +43,9 @@ pub enum ModelError {
     /// Targets do not match the logits.
     #[error("{0}")]
     Targets(String),
+    /// A tensor could not be read back from the device.
+    #[error("reading a tensor back from the device failed")]
+    Read(#[source] burn::tensor::DataError),
 }
 
 /// Gradients of a stage range.

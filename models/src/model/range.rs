@@ -216,10 +216,13 @@ pub(crate) fn cross_entropy(
 
 /// Reads a one-element tensor.
 pub(crate) fn scalar(t: &Tensor<1>) -> Result<f32, ModelError> {
-    t.to_data()
+    let values = t
+        .to_data()
         .convert::<f32>()
         .try_into_vec::<f32>()
-        .ok()
-        .and_then(|v| v.first().copied())
+        .map_err(ModelError::Read)?;
+    values
+        .first()
+        .copied()
         .ok_or_else(|| ModelError::Targets("could not read a scalar back from the device".into()))
 }

@@ -53,7 +53,7 @@ pub struct ParamLayout {
 }
 
 /// A flat vector does not fit the layout, or the device failed a read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum ParamError {
     /// Wrong number of values.
     #[error("flat vector has {got} values, the layout needs {expected}")]
@@ -66,9 +66,10 @@ pub enum ParamError {
     /// A value is NaN or infinite.
     #[error("flat vector holds a non-finite value at index {0}")]
     NonFinite(usize),
-    /// Reading tensors back from the device failed.
-    #[error("reading parameters from the device failed: {0}")]
-    Read(String),
+    /// Reading tensors back from the device failed: the device did not run the read, or the
+    /// data read back does not convert to `f32` (two burn error types, hence boxed).
+    #[error("reading parameters from the device failed")]
+    Read(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl ParamLayout {

@@ -78,14 +78,12 @@ fn collect(
     if slots.is_empty() {
         return Ok(());
     }
-    let datas = tx
-        .try_execute()
-        .map_err(|e| ParamError::Read(format!("{e:?}")))?;
+    let datas = tx.try_execute().map_err(|e| ParamError::Read(e.into()))?;
     for (slot, data) in slots.into_iter().zip(datas) {
         let values = data
             .convert::<f32>()
             .try_into_vec::<f32>()
-            .map_err(|e| ParamError::Read(format!("{e:?}")))?;
+            .map_err(|e| ParamError::Read(e.into()))?;
         out[slot].copy_from_slice(&values);
     }
     Ok(())

@@ -31,7 +31,7 @@ use crate::trainer::TrainConfig;
 use crate::wire::{WireActivation, WireError};
 
 /// A shard operation failed.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum ShardError {
     /// The model rejected the range or an input.
     #[error(transparent)]
@@ -152,7 +152,7 @@ impl StageShard {
     ) -> Result<Option<WireActivation>, ShardError> {
         let device = self.model.inner_device();
         let Some(grad) = grad_output.to_hidden(&device)? else {
-            return Err(WireError::Read("a gradient must be a hidden tensor".into()).into());
+            return Err(WireError::NotHidden.into());
         };
         let kept = self
             .stash

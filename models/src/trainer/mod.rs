@@ -129,7 +129,7 @@ impl Trainer {
                 .into_data()
                 .convert::<i64>()
                 .try_into_vec::<i64>();
-            let predicted = predicted.map_err(|e| WireError::Read(format!("{e:?}")))?;
+            let predicted = predicted.map_err(WireError::Read)?;
             correct += predicted
                 .iter()
                 .zip(&batch.targets)

@@ -12,7 +12,7 @@ use libp2p::{
 };
 
 use super::config::{NetConfig, NetLimits, TransportTuning};
-use super::error::NetError;
+use super::error::{BoxError, NetError};
 use super::gossip;
 
 /// Kademlia protocol name (Murmur's own DHT, not the IPFS one).
@@ -85,12 +85,12 @@ pub(crate) fn build_swarm(
             noise::Config::new,
             yamux::Config::default,
         )
-        .map_err(|e| NetError::Transport(e.to_string()))?
+        .map_err(|e| NetError::transport("tcp", e))?
         .with_quic_config(|quic| tune_quic(quic, &tuning))
         .with_dns()
-        .map_err(|e| NetError::Transport(e.to_string()))?
+        .map_err(|e| NetError::transport("dns", e))?
         .with_relay_client(noise::Config::new, yamux::Config::default)
-        .map_err(|e| NetError::Transport(e.to_string()))?
+        .map_err(|e| NetError::transport("relay client", e))?
         .with_behaviour(|key, relay_client| {
             let peer_id = key.public().to_peer_id();
             let mdns = if config.mdns {
@@ -102,7 +102,7 @@ pub(crate) fn build_swarm(
                 None
             };
             let gossipsub = gossip::behaviour(key, &config.limits, &topic)?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(NodeBehaviour {
+            Ok::<_, BoxError>(NodeBehaviour {
                 limits: connection_limits(&config.limits),
                 identify: identify(key),
                 ping: ping::Behaviour::new(ping::Config::new()),
@@ -115,7 +115,7 @@ pub(crate) fn build_swarm(
                 stream: libp2p_stream::Behaviour::new(),
             })
         })
-        .map_err(|e| NetError::Transport(e.to_string()))?
+        .map_err(|e| NetError::transport("behaviour", e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_connection_timeout))
         .build();
     Ok(swarm)

@@ -5,26 +5,37 @@ use std::time::Duration;
 use libp2p::PeerId;
 use murmur_protocol::framing::FrameError;
 
+/// A boxed error of any of the types one setup step can fail with.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Errors of network control operations (start, dial, publish, queries).
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    /// Building a transport failed.
-    #[error("transport setup failed: {0}")]
-    Transport(String),
+    /// Building the swarm failed: a transport, a behaviour, or the announcement topic's
+    /// subscription (libp2p reports each with its own error type, hence boxed).
+    #[error("transport setup failed ({stage})")]
+    Transport {
+        /// The step that failed.
+        stage: &'static str,
+        /// What libp2p reported.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
     /// Listening on an address failed.
-    #[error("cannot listen on {addr}: {reason}")]
+    #[error("cannot listen on {addr}")]
     Listen {
         /// The address.
         addr: String,
-        /// Why.
-        reason: String,
+        /// What the transport reported.
+        #[source]
+        source: libp2p::TransportError<std::io::Error>,
     },
     /// Dialing failed.
-    #[error("dial failed: {0}")]
-    Dial(String),
+    #[error("dial failed")]
+    Dial(#[source] libp2p::swarm::DialError),
     /// Publishing on gossipsub failed (no subscribed peers yet, too large, duplicate…).
-    #[error("publish failed: {0}")]
-    Publish(String),
+    #[error("publish failed")]
+    Publish(#[source] libp2p::gossipsub::PublishError),
     /// The payload kind already has a subscriber.
     #[error("payload kind {0} already has a subscriber")]
     AlreadySubscribed(&'static str),
@@ -40,12 +51,13 @@ pub enum NetError {
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
     /// Could not open a stream to the peer (not connected, unreachable, protocol unsupported).
-    #[error("cannot open a stream to {peer}: {reason}")]
+    #[error("cannot open a stream to {peer}")]
     Open {
         /// The peer.
         peer: PeerId,
-        /// Why.
-        reason: String,
+        /// What libp2p-stream reported.
+        #[source]
+        source: libp2p_stream::OpenStreamError,
     },
     /// The whole transfer did not finish within its deadline.
     #[error("transfer did not finish within {0:?}")]
@@ -70,7 +82,8 @@ pub enum TransferError {
         /// Limit.
         max: usize,
     },
-    /// The receiver refused the transfer (busy, rejected the header, unknown request).
+    /// The receiver refused the transfer (busy, rejected the header, unknown request), with
+    /// the reason it sent (text from the peer, not a local error).
     #[error("refused by the peer: {0}")]
     Refused(String),
     /// The receiver acknowledged a different digest than the one sent.
@@ -79,6 +92,16 @@ pub enum TransferError {
     /// The local node is shutting down.
     #[error("the network has shut down")]
     Shutdown,
+}
+
+impl NetError {
+    /// A failed swarm-building step, its error boxed.
+    pub(crate) fn transport(stage: &'static str, source: impl Into<BoxError>) -> Self {
+        NetError::Transport {
+            stage,
+            source: source.into(),
+        }
+    }
 }
 
 impl From<FrameError> for TransferError {

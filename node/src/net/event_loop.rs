@@ -157,10 +157,7 @@ impl EventLoop {
     fn handle_command(&mut self, command: Command) {
         match command {
             Command::Dial(addr, reply) => {
-                let result = self
-                    .swarm
-                    .dial(addr)
-                    .map_err(|e| NetError::Dial(e.to_string()));
+                let result = self.swarm.dial(addr).map_err(NetError::Dial);
                 let _ = reply.send(result);
             }
             Command::Publish(bytes, reply) => {
@@ -171,7 +168,7 @@ impl EventLoop {
                     .gossipsub
                     .publish(topic, bytes)
                     .map(|_| ())
-                    .map_err(|e| NetError::Publish(e.to_string()));
+                    .map_err(NetError::Publish);
                 let _ = reply.send(result);
             }
             Command::Peers(reply) => {

@@ -30,12 +30,30 @@ pub fn message_id(message: &gossipsub::Message) -> MessageId {
     MessageId::from(blake3::hash(&message.data).as_bytes().to_vec())
 }
 
+/// Why the gossipsub behaviour could not be built. libp2p reports all but the configuration
+/// as text, which is kept as given.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum GossipSetupError {
+    /// The configuration builder refused the settings.
+    #[error("invalid gossipsub configuration")]
+    Config(#[source] gossipsub::ConfigBuilderError),
+    /// The behaviour refused its configuration.
+    #[error("cannot create the gossipsub behaviour: {0}")]
+    Behaviour(&'static str),
+    /// The peer score parameters were refused.
+    #[error("invalid gossipsub peer score parameters: {0}")]
+    PeerScore(String),
+    /// The announcement topic's score parameters were refused.
+    #[error("invalid gossipsub topic score parameters: {0}")]
+    TopicParams(&'static str),
+}
+
 /// Builds the gossipsub behaviour with Murmur's settings and peer scoring.
 pub(crate) fn behaviour(
     keypair: &Keypair,
     limits: &NetLimits,
     topic: &IdentTopic,
-) -> Result<gossipsub::Behaviour, String> {
+) -> Result<gossipsub::Behaviour, GossipSetupError> {
     let config = gossipsub::ConfigBuilder::default()
         .validation_mode(ValidationMode::Strict)
         .validate_messages()
@@ -43,15 +61,18 @@ pub(crate) fn behaviour(
         .max_transmit_size(limits.max_gossip_bytes)
         .heartbeat_interval(Duration::from_millis(700))
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(GossipSetupError::Config)?;
     let mut gossipsub =
-        gossipsub::Behaviour::new(MessageAuthenticity::Signed(keypair.clone()), config)?;
+        gossipsub::Behaviour::new(MessageAuthenticity::Signed(keypair.clone()), config)
+            .map_err(GossipSetupError::Behaviour)?;
     let params = PeerScoreParams {
         // Volunteers behind one NAT share an IP; co-location is not misbehaviour here.
         ip_colocation_factor_weight: 0.0,
         ..PeerScoreParams::default()
     };
-    gossipsub.with_peer_score(params, PeerScoreThresholds::default())?;
+    gossipsub
+        .with_peer_score(params, PeerScoreThresholds::default())
+        .map_err(GossipSetupError::PeerScore)?;
     let topic_params = TopicScoreParams {
         topic_weight: 1.0,
         // Announcements are sparse: do not punish mesh peers for a low delivery rate.
@@ -62,7 +83,9 @@ pub(crate) fn behaviour(
         invalid_message_deliveries_decay: 0.9,
         ..TopicScoreParams::default()
     };
-    gossipsub.set_topic_params(topic.clone(), topic_params)?;
+    gossipsub
+        .set_topic_params(topic.clone(), topic_params)
+        .map_err(GossipSetupError::TopicParams)?;
     Ok(gossipsub)
 }
 

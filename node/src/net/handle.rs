@@ -23,6 +23,7 @@ use super::peers::PeerInfo;
 use super::shared::Shared;
 use super::state::{self, StateRequestEvent, StateResponse};
 use super::transfer::{self, Admission, PayloadKind};
+use crate::errors::chain;
 
 /// Further attempts of [`Network::send_with_retries`] after a transient failure.
 const SEND_RETRIES: u32 = 5;
@@ -108,7 +109,7 @@ impl Network {
                     Ok(stats) => return Ok(stats),
                     Err(error) if error.is_transient() && attempt < SEND_RETRIES => {
                         attempt += 1;
-                        tracing::debug!(%peer, %error, attempt, "send retried");
+                        tracing::debug!(%peer, error = %chain(&error), attempt, "send retried");
                         tokio::time::sleep(RETRY_BACKOFF * (attempt - 1)).await;
                     }
                     Err(error) => return Err(error),

@@ -23,6 +23,7 @@ use super::error::TransferError;
 use super::events::NetEvent;
 use super::shared::Shared;
 use super::transfer::classify;
+use crate::errors::chain;
 
 /// Streams that may wait for a permit, as a multiple of the concurrency limit.
 const QUEUE_FACTOR: usize = 4;
@@ -92,9 +93,9 @@ pub(crate) fn spawn_accept_loop<F, Fut>(
                     Some(Ok(Ok(()))) => return,
                     Some(Ok(Err(error))) => classify(error, &shared.limits),
                 };
-                tracing::debug!(%peer, protocol, %error, "inbound stream failed");
+                tracing::debug!(%peer, protocol, error = %chain(&error), "inbound stream failed");
                 if error.is_misbehaviour() {
-                    shared.penalize(peer, 10, format!("{protocol}: {error}"));
+                    shared.penalize(peer, 10, format!("{protocol}: {}", chain(&error)));
                 }
                 shared.emit(NetEvent::InboundFailed {
                     peer,

@@ -35,10 +35,7 @@ pub(crate) async fn open_stream(
         let attempt = control.open_stream(peer, protocol.clone());
         match tokio::time::timeout(patience, attempt).await {
             Ok(opened) => {
-                return opened.map_err(|e| TransferError::Open {
-                    peer,
-                    reason: e.to_string(),
-                });
+                return opened.map_err(|source| TransferError::Open { peer, source });
             }
             Err(_) => {
                 tracing::debug!(%peer, %protocol, ?patience, "no stream yet; asking again");

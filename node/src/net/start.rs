@@ -132,7 +132,7 @@ fn open_swarm(
         .behaviour_mut()
         .gossipsub
         .subscribe(&topic)
-        .map_err(|e| NetError::Transport(e.to_string()))?;
+        .map_err(|e| NetError::transport("announcement topic subscription", e))?;
     listen_and_advertise(&mut swarm, &config.listen_addrs, &config.external_addrs)?;
     if config.kad_server {
         swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
@@ -172,9 +172,7 @@ fn dial_bootstrap_and_relays(
         if let Some(peer) = peer_id_of_addr(addr) {
             swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
         }
-        swarm
-            .dial(addr.clone())
-            .map_err(|e| NetError::Dial(e.to_string()))?;
+        swarm.dial(addr.clone()).map_err(NetError::Dial)?;
     }
     if !config.bootstrap.is_empty() {
         let _ = swarm.behaviour_mut().kad.bootstrap();
@@ -182,9 +180,9 @@ fn dial_bootstrap_and_relays(
     for relay in &config.relays {
         swarm
             .listen_on(relay.clone().with(Protocol::P2pCircuit))
-            .map_err(|e| NetError::Listen {
+            .map_err(|source| NetError::Listen {
                 addr: relay.to_string(),
-                reason: e.to_string(),
+                source,
             })?;
     }
     Ok(())
@@ -200,9 +198,9 @@ pub(crate) fn listen_and_advertise<B: libp2p::swarm::NetworkBehaviour>(
     for addr in listen {
         swarm
             .listen_on(addr.clone())
-            .map_err(|e| NetError::Listen {
+            .map_err(|source| NetError::Listen {
                 addr: addr.to_string(),
-                reason: e.to_string(),
+                source,
             })?;
     }
     for addr in external {

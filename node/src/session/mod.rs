@@ -344,7 +344,8 @@ fn subscribe_parts(
         if verdict.is_err() && gate.should_wake() {
             let _ = wake.try_send(WorkerInput::PartsRefused);
         }
-        verdict
+        // The refusal's text is what the sending peer is told.
+        verdict.map_err(|rejection| rejection.to_string())
     });
     Ok(Some(net.subscribe_payloads_admitting(
         PayloadKind::Part,

@@ -9,6 +9,7 @@ use murmur_protocol::message::MAX_LISTEN_ADDRS;
 use murmur_protocol::{Announcement, Capacity, Message, SignedEnvelope};
 
 use super::Context;
+use crate::errors::chain;
 use crate::net::{NetEvents, PeerInfo, link_stats};
 
 /// How often the live peer set is refreshed.
@@ -35,7 +36,7 @@ pub(crate) async fn run(ctx: Arc<Context>, mut events: NetEvents) {
                 ctx.live_peers.replace(live, round, complete);
                 if tokio::time::Instant::now() >= next_announce {
                     if let Err(err) = announce(&ctx, &peers).await {
-                        tracing::debug!(%err, "announcement not published");
+                        tracing::debug!(err = %chain(err.as_ref()), "announcement not published");
                     }
                     // While no training peer is known, announce quickly so newcomers are
                     // found within a second.

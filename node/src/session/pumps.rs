@@ -14,6 +14,7 @@ use super::{Context, publish_status};
 use crate::adversary::Adversary;
 use crate::averaging::butterfly::PartSend;
 use crate::averaging::{Outgoing, Rejection};
+use crate::errors::chain;
 use crate::net::{IncomingPayload, PayloadKind, TransferError};
 
 /// Most delta sends in flight at once.
@@ -169,7 +170,7 @@ async fn send_part(
                 .fetch_add(stats.bytes, Ordering::Relaxed);
         }
         Err(err) => {
-            tracing::debug!(peer = %part.peer, %err, "butterfly part not delivered");
+            tracing::debug!(peer = %part.peer, err = %chain(&err), "butterfly part not delivered");
             ctx.traffic.send_failures.fetch_add(1, Ordering::Relaxed);
             let failed = WorkerInput::PartFailed {
                 peer: part.peer,
@@ -225,7 +226,7 @@ async fn send_deltas(
                         ctx.traffic.deltas_sent.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(err) => {
-                        tracing::debug!(%peer, %err, "delta not delivered; mass returned");
+                        tracing::debug!(%peer, err = %chain(&err), "delta not delivered; mass returned");
                         ctx.traffic.send_failures.fetch_add(1, Ordering::Relaxed);
                         if !ctx.deliver(WorkerInput::SendFailed(outgoing)).await {
                             tracing::warn!(%peer, "undelivered delta's mass not returned: node stopping");
@@ -247,7 +248,7 @@ async fn on_the_wire(ctx: &Context, outgoing: &Outgoing) -> Option<Outgoing> {
     match tokio::task::spawn_blocking(move || adversary.corrupt(&original)).await {
         Ok(Ok(wire)) => Some(wire),
         Ok(Err(err)) => {
-            tracing::warn!(%err, "delta not corrupted; not sent");
+            tracing::warn!(err = %chain(&err), "delta not corrupted; not sent");
             None
         }
         Err(err) => {

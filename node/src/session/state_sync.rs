@@ -9,12 +9,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use libp2p::PeerId;
 use murmur_protocol::envelope::MAX_ENVELOPE_BYTES;
-use murmur_protocol::{Digest, Message, SignedEnvelope, StateHeader, StateRequest};
+use murmur_protocol::{
+    Digest, EnvelopeError, Message, MessageError, SignedEnvelope, StateHeader, StateRequest,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use super::worker::{Snapshot, WorkerInput};
 use super::{Context, state_check};
-use crate::net::{StateReply, StateRequestEvent, key_matches_peer};
+use crate::errors::chain;
+use crate::net::{StateReply, StateRequestEvent, TransferError, key_matches_peer};
 
 /// Bytes per requested range.
 const RANGE_BYTES: u64 = 8 * 1024 * 1024;
@@ -26,6 +29,92 @@ const JOIN_WINDOW: Duration = Duration::from_secs(30);
 const RETRY_AFTER: Duration = Duration::from_secs(2);
 /// A served snapshot is reused for range requests this long.
 const SNAPSHOT_TTL: Duration = Duration::from_secs(60);
+
+/// Why a state request is refused; its text, causes included, is the refusal sent back.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    /// The request is not a valid signed envelope.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    /// The envelope holds another message.
+    #[error("not a state request")]
+    NotARequest,
+    /// The envelope is signed by someone other than the requesting peer.
+    #[error("signer is not the requesting peer")]
+    WrongSigner,
+    /// The request is for another run or model.
+    #[error("another run or model")]
+    OtherRun,
+    /// The requester is not a member of this closed pool.
+    #[error("not a member of this closed pool")]
+    NotAMember,
+    /// The requested range starts past the end of the state.
+    #[error("offset {offset} beyond {total} bytes")]
+    OffsetBeyond {
+        /// The requested offset.
+        offset: u64,
+        /// The state's size.
+        total: u64,
+    },
+    /// The reply's header could not be signed.
+    #[error("cannot sign the state header")]
+    Sign(#[source] MessageError),
+}
+
+/// Why downloading a peer's state failed.
+#[derive(Debug, thiserror::Error)]
+enum DownloadError {
+    /// The request could not be signed.
+    #[error("cannot sign the state request")]
+    Sign(#[source] MessageError),
+    /// The range could not be fetched (the peer refused, the transfer broke…).
+    #[error(transparent)]
+    Fetch(#[from] TransferError),
+    /// The reply's header is not a valid signed envelope.
+    #[error("invalid state header")]
+    Header(#[source] EnvelopeError),
+    /// The reply's header holds another message.
+    #[error("not a state header")]
+    NotAHeader,
+    /// The header is signed by someone other than the peer asked.
+    #[error("state signed by another peer")]
+    WrongSigner,
+    /// The state is of another run or model.
+    #[error("state of another run or model")]
+    OtherRun,
+    /// The state does not have this model's size.
+    #[error("state of {got} bytes, expected {expected}")]
+    WrongSize {
+        /// The announced size.
+        got: u64,
+        /// This model's size.
+        expected: u64,
+    },
+    /// The range sent is not the range asked for.
+    #[error("range does not match the request")]
+    RangeMismatch,
+    /// The range sent is empty.
+    #[error("empty range")]
+    EmptyRange,
+    /// Another round's state arrived part way through.
+    #[error("the peer's state changed during the download")]
+    Changed,
+    /// The state is older than the round the peer announced.
+    #[error("state is older than the peer announced")]
+    Older,
+    /// The peer sent no state at all.
+    #[error("no state")]
+    NoState,
+    /// The bytes do not hash to the announced digest.
+    #[error("state digest mismatch")]
+    DigestMismatch,
+    /// The state holds NaN or infinite values.
+    #[error("state holds non-finite values")]
+    NonFinite,
+    /// The task checking the state panicked or was cancelled.
+    #[error("checking the state failed")]
+    Check(#[source] tokio::task::JoinError),
+}
 
 #[derive(Debug)]
 struct Served {
@@ -47,7 +136,8 @@ pub(crate) async fn serve(ctx: Arc<Context>, mut requests: mpsc::Receiver<StateR
         let peer = event.peer;
         let request = match check_request(&ctx, &peer, &event.request) {
             Ok(request) => request,
-            Err(reason) => {
+            Err(refusal) => {
+                let reason = chain(&refusal).to_string();
                 tracing::warn!(%peer, %reason, "state request refused");
                 ctx.traffic.states_refused.fetch_add(1, Ordering::Relaxed);
                 event.respond(StateReply::Refuse(reason));
@@ -73,26 +163,25 @@ pub(crate) async fn serve(ctx: Arc<Context>, mut requests: mpsc::Receiver<StateR
                 ctx.traffic.states_served.fetch_add(1, Ordering::Relaxed);
                 event.respond(reply);
             }
-            Err(reason) => event.respond(StateReply::Refuse(reason)),
+            Err(refusal) => event.respond(StateReply::Refuse(chain(&refusal).to_string())),
         }
     }
 }
 
-fn check_request(ctx: &Context, peer: &PeerId, bytes: &[u8]) -> Result<StateRequest, String> {
-    let (signer, message) =
-        SignedEnvelope::open_bytes(bytes, MAX_ENVELOPE_BYTES).map_err(|e| e.to_string())?;
+fn check_request(ctx: &Context, peer: &PeerId, bytes: &[u8]) -> Result<StateRequest, Refusal> {
+    let (signer, message) = SignedEnvelope::open_bytes(bytes, MAX_ENVELOPE_BYTES)?;
     let Message::StateRequest(request) = message else {
-        return Err("not a state request".into());
+        return Err(Refusal::NotARequest);
     };
     if !key_matches_peer(&signer, peer) {
-        return Err("signer is not the requesting peer".into());
+        return Err(Refusal::WrongSigner);
     }
     let averager = &ctx.config.averager;
     if request.run != averager.run || request.model != averager.model {
-        return Err("another run or model".into());
+        return Err(Refusal::OtherRun);
     }
     if !averager.admission.admits(&signer) {
-        return Err("not a member of this closed pool".into());
+        return Err(Refusal::NotAMember);
     }
     Ok(request)
 }
@@ -127,10 +216,13 @@ async fn snapshot(ctx: &Context) -> Option<Served> {
     })
 }
 
-fn reply(ctx: &Context, served: &Served, request: &StateRequest) -> Result<StateReply, String> {
+fn reply(ctx: &Context, served: &Served, request: &StateRequest) -> Result<StateReply, Refusal> {
     let total = served.bytes.len() as u64;
     if request.offset > total {
-        return Err(format!("offset {} beyond {total} bytes", request.offset));
+        return Err(Refusal::OffsetBeyond {
+            offset: request.offset,
+            total,
+        });
     }
     let wanted = if request.max_len == 0 {
         total
@@ -150,7 +242,7 @@ fn reply(ctx: &Context, served: &Served, request: &StateRequest) -> Result<State
         range_len: len,
     };
     let envelope = SignedEnvelope::sign(ctx.identity.signing_key(), &Message::State(header))
-        .map_err(|e| e.to_string())?;
+        .map_err(Refusal::Sign)?;
     let start = request.offset as usize;
     Ok(StateReply::Serve {
         header: envelope.to_bytes(),
@@ -221,7 +313,9 @@ async fn adopt_agreed(ctx: &Context, sources: &[(u64, PeerId)], anchor: &[f32]) 
                 round,
                 params,
             }),
-            Err(err) => tracing::warn!(%peer, %err, "state download failed; will retry"),
+            Err(err) => {
+                tracing::warn!(%peer, err = %chain(&err), "state download failed; will retry");
+            }
         }
     }
     match state_check::cross_check(&offers, anchor) {
@@ -302,7 +396,7 @@ async fn download(
     ctx: &Context,
     peer: PeerId,
     announced_round: u64,
-) -> Result<(u64, Vec<f32>), String> {
+) -> Result<(u64, Vec<f32>), DownloadError> {
     let expected_len = ctx.param_count as u64 * 4;
     let mut buf: Vec<u8> = Vec::new();
     let mut first: Option<StateHeader> = None;
@@ -316,53 +410,54 @@ async fn download(
             match fetch_range(ctx, peer, buf.len() as u64).await {
                 Ok(got) => break got,
                 Err(err) if attempt < RANGE_ATTEMPTS => {
+                    let err = chain(&err);
                     tracing::debug!(%peer, %err, offset = buf.len(), "state range failed, resuming");
                 }
                 Err(err) => return Err(err),
             }
         };
         if header.total_len != expected_len {
-            return Err(format!(
-                "state of {} bytes, expected {expected_len}",
-                header.total_len
-            ));
+            return Err(DownloadError::WrongSize {
+                got: header.total_len,
+                expected: expected_len,
+            });
         }
         if header.offset != buf.len() as u64 || header.range_len != payload.len() as u64 {
-            return Err("range does not match the request".into());
+            return Err(DownloadError::RangeMismatch);
         }
         if header.range_len == 0 {
-            return Err("empty range".into());
+            return Err(DownloadError::EmptyRange);
         }
         if let Some(f) = &first
             && (f.total_digest != header.total_digest || f.round != header.round)
         {
-            return Err("the peer's state changed during the download".into());
+            return Err(DownloadError::Changed);
         }
         if header.round < announced_round {
-            return Err("state is older than the peer announced".into());
+            return Err(DownloadError::Older);
         }
         buf.extend_from_slice(&payload);
         first.get_or_insert(header);
     }
     let Some(header) = first else {
-        return Err("no state".into());
+        return Err(DownloadError::NoState);
     };
     let expected = header.total_digest;
     let params = tokio::task::spawn_blocking(move || {
         if Digest::of(&buf) != expected {
-            return Err("state digest mismatch".to_owned());
+            return Err(DownloadError::DigestMismatch);
         }
         let params: Vec<f32> = buf
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         if params.iter().any(|v| !v.is_finite()) {
-            return Err("state holds non-finite values".to_owned());
+            return Err(DownloadError::NonFinite);
         }
         Ok(params)
     })
     .await
-    .map_err(|e| format!("checking the state: {e}"))??;
+    .map_err(DownloadError::Check)??;
     Ok((header.round, params))
 }
 
@@ -370,7 +465,7 @@ async fn fetch_range(
     ctx: &Context,
     peer: PeerId,
     offset: u64,
-) -> Result<(StateHeader, Vec<u8>), String> {
+) -> Result<(StateHeader, Vec<u8>), DownloadError> {
     let request = StateRequest {
         peer: ctx.identity.peer_key(),
         run: ctx.config.averager.run,
@@ -380,22 +475,18 @@ async fn fetch_range(
     };
     let envelope =
         SignedEnvelope::sign(ctx.identity.signing_key(), &Message::StateRequest(request))
-            .map_err(|e| e.to_string())?;
-    let response = ctx
-        .net
-        .fetch_state(peer, &envelope.to_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
+            .map_err(DownloadError::Sign)?;
+    let response = ctx.net.fetch_state(peer, &envelope.to_bytes()).await?;
     let (signer, message) = SignedEnvelope::open_bytes(&response.header, MAX_ENVELOPE_BYTES)
-        .map_err(|e| e.to_string())?;
+        .map_err(DownloadError::Header)?;
     let Message::State(header) = message else {
-        return Err("not a state header".into());
+        return Err(DownloadError::NotAHeader);
     };
     if !key_matches_peer(&signer, &peer) {
-        return Err("state signed by another peer".into());
+        return Err(DownloadError::WrongSigner);
     }
     if header.run != ctx.config.averager.run || header.model != ctx.config.averager.model {
-        return Err("state of another run or model".into());
+        return Err(DownloadError::OtherRun);
     }
     Ok((header, response.payload))
 }

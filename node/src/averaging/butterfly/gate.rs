@@ -109,8 +109,9 @@ impl PartGate {
         !self.told.swap(true, Ordering::AcqRel)
     }
 
-    /// Checks the header of a part `peer` is sending; an error refuses its payload.
-    pub fn admit(&self, peer: &PeerId, header: &[u8]) -> Result<(), String> {
+    /// Checks the header of a part `peer` is sending; an error refuses its payload (its text is
+    /// the refusal sent back).
+    pub fn admit(&self, peer: &PeerId, header: &[u8]) -> Result<(), Rejection> {
         let Ok(part) = self.signer.open(peer, header, self.total) else {
             return Ok(());
         };
@@ -125,7 +126,7 @@ impl PartGate {
         if state.refused.len() < MAX_QUEUED {
             state.refused.push(reason);
         }
-        Err(reason.to_string())
+        Err(reason)
     }
 }
 

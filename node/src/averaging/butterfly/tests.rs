@@ -412,10 +412,7 @@ fn the_gate_refuses_before_the_payload_what_the_round_would_refuse() {
         .expect("advance");
     assert!(!end.expect("round over").complete);
     // A part of the round that is over is stale, for the gate and for the round alike.
-    assert_eq!(
-        gate.admit(&ids[2], &full.header),
-        Err(Rejection::Stale.to_string())
-    );
+    assert_eq!(gate.admit(&ids[2], &full.header), Err(Rejection::Stale));
     assert_eq!(
         offer(&mut m[0].butterfly, &ids[2], &full, &anchor, 1),
         Err(Rejection::Stale)

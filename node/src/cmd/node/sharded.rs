@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use super::config::{CommonConfig, ShardedConfig};
 use super::{run_model_fingerprint, stop_signal};
 use crate::cmd::train::load_split;
+use crate::errors::chain;
 use crate::identity::NodeIdentity;
 use crate::net::Network;
 use crate::shard::pipeline::{self, PipelineConfig, PipelineReport, StageProgress};
@@ -195,10 +196,11 @@ fn final_report(
             return Ok(());
         }
         Some(Err(err)) => {
+            let error = chain(&err).to_string();
             print_line(
                 json,
-                json!({"event": "final", "peer": peer.to_string(), "error": err.to_string()}),
-                &format!("pipeline failed: {err}"),
+                json!({"event": "final", "peer": peer.to_string(), "error": error}),
+                &format!("pipeline failed: {error}"),
             );
             return Err(err).context("pipeline run");
         }

@@ -90,10 +90,10 @@ impl Bootstrap {
                 noise::Config::new,
                 yamux::Config::default,
             )
-            .map_err(|e| NetError::Transport(e.to_string()))?
+            .map_err(|e| NetError::transport("tcp", e))?
             .with_quic()
             .with_dns()
-            .map_err(|e| NetError::Transport(e.to_string()))?
+            .map_err(|e| NetError::transport("dns", e))?
             .with_behaviour(|key| BootstrapBehaviour {
                 limits: limits_behaviour(&config.limits),
                 identify: identify_behaviour(key),
@@ -102,7 +102,7 @@ impl Bootstrap {
                 relay: relay::Behaviour::new(peer_id, relay_config),
                 autonat: autonat::v2::server::Behaviour::default(),
             })
-            .map_err(|e| NetError::Transport(e.to_string()))?
+            .unwrap_or_else(|never| match never {})
             .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_connection_timeout))
             .build();
         swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));

@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 
 use super::PipelineError;
 use crate::averaging::{Averager, AveragerConfig, MergeCounts, Outgoing, Rejection, ReplayGuard};
+use crate::errors::chain;
 use crate::net::{IncomingPayload, Network, PayloadKind};
 
 /// Range-mates each sync's delta is sent to, at most.
@@ -224,7 +225,7 @@ impl RangeAveraging {
             match sent {
                 Ok(_) => (epoch, peer, None),
                 Err(err) => {
-                    tracing::debug!(%peer, %err, "range delta not delivered; mass returned");
+                    tracing::debug!(%peer, err = %chain(&err), "range delta not delivered; mass returned");
                     (epoch, peer, Some(outgoing))
                 }
             }

@@ -47,7 +47,7 @@ impl Compute {
                     busy.fetch_add(total.as_micros() as u64, Ordering::Relaxed);
                 }
             })
-            .map_err(|e| PipelineError::Compute(format!("cannot start the shard thread: {e}")))?;
+            .map_err(PipelineError::ComputeSpawn)?;
         Ok(Self { jobs, busy_us })
     }
 
@@ -60,9 +60,11 @@ impl Compute {
         let job: Job = Box::new(move |shard| {
             let _ = reply.send(f(shard));
         });
-        let gone = || PipelineError::Compute("the shard thread stopped".into());
-        self.jobs.send(job).await.map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| PipelineError::ComputeStopped)?;
+        answer.await.map_err(|_| PipelineError::ComputeStopped)
     }
 
     /// Time spent on jobs so far (slowdown included).

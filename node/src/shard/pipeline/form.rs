@@ -19,6 +19,7 @@ use super::PipelineConfig;
 use super::membership::{FINISHED_EPOCH, ResumePoint};
 use super::notice::PlanNotice;
 use super::snapshots::Snapshots;
+use crate::errors::chain;
 use crate::net::{Network, link_stats};
 use crate::shard::capacity::Capacity;
 
@@ -92,10 +93,12 @@ pub(crate) async fn announce(announcer: Announcer, cancel: CancellationToken) {
             match SignedEnvelope::sign(&signing, &message) {
                 Ok(envelope) => {
                     if let Err(err) = net.publish_announcement(&envelope).await {
-                        tracing::trace!(%err, "capacity announcement not published");
+                        tracing::trace!(err = %chain(&err), "capacity announcement not published");
                     }
                 }
-                Err(err) => tracing::warn!(%err, "cannot sign the capacity announcement"),
+                Err(err) => {
+                    tracing::warn!(err = %chain(&err), "cannot sign the capacity announcement")
+                }
             }
         }
     }

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::PipelineError;
+use crate::errors::chain;
 use crate::net::{IncomingPayload, Network, PayloadKind};
 
 /// Misbehaviour points for a malformed pipeline header.
@@ -96,8 +97,8 @@ async fn forward(
         let header = match PipeHeader::from_bytes(&payload.header) {
             Ok(header) => header,
             Err(err) => {
-                tracing::warn!(peer = %payload.peer, %err, "malformed pipeline header");
-                let reason = format!("malformed pipeline header: {err}");
+                tracing::warn!(peer = %payload.peer, err = %chain(&err), "malformed pipeline header");
+                let reason = format!("malformed pipeline header: {}", chain(&err));
                 let _ = net
                     .report_misbehaviour(payload.peer, MALFORMED_POINTS, reason)
                     .await;

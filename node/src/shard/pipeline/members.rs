@@ -7,6 +7,7 @@ use murmur_protocol::pipeline::PipeBody;
 
 use super::membership::Rules;
 use super::notice::{PlanNotice, control_header};
+use crate::errors::chain;
 use crate::net::{Network, PayloadKind, PeerInfo};
 use crate::shard::capacity::Capacity;
 use crate::shard::planner::{Link, LinkSpec, PeerCapacity, PlanInput};
@@ -77,7 +78,7 @@ pub(super) async fn probe_links(net: &Network, run: RunId, members: &[PeerId]) -
             match tokio::time::timeout(PROBE_DEADLINE, sent).await {
                 Ok(Ok(stats)) => Some(stats.elapsed.as_secs_f64()),
                 Ok(Err(err)) => {
-                    tracing::debug!(%peer, %err, "link probe failed");
+                    tracing::debug!(%peer, err = %chain(&err), "link probe failed");
                     None
                 }
                 Err(_) => {

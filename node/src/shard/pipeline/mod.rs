@@ -142,9 +142,30 @@ pub enum PipelineError {
     /// A peer sent something malformed or out of protocol.
     #[error("pipeline protocol: {0}")]
     Protocol(String),
-    /// The shard's compute thread failed.
-    #[error("shard compute: {0}")]
-    Compute(String),
+    /// A peer sent a plan notice or shard state that does not decode.
+    #[error("pipeline protocol: malformed {what}")]
+    Decode {
+        /// What it sent.
+        what: &'static str,
+        /// What bincode reported.
+        #[source]
+        source: bincode::error::DecodeError,
+    },
+    /// A plan notice or shard state could not be encoded.
+    #[error("cannot encode {what}")]
+    Encode {
+        /// What was being encoded.
+        what: &'static str,
+        /// What bincode reported.
+        #[source]
+        source: bincode::error::EncodeError,
+    },
+    /// The shard's compute thread could not be started.
+    #[error("shard compute: cannot start the shard thread")]
+    ComputeSpawn(#[source] std::io::Error),
+    /// The shard's compute thread stopped.
+    #[error("shard compute: the shard thread stopped")]
+    ComputeStopped,
     /// A pipeline header or tensor description is invalid.
     #[error(transparent)]
     Message(#[from] murmur_protocol::MessageError),
@@ -167,11 +188,12 @@ pub enum PipelineError {
     #[error(transparent)]
     Net(#[from] NetError),
     /// A send to a neighbour failed.
-    #[error("sending to {peer} failed: {error}")]
+    #[error("sending to {peer} failed")]
     Send {
         /// The neighbour.
         peer: PeerId,
         /// What went wrong (boxed: transfer errors are large).
+        #[source]
         error: Box<TransferError>,
     },
     /// A neighbour sent nothing within the deadline.

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::outbox::send_with_retries;
 use super::snapshots::{self, Snapshots};
 use super::{PipelineConfig, PipelineError, Placement};
+use crate::errors::chain;
 use crate::net::{Network, PayloadKind};
 use crate::shard::planner::{Plan, PlanInput, even_split, group_peers, lean_plan};
 
@@ -242,7 +243,7 @@ pub(super) async fn send_notice(
         match send_control(net, config, member, &header, &bytes).await {
             Ok(()) => {}
             Err(err) if !notice.is_planned(&member) => {
-                tracing::info!(%member, %err, "plan notice not delivered to a member left out of the plan");
+                tracing::info!(%member, err = %chain(&err), "plan notice not delivered to a member left out of the plan");
             }
             Err(err) => return Err(err),
         }
@@ -287,8 +288,10 @@ fn notice_config() -> impl bincode::config::Config {
 
 /// Encodes a plan notice (the payload of a `Plan` control message).
 pub fn encode_notice(notice: &PlanNotice) -> Result<Vec<u8>, PipelineError> {
-    bincode::serde::encode_to_vec(notice, notice_config())
-        .map_err(|e| PipelineError::Protocol(format!("cannot encode the plan: {e}")))
+    bincode::serde::encode_to_vec(notice, notice_config()).map_err(|source| PipelineError::Encode {
+        what: "the plan",
+        source,
+    })
 }
 
 /// Decodes a plan notice; at most [`MAX_NOTICE_BYTES`], no trailing bytes.
@@ -296,8 +299,13 @@ pub fn decode_notice(bytes: &[u8]) -> Result<PlanNotice, PipelineError> {
     if bytes.len() > MAX_NOTICE_BYTES {
         return Err(PipelineError::Protocol("plan notice too large".into()));
     }
-    let (notice, used) = bincode::serde::decode_from_slice(bytes, notice_config())
-        .map_err(|e| PipelineError::Protocol(format!("malformed plan notice: {e}")))?;
+    let (notice, used) =
+        bincode::serde::decode_from_slice(bytes, notice_config()).map_err(|source| {
+            PipelineError::Decode {
+                what: "plan notice",
+                source,
+            }
+        })?;
     if used != bytes.len() {
         return Err(PipelineError::Protocol(
             "trailing bytes after the plan notice".into(),
@@ -363,7 +371,7 @@ pub(crate) async fn send_parts_beyond_own_chain(
     for member in recipients {
         for (header, bytes) in &parts {
             if let Err(err) = send_control(net, config, member, header, bytes).await {
-                tracing::warn!(%member, %err, "snapshots for the new plan not delivered");
+                tracing::warn!(%member, err = %chain(&err), "snapshots for the new plan not delivered");
                 break;
             }
         }

@@ -20,6 +20,7 @@ use murmur_protocol::pipeline::PipeHeader;
 use tokio::task::JoinSet;
 
 use super::PipelineError;
+use crate::errors::chain;
 use crate::net::{Network, PayloadKind};
 
 /// How long a finished shard lets its best-effort sends complete before dropping them.
@@ -111,7 +112,7 @@ impl Outbox {
                     if let Err(error) =
                         send_with_retries(&net, peer, kind, &header, &payload, deadline).await
                     {
-                        tracing::info!(%error, "best-effort pipeline send dropped");
+                        tracing::info!(error = %chain(&error), "best-effort pipeline send dropped");
                     }
                     peer
                 });

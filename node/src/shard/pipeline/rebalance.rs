@@ -25,6 +25,7 @@ use super::PipelineError;
 use super::members::rebalance_input;
 use super::membership::{Rules, restricted};
 use super::notice::PlanNotice;
+use crate::errors::chain;
 use crate::net::Network;
 use crate::shard::capacity::Capacity;
 use crate::shard::planner::{Decision, ReplanConfig, Replanner};
@@ -81,7 +82,7 @@ async fn watch_one_chain(
                 tracing::debug!(?trigger, gain, "re-plan considered, placement kept");
             }
             Ok(Decision::Unchanged) => {}
-            Err(err) => tracing::debug!(%err, "re-plan not possible"),
+            Err(err) => tracing::debug!(err = %chain(&err), "re-plan not possible"),
         }
     }
 }
@@ -139,7 +140,9 @@ async fn watch_for_joins(
                 }
                 tracing::debug!(gain, "join considered, placement kept");
             }
-            (Err(err), _) | (_, Err(err)) => tracing::debug!(%err, "re-plan not possible"),
+            (Err(err), _) | (_, Err(err)) => {
+                tracing::debug!(err = %chain(&err), "re-plan not possible")
+            }
         }
     }
 }

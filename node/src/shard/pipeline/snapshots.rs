@@ -122,14 +122,19 @@ fn config() -> impl bincode::config::Config {
 
 /// Encodes a shard state (floats bit-exact).
 pub(crate) fn encode(state: &ShardState) -> Result<Vec<u8>, PipelineError> {
-    bincode::serde::encode_to_vec(state, config())
-        .map_err(|e| PipelineError::Protocol(format!("cannot encode a shard state: {e}")))
+    bincode::serde::encode_to_vec(state, config()).map_err(|source| PipelineError::Encode {
+        what: "a shard state",
+        source,
+    })
 }
 
 /// Decodes a shard state sent as a snapshot of stages `start..end`.
 pub(crate) fn decode(bytes: &[u8], start: u32, end: u32) -> Result<ShardState, PipelineError> {
     let (state, used): (ShardState, usize) = bincode::serde::decode_from_slice(bytes, config())
-        .map_err(|e| PipelineError::Protocol(format!("malformed shard state: {e}")))?;
+        .map_err(|source| PipelineError::Decode {
+            what: "shard state",
+            source,
+        })?;
     let bad = used != bytes.len()
         || state.range != (start as usize..end as usize)
         || state

@@ -2,6 +2,7 @@
 //! plan is built from), and what the control tasks and the re-balancing watch report.
 
 use super::*;
+use crate::errors::chain;
 
 /// What a control task (run beside the stage) reports.
 pub(super) enum Control {
@@ -61,7 +62,7 @@ impl Driver {
             Ok(Control::Reported(Err(err))) => {
                 // The member may be re-planning already (it saw the break itself); its notice
                 // decides.
-                tracing::info!(%err, "broken chain not reported to the re-planning member");
+                tracing::info!(err = %chain(&err), "broken chain not reported to the re-planning member");
             }
             Ok(Control::Reported(Ok(()))) => {}
             Err(err) => self.result = Some(Err(err.into())),

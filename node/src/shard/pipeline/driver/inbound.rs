@@ -3,6 +3,7 @@
 //! stage of its epoch (or waits for it).
 
 use super::*;
+use crate::errors::chain;
 
 impl Driver {
     pub(super) fn on_decoded(
@@ -14,8 +15,8 @@ impl Driver {
                 snapshots::lock(&self.snapshots).insert(state);
                 self.try_start();
             }
-            Ok((peer, Err(err))) => tracing::warn!(%peer, %err, "snapshot refused"),
-            Err(err) => tracing::warn!(%err, "snapshot decoding failed"),
+            Ok((peer, Err(err))) => tracing::warn!(%peer, err = %chain(&err), "snapshot refused"),
+            Err(err) => tracing::warn!(err = %chain(&err), "snapshot decoding failed"),
         }
     }
 

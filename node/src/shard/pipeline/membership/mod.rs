@@ -31,6 +31,7 @@ use libp2p::PeerId;
 
 use super::PipelineError;
 use super::notice::{PlanNotice, Seat};
+use crate::errors::chain;
 use crate::net::{PeerInfo, TransferError};
 use crate::shard::capacity::Capacity;
 use crate::shard::planner::Link;
@@ -514,7 +515,7 @@ impl Membership {
         let notice = match self.rules.check_notice(from, payload, self.me) {
             Ok(notice) => notice,
             Err(err) => {
-                tracing::warn!(peer = %from, %err, "plan notice refused");
+                tracing::warn!(peer = %from, err = %chain(&err), "plan notice refused");
                 return Vec::new();
             }
         };
@@ -658,7 +659,7 @@ impl Membership {
         if !self.rules.replans || self.replans >= MAX_REPLANS {
             return self.fail(err);
         }
-        tracing::warn!(%err, epoch = previous.epoch, "pipeline broken; re-planning");
+        tracing::warn!(err = %chain(&err), epoch = previous.epoch, "pipeline broken; re-planning");
         self.replans += 1;
         let until = now + REPLAN_GRACE;
         self.phase = Phase::Grace {
