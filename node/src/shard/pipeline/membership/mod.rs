@@ -21,6 +21,8 @@
 //!   running the plan issues the next epoch from the common snapshot; the others tell it their
 //!   chain broke and wait for its notice.
 
+mod events;
+mod forming;
 mod rules;
 #[cfg(test)]
 mod tests;
@@ -32,10 +34,10 @@ use libp2p::PeerId;
 use super::PipelineError;
 use super::notice::{PlanNotice, Seat};
 use crate::errors::chain;
-use crate::net::{PeerInfo, TransferError};
+use crate::net::PeerInfo;
 use crate::shard::capacity::Capacity;
-use crate::shard::planner::Link;
 
+pub(crate) use events::{Action, EpochEnd, Event, Loss};
 pub(crate) use rules::{FINISHED_EPOCH, ResumePoint, Rules, restricted};
 
 /// Wait before counting the members left after a failure.
@@ -54,152 +56,6 @@ pub(crate) const LOOK_GAP: Duration = Duration::from_millis(100);
 pub(crate) const PROBE_BUDGET: Duration = Duration::from_secs(25);
 /// Re-plans tolerated per run before giving up.
 pub(crate) const MAX_REPLANS: u32 = 8;
-
-/// How one plan epoch of this node's stage ended (not an error: each leads to the next epoch
-/// or to the end of the run).
-#[derive(Debug)]
-pub(crate) enum EpochEnd {
-    /// Every step of the run is done.
-    Finished,
-    /// The driver stopped the stage (a later plan, a break report, a re-balance).
-    Stopped,
-    /// A neighbour went silent or could not be reached.
-    NeighbourLost {
-        /// The neighbour.
-        peer: PeerId,
-        /// How it was lost.
-        cause: Loss,
-    },
-}
-
-/// How a neighbour was lost.
-#[derive(Debug)]
-pub(crate) enum Loss {
-    /// Nothing arrived from it within the deadline.
-    Silent(Duration),
-    /// A send to it failed for good.
-    Send(Box<TransferError>),
-}
-
-impl Loss {
-    /// The error losing `peer` this way becomes when the run cannot re-plan.
-    fn into_error(self, peer: PeerId) -> PipelineError {
-        match self {
-            Loss::Silent(waited) => PipelineError::PeerSilent { peer, waited },
-            Loss::Send(error) => PipelineError::Send { peer, error },
-        }
-    }
-}
-
-/// Something the driver saw.
-#[derive(Debug)]
-pub(crate) enum Event {
-    /// A look at the peer book, asked for by [`Action::Wake`].
-    Tick {
-        /// When.
-        now: Instant,
-        /// The wall clock now, in ms since the Unix epoch: the clock of announcements
-        /// (`PeerInfo::last_seen_ms`), against which a peer counts as recently seen.
-        wall_ms: u64,
-        /// The peer book.
-        peers: Vec<PeerInfo>,
-    },
-    /// A plan notice arrived (undecoded).
-    Notice {
-        /// When.
-        now: Instant,
-        /// The (authenticated) sender.
-        from: PeerId,
-        /// The encoded notice.
-        payload: Vec<u8>,
-    },
-    /// A member reported its chain of `epoch` broken.
-    Broken {
-        /// The member.
-        from: PeerId,
-        /// The epoch it ran.
-        epoch: u64,
-    },
-    /// The link probes of [`Action::Probe`] are done.
-    Probed {
-        /// When.
-        now: Instant,
-        /// The links measured.
-        links: Vec<Link>,
-    },
-    /// The send of [`Action::SendNotice`] for `epoch` ended.
-    Sent {
-        /// When.
-        now: Instant,
-        /// The notice's epoch.
-        epoch: u64,
-        /// Whether every planned member got it.
-        result: Result<(), PipelineError>,
-        /// Where a plan after this one would resume (from the snapshots held now).
-        resume: ResumePoint,
-    },
-    /// This node's stage ended.
-    StageEnded {
-        /// When.
-        now: Instant,
-        /// How.
-        end: Result<EpochEnd, PipelineError>,
-        /// Where a next plan would resume (from the snapshots held now).
-        resume: ResumePoint,
-    },
-    /// The re-balancing watch proposes the next epoch's plan.
-    Rebalance(PlanNotice),
-}
-
-/// Something the driver must do.
-#[derive(Debug)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "a few per plan epoch, moved once: boxing the notices buys nothing"
-)]
-pub(crate) enum Action {
-    /// Look at the peer book at this time and report it ([`Event::Tick`]).
-    Wake(Instant),
-    /// Measure the links to these members ([`Event::Probed`]).
-    Probe(Vec<PeerId>),
-    /// Send `notice` to its members ([`Event::Sent`]); with `previous`, also the snapshots
-    /// of `previous`'s ranges at the resume step to the members outside this node's chain of
-    /// `previous` and to restarted ones.
-    SendNotice {
-        /// The notice.
-        notice: PlanNotice,
-        /// The plan it follows, when it resumes from snapshots.
-        previous: Option<PlanNotice>,
-    },
-    /// Tell `to` (the member re-planning) that this node's chain of `epoch` broke.
-    ReportBroken {
-        /// The re-planning member.
-        to: PeerId,
-        /// The epoch that broke.
-        epoch: u64,
-    },
-    /// Announce the plan epoch this node runs.
-    Announce(u64),
-    /// Run this node's stage of `notice` at `seat` (and, if it is the issuer, watch for
-    /// joins and drift).
-    StartStage {
-        /// The plan.
-        notice: PlanNotice,
-        /// Where this node sits.
-        seat: Seat,
-    },
-    /// Stop the running stage (it ends with [`EpochEnd::Stopped`]).
-    StopStage,
-    /// The run is over for this node; `seat` is None when the last plan left it out.
-    Finish {
-        /// The last plan.
-        notice: PlanNotice,
-        /// Where this node sat.
-        seat: Option<Seat>,
-    },
-    /// The run failed.
-    Fail(PipelineError),
-}
 
 /// Break reports kept for an epoch this node does not run yet.
 const BROKEN_KEPT: usize = 16;
@@ -353,119 +209,6 @@ impl Membership {
             } => self.on_sent(now, epoch, result, resume),
             Event::StageEnded { now, end, resume } => self.on_stage_ended(now, end, resume),
             Event::Rebalance(notice) => self.on_rebalance(notice),
-        }
-    }
-
-    fn on_tick(&mut self, now: Instant, wall_ms: u64, peers: &[PeerInfo]) -> Vec<Action> {
-        self.last_look = Some(now);
-        match &self.phase {
-            Phase::Forming { deadline } => {
-                let deadline = *deadline;
-                self.form(now, wall_ms, deadline, peers)
-            }
-            Phase::Probing { deadline, .. } if now >= *deadline => {
-                tracing::warn!(
-                    budget = ?PROBE_BUDGET,
-                    "link probes did not finish in time; planning with the default link"
-                );
-                self.on_probed(now, Vec::new())
-            }
-            Phase::Probing { deadline, .. } => vec![Action::Wake(*deadline)],
-            Phase::Awaiting {
-                leader, deadline, ..
-            } if now >= *deadline => self.fail(PipelineError::PeerSilent {
-                peer: *leader,
-                waited: self.rules.form_timeout,
-            }),
-            Phase::Awaiting { deadline, .. } => vec![Action::Wake(*deadline)],
-            Phase::Grace { until, .. } if now < *until => vec![Action::Wake(*until)],
-            Phase::Grace { .. } => {
-                let Phase::Grace {
-                    previous, resume, ..
-                } = std::mem::replace(&mut self.phase, Phase::Over)
-                else {
-                    return Vec::new();
-                };
-                self.replan(now, &previous, resume, peers)
-            }
-            _ => Vec::new(),
-        }
-    }
-
-    /// One look while forming (see the module docs).
-    fn form(
-        &mut self,
-        now: Instant,
-        wall_ms: u64,
-        deadline: Instant,
-        peers: &[PeerInfo],
-    ) -> Vec<Action> {
-        if let Some(running) = self.rules.running_leader(peers, wall_ms) {
-            tracing::info!(%running, "a pipeline of this run is running; waiting to be planned in");
-            self.phase = Phase::Awaiting {
-                leader: running,
-                epoch: 1,
-                deadline,
-            };
-            return vec![Action::Wake(deadline)];
-        }
-        let mut members = self.rules.candidates(peers, wall_ms);
-        members.retain(|(p, _)| *p != self.me);
-        members.push((self.me, self.own));
-        let found = members.len();
-        if found >= self.rules.members {
-            members.sort_by_key(|(peer, _)| peer.to_string());
-            members.truncate(self.rules.members);
-            if let Some((leader, _)) = members
-                .first()
-                .filter(|_| members.iter().any(|(p, _)| *p == self.me))
-            {
-                let leader = *leader;
-                if leader == self.me {
-                    let others = members
-                        .iter()
-                        .map(|(p, _)| *p)
-                        .filter(|p| *p != self.me)
-                        .collect();
-                    let deadline = now + PROBE_BUDGET;
-                    self.phase = Phase::Probing { members, deadline };
-                    return vec![Action::Probe(others), Action::Wake(deadline)];
-                }
-                self.phase = Phase::Awaiting {
-                    leader,
-                    epoch: 1,
-                    deadline,
-                };
-                return vec![Action::Wake(deadline)];
-            }
-            // Not among the members of the pipeline being formed: once it runs, it plans
-            // newcomers in.
-            if now >= deadline {
-                return self.fail(PipelineError::Formation(
-                    "more members than needed; this node is not among them".into(),
-                ));
-            }
-        } else if now >= deadline {
-            return self.fail(PipelineError::Formation(format!(
-                "{found} of {} members found within {:?}",
-                self.rules.members, self.rules.form_timeout
-            )));
-        }
-        vec![Action::Wake(now + LOOK_EVERY)]
-    }
-
-    fn on_probed(&mut self, _now: Instant, links: Vec<Link>) -> Vec<Action> {
-        let Phase::Probing { members, .. } = &self.phase else {
-            return Vec::new();
-        };
-        let ids: Vec<PeerId> = members.iter().map(|(p, _)| *p).collect();
-        let input = self.rules.plan_input(members, links);
-        if let Ok(json) = serde_json::to_string(&input) {
-            tracing::debug!(input = %json, "planner input");
-        }
-        match PlanNotice::compute(1, self.rules.placement, &ids, input, self.rules.replicas) {
-            Ok(notice) => self.send(notice, None, OnSendFailure::Fail),
-            Err(err) => self.fail(err),
         }
     }
 

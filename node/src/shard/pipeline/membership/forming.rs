@@ -1,0 +1,132 @@
+//! The forming phases of [`Membership`]: looking at the peer book until enough candidates
+//! are in, probing their links (the issuer), and computing the first plan.
+
+use std::time::Instant;
+
+use libp2p::PeerId;
+
+use super::super::PipelineError;
+use super::super::notice::PlanNotice;
+use super::{Action, LOOK_EVERY, Membership, OnSendFailure, PROBE_BUDGET, Phase};
+use crate::net::PeerInfo;
+use crate::shard::planner::Link;
+
+impl Membership {
+    pub(super) fn on_tick(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        peers: &[PeerInfo],
+    ) -> Vec<Action> {
+        self.last_look = Some(now);
+        match &self.phase {
+            Phase::Forming { deadline } => {
+                let deadline = *deadline;
+                self.form(now, wall_ms, deadline, peers)
+            }
+            Phase::Probing { deadline, .. } if now >= *deadline => {
+                tracing::warn!(
+                    budget = ?PROBE_BUDGET,
+                    "link probes did not finish in time; planning with the default link"
+                );
+                self.on_probed(now, Vec::new())
+            }
+            Phase::Probing { deadline, .. } => vec![Action::Wake(*deadline)],
+            Phase::Awaiting {
+                leader, deadline, ..
+            } if now >= *deadline => self.fail(PipelineError::PeerSilent {
+                peer: *leader,
+                waited: self.rules.form_timeout,
+            }),
+            Phase::Awaiting { deadline, .. } => vec![Action::Wake(*deadline)],
+            Phase::Grace { until, .. } if now < *until => vec![Action::Wake(*until)],
+            Phase::Grace { .. } => {
+                let Phase::Grace {
+                    previous, resume, ..
+                } = std::mem::replace(&mut self.phase, Phase::Over)
+                else {
+                    return Vec::new();
+                };
+                self.replan(now, &previous, resume, peers)
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// One look while forming (see the module docs).
+    fn form(
+        &mut self,
+        now: Instant,
+        wall_ms: u64,
+        deadline: Instant,
+        peers: &[PeerInfo],
+    ) -> Vec<Action> {
+        if let Some(running) = self.rules.running_leader(peers, wall_ms) {
+            tracing::info!(%running, "a pipeline of this run is running; waiting to be planned in");
+            self.phase = Phase::Awaiting {
+                leader: running,
+                epoch: 1,
+                deadline,
+            };
+            return vec![Action::Wake(deadline)];
+        }
+        let mut members = self.rules.candidates(peers, wall_ms);
+        members.retain(|(p, _)| *p != self.me);
+        members.push((self.me, self.own));
+        let found = members.len();
+        if found >= self.rules.members {
+            members.sort_by_key(|(peer, _)| peer.to_string());
+            members.truncate(self.rules.members);
+            if let Some((leader, _)) = members
+                .first()
+                .filter(|_| members.iter().any(|(p, _)| *p == self.me))
+            {
+                let leader = *leader;
+                if leader == self.me {
+                    let others = members
+                        .iter()
+                        .map(|(p, _)| *p)
+                        .filter(|p| *p != self.me)
+                        .collect();
+                    let deadline = now + PROBE_BUDGET;
+                    self.phase = Phase::Probing { members, deadline };
+                    return vec![Action::Probe(others), Action::Wake(deadline)];
+                }
+                self.phase = Phase::Awaiting {
+                    leader,
+                    epoch: 1,
+                    deadline,
+                };
+                return vec![Action::Wake(deadline)];
+            }
+            // Not among the members of the pipeline being formed: once it runs, it plans
+            // newcomers in.
+            if now >= deadline {
+                return self.fail(PipelineError::Formation(
+                    "more members than needed; this node is not among them".into(),
+                ));
+            }
+        } else if now >= deadline {
+            return self.fail(PipelineError::Formation(format!(
+                "{found} of {} members found within {:?}",
+                self.rules.members, self.rules.form_timeout
+            )));
+        }
+        vec![Action::Wake(now + LOOK_EVERY)]
+    }
+
+    pub(super) fn on_probed(&mut self, _now: Instant, links: Vec<Link>) -> Vec<Action> {
+        let Phase::Probing { members, .. } = &self.phase else {
+            return Vec::new();
+        };
+        let ids: Vec<PeerId> = members.iter().map(|(p, _)| *p).collect();
+        let input = self.rules.plan_input(members, links);
+        if let Ok(json) = serde_json::to_string(&input) {
+            tracing::debug!(input = %json, "planner input");
+        }
+        match PlanNotice::compute(1, self.rules.placement, &ids, input, self.rules.replicas) {
+            Ok(notice) => self.send(notice, None, OnSendFailure::Fail),
+            Err(err) => self.fail(err),
+        }
+    }
+}
