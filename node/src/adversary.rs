@@ -4,11 +4,14 @@
 //! model change, re-encodes it and signs a new header — so what honest nodes receive is a
 //! validly signed delta of a corrupted model, exactly what a hostile peer could send.
 
+use std::fmt;
 use std::str::FromStr;
 
 use ed25519_dalek::SigningKey;
 use murmur_protocol::envelope::MAX_ENVELOPE_BYTES;
-use murmur_protocol::{CodecError, EnvelopeError, Message, MessageError, SignedEnvelope};
+use murmur_protocol::{
+    CodecError, DeltaHeader, EnvelopeError, Message, MessageError, SignedEnvelope,
+};
 
 use crate::averaging::Outgoing;
 
@@ -19,17 +22,49 @@ pub enum Tamper {
     Scale(f32),
     /// Negate the model change.
     Flip,
+    /// Send the untrained anchor (no model change) with the largest finite weight, to replace
+    /// receivers' models and blow their masses up.
+    Weight,
+    /// Claim a round far ahead (2⁴⁰ rounds), to drag receivers' round clocks there and make
+    /// every honest delta stale.
+    RoundJump,
 }
 
+/// How far ahead a [`Tamper::RoundJump`] delta claims to be.
+const ROUND_JUMP: u64 = 1 << 40;
+
 impl Tamper {
-    /// Applies the corruption to a model change.
+    /// Applies a corruption of the model change (the header-only kinds leave it alone, except
+    /// [`Tamper::Weight`], which sends no change at all).
     pub fn apply(self, values: &mut [f32]) {
         let factor = match self {
             Tamper::Scale(s) => s,
             Tamper::Flip => -1.0,
+            Tamper::Weight => 0.0,
+            Tamper::RoundJump => return,
         };
         for v in values {
             *v *= factor;
+        }
+    }
+
+    /// Applies a corruption of the header's claims.
+    fn apply_header(self, header: &mut DeltaHeader) {
+        match self {
+            Tamper::Weight => header.weight = f64::MAX,
+            Tamper::RoundJump => header.base_round = header.base_round.saturating_add(ROUND_JUMP),
+            Tamper::Scale(_) | Tamper::Flip => {}
+        }
+    }
+}
+
+impl fmt::Display for Tamper {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Tamper::Scale(factor) => write!(f, "scale:{factor}"),
+            Tamper::Flip => f.write_str("flip"),
+            Tamper::Weight => f.write_str("weight"),
+            Tamper::RoundJump => f.write_str("round-jump"),
         }
     }
 }
@@ -40,12 +75,16 @@ impl FromStr for Tamper {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "flip" => Ok(Tamper::Flip),
+            "weight" => Ok(Tamper::Weight),
+            "round-jump" => Ok(Tamper::RoundJump),
             _ => s
                 .strip_prefix("scale:")
                 .and_then(|f| f.parse::<f32>().ok())
                 .filter(|f| f.is_finite())
                 .map(Tamper::Scale)
-                .ok_or_else(|| format!("bad tamper mode {s:?}: expected flip or scale:F")),
+                .ok_or_else(|| {
+                    format!("bad tamper mode {s:?}: expected flip, scale:F, weight or round-jump")
+                }),
         }
     }
 }
@@ -91,6 +130,7 @@ impl Adversary {
             .codec
             .decode(&outgoing.payload, header.element_count)?;
         self.tamper.apply(&mut values);
+        self.tamper.apply_header(&mut header);
         let mut payload = Vec::new();
         let digest = header.codec.encode_into(&values, &mut payload)?;
         header.payload_len = payload.len() as u64;

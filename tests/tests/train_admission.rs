@@ -1,6 +1,6 @@
 //! What a node refuses: tampered, forged and replayed deltas, and — in a closed pool —
-//! deltas and state downloads from peers the manifest does not list. Every refusal is
-//! counted by reason.
+//! deltas (on their headers, before their payloads) and state downloads from peers the
+//! manifest does not list. Every refusal is counted by reason.
 
 mod train_common;
 
@@ -72,7 +72,12 @@ async fn raw_peer(seed: u8, to: &Session) -> Network {
     net
 }
 
-async fn send(net: &Network, to: &Session, (header, payload): &(Vec<u8>, Vec<u8>)) {
+/// Pushes a delta to `to` (retrying while the stream cannot be opened yet); the outcome.
+async fn push(
+    net: &Network,
+    to: &Session,
+    (header, payload): &(Vec<u8>, Vec<u8>),
+) -> Result<(), TransferError> {
     let peer = to.network().local_peer_id();
     let mut retried = false;
     for _ in 0..50 {
@@ -80,16 +85,25 @@ async fn send(net: &Network, to: &Session, (header, payload): &(Vec<u8>, Vec<u8>
             .send_payload(peer, PayloadKind::Delta, header, payload)
             .await
         {
-            Ok(_) => return,
+            Ok(_) => return Ok(()),
             Err(TransferError::Open { .. }) => tokio::time::sleep(Duration::from_millis(100)).await,
             // A stream the receiver never picked up (seen intermittently under load, not yet
             // diagnosed) ends at the transfer deadline; a real sender retries, and so does this
             // one, once.
             Err(TransferError::Deadline(_)) if !retried => retried = true,
-            Err(err) => panic!("send failed: {err}"),
+            Err(err) => return Err(err),
         }
     }
     panic!("could not open a stream");
+}
+
+/// Pushes a delta that the receiver takes in whole or refuses after its header.
+async fn send(net: &Network, to: &Session, delta: &(Vec<u8>, Vec<u8>)) {
+    match push(net, to, delta).await {
+        // Refused after its header (the delta gate): delivered as far as it got.
+        Ok(()) | Err(TransferError::Refused(_)) => {}
+        Err(err) => panic!("send failed: {err}"),
+    }
 }
 
 async fn merged(session: &Session) -> bool {
@@ -161,7 +175,13 @@ async fn a_closed_pool_refuses_deltas_and_state_to_non_members() {
     let members: BTreeSet<_> = [identity(80).peer_key(), identity(81).peer_key()].into();
     let node = target(80, Admission::Closed(members)).await;
     let outsider = raw_peer(82, &node).await;
-    send(&outsider, &node, &delta(82, 82, 0, &[2.0; LEN])).await;
+    // Refused on its header: the outsider's payload is never read (before the delta gate it
+    // was read, hashed and queued, then refused).
+    let pushed = push(&outsider, &node, &delta(82, 82, 0, &[2.0; LEN])).await;
+    assert!(
+        matches!(&pushed, Err(TransferError::Refused(reason)) if reason == "not_member"),
+        "{pushed:?}"
+    );
     assert!(
         rejected(&node, Rejection::NotMember, 1).await,
         "outsider delta"

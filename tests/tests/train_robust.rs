@@ -1,12 +1,14 @@
-//! One malicious node out of five (deltas scaled ×100 or sign-flipped) with robust merging
-//! on: the honest nodes still reach 95 %, and the scaled deltas are rejected and counted.
+//! One malicious node out of five (deltas scaled ×100 or sign-flipped, the untrained model at
+//! the largest finite weight, or a round 2⁴⁰ ahead) with robust merging on, as `murmur
+//! testnet --malicious` runs it: the honest nodes still reach 95 %, and the attack is refused
+//! or bounded and counted.
 
 mod train_common;
 
 use std::time::Duration;
 
 use murmur_node::adversary::Tamper;
-use murmur_node::averaging::{Rejection, RobustConfig};
+use murmur_node::averaging::{MAX_MASS, Rejection, RobustConfig};
 use murmur_node::session::NodeStatus;
 use train_common::*;
 
@@ -68,19 +70,22 @@ fn assert_honest_held(statuses: &[NodeStatus]) {
     }
 }
 
-/// Scaled deltas the honest nodes rejected as norm outliers.
-fn outliers(honest: &[NodeStatus]) -> u64 {
+/// Deltas the honest nodes rejected for `reason`.
+fn rejected(honest: &[NodeStatus], reason: Rejection) -> u64 {
     honest
         .iter()
-        .map(|s| {
-            s.worker
-                .counts
-                .rejected
-                .get(&Rejection::NormOutlier)
-                .copied()
-                .unwrap_or(0)
-        })
+        .map(|s| s.worker.counts.rejected.get(&reason).copied().unwrap_or(0))
         .sum()
+}
+
+/// Scaled deltas the honest nodes rejected as norm outliers.
+fn outliers(honest: &[NodeStatus]) -> u64 {
+    rejected(honest, Rejection::NormOutlier)
+}
+
+/// Merged deltas whose weight the honest nodes clipped.
+fn capped(honest: &[NodeStatus]) -> u64 {
+    honest.iter().map(|s| s.worker.counts.capped).sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,4 +108,39 @@ async fn honest_nodes_reach_95_percent_despite_a_node_flipping_its_deltas() {
     };
     let statuses = run_with(Tamper::Flip, 60, merged_more).await;
     assert_honest_held(&statuses);
+}
+
+/// Weight attack: the untrained model at weight `f64::MAX`. Before the weight cap, two such
+/// deltas made a receiver's mass infinite and its next sync failed to sign, ending training.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn honest_nodes_reach_95_percent_despite_a_node_claiming_the_largest_weight() {
+    let statuses = run_with(Tamper::Weight, 70, |_, now| capped(now) >= 4).await;
+    assert_honest_held(&statuses);
+    assert!(capped(&statuses[..4]) > 0, "the huge weights were clipped");
+    for (i, s) in statuses[..4].iter().enumerate() {
+        assert!(
+            s.worker.mass.is_finite() && s.worker.mass <= MAX_MASS,
+            "honest node {i}: mass {}",
+            s.worker.mass
+        );
+    }
+}
+
+/// Round-jump attack: deltas claiming a round 2⁴⁰ ahead. Before the lead bound, they dragged
+/// every receiver's clock there, so honest deltas were refused as stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn honest_nodes_reach_95_percent_despite_a_node_jumping_rounds() {
+    let statuses = run_with(Tamper::RoundJump, 80, |_, now| {
+        rejected(now, Rejection::TooFarAhead) >= 4
+    })
+    .await;
+    assert_honest_held(&statuses);
+    assert!(rejected(&statuses[..4], Rejection::TooFarAhead) > 0);
+    for (i, s) in statuses[..4].iter().enumerate() {
+        assert!(
+            s.worker.round < 1 << 20,
+            "honest node {i}: round {}",
+            s.worker.round
+        );
+    }
 }

@@ -23,7 +23,10 @@ use std::collections::BTreeSet;
 use murmur_protocol::{CodecError, MessageError, PeerKey};
 
 pub use butterfly::{Butterfly, ButterflyConfig};
-pub use engine::{Averager, AveragerConfig, AveragerState, DEFAULT_MAX_LEAD, Outgoing};
+pub use engine::{
+    Averager, AveragerConfig, AveragerState, DEFAULT_MAX_LEAD, DEFAULT_MAX_WEIGHT_RATIO, DeltaGate,
+    MAX_MASS, Outgoing,
+};
 pub use mixing::RobustConfig;
 pub use outer::OuterConfig;
 pub use policy::SyncPolicy;

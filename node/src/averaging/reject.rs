@@ -91,6 +91,9 @@ pub struct MergeCounts {
     /// Deltas folded into a queued one of the same sender before a sync (each sender holds
     /// one place in the queue; see `engine::admit`).
     pub folded: u64,
+    /// Merged deltas whose mass was clipped to the most one sender may carry (a multiple of
+    /// the node's own mass; see `engine::DEFAULT_MAX_WEIGHT_RATIO`).
+    pub capped: u64,
     /// Deltas rejected, by reason.
     pub rejected: BTreeMap<Rejection, u64>,
 }

@@ -21,6 +21,7 @@ mod inbound;
 pub mod keys;
 mod open;
 mod peers;
+mod quota;
 mod shared;
 mod stall;
 mod start;

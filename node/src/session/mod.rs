@@ -205,9 +205,9 @@ impl Session {
         let (averager, checkpoints) = open_averager(&identity, store.as_ref(), &config, anchor)?;
         let (net, events) =
             Network::start(identity.keypair(), config.net.clone(), store.as_ref()).await?;
-        let deltas = net.subscribe_payloads(PayloadKind::Delta)?;
         let state_requests = net.serve_state()?;
         let (inputs, input_rx) = inputs::channel(64);
+        let deltas = subscribe_deltas(&averager, &inputs, &net)?;
         let (outputs, output_rx) = mpsc::channel(64);
         let live_peers = Arc::new(LivePeers::default());
         let in_flight = Arc::new(SendsInFlight::default());
@@ -326,6 +326,27 @@ fn open_averager(
         replay,
     );
     Ok((averager, checkpoints))
+}
+
+/// Subscribes to deltas, their headers checked by the engine's gate before their payloads
+/// are read.
+/// A refusal wakes the training thread to count it (once until it does).
+fn subscribe_deltas(
+    averager: &crate::averaging::Averager,
+    inputs: &inputs::InputSender,
+    net: &Network,
+) -> Result<mpsc::Receiver<IncomingPayload>, SessionError> {
+    let gate = averager.gate();
+    let wake = inputs.clone();
+    let admission: Admission = Arc::new(move |peer, header| {
+        let verdict = gate.admit(peer, header);
+        if verdict.is_err() && gate.should_wake() {
+            let _ = wake.try_send(WorkerInput::DeltasRefused);
+        }
+        // The refusal's name is what the sending peer is told.
+        verdict.map_err(|rejection| rejection.to_string())
+    });
+    Ok(net.subscribe_payloads_admitting(PayloadKind::Delta, admission)?)
 }
 
 /// Subscribes to butterfly parts when the worker runs rounds: parts are checked against

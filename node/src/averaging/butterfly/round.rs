@@ -9,7 +9,7 @@ use murmur_protocol::{Digest, PartHeader, PartPhase};
 
 use super::wire::{self, PartMeta, PartSend, Signer};
 use super::{Correction, RoundEnd};
-use crate::averaging::{AveragingError, Rejection};
+use crate::averaging::{AveragingError, DEFAULT_MAX_WEIGHT_RATIO, Rejection};
 
 /// A slice of this node's part from a member.
 #[derive(Debug)]
@@ -174,12 +174,23 @@ impl Round {
         if self.collected.iter().any(|s| s.peer == *peer) {
             return Err(Rejection::Replay);
         }
+        // Peers outside the group (whose view of it differs for a moment) may add a slice,
+        // but no more of them than the group has members: what one round holds is bounded.
+        if !member && self.collected.len() - self.member_slices() >= self.group.len() {
+            return Err(Rejection::Overloaded);
+        }
         let range = self.ranges[self.mine].clone();
         let mut values = Vec::new();
         wire::decode(part, payload, digest, &anchor[range], &mut values)?;
+        // A slice's weight is its sender's claim: bounded by this node's own, as in push-sum
+        // merges (masses in a group end each round equal, so honest ones stay well within).
+        let weight = part
+            .body
+            .weight
+            .min(DEFAULT_MAX_WEIGHT_RATIO * self.weight.max(1.0));
         self.collected.push(Slice {
             peer: *peer,
-            weight: part.body.weight,
+            weight,
             values,
         });
         Ok(())

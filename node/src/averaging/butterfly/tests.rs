@@ -418,3 +418,35 @@ fn the_gate_refuses_before_the_payload_what_the_round_would_refuse() {
         Err(Rejection::Stale)
     );
 }
+
+/// Weight attack inside a pool: a member that declares weight 1e30 for its slices does not
+/// decide the parts; each owner counts it at most `DEFAULT_MAX_WEIGHT_RATIO` times its own
+/// weight (before: every part became that member's slice).
+#[test]
+fn a_member_declaring_a_huge_weight_moves_each_part_a_bounded_share() {
+    let len = 64;
+    let anchor = vec![0.0; len];
+    let mut members = members(3, len, 11);
+    for (i, m) in members.iter_mut().enumerate() {
+        m.params = vec![i as f32; len];
+    }
+    members[2].weight = 1e30;
+    run_round(&mut members, &anchor, None);
+    let ratio = crate::averaging::DEFAULT_MAX_WEIGHT_RATIO;
+    for (k, owner) in members.iter().take(2).enumerate() {
+        let own = owner.weight;
+        let part = &owner.params;
+        // The owner's own part: (w·k + w₁·1 (or w₀·0) + ratio·w·2) / (w + w₁ + ratio·w), with
+        // the honest other member's weight uncapped (1.64 and 1.79, not 2). The attacker's
+        // own part is its to decide, as every owner's is: pools are for trusted members.
+        let other = 1 - k;
+        let other_weight = members[other].weight;
+        let bound = (own * k as f64 + other_weight * other as f64 + ratio * own * 2.0)
+            / (own + other_weight + ratio * own);
+        assert!(
+            part.iter().any(|v| (f64::from(*v) - bound).abs() < 1e-2),
+            "member {k}: {:?}, bound {bound}",
+            &part[..4]
+        );
+    }
+}

@@ -9,11 +9,11 @@
 //! casts more than one vote in a robust merge.
 
 use libp2p::PeerId;
-use murmur_protocol::{CodecError, Digest, Message, SignedEnvelope, envelope::MAX_ENVELOPE_BYTES};
+use murmur_protocol::{CodecError, Digest};
 
+use super::gate::open_header;
 use super::{Averager, Candidate};
 use crate::averaging::Rejection;
-use crate::net::key_matches_peer;
 
 impl Averager {
     /// Checks a received delta and queues it for the next sync. Every refusal is counted.
@@ -67,23 +67,7 @@ impl Averager {
         payload: &[u8],
         transfer_digest: Option<&Digest>,
     ) -> Result<Candidate, Rejection> {
-        let (signer, message) = SignedEnvelope::open_bytes(header, MAX_ENVELOPE_BYTES)
-            .map_err(|_| Rejection::BadEnvelope)?;
-        let Message::Delta(h) = message else {
-            return Err(Rejection::NotADelta);
-        };
-        if !key_matches_peer(&signer, sender) {
-            return Err(Rejection::SignerMismatch);
-        }
-        if h.run != self.config.run {
-            return Err(Rejection::WrongRun);
-        }
-        if h.model != self.config.model {
-            return Err(Rejection::WrongModel);
-        }
-        if !self.config.admission.admits(&signer) {
-            return Err(Rejection::NotMember);
-        }
+        let (signer, h) = open_header(&self.config, sender, header)?;
         if self.replay.contains(&signer, h.base_round) {
             return Err(Rejection::Replay);
         }
@@ -121,7 +105,7 @@ impl Averager {
         // Rounds are a Lamport clock: a node that hears of a later round moves up to it, so
         // peers that sync at different rates keep comparable round numbers and `lag`
         // measures real staleness.
-        self.round = self.round.max(h.base_round);
+        self.set_round(self.round.max(h.base_round));
         let discount = self
             .config
             .staleness_discount

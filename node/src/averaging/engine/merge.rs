@@ -55,16 +55,27 @@ impl Averager {
         // Norm outliers: a model much further from the anchor than this node's own model and
         // than the models merged recently (e.g. a delta scaled ×100) is refused. The candidate
         // itself never sets the reference, so a lone attacker cannot raise it.
+        //
+        // Accepted models enter the history clamped to the reference they were judged by, so
+        // the reference only grows as fast as the node's own model moves: deltas just under
+        // the limit, sync after sync, no longer ratchet it up (before: ×10 per sync, a few
+        // syncs to let a ×1000 model in).
         let own_norm = mixing::l2_distance(params, &self.anchor);
         let reference = self.norm_history.median().unwrap_or(0.0).max(own_norm);
         let limit = self.config.outlier_ratio * reference.max(1e-12);
+        // One sender's mass is bounded by the node's own (see `DEFAULT_MAX_WEIGHT_RATIO`).
+        let max_mass = self.config.max_weight_ratio * self.mass.max(1.0);
         let mut accepted = Vec::with_capacity(pending.len());
-        for candidate in pending {
+        for mut candidate in pending {
             if candidate.norm > limit {
                 self.counts.reject(Rejection::NormOutlier);
                 self.recycle(candidate.values);
             } else {
-                self.norm_history.push(candidate.norm);
+                self.norm_history.push(candidate.norm.min(reference));
+                if candidate.mass > max_mass {
+                    candidate.mass = max_mass;
+                    self.counts.capped += 1;
+                }
                 accepted.push(candidate);
             }
         }
@@ -73,12 +84,14 @@ impl Averager {
             Some(robust) => {
                 let others: Vec<&[f32]> = accepted.iter().map(|c| c.values.as_slice()).collect();
                 let reference = self.distance_history.median();
+                // Distances enter the clipping radius's history clamped to the node's own
+                // distance from the anchor, for the same reason as the norms above.
                 for other in &others {
-                    self.distance_history
-                        .push(mixing::l2_distance(params, other));
+                    let distance = mixing::l2_distance(params, other);
+                    self.distance_history.push(distance.min(own_norm));
                 }
                 mixing::robust_aggregate(params, &others, robust, reference);
-                self.mass += accepted.iter().map(|c| c.mass).sum::<f64>();
+                self.set_mass(self.mass + accepted.iter().map(|c| c.mass).sum::<f64>());
             }
             None => {
                 let weighted: Vec<Weighted<'_>> = accepted
@@ -88,7 +101,8 @@ impl Averager {
                         mass: c.mass,
                     })
                     .collect();
-                self.mass = mixing::absorb_all(params, self.mass, &weighted);
+                let mass = mixing::absorb_all(params, self.mass, &weighted);
+                self.set_mass(mass);
             }
         }
         for candidate in accepted {

@@ -5,15 +5,19 @@
 //! It is plain synchronous code over flat `f32` vectors, owned by the node's training thread;
 //! the network only moves its bytes.
 //!
+//! - [`gate`]: the early check of delta headers, before their payloads are read;
 //! - [`admit`]: checking a received delta and queueing it;
 //! - [`merge`]: merging the queued deltas (outlier filter, push-sum or robust);
 //! - [`outgoing`]: a sync's signed, compressed message, and failed sends folded back;
 //! - [`state`]: checkpoints and the round clock.
 
 mod admit;
+mod gate;
 mod merge;
 mod outgoing;
 mod state;
+
+use std::sync::Arc;
 
 use murmur_protocol::{Codec, ErrorFeedback, ModelFingerprint, PeerKey, RunId};
 
@@ -22,6 +26,7 @@ use super::mixing::RobustConfig;
 use super::outer::{OuterConfig, OuterOptimizer};
 use super::reject::{MergeCounts, Rejection};
 use super::replay::ReplayGuard;
+pub use gate::DeltaGate;
 use merge::History;
 pub use outgoing::Outgoing;
 pub use state::AveragerState;
@@ -57,6 +62,9 @@ pub struct AveragerConfig {
     pub admission: Admission,
     /// Averaging mass the node starts with (samples).
     pub initial_mass: f64,
+    /// A sender's mass in one merge is at most this multiple of the node's own mass (at least
+    /// one sample's worth); more is clipped (see [`DEFAULT_MAX_WEIGHT_RATIO`]).
+    pub max_weight_ratio: f64,
     /// Average in butterfly rounds (exact group means) instead of push-sum gossip.
     pub butterfly: Option<super::ButterflyConfig>,
 }
@@ -79,6 +87,7 @@ impl AveragerConfig {
             outer: None,
             admission: Admission::Open,
             initial_mass: 1.0,
+            max_weight_ratio: DEFAULT_MAX_WEIGHT_RATIO,
             butterfly: None,
         }
     }
@@ -89,6 +98,25 @@ impl AveragerConfig {
 /// rounds it hears), so 64 leaves room for a node that paused, and a node further behind
 /// than that catches up by adopting a peer's state, not by merging.
 pub const DEFAULT_MAX_LEAD: u64 = 64;
+
+/// How heavy one sender's delta may be, as a multiple of the receiver's own mass. A delta's
+/// weight is a number its sender chooses: unbounded, one signed delta of weight 1e30 replaced
+/// the receiver's model and mass, that mass then spread through the network, and two deltas
+/// near `f64::MAX` made it infinite. Honest weights are the sender's mass over `fanout + 1`
+/// and push-sum keeps the masses of peers that gossip with each other within a few times of
+/// each other (a node that received from several peers at once holds several shares), so the
+/// cap leaves room for that: it clips an honest delta only from a peer about eight times
+/// heavier than the receiver (a newcomer's first merges, which then catch up by ×9 each), and
+/// exact push-sum holds while masses stay within that. One sender moves one merge at most
+/// `8 / 9` of the way to its model and multiplies the mass by at most 9: this stops one-shot
+/// replacement and runaway mass, not a peer that pulls merge after merge, which is what
+/// `--robust` is for (see `docs/security.md`).
+pub const DEFAULT_MAX_WEIGHT_RATIO: f64 = 8.0;
+
+/// The most mass a node holds, in samples: far beyond any real run (10¹⁵ samples), but finite,
+/// so a mass inflated by clipped-but-heavy deltas sync after sync never overflows into
+/// infinity, which a delta header cannot carry.
+pub const MAX_MASS: f64 = 1e15;
 
 /// A received delta that passed admission, waiting for the next sync. Deltas of one sender
 /// between two syncs are folded into one (see `admit`).
@@ -133,6 +161,8 @@ pub struct Averager {
     spare: Vec<Vec<f32>>,
     /// Scratch for the model relative to the anchor at a sync.
     relative: Vec<f32>,
+    /// The early check of inbound delta headers, which mirrors the round clock.
+    gate: Arc<DeltaGate>,
 }
 
 impl Averager {
@@ -148,8 +178,10 @@ impl Averager {
         let outer = config
             .outer
             .map(|c| (OuterOptimizer::new(c, anchor.len()), Vec::new()));
-        Self {
-            mass: config.initial_mass,
+        let gate = Arc::new(DeltaGate::new(config.clone(), anchor.len() as u64));
+        let mut averager = Self {
+            gate,
+            mass: 0.0,
             config,
             key,
             me,
@@ -166,7 +198,9 @@ impl Averager {
             distance_history: History::default(),
             spare: Vec::new(),
             relative: Vec::new(),
-        }
+        };
+        averager.set_mass(averager.config.initial_mass);
+        averager
     }
 
     /// Current round (number of syncs done).
@@ -194,7 +228,37 @@ impl Averager {
 
     /// Butterfly rounds: adds trained samples to the mass.
     pub fn add_mass(&mut self, samples: f64) {
-        self.mass += samples;
+        self.set_mass(self.mass + samples);
+    }
+
+    /// The early check of inbound delta headers (for the delta streams' admission).
+    pub fn gate(&self) -> Arc<DeltaGate> {
+        self.gate.clone()
+    }
+
+    /// Counts the deltas the gate refused before their payloads; returns them with their
+    /// senders, to be charged as if this engine had refused them.
+    pub fn take_gate_refusals(&mut self) -> Vec<(libp2p::PeerId, Rejection)> {
+        let refused = self.gate.take_refused();
+        for (_, reason) in &refused {
+            self.counts.reject(*reason);
+        }
+        refused
+    }
+
+    /// Moves the round clock (and the gate's copy of it).
+    fn set_round(&mut self, round: u64) {
+        self.round = round;
+        self.gate.publish_round(round);
+    }
+
+    /// Sets the mass, kept within `0..=MAX_MASS` (NaN, from a damaged checkpoint, is 0).
+    fn set_mass(&mut self, mass: f64) {
+        self.mass = if mass.is_nan() {
+            0.0
+        } else {
+            mass.clamp(0.0, MAX_MASS)
+        };
     }
 
     /// Butterfly rounds: counts parts averaged in.

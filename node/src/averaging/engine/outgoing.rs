@@ -52,13 +52,13 @@ impl Averager {
                 round = outgoing.round,
                 "returned delta unreadable; mass kept"
             );
-            self.mass += outgoing.mass_each;
+            self.set_mass(self.mass + outgoing.mass_each);
             return;
         };
         for (v, a) in values.iter_mut().zip(&self.anchor) {
             *v += a;
         }
-        self.mass = mixing::absorb(
+        let mass = mixing::absorb(
             params,
             self.mass,
             Weighted {
@@ -66,6 +66,7 @@ impl Averager {
                 mass: outgoing.mass_each,
             },
         );
+        self.set_mass(mass);
     }
 
     /// One sync: adds `fresh_samples` to the mass, merges the queued deltas into `params`,
@@ -84,7 +85,7 @@ impl Averager {
                 actual: params.len(),
             });
         }
-        self.mass += fresh_samples as f64;
+        self.set_mass(self.mass + fresh_samples as f64);
         self.merge_pending(params);
         if let Some((optimizer, previous)) = &mut self.outer {
             if previous.len() == params.len() {
@@ -94,7 +95,7 @@ impl Averager {
             previous.extend_from_slice(params);
         }
         let round = self.round;
-        self.round = self.round.saturating_add(1);
+        self.set_round(self.round.saturating_add(1));
         if let Err(err) = self.replay.prune(self.round) {
             tracing::warn!(%err, "could not prune the merged-pairs set");
         }

@@ -29,7 +29,7 @@ impl Averager {
     /// The node's mass is forfeited: its old model is gone, and keeping the mass with the
     /// adopted copy would count the peer's model twice in the network-wide average.
     pub fn adopt(&mut self, round: u64) {
-        self.round = self.round.max(round);
+        self.set_round(self.round.max(round));
         self.mass = 0.0;
         self.pending.clear();
         self.returns_from = self.round;
@@ -40,7 +40,7 @@ impl Averager {
 
     /// Moves the round clock forward to at least `round` (never backwards).
     pub fn advance_round(&mut self, round: u64) {
-        self.round = self.round.max(round);
+        self.set_round(self.round.max(round));
     }
 
     /// What a checkpoint keeps.
@@ -61,8 +61,8 @@ impl Averager {
     /// Restores a checkpointed state; `min_round` (e.g. the last round persisted as sent)
     /// keeps round numbers from being reused after a crash.
     pub fn restore(&mut self, state: AveragerState, min_round: u64) {
-        self.round = state.round.max(min_round);
-        self.mass = state.mass;
+        self.set_round(state.round.max(min_round));
+        self.set_mass(state.mass);
         if state.residual.len() == self.anchor.len() {
             self.feedback = ErrorFeedback::from_residual(state.residual);
         }

@@ -181,7 +181,7 @@ pub struct NodeArgs {
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long, env = "MURMUR_DURATION")]
     pub duration: Option<u64>,
-    /// Red team only: corrupt every delta this node sends (flip or scale:F).
+    /// Red team only: corrupt every delta this node sends (flip, scale:F, weight, round-jump).
     #[arg(long, hide = true)]
     pub tamper: Option<Tamper>,
     /// Check the flags, environment and config file, print the resulting configuration and

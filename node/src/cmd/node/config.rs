@@ -45,6 +45,13 @@ pub enum ConfigError {
     /// Two flags that exclude each other.
     #[error("{0} and {1} cannot be used together")]
     Conflict(&'static str, &'static str),
+    /// Butterfly rounds in an open run.
+    #[error(
+        "--butterfly needs --pool MANIFEST: each member of a butterfly group owns a part of \
+         the model and every member applies the mean it sends back, so a stranger who joins a \
+         group decides that part; in an open run use gossip averaging (with --robust)"
+    )]
+    ButterflyOpen,
     /// A value out of its range.
     #[error("{flag} {value}: expected {expected}")]
     Invalid {
@@ -235,6 +242,9 @@ fn gossip(a: &NodeArgs) -> Result<GossipConfig, ConfigError> {
     }
     if a.butterfly && a.outer {
         return Err(ConfigError::Conflict("--butterfly", "--outer"));
+    }
+    if a.butterfly && a.pool.is_none() {
+        return Err(ConfigError::ButterflyOpen);
     }
     needs(
         "--butterfly-window",
@@ -450,8 +460,8 @@ mod tests {
             &["--fanout", "3"],
             &["--codec", "raw"],
             &["--robust"],
-            &["--butterfly"],
-            &["--butterfly", "--butterfly-window", "2"],
+            &["--butterfly", "--pool", "pool.manifest"],
+            &["--butterfly", "--pool", "p", "--butterfly-window", "2"],
             &["--outer"],
             &["--outer", "--outer-lr", "0.5"],
             &["--outer", "--outer-momentum", "0.5"],
@@ -467,6 +477,14 @@ mod tests {
             refused(&sharded, "not used by --sharded");
             assert!(config(flags).is_ok(), "{flags:?}");
         }
+    }
+
+    /// Butterfly takeover: in an open run a stranger could join a group and decide a part of
+    /// every member's model; butterfly rounds are refused without a pool manifest.
+    #[test]
+    fn butterfly_rounds_need_a_closed_pool() {
+        refused(&["--butterfly"], "--butterfly needs --pool MANIFEST");
+        assert!(config(&["--butterfly", "--pool", "pool.manifest"]).is_ok());
     }
 
     #[test]
@@ -496,11 +514,11 @@ mod tests {
             (&["--announce-every", "inf"], "--announce-every inf"),
             (&["--announce-every=-1"], "--announce-every -1"),
             (
-                &["--butterfly", "--butterfly-window", "nan"],
+                &["--butterfly", "--pool", "p", "--butterfly-window", "nan"],
                 "--butterfly-window NaN",
             ),
             (
-                &["--butterfly", "--butterfly-window", "601"],
+                &["--butterfly", "--pool", "p", "--butterfly-window", "601"],
                 "--butterfly-window 601",
             ),
             (&["--sharded", "--slowdown", "0.5"], "--slowdown 0.5"),

@@ -35,6 +35,7 @@ pub fn status_json(peer: &PeerId, s: &NodeStatus, elapsed: Duration) -> serde_js
         "mass": w.mass,
         "merged": w.counts.merged,
         "folded": w.counts.folded,
+        "capped": w.counts.capped,
         "rejected": w.counts.rejected_total(),
         "rejected_by_reason": w.counts.rejected_json(),
         "bytes_sent": s.bytes_sent,

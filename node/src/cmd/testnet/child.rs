@@ -192,6 +192,10 @@ impl Layout {
     pub(crate) fn log(&self, name: &str) -> PathBuf {
         self.root.join(format!("{name}.log"))
     }
+    /// The closed pool's manifest (butterfly testnets).
+    pub(crate) fn pool_manifest(&self) -> PathBuf {
+        self.root.join("pool.manifest")
+    }
 }
 
 /// The arguments every testnet node process starts with: its data directory, JSON progress,

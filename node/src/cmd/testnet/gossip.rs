@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context, bail};
+use murmur_protocol::{PoolManifest, RunId, SignedManifest};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
@@ -12,10 +13,14 @@ use tokio::sync::mpsc;
 use super::child::{self, ChildProc, Layout, Line, child_node_args, start_bootstrap};
 use super::config::{CommonConfig, GossipConfig};
 use super::render::{self, NodeView, Summary};
-use crate::adversary::Tamper;
+use crate::identity::NodeIdentity;
+use crate::net::now_ms;
 
 /// How long nodes keep averaging after all of them used their step budget.
 const SETTLE: Duration = Duration::from_secs(5);
+
+/// The run every gossip testnet node joins.
+const RUN: &str = "murmur-testnet";
 
 /// The command line of gossip node `index` (the malicious one is last).
 fn node_args(
@@ -27,7 +32,7 @@ fn node_args(
 ) -> Vec<String> {
     let honest = gossip.nodes;
     let fanout = gossip.fanout.min(gossip.total().saturating_sub(1)).max(1);
-    let mut a = child_node_args(&layout.node_dir(index), "murmur-testnet", bootstrap);
+    let mut a = child_node_args(&layout.node_dir(index), RUN, bootstrap);
     a.extend::<[String; _]>([
         "--announce-every".into(),
         "1".into(),
@@ -58,16 +63,35 @@ fn node_args(
             a.push(flag.into());
         }
     }
+    if gossip.butterfly {
+        a.extend([
+            "--pool".into(),
+            layout.pool_manifest().display().to_string(),
+        ]);
+    }
     if index >= honest
         && let Some(tamper) = gossip.malicious
     {
-        let tamper = match tamper {
-            Tamper::Flip => "flip".into(),
-            Tamper::Scale(f) => format!("scale:{f}"),
-        };
-        a.extend(["--tamper".into(), tamper]);
+        a.extend(["--tamper".into(), tamper.to_string()]);
     }
     a
+}
+
+/// Butterfly rounds need a closed pool: the testnet owns one (its key in `pool-owner/`) whose
+/// members are the honest nodes' identities, created here in their data directories. A
+/// malicious node is left out, so its parts are refused as a non-member's.
+fn write_pool(layout: &Layout, honest: usize) -> anyhow::Result<()> {
+    let owner = NodeIdentity::load_or_create(&layout.root.join("pool-owner"))?;
+    let mut manifest = PoolManifest::new(RunId::from_name(RUN), owner.peer_key(), now_ms());
+    for index in 0..honest {
+        let member = NodeIdentity::load_or_create(&layout.node_dir(index))?;
+        manifest.add_member(member.peer_key())?;
+    }
+    let signed = SignedManifest::sign(owner.signing_key(), manifest)?;
+    let path = layout.pool_manifest();
+    std::fs::write(&path, signed.to_text())
+        .with_context(|| format!("writing the testnet's pool manifest {}", path.display()))?;
+    Ok(())
 }
 
 fn codec_arg(codec: murmur_protocol::Codec) -> String {
@@ -122,6 +146,9 @@ pub(super) async fn orchestrate(
         common.model,
         layout.root.display()
     );
+    if gossip.butterfly {
+        write_pool(layout, gossip.nodes)?;
+    }
     let views = (0..gossip.total())
         .map(|i| NodeView::new(i, i >= gossip.nodes))
         .collect();

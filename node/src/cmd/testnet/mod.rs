@@ -5,7 +5,7 @@
 //! when every honest node reached the target accuracy (or its step budget, or the time
 //! limit); prints a summary table and one JSON line; and cleans up every process. Churn
 //! (`--churn SECS`: kill -9 and restart a random node) and a malicious extra node
-//! (`--malicious flip|scale:F`) exercise crash recovery and robust merging.
+//! (`--malicious flip|scale:F|weight|round-jump`) exercise crash recovery and robust merging.
 //!
 //! The raw flags ([`TestnetArgs`]) are validated into a [`TestnetConfig`] first
 //! ([`config`]): flags of the other mode are refused, not ignored.
@@ -68,7 +68,7 @@ pub struct TestnetArgs {
     /// once, after this many seconds).
     #[arg(long)]
     pub churn: Option<f64>,
-    /// Add one malicious node that sends corrupted deltas: flip or scale:F.
+    /// Add one malicious node that sends corrupted deltas: flip, scale:F, weight or round-jump.
     #[arg(long)]
     pub malicious: Option<Tamper>,
     /// Give up after this many seconds.

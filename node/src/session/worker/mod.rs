@@ -99,6 +99,9 @@ pub enum WorkerInput {
     /// [`PartGate`](crate::averaging::butterfly::PartGate)): count them, and end the round if
     /// a member's split differed.
     PartsRefused,
+    /// The delta gate refused deltas before their payloads (see
+    /// [`DeltaGate`](crate::averaging::DeltaGate)): count them and charge their senders.
+    DeltasRefused,
     /// Current parameters for a state download.
     Snapshot(oneshot::Sender<Snapshot>),
     /// Adopt a downloaded model state.
@@ -376,6 +379,8 @@ impl Worker {
             }
             // Taken in by the next butterfly step, which follows every input.
             WorkerInput::PartsRefused => {}
+            // Taken in by the status publication (which counts and charges them).
+            WorkerInput::DeltasRefused => shared.publish(),
             WorkerInput::SendFailed(outgoing) => self.mode.send_failed(shared, &outgoing)?,
             WorkerInput::Snapshot(reply) => {
                 let _ = reply.send(Snapshot {

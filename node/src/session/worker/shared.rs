@@ -194,8 +194,13 @@ impl Shared {
         self.status.counts = self.averager.counts().clone();
     }
 
-    /// Publishes the status (dropped when the async side is behind: the next one follows).
+    /// Publishes the status (dropped when the async side is behind: the next one follows),
+    /// with the deltas the gate refused before their payloads counted and charged.
     pub(super) fn publish(&mut self) {
+        for (peer, reason) in self.averager.take_gate_refusals() {
+            tracing::debug!(%peer, %reason, "delta refused before its payload");
+            self.rejected(peer, reason);
+        }
         self.refresh_status();
         let _ = self
             .outputs
