@@ -121,7 +121,7 @@ fn folded_deltas_merge_as_push_sum_would() {
 
 /// Weight attack: a signed delta of weight 1e30 carrying another model. Its mass is clipped to
 /// `DEFAULT_MAX_WEIGHT_RATIO` × the node's own, so the merge moves the model part of the way
-/// (8/9) and the mass stays of the node's order (before: the model was replaced and the mass
+/// (32/33) and the mass stays of the node's order (before: the model was replaced and the mass
 /// became 1e30, spreading to every peer).
 #[test]
 fn a_huge_weight_moves_the_model_no_more_than_a_bounded_share() {
@@ -157,10 +157,10 @@ fn a_huge_weight_moves_the_model_no_more_than_a_bounded_share() {
 }
 
 /// Escalating weight: a delta at `f64::MAX` every sync. Each merge grows the mass by at most
-/// the cap (×4.5 a sync with the send's halving), and the mass never exceeds `MAX_MASS`, so
+/// the cap (×16.5 a sync with the send's halving), and the mass never exceeds `MAX_MASS`, so
 /// after two thousand syncs it is finite and the node still signs its deltas (before: two
 /// such deltas made the mass infinite and the next sync failed to sign, which ended training;
-/// with the cap alone, the mass overflows after about 470 syncs).
+/// with the cap alone, the mass overflows after about 250 syncs).
 #[test]
 fn escalating_weights_leave_the_mass_finite_and_the_node_syncing() {
     let mut node = averager(1);

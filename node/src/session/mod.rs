@@ -23,12 +23,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use libp2p::PeerId;
 use murmur_models::TrainError;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::averaging::{Averager, AveragerConfig, AveragingError, ReplayGuard, replay};
+use crate::averaging::{Averager, AveragerConfig, AveragingError, Rejection, ReplayGuard, replay};
 use crate::identity::NodeIdentity;
 use crate::net::{
     Admission, IncomingPayload, NetConfig, NetError, NetEvents, Network, PayloadKind,
@@ -330,27 +331,24 @@ fn open_averager(
 
 /// Subscribes to deltas, their headers checked by the engine's gate before their payloads
 /// are read.
-/// A refusal wakes the training thread to count it (once until it does).
 fn subscribe_deltas(
-    averager: &crate::averaging::Averager,
+    averager: &Averager,
     inputs: &inputs::InputSender,
     net: &Network,
 ) -> Result<mpsc::Receiver<IncomingPayload>, SessionError> {
     let gate = averager.gate();
-    let wake = inputs.clone();
-    let admission: Admission = Arc::new(move |peer, header| {
-        let verdict = gate.admit(peer, header);
-        if verdict.is_err() && gate.should_wake() {
-            let _ = wake.try_send(WorkerInput::DeltasRefused);
-        }
-        // The refusal's name is what the sending peer is told.
-        verdict.map_err(|rejection| rejection.to_string())
-    });
+    let wake = gate.clone();
+    let admission = gated(
+        move |peer, header| gate.admit(peer, header),
+        move || wake.should_wake(),
+        inputs,
+        || WorkerInput::DeltasRefused,
+    );
     Ok(net.subscribe_payloads_admitting(PayloadKind::Delta, admission)?)
 }
 
 /// Subscribes to butterfly parts when the worker runs rounds: parts are checked against
-/// the rounds before their payloads are read, and a refusal may wake the training thread.
+/// the rounds before their payloads are read.
 fn subscribe_parts(
     worker: &Worker,
     inputs: &inputs::InputSender,
@@ -359,19 +357,36 @@ fn subscribe_parts(
     let Some(gate) = worker.part_gate() else {
         return Ok(None);
     };
-    let wake = inputs.clone();
-    let admission: Admission = Arc::new(move |peer, header| {
-        let verdict = gate.admit(peer, header);
-        if verdict.is_err() && gate.should_wake() {
-            let _ = wake.try_send(WorkerInput::PartsRefused);
-        }
-        // The refusal's text is what the sending peer is told.
-        verdict.map_err(|rejection| rejection.to_string())
-    });
+    let wake = gate.clone();
+    let admission = gated(
+        move |peer, header| gate.admit(peer, header),
+        move || wake.should_wake(),
+        inputs,
+        || WorkerInput::PartsRefused,
+    );
     Ok(Some(net.subscribe_payloads_admitting(
         PayloadKind::Part,
         admission,
     )?))
+}
+
+/// The admission of a gated stream: `admit` judges each header; a refusal's name is what the
+/// sending peer is told, and the first refusal the training thread has not taken yet
+/// (`should_wake`) wakes it with `input` to count them.
+fn gated(
+    admit: impl Fn(&PeerId, &[u8]) -> Result<(), Rejection> + Send + Sync + 'static,
+    should_wake: impl Fn() -> bool + Send + Sync + 'static,
+    inputs: &inputs::InputSender,
+    input: fn() -> WorkerInput,
+) -> Admission {
+    let wake = inputs.clone();
+    Arc::new(move |peer, header| {
+        let verdict = admit(peer, header);
+        if verdict.is_err() && should_wake() {
+            let _ = wake.try_send(input());
+        }
+        verdict.map_err(|rejection| rejection.to_string())
+    })
 }
 
 /// What the session's tasks read.

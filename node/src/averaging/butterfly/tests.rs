@@ -437,7 +437,7 @@ fn a_member_declaring_a_huge_weight_moves_each_part_a_bounded_share() {
         let own = owner.weight;
         let part = &owner.params;
         // The owner's own part: (w·k + w₁·1 (or w₀·0) + ratio·w·2) / (w + w₁ + ratio·w), with
-        // the honest other member's weight uncapped (1.64 and 1.79, not 2). The attacker's
+        // the honest other member's weight uncapped (1.89 and 1.94, not 2). The attacker's
         // own part is its to decide, as every owner's is: pools are for trusted members.
         let other = 1 - k;
         let other_weight = members[other].weight;

@@ -102,16 +102,15 @@ pub const DEFAULT_MAX_LEAD: u64 = 64;
 /// How heavy one sender's delta may be, as a multiple of the receiver's own mass. A delta's
 /// weight is a number its sender chooses: unbounded, one signed delta of weight 1e30 replaced
 /// the receiver's model and mass, that mass then spread through the network, and two deltas
-/// near `f64::MAX` made it infinite. Honest weights are the sender's mass over `fanout + 1`
-/// and push-sum keeps the masses of peers that gossip with each other within a few times of
-/// each other (a node that received from several peers at once holds several shares), so the
-/// cap leaves room for that: it clips an honest delta only from a peer about eight times
-/// heavier than the receiver (a newcomer's first merges, which then catch up by ×9 each), and
-/// exact push-sum holds while masses stay within that. One sender moves one merge at most
-/// `8 / 9` of the way to its model and multiplies the mass by at most 9: this stops one-shot
-/// replacement and runaway mass, not a peer that pulls merge after merge, which is what
-/// `--robust` is for (see `docs/security.md`).
-pub const DEFAULT_MAX_WEIGHT_RATIO: f64 = 8.0;
+/// near `f64::MAX` made it infinite. Honest weights are the sender's mass over `fanout + 1`,
+/// but push-sum masses drift apart (four idle nodes starting 3× apart were seen 8× apart a
+/// moment later, a newcomer starts far lighter), and a clipped honest delta loses mass and
+/// makes the average inexact; so the cap is generous: push-sum stays exact while the masses
+/// of peers that merge stay within 32× of each other. It bounds runaway masses (at most ×33 a
+/// merge, and `MAX_MASS`), not influence: a sender at the cap moves one merge 32/33 of the
+/// way, and a tighter cap would not stop a peer that pulls merge after merge anyway — that is
+/// `--robust`'s job (see `docs/security.md`).
+pub const DEFAULT_MAX_WEIGHT_RATIO: f64 = 32.0;
 
 /// The most mass a node holds, in samples: far beyond any real run (10¹⁵ samples), but finite,
 /// so a mass inflated by clipped-but-heavy deltas sync after sync never overflows into
