@@ -1,6 +1,7 @@
 //! Intake fairness between real nodes on loopback: a peer that opens as many inbound streams
 //! as a protocol reads at once and then trickles nothing (slow loris) holds only its share of
-//! them, so an honest peer's payload still goes through; its stalled streams are scored.
+//! them, so an honest peer's payload still goes through, and its stalled streams are scored;
+//! one address connects at most a bounded number of identities.
 
 mod net_common;
 
@@ -85,4 +86,46 @@ async fn a_peer_holding_streams_open_does_not_starve_an_honest_sender() {
     for net in [attacker, honest, receiver] {
         net.shutdown().await;
     }
+}
+
+/// Connections under many identities from one host: past the per-address limit, an inbound
+/// connection is refused (before: one machine could fill the whole connection table).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_connections_from_one_address_are_bounded() {
+    let mut config = loopback();
+    config.limits.max_inbound_per_address = 2;
+    let (_, receiver, _rx_events) = start(71, config).await;
+    let target = addr_of(&receiver, "tcp").await;
+    let connected = |peers: Vec<murmur_node::net::PeerInfo>| -> Vec<libp2p::PeerId> {
+        peers
+            .into_iter()
+            .filter(|p| p.connected)
+            .map(|p| p.peer_id)
+            .collect()
+    };
+    let mut dialers = Vec::new();
+    for seed in [72, 73] {
+        let (_, net, events) = start(seed, loopback()).await;
+        net.dial(target.clone()).await.expect("dial");
+        dialers.push((net, events));
+    }
+    let both = net_common::eventually(Duration::from_secs(10), || async {
+        connected(receiver.peers().await.unwrap_or_default()).len() == 2
+    })
+    .await;
+    assert!(both, "the first two identities connect");
+    let (_, third, _third_events) = start(74, loopback()).await;
+    let _ = third.dial(target.clone()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let now = connected(receiver.peers().await.unwrap_or_default());
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert!(
+        !now.contains(&third.local_peer_id()),
+        "the third is refused"
+    );
+    third.shutdown().await;
+    for (net, _) in dialers {
+        net.shutdown().await;
+    }
+    receiver.shutdown().await;
 }

@@ -1,7 +1,7 @@
 //! The node's composed `NetworkBehaviour` and the swarm builder (transports and tuning).
 //!
 //! TCP (Noise + Yamux) and QUIC, a relay-client transport for circuits, and one behaviour per
-//! concern: connection limits, identify, ping, Kademlia (`/murmur/kad/1.0.0`), optional mDNS,
+//! concern: connection limits (in total, per peer, inbound per address), identify, ping, Kademlia (`/murmur/kad/1.0.0`), optional mDNS,
 //! gossipsub, relay client, DCUtR, AutoNAT v2 client, and `libp2p-stream` for bulk transfers.
 
 use libp2p::swarm::NetworkBehaviour;
@@ -14,6 +14,7 @@ use libp2p::{
 use super::config::{NetConfig, NetLimits, TransportTuning};
 use super::error::{BoxError, NetError};
 use super::gossip;
+use super::ip_limits::IpLimits;
 
 /// Kademlia protocol name (Murmur's own DHT, not the IPFS one).
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/murmur/kad/1.0.0");
@@ -24,6 +25,7 @@ pub const IDENTIFY_VERSION: &str = "/murmur/1.0.0";
 #[derive(NetworkBehaviour)]
 pub(crate) struct NodeBehaviour {
     pub(crate) limits: connection_limits::Behaviour,
+    pub(crate) per_address: IpLimits,
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
     pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
@@ -104,6 +106,7 @@ pub(crate) fn build_swarm(
             let gossipsub = gossip::behaviour(key, &config.limits, &topic)?;
             Ok::<_, BoxError>(NodeBehaviour {
                 limits: connection_limits(&config.limits),
+                per_address: IpLimits::new(config.limits.max_inbound_per_address),
                 identify: identify(key),
                 ping: ping::Behaviour::new(ping::Config::new()),
                 kad: kademlia(key),

@@ -15,6 +15,9 @@ pub struct NetLimits {
     pub max_connections: u32,
     /// Most established connections per peer.
     pub max_connections_per_peer: u32,
+    /// Most established inbound connections from one IPv4 address or IPv6 /64 (relayed ones
+    /// not counted): one host cannot fill the connection table under many identities.
+    pub max_inbound_per_address: u32,
     /// Most pending (handshaking) incoming connections.
     pub max_pending_incoming: u32,
     /// Largest gossipsub message (an encoded `SignedEnvelope`), bytes.
@@ -49,6 +52,7 @@ impl Default for NetLimits {
         Self {
             max_connections: 256,
             max_connections_per_peer: 4,
+            max_inbound_per_address: 64,
             max_pending_incoming: 64,
             max_gossip_bytes: 16 * 1024,
             max_header_bytes: 64 * 1024,

@@ -18,6 +18,7 @@ mod events;
 pub mod gossip;
 mod handle;
 mod inbound;
+mod ip_limits;
 pub mod keys;
 mod open;
 mod peers;

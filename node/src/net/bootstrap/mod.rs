@@ -24,12 +24,14 @@ use super::behaviour::{
 };
 
 use super::error::NetError;
+use super::ip_limits::IpLimits;
 use super::start::listen_and_advertise;
 
 /// The bootstrap node's behaviour.
 #[derive(NetworkBehaviour)]
 pub(crate) struct BootstrapBehaviour {
     limits: connection_limits::Behaviour,
+    per_address: IpLimits,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     kad: kad::Behaviour<kad::store::MemoryStore>,
@@ -96,6 +98,7 @@ impl Bootstrap {
             .map_err(|e| NetError::transport("dns", e))?
             .with_behaviour(|key| BootstrapBehaviour {
                 limits: limits_behaviour(&config.limits),
+                per_address: IpLimits::new(config.limits.max_inbound_per_address),
                 identify: identify_behaviour(key),
                 ping: ping::Behaviour::new(ping::Config::new()),
                 kad: kademlia(key),
