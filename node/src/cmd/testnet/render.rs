@@ -26,6 +26,10 @@ pub(crate) struct NodeView {
     pub(crate) bytes_sent: u64,
     pub(crate) bytes_received: u64,
     pub(crate) merged: u64,
+    /// Merged deltas whose weight was clipped (a sender claimed more than its share).
+    pub(crate) capped: u64,
+    /// Averaging mass held at the last report.
+    pub(crate) mass: Option<f64>,
     pub(crate) rejected: u64,
     pub(crate) rejected_by_reason: Value,
     pub(crate) peers: u64,
@@ -83,6 +87,8 @@ impl NodeView {
                 self.bytes_sent = self.bytes_sent.max(u("bytes_sent").unwrap_or(0));
                 self.bytes_received = self.bytes_received.max(u("bytes_received").unwrap_or(0));
                 self.merged = self.merged.max(u("merged").unwrap_or(0));
+                self.capped = self.capped.max(u("capped").unwrap_or(0));
+                self.mass = f("mass").or(self.mass);
                 self.rejected = self.rejected.max(u("rejected").unwrap_or(0));
                 if let Some(r) = v.get("rejected_by_reason") {
                     self.rejected_by_reason = r.clone();
@@ -189,6 +195,8 @@ impl Summary {
                     "allreduce_equivalent_bytes": allreduce,
                     "communication_reduction": if v.bytes_sent > 0 { allreduce as f64 / v.bytes_sent as f64 } else { 0.0 },
                     "deltas_merged": v.merged,
+                    "deltas_capped": v.capped,
+                    "mass": v.mass,
                     "deltas_rejected": v.rejected,
                     "rejected_by_reason": v.rejected_by_reason,
                     "restarts": v.restarts,
