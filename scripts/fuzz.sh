@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../protocol"
 secs=${1:-60}
-for target in envelope codec framing; do
+for target in envelope codec framing pipeline; do
   echo "== fuzzing $target for ${secs}s"
   cargo +nightly fuzz run "$target" -- -max_total_time="$secs" -rss_limit_mb=2048 -max_len=70000
 done

@@ -54,10 +54,14 @@ impl TensorMeta {
         let n = self
             .elements()
             .filter(|n| n.checked_mul(4) == Some(payload.len()))
-            .ok_or(MessageError::BadRange {
+            .ok_or_else(|| MessageError::BadRange {
                 offset: 0,
                 len: payload.len() as u64,
-                total: self.elements().map_or(u64::MAX, |n| n as u64 * 4),
+                // A shape a peer declares may multiply out past any size (found by fuzzing:
+                // the plain product overflowed, a panic where overflow is checked).
+                total: self
+                    .elements()
+                    .map_or(u64::MAX, |n| (n as u64).saturating_mul(4)),
             })?;
         Ok(n)
     }
@@ -232,6 +236,23 @@ mod tests {
             Err(MessageError::PipeVersion(9))
         ));
         assert!(PipeHeader::from_bytes(&bytes[..5]).is_err());
+    }
+
+    /// Found by fuzzing: a shape whose byte size overflows `u64` panicked (overflow checks
+    /// are on in the dev profile the quick start builds) instead of being refused.
+    #[test]
+    fn a_shape_too_large_for_any_payload_is_refused_not_a_panic() {
+        let meta = TensorMeta {
+            kind: TensorKind::F32,
+            shape: vec![u32::MAX, u32::MAX],
+        };
+        assert!(matches!(
+            meta.check_payload(&[0; 16]),
+            Err(MessageError::BadRange {
+                total: u64::MAX,
+                ..
+            })
+        ));
     }
 
     #[test]
