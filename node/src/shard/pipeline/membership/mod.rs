@@ -56,6 +56,9 @@ pub(crate) const LOOK_GAP: Duration = Duration::from_millis(100);
 pub(crate) const PROBE_BUDGET: Duration = Duration::from_secs(25);
 /// Re-plans tolerated per run before giving up.
 pub(crate) const MAX_REPLANS: u32 = 8;
+/// Most epochs a plan notice may be ahead of the one this node runs or awaits: each re-plan,
+/// re-balance or join moves one epoch, and a node misses at most a few while it stops.
+pub(crate) const MAX_EPOCH_STEP: u64 = 16;
 
 /// Break reports kept for an epoch this node does not run yet.
 const BROKEN_KEPT: usize = 16;
@@ -265,12 +268,28 @@ impl Membership {
         match &mut self.phase {
             // A node about to issue the first plan takes a valid one that came first.
             Phase::Forming { .. } | Phase::Probing { .. } => self.adopt(notice),
-            Phase::Awaiting { epoch, .. } if notice.epoch >= *epoch => self.adopt(notice),
+            Phase::Awaiting { epoch, .. }
+                if notice.epoch >= *epoch
+                    && notice.epoch <= epoch.saturating_add(MAX_EPOCH_STEP) =>
+            {
+                self.adopt(notice)
+            }
             Phase::Running {
                 notice: running,
                 stopping,
                 ..
             } if notice.epoch > running.epoch => {
+                // Only a member of the running plan issues the next one (the re-planning
+                // survivor, the issuer re-balancing, the member planning a newcomer in), and
+                // epochs advance by small steps: a notice a stranger wrote itself into, or one
+                // that jumps far ahead (and would make every later honest notice look old),
+                // does not end the epoch.
+                if !running.is_member(&from)
+                    || notice.epoch > running.epoch.saturating_add(MAX_EPOCH_STEP)
+                {
+                    tracing::warn!(epoch = notice.epoch, running = running.epoch, peer = %from, "later plan notice refused: not from a member of the running plan, or too far ahead");
+                    return Vec::new();
+                }
                 tracing::info!(epoch = notice.epoch, peer = %from, "a later plan arrived");
                 if self.later.as_ref().is_none_or(|l| notice.epoch > l.epoch) {
                     self.later = Some(notice);

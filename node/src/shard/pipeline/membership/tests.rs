@@ -334,6 +334,48 @@ fn a_later_valid_plan_stops_the_stage_and_runs_once_it_stopped() {
     assert_eq!(m.replans(), 1);
 }
 
+/// Plan hijack: a stranger writes itself into a valid plan of a later epoch (the deterministic
+/// plan of the members it lists, itself among them). It is not a member of the running plan,
+/// so the running epoch goes on (before: the stage stopped and ran the stranger's plan).
+#[test]
+fn a_later_plan_from_outside_the_running_plan_is_refused() {
+    let rules = Rules::of(&config(3, 1));
+    let all = peers(4);
+    let ids: Vec<PeerId> = all[..3].to_vec();
+    let stranger = all[3];
+    let now = Instant::now();
+    let (mut m, _) = running(&rules, &ids, ids[1], now);
+    let members: Vec<(PeerId, Capacity)> = all.iter().map(|p| (*p, capacity(FAST))).collect();
+    let input = rules.plan_input(&members, Vec::new());
+    let hijack =
+        PlanNotice::compute(2, rules.placement, &all, input, rules.replicas).expect("a plan");
+    assert!(hijack.is_member(&stranger) && hijack.is_member(&ids[1]));
+    assert!(m.handle(notice_event(now, stranger, &hijack)).is_empty());
+    assert_eq!(m.running_epoch(), Some(1));
+    // The same plan from a member of the running one (a join planned in) is taken.
+    let out = m.handle(notice_event(now, ids[0], &hijack));
+    assert!(matches!(out[..], [Action::StopStage]), "{out:?}");
+}
+
+/// Epoch jump: a member's notice far ahead of the running epoch is refused (before: it ended
+/// the epoch, and every later honest notice then looked old).
+#[test]
+fn a_plan_far_ahead_of_the_running_epoch_is_refused() {
+    let rules = Rules::of(&config(3, 1));
+    let ids = peers(3);
+    let now = Instant::now();
+    let (mut m, first) = running(&rules, &ids, ids[2], now);
+    let mut jump = first.clone();
+    jump.epoch = 1 + MAX_EPOCH_STEP + 1;
+    assert!(m.handle(notice_event(now, ids[0], &jump)).is_empty());
+    jump.epoch = u64::MAX;
+    assert!(m.handle(notice_event(now, ids[0], &jump)).is_empty());
+    let mut next = first;
+    next.epoch = 1 + MAX_EPOCH_STEP;
+    let out = m.handle(notice_event(now, ids[0], &next));
+    assert!(matches!(out[..], [Action::StopStage]), "{out:?}");
+}
+
 #[test]
 fn a_stage_that_finishes_ends_the_run_even_with_a_stop_pending() {
     let rules = Rules::of(&config(2, 1));
