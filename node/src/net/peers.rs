@@ -87,6 +87,8 @@ struct Entry {
     dirty: bool,
     /// When the misbehaviour score was last raised (ms).
     scored_ms: u64,
+    /// When its last announcement was taken in (ms).
+    announced_ms: u64,
 }
 
 /// Live peer table.
@@ -96,6 +98,9 @@ pub(crate) struct PeerTable {
     /// Peers evicted since the last [`take_evicted`](Self::take_evicted) (for the peer book).
     evicted: Vec<PeerId>,
 }
+
+/// Shortest time between two announcements of one peer that are taken in (ms).
+pub(crate) const MIN_ANNOUNCEMENT_GAP_MS: u64 = 50;
 
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
@@ -204,7 +209,26 @@ impl PeerTable {
 
     /// Stores a validated announcement (and the addresses it lists).
     pub(crate) fn record_announcement(&mut self, peer: PeerId, announcement: &Announcement) {
+        self.record_announcement_at(peer, announcement, now_ms());
+    }
+
+    /// Whether an announcement of `peer` is taken in now: at most one per
+    /// [`MIN_ANNOUNCEMENT_GAP_MS`] (each wakes the membership, state-sync and re-balance
+    /// watches and dirties the peer book; honest peers announce at most every 100 ms).
+    pub(crate) fn announcement_due(&self, peer: &PeerId) -> bool {
+        self.announcement_due_at(peer, now_ms())
+    }
+
+    fn announcement_due_at(&self, peer: &PeerId, now_ms: u64) -> bool {
+        self.entries.get(peer).is_none_or(|e| {
+            e.announcement.is_none()
+                || now_ms.saturating_sub(e.announced_ms) >= MIN_ANNOUNCEMENT_GAP_MS
+        })
+    }
+
+    fn record_announcement_at(&mut self, peer: PeerId, announcement: &Announcement, now_ms: u64) {
         let entry = self.touch(peer);
+        entry.announced_ms = now_ms;
         entry.record.capacity = Some(StoredCapacity {
             samples_per_sec: f64::from(announcement.capacity.samples_per_sec),
             memory_bytes: announcement.capacity.memory_bytes,
@@ -332,6 +356,25 @@ mod tests {
     /// A score holds for an hour after the last offence (a ban lasts that long), then
     /// halves every hour (before: scores never decayed, so an honest peer that sent a few
     /// odd messages over a long run was banned for good).
+    /// Announcement flood: one peer's announcements closer than the gap are not taken in
+    /// (each would wake every watch of the peer book), one per gap is.
+    #[test]
+    fn announcements_closer_than_the_gap_are_not_taken_in() {
+        let mut table = PeerTable::default();
+        let peer = PeerId::random();
+        let announcement = info(true, Some(1), 1, 1.0).announcement.expect("announced");
+        assert!(table.announcement_due_at(&peer, 1_000));
+        table.record_announcement_at(peer, &announcement, 1_000);
+        for t in [1_000, 1_010, 1_000 + MIN_ANNOUNCEMENT_GAP_MS - 1] {
+            assert!(!table.announcement_due_at(&peer, t), "{t}");
+        }
+        assert!(table.announcement_due_at(&peer, 1_000 + MIN_ANNOUNCEMENT_GAP_MS));
+        assert!(
+            table.announcement_due_at(&PeerId::random(), 1_010),
+            "other peers are not held"
+        );
+    }
+
     #[test]
     fn misbehaviour_holds_then_decays() {
         let mut table = PeerTable::default();

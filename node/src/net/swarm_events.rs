@@ -123,7 +123,13 @@ impl EventLoop {
             &self.settings.run,
             self.settings.max_gossip_bytes,
         );
+        // A peer announcing faster than any honest one: not taken in, not passed on, not
+        // scored (its earlier announcement stands).
+        let flooding = verdict
+            .as_ref()
+            .is_ok_and(|r| !self.peers.announcement_due(&r.from));
         let acceptance = match &verdict {
+            Ok(_) if flooding => MessageAcceptance::Ignore,
             Ok(_) => MessageAcceptance::Accept,
             Err(_) => MessageAcceptance::Reject,
         };
@@ -132,6 +138,9 @@ impl EventLoop {
             .gossipsub
             .report_message_validation_result(&message_id, &propagation_source, acceptance);
         match verdict {
+            Ok(received) if flooding => {
+                tracing::debug!(peer = %received.from, "announcement too soon after the last; ignored");
+            }
             Ok(received) => {
                 self.peers
                     .record_announcement(received.from, &received.announcement);
