@@ -51,6 +51,16 @@ impl Admission {
             Admission::Closed(members) => members.contains(peer),
         }
     }
+
+    /// Whether the peer with libp2p id `peer` may take part (its key is in the id).
+    pub fn admits_peer(&self, peer: &libp2p::PeerId) -> bool {
+        match self {
+            Admission::Open => true,
+            Admission::Closed(members) => members
+                .iter()
+                .any(|key| crate::net::key_matches_peer(key, peer)),
+        }
+    }
 }
 
 /// The averaging engine could not produce a message.

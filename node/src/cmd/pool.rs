@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use libp2p::PeerId;
 use murmur_protocol::{PeerKey, PoolManifest, RunId, SignedManifest};
 
+use crate::averaging::Admission;
 use crate::identity::NodeIdentity;
 use crate::net::{now_ms, peer_key_of};
 
@@ -136,4 +137,21 @@ pub fn parse_peer(text: &str) -> anyhow::Result<PeerKey> {
     let public = libp2p::identity::PublicKey::try_decode_protobuf(multihash.digest())
         .with_context(|| format!("peer id {text} holds no valid public key"))?;
     peer_key_of(&public).with_context(|| format!("peer id {text} is not an ed25519 key"))
+}
+
+/// Who may take part: everyone, or the members of the `--pool` manifest at `pool`.
+pub(crate) fn admission(pool: Option<&Path>, run: &RunId) -> anyhow::Result<Admission> {
+    let Some(path) = pool else {
+        return Ok(Admission::Open);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the pool manifest {}", path.display()))?;
+    let signed = SignedManifest::from_text(&text)
+        .with_context(|| format!("parsing the pool manifest {}", path.display()))?;
+    let manifest = signed
+        .verify_for_run(run)
+        .with_context(|| format!("verifying the pool manifest {}", path.display()))?;
+    Ok(Admission::Closed(
+        manifest.members.iter().copied().collect(),
+    ))
 }

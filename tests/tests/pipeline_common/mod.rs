@@ -63,6 +63,7 @@ pub fn config(steps: u64, placement: Placement, slowdown: f64) -> PipelineConfig
         snapshot_every: 2,
         replicas: 1,
         average_every: 0,
+        admission: murmur_node::averaging::Admission::Open,
     }
 }
 

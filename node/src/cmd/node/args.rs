@@ -122,7 +122,8 @@ pub struct NodeArgs {
     /// Outer Nesterov momentum (with --outer) [default: 0.9].
     #[arg(long, env = "MURMUR_OUTER_MOMENTUM")]
     pub outer_momentum: Option<f32>,
-    /// Closed pool: only peers in this signed manifest may contribute or download state.
+    /// Closed pool: only peers in this signed manifest may contribute, download state or (with
+    /// --sharded) be planned into the pipeline.
     #[arg(long, env = "MURMUR_POOL")]
     pub pool: Option<PathBuf>,
 

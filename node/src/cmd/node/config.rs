@@ -167,6 +167,8 @@ pub struct ShardedConfig {
     pub average_every: u64,
     /// Silence after which a neighbour counts as gone.
     pub peer_deadline: Duration,
+    /// Closed pool manifest: only its members are planned in and heard.
+    pub pool: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -339,6 +341,7 @@ fn sharded(a: &NodeArgs) -> Result<ShardedConfig, ConfigError> {
         pipeline_replicas: replicas,
         average_every: a.average_every.unwrap_or(defaults::AVERAGE_EVERY),
         peer_deadline: seconds("--peer-deadline", deadline, 0.1, 86_400.0)?,
+        pool: a.pool.clone(),
     })
 }
 
@@ -451,7 +454,7 @@ mod tests {
 
     #[test]
     fn every_gossip_only_flag_is_refused_with_sharded() {
-        let given: [&[&str]; 17] = [
+        let given: [&[&str]; 16] = [
             &["--data-part", "0/2"],
             &["--eval-every", "10"],
             &["--target-accuracy", "0.9"],
@@ -465,7 +468,6 @@ mod tests {
             &["--outer"],
             &["--outer", "--outer-lr", "0.5"],
             &["--outer", "--outer-momentum", "0.5"],
-            &["--pool", "pool.manifest"],
             &["--checkpoint-every", "2"],
             &["--keep-checkpoints", "2"],
             &["--tamper", "flip"],
@@ -477,6 +479,20 @@ mod tests {
             refused(&sharded, "not used by --sharded");
             assert!(config(flags).is_ok(), "{flags:?}");
         }
+    }
+
+    /// A closed pool applies to pipelines too: `--pool` is taken with `--sharded`.
+    #[test]
+    fn a_pool_is_taken_in_both_modes() {
+        let sharded = config(&["--sharded", "--pool", "pool.manifest"]).expect("sharded pool");
+        let Mode::Sharded(s) = sharded.mode else {
+            panic!("not sharded");
+        };
+        assert_eq!(
+            s.pool.as_deref(),
+            Some(std::path::Path::new("pool.manifest"))
+        );
+        assert!(config(&["--pool", "pool.manifest"]).is_ok());
     }
 
     /// Butterfly takeover: in an open run a stranger could join a group and decide a part of

@@ -6,11 +6,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use murmur_models::{ModelSpec, TrainConfig, Trainer, select_device, spec_for};
-use murmur_protocol::{RunId, SignedManifest};
 
 use super::config::{CommonConfig, GossipConfig};
 use super::{report, run_model_fingerprint, stop_signal, u64_prefix};
-use crate::averaging::{Admission, AveragerConfig, ButterflyConfig, RobustConfig};
+use crate::averaging::{AveragerConfig, ButterflyConfig, RobustConfig};
 use crate::cmd::train::load_split;
 use crate::identity::NodeIdentity;
 use crate::session::replica::ModelReplica;
@@ -34,7 +33,7 @@ pub(super) async fn serve(
     averager.fanout = gossip.fanout;
     averager.robust = gossip.robust.then(RobustConfig::default);
     averager.outer = gossip.outer;
-    averager.admission = admission(gossip, &common.run)?;
+    averager.admission = crate::cmd::pool::admission(gossip.pool.as_deref(), &common.run)?;
     averager.butterfly = gossip.butterfly.map(|window| {
         ButterflyConfig {
             window,
@@ -107,21 +106,4 @@ fn trainer(
     };
     let trainer = Trainer::new(&spec, train, data.test, train_config, device)?;
     Ok((trainer, spec))
-}
-
-/// Who may contribute: everyone, or the members of the `--pool` manifest.
-fn admission(gossip: &GossipConfig, run: &RunId) -> anyhow::Result<Admission> {
-    let Some(path) = &gossip.pool else {
-        return Ok(Admission::Open);
-    };
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the pool manifest {}", path.display()))?;
-    let signed = SignedManifest::from_text(&text)
-        .with_context(|| format!("parsing the pool manifest {}", path.display()))?;
-    let manifest = signed
-        .verify_for_run(run)
-        .with_context(|| format!("verifying the pool manifest {}", path.display()))?;
-    Ok(Admission::Closed(
-        manifest.members.iter().copied().collect(),
-    ))
 }

@@ -5,7 +5,7 @@
 use super::args::NodeArgs;
 
 /// Flags only gossip averaging reads: refused with `--sharded`.
-pub const GOSSIP_ONLY: [&str; 17] = [
+pub const GOSSIP_ONLY: [&str; 16] = [
     "--data-part",
     "--eval-every",
     "--target-accuracy",
@@ -19,7 +19,6 @@ pub const GOSSIP_ONLY: [&str; 17] = [
     "--outer",
     "--outer-lr",
     "--outer-momentum",
-    "--pool",
     "--checkpoint-every",
     "--keep-checkpoints",
     "--tamper",
@@ -53,7 +52,6 @@ pub(super) fn gossip_flags_given(a: &NodeArgs) -> Vec<&'static str> {
         a.outer,
         a.outer_lr.is_some(),
         a.outer_momentum.is_some(),
-        a.pool.is_some(),
         a.checkpoint_every.is_some(),
         a.keep_checkpoints.is_some(),
         a.tamper.is_some(),

@@ -131,6 +131,7 @@ async fn pipeline_config(
         snapshot_every: sharded.snapshot_every,
         replicas: sharded.pipeline_replicas,
         average_every: sharded.average_every,
+        admission: crate::cmd::pool::admission(sharded.pool.as_deref(), &common.run)?,
     })
 }
 

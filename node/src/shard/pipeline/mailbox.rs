@@ -2,11 +2,13 @@
 //!
 //! The driver's [`Mailbox`] subscribes to the activation, gradient and control stream
 //! protocols, decodes and validates each header (a malformed one is logged and scored against
-//! its sender, never passed on), drops other runs' messages, and hands the rest on in arrival
+//! its sender, never passed on), drops other runs' messages (in a closed pool, refuses
+//! non-members' streams on their header), and hands the rest on in arrival
 //! order through one bounded channel. A stage's mailbox is fed by the driver with its epoch's
 //! messages (see [`Mailbox::for_stage`]).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use libp2p::PeerId;
 use murmur_protocol::RunId;
@@ -15,8 +17,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::PipelineError;
+use crate::averaging::Admission;
 use crate::errors::chain;
-use crate::net::{IncomingPayload, Network, PayloadKind};
+use crate::net::{self, IncomingPayload, Network, PayloadKind};
 
 /// Misbehaviour points for a malformed pipeline header.
 const MALFORMED_POINTS: u32 = 10;
@@ -42,8 +45,13 @@ pub(crate) struct Mailbox {
 }
 
 impl Mailbox {
-    /// Subscribes to the pipeline protocols of `net` for `run`.
-    pub(crate) fn open(net: &Network, run: RunId) -> Result<Self, PipelineError> {
+    /// Subscribes to the pipeline protocols of `net` for `run`; in a closed pool, streams
+    /// from peers outside `admission` are refused on their header, before their payloads.
+    pub(crate) fn open(
+        net: &Network,
+        run: RunId,
+        admission: &Admission,
+    ) -> Result<Self, PipelineError> {
         let (tx, rx) = mpsc::channel(64);
         let mut readers = JoinSet::new();
         for kind in [
@@ -51,7 +59,20 @@ impl Mailbox {
             PayloadKind::Gradients,
             PayloadKind::Control,
         ] {
-            let incoming = net.subscribe_payloads(kind)?;
+            let incoming = match admission {
+                Admission::Open => net.subscribe_payloads(kind)?,
+                Admission::Closed(_) => {
+                    let pool = admission.clone();
+                    let members: net::Admission = Arc::new(move |peer, _header| {
+                        if pool.admits_peer(peer) {
+                            Ok(())
+                        } else {
+                            Err("not_member".to_owned())
+                        }
+                    });
+                    net.subscribe_payloads_admitting(kind, members)?
+                }
+            };
             readers.spawn(forward(net.clone(), run, incoming, tx.clone()));
         }
         Ok(Self {

@@ -47,6 +47,7 @@ pub use averaging::AveragingReport;
 pub use driver::run;
 
 use super::planner::{Plan, PlanError};
+use crate::averaging::Admission;
 use crate::net::{NetError, TransferError};
 
 /// How stages are placed on the members.
@@ -102,6 +103,9 @@ pub struct PipelineConfig {
     /// With several replicas, the holders of a range gossip-average it every this many steps
     /// (0: never, the chains train independently).
     pub average_every: u64,
+    /// Who may take part: anyone, or a closed pool's members (only they are planned in, and
+    /// pipeline streams from others are refused on their header).
+    pub admission: Admission,
 }
 
 impl PipelineConfig {

@@ -61,7 +61,7 @@ pub async fn run(
     progress: watch::Sender<StageProgress>,
 ) -> Result<PipelineReport, PipelineError> {
     config.validate()?;
-    let mailbox = Mailbox::open(&net, config.run)?;
+    let mailbox = Mailbox::open(&net, config.run, &config.admission)?;
     let measured = measure(&config).await?;
     let averaging = if config.replicas > 1 && config.average_every > 0 {
         let seed = config.train.seed

@@ -10,6 +10,7 @@ use murmur_protocol::{ModelFingerprint, RunId};
 
 use super::super::notice::{PlanNotice, decode_notice};
 use super::super::{PipelineConfig, PipelineError, Placement};
+use crate::averaging::Admission;
 use crate::net::PeerInfo;
 use crate::shard::capacity::Capacity;
 use crate::shard::planner::{Link, LinkSpec, MemoryModel, PeerCapacity, PlanInput, PlanStage};
@@ -58,6 +59,8 @@ pub(crate) struct Rules {
     pub stages: Vec<PlanStage>,
     /// What the planner assumes of each stage's memory.
     pub memory: MemoryModel,
+    /// Who may be planned in: anyone, or a closed pool's members.
+    pub admission: Admission,
 }
 
 impl Rules {
@@ -82,6 +85,7 @@ impl Rules {
             form_timeout: config.form_timeout,
             replans: config.snapshot_every > 0,
             stages,
+            admission: config.admission.clone(),
             memory: MemoryModel {
                 state_multiplier: 4,
                 micro_batch_samples: config.micro_samples().max(1) as u64,
@@ -91,12 +95,13 @@ impl Rules {
     }
 
     /// Connected or recently announced (`now_ms`) peers announcing this run and model with a
-    /// measured capacity. Announcements reach every member through the gossip mesh; a member
+    /// measured capacity (in a closed pool, its members only). Announcements reach every member through the gossip mesh; a member
     /// not (yet) connected directly is dialled when the plan is sent.
     pub(crate) fn candidates(&self, peers: &[PeerInfo], now_ms: u64) -> Vec<(PeerId, Capacity)> {
         peers
             .iter()
             .filter(|p| p.connected || now_ms.saturating_sub(p.last_seen_ms) < RECENT_MS)
+            .filter(|p| self.admission.admits_peer(&p.peer_id))
             .filter_map(|p| {
                 let a = p.announcement.as_ref()?;
                 let usable = a.run == self.run
@@ -237,6 +242,15 @@ impl Rules {
         if !notice.is_member(&me) {
             return Err(PipelineError::Protocol(
                 "this node is not a listed member".into(),
+            ));
+        }
+        if !notice
+            .member_ids()
+            .iter()
+            .all(|m| self.admission.admits_peer(m))
+        {
+            return Err(PipelineError::Protocol(
+                "the plan lists a peer outside the pool".into(),
             ));
         }
         let again = PlanNotice::compute(

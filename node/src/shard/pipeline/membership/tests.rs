@@ -37,6 +37,7 @@ fn config(members: usize, replicas: u32) -> PipelineConfig {
         snapshot_every: 2,
         replicas,
         average_every: 0,
+        admission: crate::averaging::Admission::Open,
     }
 }
 
@@ -374,6 +375,57 @@ fn a_plan_far_ahead_of_the_running_epoch_is_refused() {
     next.epoch = 1 + MAX_EPOCH_STEP;
     let out = m.handle(notice_event(now, ids[0], &next));
     assert!(matches!(out[..], [Action::StopStage]), "{out:?}");
+}
+
+/// The rules of a closed pool whose members are `members`.
+fn pool_rules(members: &[PeerId]) -> Rules {
+    let keys = (1..=8u8)
+        .map(|seed| {
+            libp2p::identity::Keypair::ed25519_from_bytes([seed; 32])
+                .expect("a valid ed25519 secret")
+                .public()
+        })
+        .filter(|public| members.contains(&public.to_peer_id()))
+        .filter_map(|public| crate::net::peer_key_of(&public))
+        .collect();
+    let mut config = config(3, 1);
+    config.admission = crate::averaging::Admission::Closed(keys);
+    Rules::of(&config)
+}
+
+/// In a closed pool a stranger announcing the run (even the fastest peer) is never a
+/// candidate, and a plan that lists it is refused.
+#[test]
+fn a_closed_pool_plans_only_its_members() {
+    let all = peers(4);
+    let (members, stranger) = (&all[..3], all[3]);
+    let rules = pool_rules(members);
+    let world: Vec<PeerInfo> = all
+        .iter()
+        .map(|p| {
+            announcing(
+                &rules,
+                *p,
+                true,
+                0,
+                if *p == stranger { 10.0 * FAST } else { FAST },
+            )
+        })
+        .collect();
+    let candidates: Vec<PeerId> = rules
+        .candidates(&world, WALL)
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(candidates, members.to_vec());
+    // The lowest member issues a plan with the stranger in it: the others refuse it.
+    let open = Rules::of(&config(3, 1));
+    let with_stranger: Vec<(PeerId, f64)> = all.iter().map(|p| (*p, FAST)).collect();
+    let notice = first_plan(&open, &with_stranger);
+    let now = Instant::now();
+    let (mut m, _) = Membership::new(members[1], capacity(FAST), rules, now);
+    let out = m.handle(notice_event(now, members[0], &notice));
+    assert_eq!(started(&out), None, "{out:?}");
 }
 
 #[test]
