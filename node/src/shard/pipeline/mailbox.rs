@@ -140,3 +140,66 @@ async fn forward(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use murmur_protocol::RunId;
+
+    use super::Mailbox;
+    use crate::averaging::Admission;
+    use crate::identity::NodeIdentity;
+    use crate::net::{NetConfig, Network, PayloadKind, TransferError};
+
+    async fn node(seed: u8, run: RunId) -> Network {
+        let identity = NodeIdentity::from_secret([seed; 32]).expect("identity");
+        let (net, _events) = Network::start(identity.keypair(), NetConfig::loopback(run), None)
+            .await
+            .expect("network");
+        net
+    }
+
+    /// A closed pool's pipeline refuses a non-member's stream on its header: the sender is
+    /// told `not_member` and its payload is never read (before: `--pool` was refused with
+    /// `--sharded`, and anyone's pipeline messages were read).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closed_pool_refuses_a_non_members_pipeline_stream_on_its_header() {
+        let run = RunId::from_name("mailbox-pool");
+        let member = NodeIdentity::from_secret([2; 32]).expect("identity");
+        let pool = Admission::Closed([member.peer_key()].into());
+        let receiver = node(1, run).await;
+        let _mailbox = Mailbox::open(&receiver, run, &pool).expect("mailbox");
+        let outsider = node(3, run).await;
+        let addrs = receiver.listen_addrs().await.expect("addrs");
+        let addr = addrs[0]
+            .clone()
+            .with(libp2p::multiaddr::Protocol::P2p(receiver.local_peer_id()));
+        outsider.dial(addr).await.expect("dial");
+        let to = receiver.local_peer_id();
+        let mut outcome = None;
+        for _ in 0..50 {
+            let sent = tokio::time::timeout(
+                Duration::from_secs(10),
+                outsider.send_payload(to, PayloadKind::Control, b"header", &[0; 1024]),
+            )
+            .await
+            .expect("a send ends within 10 s");
+            match sent {
+                Err(TransferError::Open { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => {
+                    outcome = Some(other);
+                    break;
+                }
+            }
+        }
+        assert!(
+            matches!(&outcome, Some(Err(TransferError::Refused(r))) if r == "not_member"),
+            "{outcome:?}"
+        );
+        outsider.shutdown().await;
+        receiver.shutdown().await;
+    }
+}
