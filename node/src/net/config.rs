@@ -37,7 +37,8 @@ pub struct NetLimits {
     pub transfer_base_timeout: Duration,
     /// Slowest acceptable transfer rate (bytes/s); the deadline grows with size at this rate.
     pub min_transfer_rate: u64,
-    /// A transfer that makes no progress for this long fails with `TransferError::Stalled`.
+    /// A transfer that moves less than 16 KiB (either way) within this long fails with
+    /// `TransferError::Stalled` (one byte now and then does not keep a stream alive).
     pub stall_timeout: Duration,
     /// Capacity of the command channel into the swarm task.
     pub command_queue: usize,
