@@ -20,7 +20,7 @@ pub mod replay;
 
 use std::collections::BTreeSet;
 
-use murmur_protocol::{CodecError, MessageError, PeerKey};
+use murmur_protocol::{CodecError, DeltaHeader, MessageError, ModelFingerprint, PeerKey, RunId};
 
 pub use butterfly::{Butterfly, ButterflyConfig};
 pub use engine::{
@@ -61,6 +61,37 @@ impl Admission {
                 .any(|key| crate::net::key_matches_peer(key, peer)),
         }
     }
+}
+
+/// The checks every signed delta or part header passes before anything else: the signer is
+/// the peer that opened the stream, and the header is for this run, this model and (in a
+/// closed pool) from a member.
+pub(crate) fn check_origin(
+    signer: &PeerKey,
+    sender: &libp2p::PeerId,
+    body: &DeltaHeader,
+    (run, model): (&RunId, &ModelFingerprint),
+    admission: &Admission,
+) -> Result<(), Rejection> {
+    if !crate::net::key_matches_peer(signer, sender) {
+        return Err(Rejection::SignerMismatch);
+    }
+    if body.run != *run {
+        return Err(Rejection::WrongRun);
+    }
+    if body.model != *model {
+        return Err(Rejection::WrongModel);
+    }
+    if !admission.admits(signer) {
+        return Err(Rejection::NotMember);
+    }
+    Ok(())
+}
+
+/// Whether a delta or part made at `base_round` is more than `max_lead` rounds ahead of a
+/// clock at `round` (its sender's choice: it never moves the clock that far).
+pub(crate) fn beyond_lead(base_round: u64, round: u64, max_lead: u64) -> bool {
+    base_round > round.saturating_add(max_lead)
 }
 
 /// The averaging engine could not produce a message.

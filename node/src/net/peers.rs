@@ -353,9 +353,6 @@ mod tests {
         assert_eq!(links[0].bytes_per_sec, 250_000_000);
     }
 
-    /// A score holds for an hour after the last offence (a ban lasts that long), then
-    /// halves every hour (before: scores never decayed, so an honest peer that sent a few
-    /// odd messages over a long run was banned for good).
     /// Announcement flood: one peer's announcements closer than the gap are not taken in
     /// (each would wake every watch of the peer book), one per gap is.
     #[test]
@@ -375,6 +372,9 @@ mod tests {
         );
     }
 
+    /// A score holds for an hour after the last offence (a ban lasts that long), then
+    /// halves every hour (before: scores never decayed, so an honest peer that sent a few
+    /// odd messages over a long run was banned for good).
     #[test]
     fn misbehaviour_holds_then_decays() {
         let mut table = PeerTable::default();

@@ -7,7 +7,7 @@ use murmur_protocol::{Digest, PartHeader, PartPhase};
 
 use super::round::Round;
 use super::{Butterfly, MAX_ROUND_LEAD, Received};
-use crate::averaging::Rejection;
+use crate::averaging::{Rejection, beyond_lead};
 
 /// A part received for a round this node has not started: checked, not decoded yet.
 #[derive(Debug)]
@@ -38,7 +38,7 @@ impl Butterfly {
     ) -> Result<Received, Rejection> {
         let part = self.signer.open(peer, header, self.total)?;
         let round = part.body.base_round;
-        if round > self.next_round(own_round).saturating_add(MAX_ROUND_LEAD) {
+        if beyond_lead(round, self.next_round(own_round), MAX_ROUND_LEAD) {
             return Err(Rejection::Stale);
         }
         if part.phase == PartPhase::Result

@@ -450,3 +450,57 @@ fn a_member_declaring_a_huge_weight_moves_each_part_a_bounded_share() {
         );
     }
 }
+
+/// Outsider flood: peers outside the group whose slices match this node's part are taken in
+/// (views of the group differ for a moment), but no more of them than the group has members,
+/// so what one round holds stays bounded (before: every one was kept until the round ended).
+#[test]
+fn slices_from_outside_the_group_are_bounded_by_its_size() {
+    let len = 64;
+    let anchor = vec![0.0; len];
+    let (me, member) = (PeerId::random(), PeerId::random());
+    let mut group = vec![me, member];
+    group.sort_by_key(PeerId::to_string);
+    let mine = group.iter().position(|p| *p == me).expect("in the group");
+    let range = wire::split(len, group.len())[mine].clone();
+    let mut round = Round::new(
+        5,
+        group.clone(),
+        me,
+        vec![0.0; len],
+        1.0,
+        Duration::from_secs(4),
+    );
+    let payload = vec![0u8; range.len() * 4];
+    let digest = Digest::of(&payload);
+    let part = murmur_protocol::PartHeader {
+        body: murmur_protocol::DeltaHeader {
+            run: RunId::from_name("butterfly"),
+            model: ModelFingerprint([3; 32]),
+            peer: murmur_protocol::PeerKey([9; 32]),
+            base_round: 5,
+            local_steps: 1,
+            samples: 1,
+            weight: 1.0,
+            codec: Codec::RawF32,
+            element_count: range.len() as u64,
+            payload_len: payload.len() as u64,
+            payload_digest: digest,
+            timestamp_ms: 0,
+        },
+        phase: PartPhase::Contribution,
+        offset: range.start as u64,
+        total_elements: len as u64,
+        members: 0,
+    };
+    let mut take = |from: &PeerId| round.collect(from, &part, &payload, &digest, &anchor);
+    for _ in 0..group.len() {
+        assert_eq!(
+            take(&PeerId::random()),
+            Ok(()),
+            "an outsider within the bound"
+        );
+    }
+    assert_eq!(take(&PeerId::random()), Err(Rejection::Overloaded));
+    assert_eq!(take(&member), Ok(()), "a member's slice is always taken");
+}

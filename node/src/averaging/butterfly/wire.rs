@@ -7,8 +7,7 @@ use murmur_protocol::{
     PeerKey, RunId, SignedEnvelope, envelope::MAX_ENVELOPE_BYTES,
 };
 
-use crate::averaging::{Admission, AveragingError, Rejection};
-use crate::net::key_matches_peer;
+use crate::averaging::{Admission, AveragingError, Rejection, check_origin};
 
 /// A part ready to be pushed to `peer` on the part stream protocol.
 #[derive(Debug, Clone)]
@@ -131,18 +130,8 @@ impl Signer {
         let Message::Part(part) = message else {
             return Err(Rejection::NotADelta);
         };
-        if !key_matches_peer(&signer, sender) {
-            return Err(Rejection::SignerMismatch);
-        }
-        if part.body.run != self.run {
-            return Err(Rejection::WrongRun);
-        }
-        if part.body.model != self.model {
-            return Err(Rejection::WrongModel);
-        }
-        if !self.admission.admits(&signer) {
-            return Err(Rejection::NotMember);
-        }
+        let origin = (&self.run, &self.model);
+        check_origin(&signer, sender, &part.body, origin, &self.admission)?;
         if part.total_elements != total as u64 || part.body.codec != self.codec {
             return Err(Rejection::BadPayload);
         }

@@ -13,7 +13,7 @@ use murmur_protocol::{CodecError, Digest};
 
 use super::gate::open_header;
 use super::{Averager, Candidate};
-use crate::averaging::Rejection;
+use crate::averaging::{Rejection, beyond_lead};
 
 impl Averager {
     /// Checks a received delta and queues it for the next sync. Every refusal is counted.
@@ -121,7 +121,7 @@ impl Averager {
     /// How many rounds a delta made at `base_round` lags this node's clock (0 while not
     /// training: then nothing is stale); refused when too stale or too far ahead.
     fn lag(&self, base_round: u64) -> Result<u64, Rejection> {
-        if base_round > self.round.saturating_add(self.config.max_lead) {
+        if beyond_lead(base_round, self.round, self.config.max_lead) {
             return Err(Rejection::TooFarAhead);
         }
         let lag = if self.training {

@@ -18,8 +18,7 @@ use murmur_protocol::envelope::MAX_ENVELOPE_BYTES;
 use murmur_protocol::{DeltaHeader, Message, PeerKey, SignedEnvelope};
 
 use super::AveragerConfig;
-use crate::averaging::Rejection;
-use crate::net::key_matches_peer;
+use crate::averaging::{Rejection, beyond_lead, check_origin};
 
 /// Refusals queued for the training thread, at most (more are only logged).
 const MAX_QUEUED: usize = 1024;
@@ -63,12 +62,8 @@ impl DeltaGate {
 
     fn judge(&self, peer: &PeerId, header: &[u8]) -> Result<(), Rejection> {
         let (_, h) = open_header(&self.config, peer, header)?;
-        if h.base_round
-            > self
-                .round
-                .load(Ordering::Acquire)
-                .saturating_add(self.config.max_lead)
-        {
+        let round = self.round.load(Ordering::Acquire);
+        if beyond_lead(h.base_round, round, self.config.max_lead) {
             return Err(Rejection::TooFarAhead);
         }
         if h.element_count != self.elements
@@ -110,17 +105,7 @@ pub(super) fn open_header(
     let Message::Delta(h) = message else {
         return Err(Rejection::NotADelta);
     };
-    if !key_matches_peer(&signer, sender) {
-        return Err(Rejection::SignerMismatch);
-    }
-    if h.run != config.run {
-        return Err(Rejection::WrongRun);
-    }
-    if h.model != config.model {
-        return Err(Rejection::WrongModel);
-    }
-    if !config.admission.admits(&signer) {
-        return Err(Rejection::NotMember);
-    }
+    let origin = (&config.run, &config.model);
+    check_origin(&signer, sender, &h, origin, &config.admission)?;
     Ok((signer, h))
 }

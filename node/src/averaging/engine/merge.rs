@@ -85,10 +85,14 @@ impl Averager {
                 let others: Vec<&[f32]> = accepted.iter().map(|c| c.values.as_slice()).collect();
                 let reference = self.distance_history.median();
                 // Distances enter the clipping radius's history clamped to the node's own
-                // distance from the anchor, for the same reason as the norms above.
-                for other in &others {
-                    let distance = mixing::l2_distance(params, other);
-                    self.distance_history.push(distance.min(own_norm));
+                // distance from the anchor, for the same reason as the norms above (none
+                // while the node sits on the anchor: zeros would clip every later candidate
+                // to nothing).
+                if own_norm > 0.0 {
+                    for other in &others {
+                        let distance = mixing::l2_distance(params, other);
+                        self.distance_history.push(distance.min(own_norm));
+                    }
                 }
                 mixing::robust_aggregate(params, &others, robust, reference);
                 self.set_mass(self.mass + accepted.iter().map(|c| c.mass).sum::<f64>());
