@@ -2,7 +2,8 @@
 //! `murmur testnet --malicious`. The trusted averaging engine knows nothing of it: the
 //! adversary rewrites each delta after the engine made it — decodes the payload, corrupts the
 //! model change, re-encodes it and signs a new header — so what honest nodes receive is a
-//! validly signed delta of a corrupted model, exactly what a hostile peer could send.
+//! validly signed delta of a corrupted model, exactly what a hostile peer could send. The
+//! session asks it, too, what round to announce and what state to serve a late joiner.
 
 use std::fmt;
 use std::str::FromStr;
@@ -28,10 +29,22 @@ pub enum Tamper {
     /// Claim a round far ahead (2⁴⁰ rounds), to drag receivers' round clocks there and make
     /// every honest delta stale.
     RoundJump,
+    /// Send each (sign-flipped) delta [`REPLAY_ROUNDS`] times re-signed for the following
+    /// rounds, and each of those twice byte for byte: a flood of valid deltas to take many
+    /// places in the receivers' queues and be merged many times.
+    ReplayFlood,
+    /// Late-join capture: average honestly, but announce a round [`CAPTURE_LEAD`] ahead (far
+    /// enough for newcomers to download from it, within the lead bound) and serve late
+    /// joiners a poisoned state (the model sign-flipped).
+    LateJoinCapture,
 }
 
 /// How far ahead a [`Tamper::RoundJump`] delta claims to be.
 const ROUND_JUMP: u64 = 1 << 40;
+/// How many rounds a [`Tamper::ReplayFlood`] delta is re-signed for.
+pub const REPLAY_ROUNDS: u64 = 8;
+/// How far ahead of its true round a [`Tamper::LateJoinCapture`] node claims to be.
+pub const CAPTURE_LEAD: u64 = 32;
 
 impl Tamper {
     /// Applies a corruption of the model change (the header-only kinds leave it alone, except
@@ -39,9 +52,9 @@ impl Tamper {
     pub fn apply(self, values: &mut [f32]) {
         let factor = match self {
             Tamper::Scale(s) => s,
-            Tamper::Flip => -1.0,
+            Tamper::Flip | Tamper::ReplayFlood => -1.0,
             Tamper::Weight => 0.0,
-            Tamper::RoundJump => return,
+            Tamper::RoundJump | Tamper::LateJoinCapture => return,
         };
         for v in values {
             *v *= factor;
@@ -53,7 +66,25 @@ impl Tamper {
         match self {
             Tamper::Weight => header.weight = f64::MAX,
             Tamper::RoundJump => header.base_round = header.base_round.saturating_add(ROUND_JUMP),
-            Tamper::Scale(_) | Tamper::Flip => {}
+            Tamper::Scale(_) | Tamper::Flip | Tamper::ReplayFlood | Tamper::LateJoinCapture => {}
+        }
+    }
+
+    /// The round a node at `round` announces.
+    pub fn announced_round(self, round: u64) -> u64 {
+        match self {
+            Tamper::LateJoinCapture => round.saturating_add(CAPTURE_LEAD),
+            _ => round,
+        }
+    }
+
+    /// Corrupts the state (`round`, `params`) a node serves to late joiners.
+    pub fn serve_state(self, round: &mut u64, params: &mut [f32]) {
+        if self == Tamper::LateJoinCapture {
+            *round = self.announced_round(*round);
+            for v in params {
+                *v = -*v;
+            }
         }
     }
 }
@@ -65,6 +96,8 @@ impl fmt::Display for Tamper {
             Tamper::Flip => f.write_str("flip"),
             Tamper::Weight => f.write_str("weight"),
             Tamper::RoundJump => f.write_str("round-jump"),
+            Tamper::ReplayFlood => f.write_str("replay-flood"),
+            Tamper::LateJoinCapture => f.write_str("late-join-capture"),
         }
     }
 }
@@ -77,13 +110,18 @@ impl FromStr for Tamper {
             "flip" => Ok(Tamper::Flip),
             "weight" => Ok(Tamper::Weight),
             "round-jump" => Ok(Tamper::RoundJump),
+            "replay-flood" => Ok(Tamper::ReplayFlood),
+            "late-join-capture" => Ok(Tamper::LateJoinCapture),
             _ => s
                 .strip_prefix("scale:")
                 .and_then(|f| f.parse::<f32>().ok())
                 .filter(|f| f.is_finite())
                 .map(Tamper::Scale)
                 .ok_or_else(|| {
-                    format!("bad tamper mode {s:?}: expected flip, scale:F, weight or round-jump")
+                    format!(
+                        "bad tamper mode {s:?}: expected flip, scale:F, weight, round-jump, \
+                         replay-flood or late-join-capture"
+                    )
                 }),
         }
     }
@@ -120,8 +158,42 @@ impl Adversary {
         Self { tamper, key }
     }
 
-    /// The corrupted version of `outgoing` (same round, recipients' mass and codec).
-    pub fn corrupt(&self, outgoing: &Outgoing) -> Result<Outgoing, AdversaryError> {
+    /// What goes on the wire instead of `outgoing`: its corrupted version first (same round,
+    /// recipients' mass and codec), then any extra copies the attack sends after it.
+    pub fn corrupt(&self, outgoing: &Outgoing) -> Result<Vec<Outgoing>, AdversaryError> {
+        let first = self.corrupt_one(outgoing)?;
+        if self.tamper != Tamper::ReplayFlood {
+            return Ok(vec![first]);
+        }
+        let mut wires = vec![first.clone(), first.clone()];
+        for ahead in 1..REPLAY_ROUNDS {
+            let copy = self.resign(&first, |h| {
+                h.base_round = h.base_round.saturating_add(ahead)
+            })?;
+            wires.extend([copy.clone(), copy]);
+        }
+        Ok(wires)
+    }
+
+    /// `outgoing` with its header changed by `change` and signed again.
+    fn resign(
+        &self,
+        outgoing: &Outgoing,
+        change: impl FnOnce(&mut DeltaHeader),
+    ) -> Result<Outgoing, AdversaryError> {
+        let (_, message) = SignedEnvelope::open_bytes(&outgoing.header, MAX_ENVELOPE_BYTES)?;
+        let Message::Delta(mut header) = message else {
+            return Err(AdversaryError::NotADelta);
+        };
+        change(&mut header);
+        let envelope = SignedEnvelope::sign(&self.key, &Message::Delta(header))?;
+        Ok(Outgoing {
+            header: envelope.to_bytes(),
+            ..outgoing.clone()
+        })
+    }
+
+    fn corrupt_one(&self, outgoing: &Outgoing) -> Result<Outgoing, AdversaryError> {
         let (_, message) = SignedEnvelope::open_bytes(&outgoing.header, MAX_ENVELOPE_BYTES)?;
         let Message::Delta(mut header) = message else {
             return Err(AdversaryError::NotADelta);

@@ -153,7 +153,7 @@ fn a_scaled_model_is_refused_as_an_outlier_when_merged() {
     let (plain, attacker) = delta_from(3, 1.0, |_| {});
     // The attacker's own, validly signed delta of a model scaled ×100.
     let adversary = Adversary::new(Tamper::Scale(100.0), identity(3).signing_key().clone());
-    let scaled = adversary.corrupt(&plain).expect("corrupted");
+    let scaled = adversary.corrupt(&plain).expect("corrupted").remove(0);
     // Both pass the checks on arrival: the norm is judged against the own model at a merge.
     assert_eq!(
         receiver.receive(&from, &honest.header, &honest.payload),

@@ -1,10 +1,12 @@
-//! A node that joins late downloads the current model state from a peer (digest-checked,
-//! range by range), jumps to its round, and reaches the accuracy of the others.
+//! A node that joins late downloads the current model state from its peers (digest-checked,
+//! range by range), adopts what independent peers agree on, jumps to its round, and reaches
+//! the accuracy of the others — and a peer serving a poisoned state does not capture it.
 
 mod train_common;
 
 use std::time::Duration;
 
+use murmur_node::adversary::Tamper;
 use train_common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,5 +112,69 @@ async fn a_late_joiner_adopts_the_state_and_reaches_the_others_accuracy() {
             .is_some_and(|r| r + 8 >= leader_round),
         "the late joiner downloaded a peer's state: {:?}",
         status.worker.adopted_round
+    );
+}
+
+/// Late-join capture: beside two honest leaders, a peer that averages honestly but announces
+/// a round 32 ahead (within the lead bound, so a newcomer asks it first) and serves a
+/// sign-flipped model. The newcomer downloads from all three and adopts only what the two
+/// independent leaders agree on; before the cross-check it adopted the highest round's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_is_not_captured_by_a_peer_serving_a_poisoned_state() {
+    let budget = 600;
+    let mut early = Vec::new();
+    let mut bootstrap = Vec::new();
+    for i in 0..3u8 {
+        let (replica, anchor, model) = digits_replica(usize::from(i), 3, budget);
+        let mut cfg = config(model, &bootstrap, worker(10, budget, u64::from(i)));
+        if i == 2 {
+            cfg.tamper = Some(Tamper::LateJoinCapture);
+        }
+        let session = start(110 + i, None, replica, anchor, cfg).await;
+        if i == 0 {
+            bootstrap.push(addr(&session).await);
+        }
+        early.push(session);
+    }
+    let leaders: Vec<_> = early.iter().take(2).collect();
+    let progressed = wait_all(&leaders, Duration::from_secs(40), |s| {
+        s.worker.round >= 30 && accuracy(s) >= 0.9
+    })
+    .await;
+    assert!(progressed, "the leaders make progress");
+    let (honest, attacker) = (
+        [identity(110).peer_id(), identity(111).peer_id()],
+        identity(112).peer_id(),
+    );
+
+    let (replica, anchor, model) = digits_replica(0, 3, 30);
+    let cfg = config(model, &bootstrap, worker(10, 30, 3));
+    let late = start(113, None, replica, anchor, cfg).await;
+    let joined = wait_all(&[&late], Duration::from_secs(30), |s| {
+        s.worker.adopted_round.is_some()
+    })
+    .await;
+    let status = late.status().borrow().clone();
+    let _ = tokio::time::timeout(Duration::from_secs(15), late.stop()).await;
+    let finals = stop_all(early).await;
+    assert!(joined, "the late joiner adopted a state: {status:?}");
+    assert!(
+        !status.worker.adopted_from.contains(&attacker),
+        "captured by the poisoned state: adopted from {:?}",
+        status.worker.adopted_from
+    );
+    let mut from = status.worker.adopted_from.clone();
+    from.sort();
+    let mut expected = honest.to_vec();
+    expected.sort();
+    assert_eq!(from, expected, "adopted what the two leaders agree on");
+    assert!(
+        accuracy(&status) >= 0.85,
+        "the adopted state is the leaders' trained model: accuracy {}",
+        accuracy(&status)
+    );
+    assert!(
+        finals.iter().all(|f| f.worker.adopted_from.is_empty() || !f.worker.adopted_from.contains(&attacker)),
+        "no leader adopted the poisoned state either"
     );
 }

@@ -99,12 +99,16 @@ impl Default for RobustConfig {
 /// clipped to `clip_multiple × reference` around `own` (`reference`: a typical honest
 /// distance, e.g. the median of recently accepted distances; the median of this batch's
 /// distances when `None`), then each coordinate is the mean of the candidates left after
-/// trimming the extremes. Returns how many candidates were clipped.
+/// trimming the extremes. The peers that sent nothing this time count as the own model
+/// (`voters`: how many models the node expects, itself included; at least the candidates):
+/// so one sender moves the model by at most `1 / voters` of the clipping radius, however
+/// few deltas arrived together. Returns how many candidates were clipped.
 pub fn robust_aggregate(
     own: &mut [f32],
     others: &[&[f32]],
     config: RobustConfig,
     reference: Option<f64>,
+    voters: usize,
 ) -> usize {
     if others.is_empty() {
         return 0;
@@ -123,7 +127,8 @@ pub fn robust_aggregate(
             }
         })
         .collect();
-    let n = others.len() + 1;
+    let n = voters.max(others.len() + 1);
+    let absent = n - others.len() - 1;
     let trim = if n >= 3 {
         ((n as f64 * config.trim_fraction).floor() as usize).clamp(1, (n - 1) / 2)
     } else {
@@ -132,7 +137,7 @@ pub fn robust_aggregate(
     let mut column = Vec::with_capacity(n);
     for (i, x) in own.iter_mut().enumerate() {
         column.clear();
-        column.push(*x);
+        column.extend(std::iter::repeat_n(*x, absent + 1));
         for (other, scale) in others.iter().zip(&scales) {
             column.push(*x + scale * (other[i] - *x));
         }
@@ -284,11 +289,32 @@ mod tests {
             .map(Vec::as_slice)
             .chain([scaled.as_slice(), flipped.as_slice()])
             .collect();
-        let clipped = robust_aggregate(&mut own, &others, RobustConfig::default(), None);
+        let clipped = robust_aggregate(&mut own, &others, RobustConfig::default(), None, 0);
         assert!(clipped >= 1);
         for v in own {
             assert!((0.85..1.2).contains(&v), "{v}");
         }
+    }
+
+    /// Sybils: two deltas pushing the same way arrive together while the node's four other
+    /// peers are silent this time. Counted as votes for the own model, the silent peers keep
+    /// the move to a fraction of the clipping radius; counting only who arrived (the old
+    /// aggregate), the two carried the model the whole radius their way.
+    #[test]
+    fn deltas_arriving_together_move_the_model_by_a_share_of_the_radius() {
+        let sybil = vec![-4.0f32; 4];
+        let others: Vec<&[f32]> = vec![sybil.as_slice(), sybil.as_slice()];
+        let config = RobustConfig::default();
+        let mut own = vec![1.0f32; 4];
+        robust_aggregate(&mut own, &others, config, Some(1.0), 7);
+        // Radius 1.5 (distance 1.5 per vector, 0.75 per coordinate); two of seven voters,
+        // one trimmed: at most 0.75 / 5 per coordinate.
+        for v in &own {
+            assert!((1.0 - v) <= 0.75 / 5.0 + 1e-6, "moved to {v}");
+        }
+        let mut alone = vec![1.0f32; 4];
+        robust_aggregate(&mut alone, &others, config, Some(1.0), 0);
+        assert!(alone.iter().all(|v| 1.0 - v > 0.7), "{alone:?}");
     }
 
     #[test]

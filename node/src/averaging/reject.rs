@@ -30,6 +30,9 @@ pub enum Rejection {
     NonFinite,
     /// The model's norm is far outside the others'.
     NormOutlier,
+    /// Robust merging: the model is far further from this node's than its peers' models
+    /// typically are.
+    Distant,
     /// The node could not keep up and dropped the delta unread.
     Overloaded,
     /// A butterfly part for another range or round than this node's (peers whose views
@@ -53,6 +56,7 @@ impl Rejection {
             Rejection::BadPayload => "bad_payload",
             Rejection::NonFinite => "non_finite",
             Rejection::NormOutlier => "norm_outlier",
+            Rejection::Distant => "distant",
             Rejection::Overloaded => "overloaded",
             Rejection::PartMismatch => "part_mismatch",
         }
@@ -67,6 +71,10 @@ impl Rejection {
             | Rejection::WrongModel
             | Rejection::PartMismatch => 0,
             Rejection::Replay | Rejection::NotMember | Rejection::WrongRun => 5,
+            // An honest peer's model is far for a while now and then (early in training, or
+            // one that started late): a light charge, which a peer refused every sync still
+            // reaches the ban with in about 50 syncs.
+            Rejection::Distant => 2,
             Rejection::NormOutlier => 10,
             Rejection::BadEnvelope
             | Rejection::NotADelta

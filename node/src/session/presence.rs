@@ -191,7 +191,10 @@ async fn announce(ctx: &Context, peers: &[PeerInfo]) -> Result<(), Box<dyn std::
             device: ctx.config.device.chars().take(100).collect(),
             links,
         },
-        round: status.worker.round,
+        round: match ctx.config.tamper {
+            Some(tamper) => tamper.announced_round(status.worker.round),
+            None => status.worker.round,
+        },
         listen_addrs,
         timestamp_ms: crate::net::now_ms(),
     });

@@ -191,7 +191,7 @@ async fn send_deltas(
     peers: Vec<libp2p::PeerId>,
     outgoing: Outgoing,
 ) {
-    let Some(wire) = on_the_wire(ctx, &outgoing).await else {
+    let Some(mut wires) = on_the_wire(ctx, &outgoing).await else {
         for _ in &peers {
             if !ctx.deliver(WorkerInput::SendFailed(outgoing.clone())).await {
                 tracing::warn!("unsent delta's mass not returned: node stopping");
@@ -199,9 +199,17 @@ async fn send_deltas(
         }
         return;
     };
+    // The first is the delta proper; a red-team node may send extra copies after it.
+    let wire = wires.remove(0);
+    let extra = Arc::new(wires);
     for peer in peers {
-        let (ctx, outgoing, wire, sends) =
-            (ctx.clone(), outgoing.clone(), wire.clone(), sends.clone());
+        let (ctx, outgoing, wire, extra, sends) = (
+            ctx.clone(),
+            outgoing.clone(),
+            wire.clone(),
+            extra.clone(),
+            sends.clone(),
+        );
         tasks.spawn(async move {
                 // Released however the task ends (delivered, failed, cancelled).
                 let _slot = ctx.in_flight.slot(peer);
@@ -224,6 +232,9 @@ async fn send_deltas(
                             .bytes_sent
                             .fetch_add(stats.bytes, Ordering::Relaxed);
                         ctx.traffic.deltas_sent.fetch_add(1, Ordering::Relaxed);
+                        for copy in extra.iter() {
+                            let _ = ctx.net.send_hashed_payload(peer, PayloadKind::Delta, &copy.header, &copy.payload, copy.digest).await;
+                        }
                     }
                     Err(err) => {
                         tracing::debug!(%peer, err = %chain(&err), "delta not delivered; mass returned");
@@ -238,15 +249,16 @@ async fn send_deltas(
 }
 
 /// What goes on the wire for `outgoing`: itself, or on a red-team node its corrupted version
-/// (made off the runtime); None when it could not be made.
-async fn on_the_wire(ctx: &Context, outgoing: &Outgoing) -> Option<Outgoing> {
+/// and any extra copies (made off the runtime); None when it could not be made.
+async fn on_the_wire(ctx: &Context, outgoing: &Outgoing) -> Option<Vec<Outgoing>> {
     let Some(tamper) = ctx.config.tamper else {
-        return Some(outgoing.clone());
+        return Some(vec![outgoing.clone()]);
     };
     let adversary = Adversary::new(tamper, ctx.identity.signing_key().clone());
     let original = outgoing.clone();
     match tokio::task::spawn_blocking(move || adversary.corrupt(&original)).await {
-        Ok(Ok(wire)) => Some(wire),
+        Ok(Ok(wires)) if !wires.is_empty() => Some(wires),
+        Ok(Ok(_)) => None,
         Ok(Err(err)) => {
             tracing::warn!(err = %chain(&err), "delta not corrupted; not sent");
             None

@@ -27,6 +27,8 @@ const RANGE_ATTEMPTS: usize = 3;
 const JOIN_WINDOW: Duration = Duration::from_secs(30);
 /// Wait after a failed or refused state download before the next try.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// How often a joiner looks again while its view of the live peers has not settled.
+const UNSETTLED_RECHECK: Duration = Duration::from_millis(100);
 /// A served snapshot is reused for range requests this long.
 const SNAPSHOT_TTL: Duration = Duration::from_secs(60);
 
@@ -192,13 +194,16 @@ async fn snapshot(ctx: &Context) -> Option<Served> {
         return None;
     }
     let Snapshot {
-        round,
+        mut round,
         samples,
-        params,
+        mut params,
     } = tokio::time::timeout(Duration::from_secs(20), rx)
         .await
         .ok()?
         .ok()?;
+    if let Some(tamper) = ctx.config.tamper {
+        tamper.serve_state(&mut round, &mut params);
+    }
     // Serialising and hashing a whole model is heavy: keep it off the async workers.
     let (bytes, digest) = tokio::task::spawn_blocking(move || {
         let bytes: Vec<u8> = params.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -281,6 +286,17 @@ pub(crate) async fn join(ctx: Arc<Context>) {
                     told_alone = true;
                 }
             }
+            // Cross-check against the fullest view: wait while a live peer links to a
+            // training peer whose announcement has not come yet (it may be far ahead too).
+            _ if !ctx.live_peers.settled() => {
+                tokio::select! {
+                    biased;
+                    () = ctx.cancel.cancelled() => return,
+                    () = &mut window => return,
+                    () = tokio::time::sleep(UNSETTLED_RECHECK) => continue,
+                    changed = changes.changed() => if changed.is_err() { return } else { continue },
+                }
+            }
             _ => {
                 if adopt_agreed(&ctx, &sources, &anchor).await {
                     return;
@@ -325,7 +341,12 @@ async fn adopt_agreed(ctx: &Context, sources: &[(u64, PeerId)], anchor: &[f32]) 
             peers,
         } => {
             tracing::info!(?peers, round, "downloaded model state agreed by peers");
-            if !ctx.deliver(WorkerInput::Adopt { round, params }).await {
+            let adopt = WorkerInput::Adopt {
+                round,
+                params,
+                from: peers,
+            };
+            if !ctx.deliver(adopt).await {
                 tracing::warn!(round, "downloaded state not adopted: node stopping");
             }
             true

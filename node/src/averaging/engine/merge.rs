@@ -1,7 +1,7 @@
 //! Merging the queued deltas into the model: the norm-outlier filter against recent merges,
 //! then push-sum absorption or the robust aggregate.
 
-use super::Averager;
+use super::{Averager, Candidate};
 use crate::averaging::mixing::{self, Weighted};
 use crate::averaging::{AveragingError, Rejection};
 
@@ -21,6 +21,42 @@ impl History {
 
     fn median(&self) -> Option<f64> {
         let values: Vec<f64> = self.0.iter().copied().collect();
+        (values.len() >= 3).then(|| mixing::median(&values))
+    }
+}
+
+/// The latest distance of each recent sender's merged model from the own model: the robust
+/// clipping radius is the median over senders, one voice each, so peers that keep sending
+/// while the honest ones have gone quiet (their models agree) cannot set it; its size is how
+/// many peers the node hears from (see `mixing::robust_aggregate`'s voters).
+#[derive(Debug, Default)]
+pub(super) struct SenderDistances {
+    latest: std::collections::HashMap<murmur_protocol::PeerKey, f64>,
+    /// Senders, least recently heard first.
+    order: std::collections::VecDeque<murmur_protocol::PeerKey>,
+}
+
+impl SenderDistances {
+    /// Senders remembered at most (the least recently heard is forgotten first).
+    const MAX_SENDERS: usize = 64;
+
+    fn record(&mut self, peer: murmur_protocol::PeerKey, distance: f64) {
+        if self.latest.insert(peer, distance).is_some() {
+            self.order.retain(|p| *p != peer);
+        } else if self.order.len() == Self::MAX_SENDERS
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.latest.remove(&oldest);
+        }
+        self.order.push_back(peer);
+    }
+
+    fn senders(&self) -> usize {
+        self.latest.len()
+    }
+
+    fn median(&self) -> Option<f64> {
+        let values: Vec<f64> = self.latest.values().copied().collect();
         (values.len() >= 3).then(|| mixing::median(&values))
     }
 }
@@ -79,25 +115,10 @@ impl Averager {
                 accepted.push(candidate);
             }
         }
-        self.counts.merged += accepted.len() as u64;
         match self.config.robust {
-            Some(robust) => {
-                let others: Vec<&[f32]> = accepted.iter().map(|c| c.values.as_slice()).collect();
-                let reference = self.distance_history.median();
-                // Distances enter the clipping radius's history clamped to the node's own
-                // distance from the anchor, for the same reason as the norms above (none
-                // while the node sits on the anchor: zeros would clip every later candidate
-                // to nothing).
-                if own_norm > 0.0 {
-                    for other in &others {
-                        let distance = mixing::l2_distance(params, other);
-                        self.distance_history.push(distance.min(own_norm));
-                    }
-                }
-                mixing::robust_aggregate(params, &others, robust, reference);
-                self.set_mass(self.mass + accepted.iter().map(|c| c.mass).sum::<f64>());
-            }
+            Some(robust) => self.merge_robust(params, accepted, own_norm, robust),
             None => {
+                self.counts.merged += accepted.len() as u64;
                 let weighted: Vec<Weighted<'_>> = accepted
                     .iter()
                     .map(|c| Weighted {
@@ -107,9 +128,53 @@ impl Averager {
                     .collect();
                 let mass = mixing::absorb_all(params, self.mass, &weighted);
                 self.set_mass(mass);
+                for candidate in accepted {
+                    self.recycle(candidate.values);
+                }
             }
         }
+    }
+
+    /// The robust merge of `accepted`: candidates far further from the own model than the
+    /// senders' typical distance are refused, the rest clipped and trimmed (see
+    /// `mixing::robust_aggregate`).
+    fn merge_robust(
+        &mut self,
+        params: &mut [f32],
+        accepted: Vec<Candidate>,
+        own_norm: f64,
+        robust: mixing::RobustConfig,
+    ) {
+        // The median over senders of their latest distance; until three senders were heard,
+        // the node's own distance from the anchor (the batch's own median would let a batch
+        // of attackers set their radius).
+        let reference = self.distances.median().unwrap_or(own_norm);
+        let limit = self.config.outlier_ratio * reference.max(1e-12);
+        let mut kept = Vec::with_capacity(accepted.len());
         for candidate in accepted {
+            let distance = mixing::l2_distance(params, &candidate.values);
+            if distance > limit && own_norm > 0.0 {
+                // A model far from where the honest senders are (a flipped one, say): its
+                // sender would pull every merge its way, however far it is clipped.
+                self.counts.reject(Rejection::Distant);
+                self.recycle(candidate.values);
+                continue;
+            }
+            // Distances enter the radius clamped to the node's own distance from the anchor,
+            // for the same reason as the norms (none while the node sits on the anchor:
+            // zeros would clip every later candidate to nothing).
+            if own_norm > 0.0 {
+                self.distances
+                    .record(candidate.peer, distance.min(own_norm));
+            }
+            kept.push(candidate);
+        }
+        self.counts.merged += kept.len() as u64;
+        let others: Vec<&[f32]> = kept.iter().map(|c| c.values.as_slice()).collect();
+        let voters = self.distances.senders().max(self.live_peers) + 1;
+        mixing::robust_aggregate(params, &others, robust, Some(reference), voters);
+        self.set_mass(self.mass + kept.iter().map(|c| c.mass).sum::<f64>());
+        for candidate in kept {
             self.recycle(candidate.values);
         }
     }

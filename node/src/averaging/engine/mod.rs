@@ -154,8 +154,11 @@ pub struct Averager {
     training: bool,
     /// Norms (distance from the anchor) of recently merged models.
     norm_history: History,
-    /// Distances from the own model of recently merged models (robust clipping radius).
-    distance_history: History,
+    /// Each recent sender's latest distance from the own model (robust clipping radius and
+    /// count of voters).
+    distances: merge::SenderDistances,
+    /// Live training peers the node knows of (see [`set_live_peers`](Self::set_live_peers)).
+    live_peers: usize,
     /// Decoding buffers of merged or refused deltas, reused by the next ones.
     spare: Vec<Vec<f32>>,
     /// Scratch for the model relative to the anchor at a sync.
@@ -194,7 +197,8 @@ impl Averager {
             returns_from: 0,
             training: true,
             norm_history: History::default(),
-            distance_history: History::default(),
+            distances: merge::SenderDistances::default(),
+            live_peers: 0,
             spare: Vec::new(),
             relative: Vec::new(),
         };
@@ -210,6 +214,13 @@ impl Averager {
     pub fn mass(&self) -> f64 {
         self.mass
     }
+    /// Tells the engine how many live training peers the node knows of: with robust merging,
+    /// a merge counts each one that sent nothing as a vote for the node's own model, so a few
+    /// deltas arriving together (two sybils, say) cannot carry the model away.
+    pub fn set_live_peers(&mut self, peers: usize) {
+        self.live_peers = peers;
+    }
+
     /// Merge and rejection counters.
     pub fn counts(&self) -> &MergeCounts {
         &self.counts

@@ -47,6 +47,7 @@ pub fn status_json(peer: &PeerId, s: &NodeStatus, elapsed: Duration) -> serde_js
         "peers": s.peers,
         "samples_per_sec": w.samples_per_sec,
         "adopted_round": w.adopted_round,
+        "adopted_from": w.adopted_from.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "trained_rounds": w.trained_rounds,
         "butterfly_rounds_started": w.butterfly_rounds_started,
     })

@@ -14,8 +14,8 @@ use murmur_models::{DeviceChoice, ModelKind};
 use murmur_protocol::Codec;
 
 use super::TestnetArgs;
+use super::attack::Attack;
 use super::defaults;
-use crate::adversary::Tamper;
 use crate::averaging::SyncPolicy;
 use crate::cmd::node::config::{at_least, invalid, refuse};
 use crate::cmd::node::{ConfigError, defaults as node_defaults};
@@ -108,16 +108,16 @@ pub struct GossipConfig {
     pub outer: bool,
     /// Butterfly rounds instead of push-sum gossip.
     pub butterfly: bool,
-    /// One extra node sending corrupted deltas.
-    pub malicious: Option<Tamper>,
+    /// Malicious extra nodes.
+    pub malicious: Option<Attack>,
     /// One compact line per second instead of the table.
     pub plain: bool,
 }
 
 impl GossipConfig {
-    /// Every node, the malicious one included.
+    /// Every node, the malicious ones included.
     pub fn total(&self) -> usize {
-        self.nodes + usize::from(self.malicious.is_some())
+        self.nodes + self.malicious.map_or(0, |a| a.nodes)
     }
 }
 
@@ -234,8 +234,14 @@ fn gossip(a: &TestnetArgs) -> Result<GossipConfig, ConfigError> {
         (None, ModelKind::MlpDigits) => Some(defaults::TARGET_ACCURACY_MLP),
         (None, _) => None,
     };
+    let nodes = at_least("--nodes", a.nodes.unwrap_or(defaults::NODES), 1)?;
+    if a.malicious.is_some_and(|m| m.late_joiner()) && nodes < 3 {
+        let expected =
+            "at least 3 with --malicious late-join-capture (two to cross-check, one late)";
+        return Err(invalid("--nodes", nodes, expected));
+    }
     Ok(GossipConfig {
-        nodes: at_least("--nodes", a.nodes.unwrap_or(defaults::NODES), 1)?,
+        nodes,
         sync: a.sync.unwrap_or(defaults::SYNC),
         fanout: at_least("--fanout", a.fanout.unwrap_or(defaults::FANOUT), 1)?,
         codec: a.codec.unwrap_or(defaults::CODEC),
@@ -345,6 +351,15 @@ mod tests {
         assert_eq!((sharded.replicas, sharded.slowdown.len()), (2, 4));
         let churn = config(&["--churn", "0.1"]).unwrap();
         assert_eq!(churn.common.churn, Some(Duration::from_millis(500)));
+        let capture = config(&["--malicious", "late-join-capture", "--nodes", "2"]);
+        assert!(
+            capture.is_err_and(|e| e.to_string().contains("two to cross-check")),
+            "a capture needs two honest leaders and a late joiner"
+        );
+        let Mode::Gossip(sybils) = config(&["--malicious", "sybil:3"]).unwrap().mode else {
+            panic!("a gossip testnet");
+        };
+        assert_eq!(sybils.total(), sybils.nodes + 3);
         let malicious = config(&["--malicious", "flip"]).unwrap();
         let Mode::Gossip(gossip) = malicious.mode else {
             panic!("gossip")

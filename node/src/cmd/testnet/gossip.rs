@@ -10,6 +10,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 
+use super::attack::LATE_JOIN_AFTER_ROUNDS;
 use super::child::{self, ChildProc, Layout, Line, child_node_args, start_bootstrap};
 use super::config::{CommonConfig, GossipConfig};
 use super::render::{self, NodeView, Summary};
@@ -70,9 +71,9 @@ fn node_args(
         ]);
     }
     if index >= honest
-        && let Some(tamper) = gossip.malicious
+        && let Some(attack) = gossip.malicious
     {
-        a.extend(["--tamper".into(), tamper.to_string()]);
+        a.extend(["--tamper".into(), attack.tamper.to_string()]);
     }
     a
 }
@@ -116,6 +117,8 @@ struct Testnet<'a> {
     views: Vec<NodeView>,
     started: Instant,
     restarts: u32,
+    /// A late joiner not started yet (`--malicious late-join-capture`).
+    late: Option<usize>,
 }
 
 /// How the watch ended.
@@ -135,10 +138,9 @@ pub(super) async fn orchestrate(
     let (lines_tx, mut lines) = mpsc::channel::<Line>(1024);
     let (mut bootstrap, boot_addr) =
         start_bootstrap(layout, "bootstrap", &lines_tx, &mut lines).await?;
-    let malicious = if gossip.malicious.is_some() {
-        " + 1 malicious"
-    } else {
-        ""
+    let malicious = match gossip.malicious {
+        Some(attack) => format!(" + {} malicious ({attack})", attack.nodes),
+        None => String::new(),
     };
     println!(
         "testnet: bootstrap {boot_addr}\ntestnet: {} training nodes{malicious} on {}, logs in {}",
@@ -162,8 +164,13 @@ pub(super) async fn orchestrate(
         views,
         started,
         restarts: 0,
+        late: gossip
+            .malicious
+            .filter(|a| a.late_joiner())
+            .map(|_| gossip.nodes - 1),
     };
-    for i in 0..gossip.total() {
+    let late = net.late;
+    for i in (0..gossip.total()).filter(|i| Some(*i) != late) {
         net.spawn_node(i, 0)?;
     }
     let outcome = net.watch(&mut lines).await?;
@@ -234,6 +241,7 @@ impl Testnet<'_> {
                     render::table(&self.views, self.started.elapsed(), self.gossip.plain);
                 }
             }
+            self.start_late_joiner()?;
             if self.all_at_target() {
                 let all_reached_at = Some(self.started.elapsed().as_secs_f64());
                 let why = "every node reached the target accuracy";
@@ -267,6 +275,23 @@ impl Testnet<'_> {
                 next_churn = Some(Instant::now() + period);
             }
         }
+    }
+
+    /// Starts the late joiner once the other honest nodes trained
+    /// [`LATE_JOIN_AFTER_ROUNDS`] rounds.
+    fn start_late_joiner(&mut self) -> anyhow::Result<()> {
+        let Some(late) = self.late else {
+            return Ok(());
+        };
+        let ready = self.honest_views()[..late]
+            .iter()
+            .all(|v| v.round >= LATE_JOIN_AFTER_ROUNDS);
+        if ready {
+            println!("testnet: starting node {late}, the late joiner");
+            self.late = None;
+            self.spawn_node(late, 0)?;
+        }
+        Ok(())
     }
 
     fn honest_views(&self) -> &[NodeView] {
@@ -310,8 +335,12 @@ impl Testnet<'_> {
             proc_.request_stop();
         }
         let finals = self.collect_finals(lines).await;
-        for proc_ in self.children.values_mut() {
-            proc_.wait_or_kill(Duration::from_secs(5)).await;
+        for (index, proc_) in &mut self.children {
+            let exited = proc_.wait_or_kill(Duration::from_secs(5)).await;
+            let ok = exited && proc_.exit_status().is_some_and(|s| s.success());
+            if let Some(view) = self.views.get_mut(*index) {
+                view.stopped_with_error = !ok;
+            }
         }
         finals
     }
@@ -355,12 +384,14 @@ mod tests {
         let layout = Layout {
             root: PathBuf::from("/tmp/murmur-testnet-test"),
         };
-        let variants: [&[&str]; 6] = [
+        let variants: [&[&str]; 8] = [
             &[],
             &["--robust", "--nodes", "3"],
             &["--outer", "--codec", "topk:100", "--sync", "secs:1"],
             &["--butterfly", "--codec", "raw"],
             &["--malicious", "scale:-4", "--churn", "5"],
+            &["--malicious", "sybil:3"],
+            &["--malicious", "late-join-capture", "--nodes", "3"],
             &["--model", "char-gpt", "--target-accuracy", "0.5"],
         ];
         for extra in variants {

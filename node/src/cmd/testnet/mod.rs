@@ -4,12 +4,14 @@
 //! loopback, each with part i/N of the training data; shows live per-node progress; stops
 //! when every honest node reached the target accuracy (or its step budget, or the time
 //! limit); prints a summary table and one JSON line; and cleans up every process. Churn
-//! (`--churn SECS`: kill -9 and restart a random node) and a malicious extra node
-//! (`--malicious flip|scale:F|weight|round-jump`) exercise crash recovery and robust merging.
+//! (`--churn SECS`: kill -9 and restart a random node) and malicious extra nodes
+//! (`--malicious KIND`, see [`attack`]) exercise crash recovery and the defences against
+//! hostile peers.
 //!
 //! The raw flags ([`TestnetArgs`]) are validated into a [`TestnetConfig`] first
 //! ([`config`]): flags of the other mode are refused, not ignored.
 
+pub mod attack;
 mod child;
 pub mod config;
 pub mod defaults;
@@ -22,8 +24,8 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use murmur_models::{DeviceChoice, ModelKind};
 
-use crate::adversary::Tamper;
 use crate::averaging::SyncPolicy;
+use attack::Attack;
 use child::Layout;
 pub use config::{Mode, TestnetConfig};
 
@@ -68,9 +70,10 @@ pub struct TestnetArgs {
     /// once, after this many seconds).
     #[arg(long)]
     pub churn: Option<f64>,
-    /// Add one malicious node that sends corrupted deltas: flip, scale:F, weight or round-jump.
+    /// Add malicious nodes: flip, scale:F, weight, round-jump, replay-flood or
+    /// late-join-capture (one node), or sybil:N (N flipping identities).
     #[arg(long)]
-    pub malicious: Option<Tamper>,
+    pub malicious: Option<Attack>,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = defaults::TIMEOUT)]
     pub timeout: u64,

@@ -34,6 +34,13 @@ pub(crate) struct NodeView {
     pub(crate) rejected_by_reason: Value,
     pub(crate) peers: u64,
     pub(crate) restarts: u32,
+    /// Deltas folded into a queued one of the same sender.
+    pub(crate) folded: u64,
+    /// Round of the peer state it adopted, and whose states agreed on it.
+    pub(crate) adopted_round: Option<u64>,
+    pub(crate) adopted_from: Value,
+    /// Whether its process did not exit cleanly when asked to stop (or crashed).
+    pub(crate) stopped_with_error: bool,
 }
 
 impl NodeView {
@@ -43,6 +50,7 @@ impl NodeView {
             malicious,
             training: true,
             rejected_by_reason: json!({}),
+            adopted_from: json!([]),
             ..Self::default()
         }
     }
@@ -88,6 +96,11 @@ impl NodeView {
                 self.bytes_received = self.bytes_received.max(u("bytes_received").unwrap_or(0));
                 self.merged = self.merged.max(u("merged").unwrap_or(0));
                 self.capped = self.capped.max(u("capped").unwrap_or(0));
+                self.folded = self.folded.max(u("folded").unwrap_or(0));
+                self.adopted_round = u("adopted_round").or(self.adopted_round);
+                if let Some(from) = v.get("adopted_from").filter(|f| f.is_array()) {
+                    self.adopted_from = from.clone();
+                }
                 self.mass = f("mass").or(self.mass);
                 self.rejected = self.rejected.max(u("rejected").unwrap_or(0));
                 if let Some(r) = v.get("rejected_by_reason") {
@@ -196,10 +209,14 @@ impl Summary {
                     "communication_reduction": if v.bytes_sent > 0 { allreduce as f64 / v.bytes_sent as f64 } else { 0.0 },
                     "deltas_merged": v.merged,
                     "deltas_capped": v.capped,
+                    "deltas_folded": v.folded,
                     "mass": v.mass,
                     "deltas_rejected": v.rejected,
                     "rejected_by_reason": v.rejected_by_reason,
                     "restarts": v.restarts,
+                    "adopted_round": v.adopted_round,
+                    "adopted_from": v.adopted_from,
+                    "stopped_with_error": v.stopped_with_error,
                 })
             })
             .collect();

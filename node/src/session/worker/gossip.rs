@@ -98,6 +98,8 @@ impl PushSum {
         mut params: Vec<f32>,
     ) -> Result<(), SessionError> {
         let peers = self.choose_peers(shared);
+        let live = shared.live_peers.count();
+        shared.averager.set_live_peers(live);
         let outgoing = shared.averager.sync(
             &mut params,
             shared.samples_since_sync,
@@ -154,6 +156,8 @@ impl PushSum {
         if shared.samples_since_sync > 0 {
             self.changed();
         } else {
+            let live = shared.live_peers.count();
+            shared.averager.set_live_peers(live);
             shared.averager.merge(&mut params)?;
         }
         self.pending_since = None;

@@ -110,6 +110,8 @@ pub enum WorkerInput {
         round: u64,
         /// Its parameters.
         params: Vec<f32>,
+        /// The peers whose states agreed on it.
+        from: Vec<libp2p::PeerId>,
     },
     /// Finish and report.
     Stop,
@@ -177,6 +179,8 @@ pub struct WorkerStatus {
     pub samples_per_sec: f64,
     /// Round of the last peer state this node downloaded and adopted, if any.
     pub adopted_round: Option<u64>,
+    /// The peers whose agreeing states it adopted (empty when none).
+    pub adopted_from: Vec<libp2p::PeerId>,
     /// Rounds this node ended with local steps of its own since it started: its own
     /// progress, which `round` (moved forward by merges too) does not measure.
     pub trained_rounds: u64,
@@ -389,20 +393,30 @@ impl Worker {
                     params: shared.replica.params()?,
                 });
             }
-            WorkerInput::Adopt { round, params } => self.adopt(round, &params)?,
+            WorkerInput::Adopt {
+                round,
+                params,
+                from,
+            } => self.adopt(round, &params, from)?,
             WorkerInput::Stop => return Ok(Flow::Stop),
         }
         Ok(Flow::Continue)
     }
 
     /// Adopts a peer's downloaded state.
-    fn adopt(&mut self, round: u64, params: &[f32]) -> Result<(), SessionError> {
+    fn adopt(
+        &mut self,
+        round: u64,
+        params: &[f32],
+        from: Vec<libp2p::PeerId>,
+    ) -> Result<(), SessionError> {
         let shared = &mut self.shared;
         shared.replica.set_params(params)?;
         shared.averager.adopt(round);
         self.mode.adopted();
         shared.status.round = shared.averager.round();
         shared.status.adopted_round = Some(round);
+        shared.status.adopted_from = from;
         tracing::info!(round, "adopted the state of a peer");
         shared.evaluate()?;
         shared.publish();

@@ -108,6 +108,7 @@ fn adopts_serves_and_stops(configure: fn(&mut AveragerConfig), gate: bool) {
         WorkerInput::Adopt {
             round: 7,
             params: vec![2.0; LEN],
+            from: Vec::new(),
         },
         WorkerInput::Snapshot(reply),
         WorkerInput::Stop,
