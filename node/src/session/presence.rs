@@ -131,7 +131,7 @@ pub(crate) fn live_peers(ctx: &Context, peers: &[PeerInfo]) -> Vec<PeerId> {
 /// does not know, or knows only as connected without a matching announcement yet, is one it
 /// has not found yet: a group formed now would be split from theirs. Peers known to be of
 /// another model or not admitted are not waited for.
-fn view_complete(ctx: &Context, live: &[PeerId], peers: &[PeerInfo]) -> bool {
+pub(crate) fn view_complete(ctx: &Context, live: &[PeerId], peers: &[PeerInfo]) -> bool {
     let me = ctx.identity.peer_key();
     let averager = &ctx.config.averager;
     let known_other = |key: &murmur_protocol::PeerKey| {

@@ -27,8 +27,6 @@ const RANGE_ATTEMPTS: usize = 3;
 const JOIN_WINDOW: Duration = Duration::from_secs(30);
 /// Wait after a failed or refused state download before the next try.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
-/// How often a joiner looks again while its view of the live peers has not settled.
-const UNSETTLED_RECHECK: Duration = Duration::from_millis(100);
 /// A served snapshot is reused for range requests this long.
 const SNAPSHOT_TTL: Duration = Duration::from_secs(60);
 
@@ -276,7 +274,8 @@ pub(crate) async fn join(ctx: Arc<Context>) {
         let Ok(peers) = ctx.net.peers().await else {
             return;
         };
-        let ahead = far_ahead(&ctx, &peers, start_round);
+        let live = super::presence::live_peers(&ctx, &peers);
+        let ahead = far_ahead(&ctx, &live, &peers, start_round);
         let sources = state_check::sources(ahead, ctx.config.averager.max_lead);
         match sources.len() {
             0 => {}
@@ -286,17 +285,10 @@ pub(crate) async fn join(ctx: Arc<Context>) {
                     told_alone = true;
                 }
             }
-            // Cross-check against the fullest view: wait while a live peer links to a
-            // training peer whose announcement has not come yet (it may be far ahead too).
-            _ if !ctx.live_peers.settled() => {
-                tokio::select! {
-                    biased;
-                    () = ctx.cancel.cancelled() => return,
-                    () = &mut window => return,
-                    () = tokio::time::sleep(UNSETTLED_RECHECK) => continue,
-                    changed = changes.changed() => if changed.is_err() { return } else { continue },
-                }
-            }
+            // Cross-check against the fullest view: wait (for the next peer-book change)
+            // while a live peer links to a training peer whose announcement has not come
+            // yet — it may be far ahead too.
+            _ if !super::presence::view_complete(&ctx, &live, &peers) => {}
             _ => {
                 if adopt_agreed(&ctx, &sources, &anchor).await {
                     return;
@@ -364,10 +356,10 @@ async fn adopt_agreed(ctx: &Context, sources: &[(u64, PeerId)], anchor: &[f32]) 
 /// Live peers announcing a round far enough ahead of this node to adopt a state from.
 fn far_ahead(
     ctx: &Context,
+    live: &[PeerId],
     peers: &[crate::net::PeerInfo],
     start_round: u64,
 ) -> Vec<(u64, PeerId)> {
-    let live = super::presence::live_peers(ctx, peers);
     let progress = Progress {
         start_round,
         trained_rounds: ctx.status.borrow().worker.trained_rounds,
