@@ -27,6 +27,9 @@ const RANGE_ATTEMPTS: usize = 3;
 const JOIN_WINDOW: Duration = Duration::from_secs(30);
 /// Wait after a failed or refused state download before the next try.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// How long a joiner with states to cross-check waits for its view of the live peers to be
+/// complete.
+const VIEW_WAIT: Duration = Duration::from_secs(5);
 /// A served snapshot is reused for range requests this long.
 const SNAPSHOT_TTL: Duration = Duration::from_secs(60);
 
@@ -270,6 +273,8 @@ pub(crate) async fn join(ctx: Arc<Context>) {
     let mut changes = ctx.net.peer_changes();
     let start_round = ctx.status.borrow().worker.round;
     let mut told_alone = false;
+    // Until when a joiner with sources waits for a complete view (see below).
+    let mut view_deadline: Option<tokio::time::Instant> = None;
     loop {
         let Ok(peers) = ctx.net.peers().await else {
             return;
@@ -285,10 +290,14 @@ pub(crate) async fn join(ctx: Arc<Context>) {
                     told_alone = true;
                 }
             }
-            // Cross-check against the fullest view: wait (for the next peer-book change)
-            // while a live peer links to a training peer whose announcement has not come
-            // yet — it may be far ahead too.
-            _ if !super::presence::view_complete(&ctx, &live, &peers) => {}
+            // Cross-check against the fullest view: wait (for the next peer-book change, at
+            // most VIEW_WAIT: behind a NAT some linked peer may never be reached) while a
+            // live peer links to a training peer whose announcement has not come yet — it
+            // may be far ahead too.
+            _ if !super::presence::view_complete(&ctx, &live, &peers)
+                && tokio::time::Instant::now()
+                    < *view_deadline
+                        .get_or_insert_with(|| tokio::time::Instant::now() + VIEW_WAIT) => {}
             _ => {
                 if adopt_agreed(&ctx, &sources, &anchor).await {
                     return;
@@ -301,11 +310,19 @@ pub(crate) async fn join(ctx: Arc<Context>) {
                 }
             }
         }
+        // Wakes at the end of the wait for a complete view (a deadline passed waits no more).
+        let view_wait = async {
+            match view_deadline.filter(|d| *d > tokio::time::Instant::now()) {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             () = ctx.cancel.cancelled() => return,
             () = &mut window => return,
             changed = changes.changed() => if changed.is_err() { return },
+            () = view_wait => {}
         }
     }
 }
