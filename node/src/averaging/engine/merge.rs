@@ -179,3 +179,30 @@ impl Averager {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use murmur_protocol::PeerKey;
+
+    use super::SenderDistances;
+
+    /// One voice per sender: a sender that keeps sending far models does not set the median,
+    /// however often it is heard; the table stays bounded.
+    #[test]
+    fn the_radius_reference_is_one_value_per_sender_and_bounded() {
+        let mut d = SenderDistances::default();
+        for k in 1..=3u8 {
+            d.record(PeerKey([k; 32]), 1.0);
+        }
+        for _ in 0..100 {
+            d.record(PeerKey([9; 32]), 50.0);
+        }
+        assert_eq!(d.senders(), 4);
+        assert_eq!(d.median(), Some(1.0));
+        for k in 0..=255u8 {
+            d.record(PeerKey([k; 32]), 2.0);
+        }
+        assert_eq!(d.senders(), SenderDistances::MAX_SENDERS);
+        assert_eq!(d.order.len(), SenderDistances::MAX_SENDERS);
+    }
+}
