@@ -20,6 +20,8 @@ pub mod adversary;
 pub mod averaging;
 pub mod cmd;
 pub mod errors;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod net;
 pub mod paths;

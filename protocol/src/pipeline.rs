@@ -16,8 +16,8 @@ use crate::ids::RunId;
 use crate::message::MessageError;
 use crate::wire;
 
-/// Version of [`PipeHeader`] this build speaks.
-pub const PIPE_VERSION: u8 = 1;
+/// Version of [`PipeHeader`] this build speaks (2: plan notices cite signed capacities).
+pub const PIPE_VERSION: u8 = 2;
 /// Most targets one micro-batch carries.
 pub const MAX_TARGETS: usize = 8192;
 /// Most dimensions of a pipeline tensor.

@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use libp2p::{Multiaddr, PeerId};
 use murmur_protocol::message::MAX_LINKS;
 use murmur_protocol::{Announcement, LinkStat};
@@ -31,6 +32,9 @@ pub struct PeerInfo {
     pub connected: bool,
     /// The peer's latest valid announcement (capacity, round, model, listen addresses).
     pub announcement: Option<Announcement>,
+    /// That announcement's signed envelope as received: what a plan notice cites for the
+    /// peer's capacity (see `shard::pipeline::membership::citations`).
+    pub announcement_envelope: Option<Bytes>,
     /// Latest measured round-trip time.
     pub rtt: Option<Duration>,
     /// Smoothed measured transfer throughput, bytes per second.
@@ -84,6 +88,7 @@ struct Entry {
     record: PeerRecord,
     connections: usize,
     announcement: Option<Announcement>,
+    envelope: Option<Bytes>,
     dirty: bool,
     /// When the misbehaviour score was last raised (ms).
     scored_ms: u64,
@@ -207,9 +212,16 @@ impl PeerTable {
         self.touch(peer).record.record_throughput(bytes_per_sec);
     }
 
-    /// Stores a validated announcement (and the addresses it lists).
-    pub(crate) fn record_announcement(&mut self, peer: PeerId, announcement: &Announcement) {
+    /// Stores a validated announcement (and the addresses it lists) with its signed
+    /// `envelope`.
+    pub(crate) fn record_announcement(
+        &mut self,
+        peer: PeerId,
+        announcement: &Announcement,
+        envelope: Bytes,
+    ) {
         self.record_announcement_at(peer, announcement, now_ms());
+        self.touch(peer).envelope = Some(envelope);
     }
 
     /// Whether an announcement of `peer` is taken in now: at most one per
@@ -297,6 +309,7 @@ impl PeerTable {
                 addrs: e.record.multiaddrs(),
                 connected: e.connections > 0,
                 announcement: e.announcement.clone(),
+                announcement_envelope: e.envelope.clone(),
                 rtt: e.record.rtt_us.map(Duration::from_micros),
                 throughput_bps: e.record.throughput_bps,
                 misbehaviour: decayed(e.record.misbehaviour, e.scored_ms, now),
@@ -332,6 +345,7 @@ mod tests {
                 listen_addrs: Vec::new(),
                 timestamp_ms: 0,
             }),
+            announcement_envelope: None,
             rtt: Some(Duration::from_millis(rtt_ms)),
             throughput_bps: Some(bps),
             misbehaviour: 0,

@@ -142,8 +142,9 @@ impl EventLoop {
                 tracing::debug!(peer = %received.from, "announcement too soon after the last; ignored");
             }
             Ok(received) => {
+                let envelope = received.envelope.to_bytes().into();
                 self.peers
-                    .record_announcement(received.from, &received.announcement);
+                    .record_announcement(received.from, &received.announcement, envelope);
                 self.peers_changed();
                 if let Err(e) = self.announcements.try_send(received) {
                     tracing::debug!("announcement dropped: {e}");

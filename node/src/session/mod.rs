@@ -16,6 +16,7 @@ pub mod presence;
 pub mod pumps;
 pub mod replica;
 mod state_check;
+pub mod state_ranges;
 pub mod state_sync;
 pub mod worker;
 

@@ -14,6 +14,7 @@ use murmur_protocol::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use super::state_ranges::{AssemblyError, StateAssembly};
 use super::worker::{Snapshot, WorkerInput};
 use super::{Context, state_check};
 use crate::errors::chain;
@@ -85,35 +86,9 @@ enum DownloadError {
     /// The state is of another run or model.
     #[error("state of another run or model")]
     OtherRun,
-    /// The state does not have this model's size.
-    #[error("state of {got} bytes, expected {expected}")]
-    WrongSize {
-        /// The announced size.
-        got: u64,
-        /// This model's size.
-        expected: u64,
-    },
-    /// The range sent is not the range asked for.
-    #[error("range does not match the request")]
-    RangeMismatch,
-    /// The range sent is empty.
-    #[error("empty range")]
-    EmptyRange,
-    /// Another round's state arrived part way through.
-    #[error("the peer's state changed during the download")]
-    Changed,
-    /// The state is older than the round the peer announced.
-    #[error("state is older than the peer announced")]
-    Older,
-    /// The peer sent no state at all.
-    #[error("no state")]
-    NoState,
-    /// The bytes do not hash to the announced digest.
-    #[error("state digest mismatch")]
-    DigestMismatch,
-    /// The state holds NaN or infinite values.
-    #[error("state holds non-finite values")]
-    NonFinite,
+    /// The ranges do not make a state this node can adopt.
+    #[error(transparent)]
+    Assembly(#[from] AssemblyError),
     /// The task checking the state panicked or was cancelled.
     #[error("checking the state failed")]
     Check(#[source] tokio::task::JoinError),
@@ -427,68 +402,26 @@ async fn download(
     peer: PeerId,
     announced_round: u64,
 ) -> Result<(u64, Vec<f32>), DownloadError> {
-    let expected_len = ctx.param_count as u64 * 4;
-    let mut buf: Vec<u8> = Vec::new();
-    let mut first: Option<StateHeader> = None;
-    while first
-        .as_ref()
-        .is_none_or(|h| (buf.len() as u64) < h.total_len)
-    {
+    let mut assembly = StateAssembly::new(ctx.param_count, announced_round);
+    while let Some(offset) = assembly.next_offset() {
         let mut attempt = 0;
         let (header, payload) = loop {
             attempt += 1;
-            match fetch_range(ctx, peer, buf.len() as u64).await {
+            match fetch_range(ctx, peer, offset).await {
                 Ok(got) => break got,
                 Err(err) if attempt < RANGE_ATTEMPTS => {
                     let err = chain(&err);
-                    tracing::debug!(%peer, %err, offset = buf.len(), "state range failed, resuming");
+                    tracing::debug!(%peer, %err, offset, "state range failed, resuming");
                 }
                 Err(err) => return Err(err),
             }
         };
-        if header.total_len != expected_len {
-            return Err(DownloadError::WrongSize {
-                got: header.total_len,
-                expected: expected_len,
-            });
-        }
-        if header.offset != buf.len() as u64 || header.range_len != payload.len() as u64 {
-            return Err(DownloadError::RangeMismatch);
-        }
-        if header.range_len == 0 {
-            return Err(DownloadError::EmptyRange);
-        }
-        if let Some(f) = &first
-            && (f.total_digest != header.total_digest || f.round != header.round)
-        {
-            return Err(DownloadError::Changed);
-        }
-        if header.round < announced_round {
-            return Err(DownloadError::Older);
-        }
-        buf.extend_from_slice(&payload);
-        first.get_or_insert(header);
+        assembly.push(header, &payload)?;
     }
-    let Some(header) = first else {
-        return Err(DownloadError::NoState);
-    };
-    let expected = header.total_digest;
-    let params = tokio::task::spawn_blocking(move || {
-        if Digest::of(&buf) != expected {
-            return Err(DownloadError::DigestMismatch);
-        }
-        let params: Vec<f32> = buf
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        if params.iter().any(|v| !v.is_finite()) {
-            return Err(DownloadError::NonFinite);
-        }
-        Ok(params)
-    })
-    .await
-    .map_err(DownloadError::Check)??;
-    Ok((header.round, params))
+    let state = tokio::task::spawn_blocking(move || assembly.finish())
+        .await
+        .map_err(DownloadError::Check)??;
+    Ok(state)
 }
 
 async fn fetch_range(

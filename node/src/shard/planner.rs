@@ -209,6 +209,13 @@ pub struct Plan {
     pub fits_memory: bool,
 }
 
+/// Most peers (or replica groups) one plan places stages on. The planner's tables grow with
+/// the square of the peers and a plan notice is computed again by every member from inputs
+/// its issuer chose: the bound keeps that work small whatever a notice lists.
+pub const MAX_PLAN_PEERS: usize = 256;
+/// Most stages one plan places.
+pub const MAX_PLAN_STAGES: usize = 4096;
+
 /// Why no plan could be made.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PlanError {

@@ -29,7 +29,7 @@
 mod gate;
 mod inbox;
 mod round;
-mod wire;
+pub(crate) mod wire;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

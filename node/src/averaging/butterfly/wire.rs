@@ -141,7 +141,7 @@ impl Signer {
 
 /// Decodes a checked part's payload into absolute values (`anchor`: the part's slice of the
 /// run's anchor) in `out`; `transfer_digest` is the digest the stream framing checked.
-pub(super) fn decode(
+pub(crate) fn decode(
     part: &PartHeader,
     payload: &[u8],
     transfer_digest: &Digest,

@@ -25,12 +25,12 @@ mod driver;
 pub mod form;
 mod mailbox;
 mod members;
-mod membership;
+pub(crate) mod membership;
 pub mod notice;
 mod outbox;
 mod rebalance;
 mod report;
-mod snapshots;
+pub(crate) mod snapshots;
 mod stage;
 mod tensor;
 

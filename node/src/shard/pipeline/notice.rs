@@ -42,6 +42,9 @@ pub struct PlanNotice {
     /// For each assignment of `plan`, the peers holding its range, one per chain (the
     /// assignment's `peer` first); see [`group_peers`].
     pub groups: Vec<Vec<String>>,
+    /// For each peer of `input` other than the issuer, in that order, its signed announcement
+    /// of the capacity `input` gives it (see `membership::citations`).
+    pub citations: Vec<Vec<u8>>,
 }
 
 /// Where one peer sits in a plan.
@@ -90,6 +93,7 @@ impl PlanNotice {
             previous_ranges: Vec::new(),
             replicas: replicas.max(1),
             groups,
+            citations: Vec::new(),
         })
     }
 

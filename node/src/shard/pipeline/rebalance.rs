@@ -23,12 +23,28 @@ use tokio::sync::watch;
 
 use super::PipelineError;
 use super::members::rebalance_input;
-use super::membership::{Rules, restricted};
+use super::membership::{Rules, citations, restricted};
 use super::notice::PlanNotice;
 use crate::errors::chain;
-use crate::net::Network;
+use crate::net::{Network, PeerInfo};
 use crate::shard::capacity::Capacity;
-use crate::shard::planner::{Decision, ReplanConfig, Replanner};
+use crate::shard::planner::{Decision, PlanInput, ReplanConfig, Replanner};
+
+/// `input` with each other peer's capacity cited from its signed announcement in `peers`
+/// (where the capacities were read), and the citations.
+fn cited(
+    rules: &Rules,
+    mut input: PlanInput,
+    me: PeerId,
+    peers: &[PeerInfo],
+) -> Result<(PlanInput, Vec<Vec<u8>>), PipelineError> {
+    let pool: Vec<&[u8]> = peers
+        .iter()
+        .filter_map(|p| p.announcement_envelope.as_deref())
+        .collect();
+    let cited = citations::cite(&mut input, me, (&pool, peers), (&rules.run, &rules.model))?;
+    Ok((input, cited))
+}
 
 /// Shortest time between two looks, and how long a member set must hold to count.
 const LOOK_GAP: Duration = Duration::from_secs(2);
@@ -67,16 +83,25 @@ async fn watch_one_chain(
         if !looks.looked(settle.held(&members)) {
             continue;
         }
+        let (input, cited) = match cited(rules, input, me, &peers) {
+            Ok(cited) => cited,
+            Err(err) => {
+                tracing::debug!(err = %chain(&err), "re-plan not possible");
+                continue;
+            }
+        };
         match replanner.update(&input) {
             Ok(Decision::Adopted { trigger, gain }) => {
                 tracing::info!(?trigger, ?gain, "re-balancing the pipeline");
-                return PlanNotice::compute(
+                let mut notice = PlanNotice::compute(
                     current.epoch + 1,
                     current.placement,
                     &members,
                     input,
                     current.replicas,
-                );
+                )?;
+                notice.citations = cited;
+                return Ok(notice);
             }
             Ok(Decision::Kept { trigger, gain }) => {
                 tracing::debug!(?trigger, gain, "re-plan considered, placement kept");
@@ -110,6 +135,13 @@ async fn watch_for_joins(
         if !joined || members == considered {
             continue;
         }
+        let (input, cited) = match cited(rules, input, me, &peers) {
+            Ok(cited) => cited,
+            Err(err) => {
+                tracing::debug!(err = %chain(&err), "re-plan not possible");
+                continue;
+            }
+        };
         considered.clone_from(&members);
         let epoch = current.epoch + 1;
         let (placement, replicas) = (current.placement, current.replicas);
@@ -136,7 +168,10 @@ async fn watch_for_joins(
                         lanes = with.lanes(),
                         "re-balancing the chains for a join"
                     );
-                    return Ok(with);
+                    return Ok(PlanNotice {
+                        citations: cited,
+                        ..with
+                    });
                 }
                 tracing::debug!(gain, "join considered, placement kept");
             }

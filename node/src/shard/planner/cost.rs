@@ -5,7 +5,9 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{Assignment, ChainOrder, LinkSpec, Plan, PlanError, PlanInput};
+use super::{
+    Assignment, ChainOrder, LinkSpec, MAX_PLAN_PEERS, MAX_PLAN_STAGES, Plan, PlanError, PlanInput,
+};
 
 /// A part of a placement: (chain position, first stage, one past the last stage).
 pub(super) type Part = (usize, usize, usize);
@@ -117,6 +119,13 @@ impl<'a> Model<'a> {
         let (n, s) = (input.peers.len(), input.stages.len());
         if n == 0 {
             return Err(PlanError::NoPeers);
+        }
+        if n > MAX_PLAN_PEERS || s > MAX_PLAN_STAGES || input.links.len() > n * n {
+            return Err(PlanError::Invalid(format!(
+                "{n} peers, {s} stages and {} links: at most {MAX_PLAN_PEERS} peers, \
+                 {MAX_PLAN_STAGES} stages and a link per ordered pair",
+                input.links.len()
+            )));
         }
         if s == 0 {
             return Err(PlanError::NoStages);

@@ -7,7 +7,7 @@ use libp2p::PeerId;
 
 use super::super::PipelineError;
 use super::super::notice::PlanNotice;
-use super::{Action, LOOK_EVERY, Membership, OnSendFailure, PROBE_BUDGET, Phase};
+use super::{Action, LOOK_EVERY, Membership, OnSendFailure, PROBE_BUDGET, Phase, citations};
 use crate::net::PeerInfo;
 use crate::shard::planner::Link;
 
@@ -89,7 +89,15 @@ impl Membership {
                         .filter(|p| *p != self.me)
                         .collect();
                     let deadline = now + PROBE_BUDGET;
-                    self.phase = Phase::Probing { members, deadline };
+                    let pool = peers
+                        .iter()
+                        .filter_map(|p| p.announcement_envelope.clone())
+                        .collect();
+                    self.phase = Phase::Probing {
+                        members,
+                        pool,
+                        deadline,
+                    };
                     return vec![Action::Probe(others), Action::Wake(deadline)];
                 }
                 self.phase = Phase::Awaiting {
@@ -116,15 +124,23 @@ impl Membership {
     }
 
     pub(super) fn on_probed(&mut self, _now: Instant, links: Vec<Link>) -> Vec<Action> {
-        let Phase::Probing { members, .. } = &self.phase else {
+        let Phase::Probing { members, pool, .. } = &self.phase else {
             return Vec::new();
         };
         let ids: Vec<PeerId> = members.iter().map(|(p, _)| *p).collect();
-        let input = self.rules.plan_input(members, links);
+        let mut input = self.rules.plan_input(members, links);
         if let Ok(json) = serde_json::to_string(&input) {
             tracing::debug!(input = %json, "planner input");
         }
-        match PlanNotice::compute(1, self.rules.placement, &ids, input, self.rules.replicas) {
+        let pool: Vec<&[u8]> = pool.iter().map(|b| &b[..]).collect();
+        let origin = (&self.rules.run, &self.rules.model);
+        let (placement, replicas) = (self.rules.placement, self.rules.replicas);
+        let notice = citations::cite(&mut input, self.me, (&pool, &[]), origin).and_then(|cited| {
+            let mut notice = PlanNotice::compute(1, placement, &ids, input, replicas)?;
+            notice.citations = cited;
+            Ok(notice)
+        });
+        match notice {
             Ok(notice) => self.send(notice, None, OnSendFailure::Fail),
             Err(err) => self.fail(err),
         }

@@ -21,6 +21,7 @@
 //!   running the plan issues the next epoch from the common snapshot; the others tell it their
 //!   chain broke and wait for its notice.
 
+pub(crate) mod citations;
 mod events;
 mod forming;
 mod rules;
@@ -65,6 +66,7 @@ const BROKEN_KEPT: usize = 16;
 
 /// Why a running stage is being stopped.
 #[derive(Debug, Clone)]
+#[expect(clippy::large_enum_variant, reason = "at most one per running epoch")]
 enum Stopping {
     /// A valid notice of a later epoch arrived (kept in `Membership::later`).
     Superseded,
@@ -94,6 +96,8 @@ enum Phase {
     },
     Probing {
         members: Vec<(PeerId, Capacity)>,
+        /// The signed announcements the members' capacities were read from.
+        pool: Vec<bytes::Bytes>,
         deadline: Instant,
     },
     Awaiting {
@@ -460,14 +464,21 @@ impl Membership {
                 Action::Wake(now + self.rules.form_timeout),
             ];
         }
-        let input = rules::restricted(&previous.input, &survivors);
-        let computed = PlanNotice::compute(
-            epoch,
-            previous.placement,
-            &survivors,
-            input,
-            previous.replicas,
-        );
+        let mut input = rules::restricted(&previous.input, &survivors);
+        let pool: Vec<&[u8]> = previous.citations.iter().map(Vec::as_slice).collect();
+        let origin = (&self.rules.run, &self.rules.model);
+        let computed =
+            citations::cite(&mut input, self.me, (&pool, peers), origin).and_then(|cited| {
+                let mut notice = PlanNotice::compute(
+                    epoch,
+                    previous.placement,
+                    &survivors,
+                    input,
+                    previous.replicas,
+                )?;
+                notice.citations = cited;
+                Ok(notice)
+            });
         match computed {
             Ok(mut notice) => {
                 (notice.previous_ranges, notice.resume_step) = (resume.ranges, resume.step);

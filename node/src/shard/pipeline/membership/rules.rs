@@ -10,6 +10,7 @@ use murmur_protocol::{ModelFingerprint, RunId};
 
 use super::super::notice::{PlanNotice, decode_notice};
 use super::super::{PipelineConfig, PipelineError, Placement};
+use super::citations;
 use crate::averaging::Admission;
 use crate::net::PeerInfo;
 use crate::shard::capacity::Capacity;
@@ -24,6 +25,10 @@ pub(crate) const DEFAULT_LINK: LinkSpec = LinkSpec {
 /// The plan epoch a member announces once its part of the run is over (done, failed or left
 /// out): it is no longer a candidate for a plan, a re-plan or a plan issuer.
 pub(crate) const FINISHED_EPOCH: u64 = u64::MAX;
+
+/// Most members a plan notice may list (every chain's, so up to the planner's bound on
+/// peers per chain position times a few chains).
+pub(crate) const MAX_NOTICE_MEMBERS: usize = 1024;
 
 /// How recent an announcement of a member that is not connected must be, milliseconds.
 const RECENT_MS: u64 = 10_000;
@@ -207,8 +212,9 @@ impl Rules {
 
     /// Decodes and checks a plan notice `from` a member: it must be for this run's stages and
     /// chain count, list this node, come from the member entitled to issue it (the lowest
-    /// member for a first plan, a listed member for later epochs), and be exactly the plan its
-    /// own inputs give.
+    /// member for a first plan, a listed member for later epochs), cite each other peer's
+    /// signed announcement of the capacity it plans with, and be exactly the plan its own
+    /// inputs give.
     pub(crate) fn check_notice(
         &self,
         from: PeerId,
@@ -228,6 +234,13 @@ impl Rules {
                 notice.replicas, self.replicas
             )));
         }
+        if notice.members.len() > MAX_NOTICE_MEMBERS
+            || notice.input.peers.len() > MAX_NOTICE_MEMBERS
+        {
+            return Err(PipelineError::Protocol(format!(
+                "the plan lists more than {MAX_NOTICE_MEMBERS} members"
+            )));
+        }
         notice.check_ids()?;
         let allowed = if notice.epoch <= 1 {
             notice.members.iter().min() == Some(&from.to_string())
@@ -239,6 +252,7 @@ impl Rules {
                 "the sender may not issue this plan".into(),
             ));
         }
+        citations::check(&notice, from, (&self.run, &self.model))?;
         if !notice.is_member(&me) {
             return Err(PipelineError::Protocol(
                 "this node is not a listed member".into(),

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use murmur_models::{ModelKind, builtin_data, spec_for};
-use murmur_protocol::{Announcement, ModelFingerprint, PeerKey, RunId};
+use murmur_protocol::{Announcement, Message, ModelFingerprint, RunId, SignedEnvelope};
 
 use super::*;
 use crate::shard::pipeline::notice::encode_notice;
@@ -63,33 +63,78 @@ fn peers(n: u8) -> Vec<PeerId> {
     ids
 }
 
+/// The signing key of a peer of [`peers`].
+fn key_of(peer: &PeerId) -> murmur_protocol::ed25519_dalek::SigningKey {
+    let seed = (1..=64u8)
+        .find(|seed| {
+            libp2p::identity::Keypair::ed25519_from_bytes([*seed; 32])
+                .is_ok_and(|k| k.public().to_peer_id() == *peer)
+        })
+        .expect("a peer of `peers`");
+    murmur_protocol::ed25519_dalek::SigningKey::from_bytes(&[seed; 32])
+}
+
+/// `peer`'s announcement of `rules`' run at plan epoch `round` with `flops`, and its signed
+/// envelope.
+fn announcement(rules: &Rules, peer: PeerId, round: u64, flops: f64) -> (Announcement, Vec<u8>) {
+    let c = capacity(flops);
+    let key = key_of(&peer);
+    let announcement = Announcement {
+        peer: murmur_protocol::envelope::peer_key(&key),
+        run: rules.run,
+        model: rules.model,
+        capacity: murmur_protocol::Capacity {
+            samples_per_sec: c.samples_per_sec as f32,
+            flops_per_sec: c.flops_per_sec,
+            memory_bytes: c.memory_bytes,
+            device: "flex".into(),
+            links: Vec::new(),
+        },
+        round,
+        listen_addrs: Vec::new(),
+        timestamp_ms: WALL,
+    };
+    let envelope = SignedEnvelope::sign(&key, &Message::Announcement(announcement.clone()))
+        .expect("signable")
+        .to_bytes();
+    (announcement, envelope)
+}
+
 /// `peer` announcing `rules`' run at plan epoch `round` with `flops`, seen just now.
 fn announcing(rules: &Rules, peer: PeerId, connected: bool, round: u64, flops: f64) -> PeerInfo {
-    let c = capacity(flops);
+    let (announcement, envelope) = announcement(rules, peer, round, flops);
     PeerInfo {
         peer_id: peer,
         addrs: Vec::new(),
         connected,
-        announcement: Some(Announcement {
-            peer: PeerKey([0; 32]),
-            run: rules.run,
-            model: rules.model,
-            capacity: murmur_protocol::Capacity {
-                samples_per_sec: c.samples_per_sec as f32,
-                flops_per_sec: c.flops_per_sec,
-                memory_bytes: c.memory_bytes,
-                device: "flex".into(),
-                links: Vec::new(),
-            },
-            round,
-            listen_addrs: Vec::new(),
-            timestamp_ms: WALL,
-        }),
+        announcement: Some(announcement),
+        announcement_envelope: Some(envelope.into()),
         rtt: None,
         throughput_bps: None,
         misbehaviour: 0,
         last_seen_ms: WALL,
     }
+}
+
+/// `notice` citing, for each of its peers but `from`, a signed announcement of the capacity it
+/// plans with (as an honest issuer's notice does).
+fn cited_by(rules: &Rules, from: PeerId, notice: &PlanNotice) -> PlanNotice {
+    let mut cited = notice.clone();
+    cited.citations = notice
+        .input
+        .peers
+        .iter()
+        .filter(|p| p.id != from.to_string())
+        .map(|p| {
+            let peer: PeerId = p.id.parse().expect("a peer id");
+            let (mut a, _) = announcement(rules, peer, 0, p.flops_per_sec);
+            a.capacity.memory_bytes = p.memory_bytes;
+            SignedEnvelope::sign(&key_of(&peer), &Message::Announcement(a))
+                .expect("signable")
+                .to_bytes()
+        })
+        .collect();
+    cited
 }
 
 /// The first plan of `members` (with their flops), as the lowest would issue it.
@@ -98,7 +143,10 @@ fn first_plan(rules: &Rules, members: &[(PeerId, f64)]) -> PlanNotice {
         members.iter().map(|(p, f)| (*p, capacity(*f))).collect();
     let ids: Vec<PeerId> = members.iter().map(|(p, _)| *p).collect();
     let input = rules.plan_input(&members, Vec::new());
-    PlanNotice::compute(1, rules.placement, &ids, input, rules.replicas).expect("a plan")
+    let notice =
+        PlanNotice::compute(1, rules.placement, &ids, input, rules.replicas).expect("a plan");
+    let issuer = *ids.iter().min_by_key(|p| p.to_string()).expect("members");
+    cited_by(rules, issuer, &notice)
 }
 
 /// The wall clock of the tests' announcements (ms since the Unix epoch).
@@ -113,7 +161,15 @@ fn tick(now: Instant, peers: Vec<PeerInfo>) -> Event {
     }
 }
 
+/// `notice` arriving `from` a peer, citing what its peers signed (as an honest sender's).
 fn notice_event(now: Instant, from: PeerId, notice: &PlanNotice) -> Event {
+    static RULES: std::sync::OnceLock<Rules> = std::sync::OnceLock::new();
+    let rules = RULES.get_or_init(|| Rules::of(&config(1, 1)));
+    raw_notice_event(now, from, &cited_by(rules, from, notice))
+}
+
+/// `notice` arriving `from` a peer as it is, citations included.
+fn raw_notice_event(now: Instant, from: PeerId, notice: &PlanNotice) -> Event {
     Event::Notice {
         now,
         from,
@@ -993,4 +1049,64 @@ fn a_member_that_finished_ignores_what_comes_after_its_last_step() {
     next.epoch = 2;
     assert!(m.handle(notice_event(now, ids[0], &next)).is_empty());
     assert!(m.handle(tick(now + REPLAN_GRACE, Vec::new())).is_empty());
+}
+
+/// Plan hijack by capacity: the issuer of a first plan (the lowest member, entitled to issue
+/// it) writes that a rival has next to no compute, so the deterministic plan of those inputs
+/// gives the rival almost nothing. Each planned capacity must be cited from its peer's own
+/// signed announcement: a made-up number, a citation signed by someone else, one of another
+/// run, or none at all is refused; the honest notice is taken (before: the made-up capacity
+/// was planned with as given).
+#[test]
+fn a_plan_must_cite_what_each_peer_signed_for_its_capacity() {
+    let rules = Rules::of(&config(3, 1));
+    let ids = peers(3);
+    let now = Instant::now();
+    let (issuer, me) = (ids[0], ids[2]);
+    let honest = first_plan(&rules, &[(ids[0], FAST), (ids[1], FAST), (ids[2], FAST)]);
+    let mut input = honest.input.clone();
+    for p in input
+        .peers
+        .iter_mut()
+        .filter(|p| p.id != issuer.to_string())
+    {
+        p.flops_per_sec = 1e3;
+    }
+    let made_up = PlanNotice {
+        citations: honest.citations.clone(),
+        ..PlanNotice::compute(1, rules.placement, &ids, input, 1).expect("a plan")
+    };
+    assert_ne!(made_up.plan.assignments, honest.plan.assignments);
+    let refused = |notice: &PlanNotice| {
+        let (mut m, _) = Membership::new(me, capacity(FAST), rules.clone(), now);
+        m.handle(raw_notice_event(now, issuer, notice)).is_empty()
+    };
+    assert!(refused(&made_up), "a made-up capacity");
+    // Citations the issuer signed itself for the numbers it made up.
+    let mut self_signed = made_up.clone();
+    for (citation, p) in self_signed.citations.iter_mut().zip(
+        made_up
+            .input
+            .peers
+            .iter()
+            .filter(|p| p.id != issuer.to_string()),
+    ) {
+        let (mut a, _) = announcement(&rules, issuer, 0, p.flops_per_sec);
+        a.peer = murmur_protocol::envelope::peer_key(&key_of(&p.id.parse().expect("an id")));
+        *citation = SignedEnvelope::sign(&key_of(&issuer), &Message::Announcement(a))
+            .expect("signable")
+            .to_bytes();
+    }
+    assert!(refused(&self_signed), "citations signed by the issuer");
+    let mut other_run = honest.clone();
+    let mut elsewhere = rules.clone();
+    elsewhere.run = RunId::from_name("another run");
+    other_run.citations = cited_by(&elsewhere, issuer, &honest).citations;
+    assert!(refused(&other_run), "citations of another run");
+    let mut none = honest.clone();
+    none.citations.clear();
+    assert!(refused(&none), "no citations");
+    let (mut m, _) = Membership::new(me, capacity(FAST), rules.clone(), now);
+    let out = m.handle(raw_notice_event(now, issuer, &honest));
+    assert_eq!(started(&out).map(|s| s.0), Some(1), "{out:?}");
 }
