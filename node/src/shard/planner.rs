@@ -352,6 +352,38 @@ mod tests {
         }
     }
 
+    /// Every member computes a notice's plan again from inputs its issuer chose: a notice
+    /// listing thousands of peers (tables quadratic in them, a lean plan per peer left out)
+    /// or stages is refused before any table is built (before: planned, for minutes).
+    #[test]
+    fn inputs_beyond_the_plan_bounds_are_refused() {
+        let many: Vec<PeerCapacity> = (0..=MAX_PLAN_PEERS)
+            .map(|i| peer(&format!("p{i}"), 1e9, u64::MAX))
+            .collect();
+        let input = PlanInput::new(vec![stage(1e6, 1, 1); 8], many);
+        assert!(matches!(plan(&input), Err(PlanError::Invalid(_))));
+        assert!(matches!(even_split(&input), Err(PlanError::Invalid(_))));
+        let long = PlanInput::new(
+            vec![stage(1e6, 1, 1); MAX_PLAN_STAGES + 1],
+            vec![peer("a", 1e9, u64::MAX)],
+        );
+        assert!(matches!(plan(&long), Err(PlanError::Invalid(_))));
+        let mut links = PlanInput::new(vec![stage(1e6, 1, 1); 8], vec![peer("a", 1e9, 1 << 40)]);
+        links.links = vec![
+            Link {
+                from: "a".into(),
+                to: "b".into(),
+                spec: LinkSpec::default(),
+            };
+            2
+        ];
+        assert!(matches!(plan(&links), Err(PlanError::Invalid(_))));
+        let fits: Vec<PeerCapacity> = (0..MAX_PLAN_PEERS)
+            .map(|i| peer(&format!("p{i}"), 1e9, u64::MAX))
+            .collect();
+        assert!(plan(&PlanInput::new(vec![stage(1e6, 1, 1); 8], fits)).is_ok());
+    }
+
     /// `n` unit stages on peers of the given speeds with plenty of memory and free links.
     fn compute_bound(n: usize, speeds: &[(&str, f64)]) -> PlanInput {
         let peers = speeds
