@@ -30,6 +30,7 @@ pub mod notice;
 mod outbox;
 mod rebalance;
 mod report;
+mod snapshot_rules;
 pub(crate) mod snapshots;
 mod stage;
 mod tensor;
@@ -288,4 +289,7 @@ pub struct PipelineReport {
     pub losses: Vec<f32>,
     /// The step of `losses[0]` (0 unless this node became the first shard after a re-plan).
     pub first_loss_step: u64,
+    /// Pipeline messages this node refused, by reason (plan notices, snapshots).
+    #[serde(default)]
+    pub refused: std::collections::BTreeMap<String, u64>,
 }

@@ -81,6 +81,7 @@ pub(crate) fn report(
     outcome: StageOutcome,
     (measured, replans, wall_secs): (Capacity, u32, f64),
     averaging: Option<AveragingReport>,
+    refused: std::collections::BTreeMap<String, u64>,
 ) -> Result<PipelineReport, PipelineError> {
     let even = notice.even()?;
     let ideal_samples_per_sec = ideal_samples_per_sec(&notice.input)?;
@@ -112,5 +113,6 @@ pub(crate) fn report(
         busy_secs: outcome.busy_secs,
         losses: outcome.losses,
         first_loss_step: outcome.first_loss_step,
+        refused,
     })
 }

@@ -50,6 +50,16 @@ impl Snapshots {
         }
     }
 
+    /// The newest step of any snapshot held (0 when none is).
+    pub(crate) fn latest_step(&self) -> u64 {
+        self.by_range
+            .values()
+            .filter_map(|steps| steps.keys().next_back())
+            .max()
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// The latest step at which a snapshot of every range in `ranges` is held (0, the shared
     /// initial model, when there is none).
     pub(crate) fn common_step(&self, ranges: &[Range<usize>]) -> u64 {

@@ -4,20 +4,46 @@
 
 use super::*;
 use crate::errors::chain;
+use crate::shard::pipeline::snapshot_rules::{self, SnapshotRefusal, SnapshotView};
 
 impl Driver {
-    pub(super) fn on_decoded(
-        &mut self,
-        done: Result<(PeerId, Result<ShardState, PipelineError>), tokio::task::JoinError>,
-    ) {
+    pub(super) fn on_decoded(&mut self, done: Result<Decoded, tokio::task::JoinError>) {
         match done {
-            Ok((_, Ok(state))) => {
+            Ok((peer, epoch, Ok(state))) => {
+                let view = self.snapshot_view();
+                if let Err(refusal) = snapshot_rules::check_step(view, epoch, state.steps) {
+                    self.refuse(&peer, "snapshot-ahead", &refusal);
+                    return;
+                }
                 snapshots::lock(&self.snapshots).insert(state);
                 self.try_start();
             }
-            Ok((peer, Err(err))) => tracing::warn!(%peer, err = %chain(&err), "snapshot refused"),
+            Ok((peer, _, Err(err))) => {
+                self.refuse(&peer, "snapshot-invalid", &err);
+            }
             Err(err) => tracing::warn!(err = %chain(&err), "snapshot decoding failed"),
         }
+    }
+
+    /// What the snapshot rules need to know now.
+    fn snapshot_view(&self) -> SnapshotView<'_> {
+        SnapshotView {
+            running: self.running.as_ref().map(|r| &r.notice),
+            pending: self.pending.as_ref().map(|p| &p.notice),
+            latest_step: snapshots::lock(&self.snapshots).latest_step(),
+            every: self.config.snapshot_every,
+        }
+    }
+
+    /// Counts and logs a refused pipeline message (debug: a peer chooses how many it sends).
+    fn refuse(
+        &mut self,
+        peer: &PeerId,
+        reason: &'static str,
+        err: &(dyn std::error::Error + 'static),
+    ) {
+        *self.refused.entry(reason).or_default() += 1;
+        tracing::debug!(%peer, reason, err = %chain(err), "pipeline message refused");
     }
 
     pub(super) fn on_message(&mut self, message: Option<Inbound>) {
@@ -42,29 +68,29 @@ impl Driver {
     }
 
     /// Decodes a snapshot another member sent, off the async runtime (at most [`DECODING`] at
-    /// once). While a stage runs, only snapshots of its epoch from a peer of its plan, or of a
-    /// later epoch, are kept.
+    /// once), if the snapshot rules keep one of its range and epoch from its sender.
     pub(super) fn decode_snapshot(&mut self, message: Inbound, start: u32, end: u32) {
-        if let Some(running) = &self.running {
-            let epoch = message.header.epoch;
-            // Of this epoch from a peer of its plan, or of a later one from one of its members
-            // (the member re-planning).
-            let from_plan = running.notice.is_planned(&message.peer);
-            let from_member = running.notice.is_member(&message.peer);
-            let current = running.notice.epoch;
-            if epoch < current
-                || (epoch == current && !from_plan)
-                || (epoch > current && !from_member)
-            {
-                tracing::debug!(peer = %message.peer, epoch, "snapshot not for this plan, dropped");
-                return;
-            }
+        let (peer, epoch) = (message.peer, message.header.epoch);
+        let range = start as usize..end as usize;
+        if let Err(refusal) =
+            snapshot_rules::check_header(self.snapshot_view(), &peer, epoch, &range)
+        {
+            let reason = match refusal {
+                SnapshotRefusal::NoPlan => "snapshot-no-plan",
+                _ => "snapshot-not-holder",
+            };
+            self.refuse(&peer, reason, &refusal);
+            return;
         }
-        let (peer, payload) = (message.peer, message.payload);
+        let payload = message.payload;
         self.decoding.spawn(async move {
             let decoded =
                 tokio::task::spawn_blocking(move || snapshots::decode(&payload, start, end)).await;
-            (peer, decoded.map_err(PipelineError::from).and_then(|r| r))
+            (
+                peer,
+                epoch,
+                decoded.map_err(PipelineError::from).and_then(|r| r),
+            )
         });
     }
 

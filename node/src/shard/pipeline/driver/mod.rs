@@ -43,6 +43,9 @@ use crate::shard::capacity::{self, Capacity};
 use control::Control;
 use handoff::{Handoff, room_in};
 
+/// A decoded snapshot: its sender, its plan epoch and the state (or why it is refused).
+type Decoded = (PeerId, u64, Result<ShardState, PipelineError>);
+
 /// Longest wait for snapshots still in flight when a new plan starts.
 const PARTS_WAIT: Duration = Duration::from_secs(5);
 /// Pipeline messages of later epochs kept until their stage starts (the oldest go first).
@@ -116,6 +119,7 @@ pub async fn run(
         control: JoinSet::new(),
         watchers: JoinSet::new(),
         decoding: JoinSet::new(),
+        refused: std::collections::BTreeMap::new(),
         result: None,
     };
     driver.apply(first);
@@ -192,7 +196,9 @@ struct Driver {
     stages: JoinSet<StageDone>,
     control: JoinSet<Control>,
     watchers: JoinSet<Result<PlanNotice, PipelineError>>,
-    decoding: JoinSet<(PeerId, Result<ShardState, PipelineError>)>,
+    decoding: JoinSet<Decoded>,
+    /// Pipeline messages refused, by reason (plan notices are the membership's).
+    refused: std::collections::BTreeMap<&'static str, u64>,
     result: Option<Result<PipelineReport, PipelineError>>,
 }
 
@@ -351,6 +357,15 @@ impl Driver {
         let wall = self.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
         let averaging = self.averaging.as_ref().map(RangeAveraging::report);
         let replans = self.membership.replans();
+        let mut refused: std::collections::BTreeMap<String, u64> = self
+            .refused
+            .iter()
+            .map(|(reason, n)| ((*reason).to_owned(), *n))
+            .collect();
+        let notices = self.membership.refused_notices();
+        if notices > 0 {
+            refused.insert("notice".to_owned(), notices);
+        }
         self.result = Some(report(
             &self.config,
             notice,
@@ -358,6 +373,7 @@ impl Driver {
             outcome,
             (self.measured, replans, wall),
             averaging,
+            refused,
         ));
     }
 

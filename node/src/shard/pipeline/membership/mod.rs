@@ -138,6 +138,8 @@ pub(crate) struct Membership {
     broken_later: Vec<(PeerId, u64)>,
     /// When it last looked at the peer book.
     last_look: Option<Instant>,
+    /// Plan notices refused.
+    refused_notices: u64,
 }
 
 impl Membership {
@@ -159,6 +161,7 @@ impl Membership {
             later: None,
             broken_later: Vec::new(),
             last_look: None,
+            refused_notices: 0,
         };
         (membership, vec![Action::Wake(now)])
     }
@@ -166,6 +169,11 @@ impl Membership {
     /// Re-plans so far.
     pub(crate) fn replans(&self) -> u32 {
         self.replans
+    }
+
+    /// Plan notices refused so far (invalid, or not from whom the phase allows).
+    pub(crate) fn refused_notices(&self) -> u64 {
+        self.refused_notices
     }
 
     /// Whether the driver should send a [`Event::Tick`] whenever the peer book changes (while
@@ -265,6 +273,7 @@ impl Membership {
         let notice = match self.rules.check_notice(from, payload, self.me) {
             Ok(notice) => notice,
             Err(err) => {
+                self.refused_notices += 1;
                 tracing::warn!(peer = %from, err = %chain(&err), "plan notice refused");
                 return Vec::new();
             }
@@ -291,6 +300,7 @@ impl Membership {
                 if !running.is_member(&from)
                     || notice.epoch > running.epoch.saturating_add(MAX_EPOCH_STEP)
                 {
+                    self.refused_notices += 1;
                     tracing::warn!(epoch = notice.epoch, running = running.epoch, peer = %from, "later plan notice refused: not from a member of the running plan, or too far ahead");
                     return Vec::new();
                 }
