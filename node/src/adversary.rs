@@ -127,6 +127,68 @@ impl FromStr for Tamper {
     }
 }
 
+/// How a malicious pipeline member attacks beside its (honestly computing) stage; see
+/// `shard::pipeline::attack`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PipeTamper {
+    /// Once a plan runs, send the other members the next epoch's plan computed from made-up
+    /// capacities (every rival at 1 kFLOP/s, itself at 1 PFLOP/s), citing their true ones:
+    /// the plan gives it every stage and plans the honest members out.
+    PlanHijack,
+    /// Once a plan runs, send the other members the running plan again with an epoch 2⁴⁰
+    /// ahead (and one just past the step bound): taken, it stops every stage and makes every
+    /// later honest notice look old.
+    EpochJump,
+    /// Once a plan runs, send the other members poisoned snapshots (finite garbage) of the
+    /// ranges it does not hold, and of every range at a step far ahead, for a few seconds;
+    /// then leave, so that the survivors re-plan from the snapshots they kept.
+    SnapshotPoison,
+    /// While the pipeline forms, send every member hundreds of junk pipeline messages (stage
+    /// traffic, plan notices and snapshots that do not decode).
+    FormationJunk,
+}
+
+impl PipeTamper {
+    /// Every kind, as `--malicious` names them.
+    pub const ALL: [PipeTamper; 4] = [
+        PipeTamper::PlanHijack,
+        PipeTamper::EpochJump,
+        PipeTamper::SnapshotPoison,
+        PipeTamper::FormationJunk,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            PipeTamper::PlanHijack => "plan-hijack",
+            PipeTamper::EpochJump => "epoch-jump",
+            PipeTamper::SnapshotPoison => "snapshot-poison",
+            PipeTamper::FormationJunk => "formation-junk",
+        }
+    }
+}
+
+impl fmt::Display for PipeTamper {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for PipeTamper {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                format!(
+                    "bad pipeline attack {s:?}: expected plan-hijack, epoch-jump, snapshot-poison \
+                 or formation-junk"
+                )
+            })
+    }
+}
+
 /// Why a delta could not be corrupted.
 #[derive(Debug, thiserror::Error)]
 pub enum AdversaryError {

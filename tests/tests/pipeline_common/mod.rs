@@ -64,6 +64,7 @@ pub fn config(steps: u64, placement: Placement, slowdown: f64) -> PipelineConfig
         replicas: 1,
         average_every: 0,
         admission: murmur_node::averaging::Admission::Open,
+        tamper: None,
     }
 }
 
@@ -104,6 +105,10 @@ pub async fn run_all(
         })
         .collect();
     assert!(failures.is_empty(), "failed parts: {failures:#?}");
+    for r in reports.iter().flatten() {
+        let refused = r.refused.get("notice");
+        assert!(refused.is_none(), "an honest plan refused: {:?}", r.refused);
+    }
     reports.into_iter().filter_map(Result::ok).collect()
 }
 

@@ -13,7 +13,7 @@ use murmur_models::{DeviceChoice, ModelKind};
 use murmur_protocol::Codec;
 
 use super::defaults;
-use crate::adversary::Tamper;
+use crate::adversary::{PipeTamper, Tamper};
 use crate::averaging::SyncPolicy;
 use crate::cmd::train::parse_data_part;
 use crate::shard::pipeline::Placement;
@@ -185,6 +185,10 @@ pub struct NodeArgs {
     /// Red team only: corrupt every delta this node sends (flip, scale:F, weight, round-jump).
     #[arg(long, hide = true)]
     pub tamper: Option<Tamper>,
+    /// Red team only: attack the other pipeline members beside this node's stage
+    /// (plan-hijack, epoch-jump, snapshot-poison, formation-junk).
+    #[arg(long, hide = true)]
+    pub pipeline_tamper: Option<PipeTamper>,
     /// Check the flags, environment and config file, print the resulting configuration and
     /// exit without starting the node.
     #[arg(long)]

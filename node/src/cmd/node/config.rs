@@ -169,6 +169,8 @@ pub struct ShardedConfig {
     pub peer_deadline: Duration,
     /// Closed pool manifest: only its members are planned in and heard.
     pub pool: Option<PathBuf>,
+    /// Red team only: this member's attack on the others.
+    pub tamper: Option<crate::adversary::PipeTamper>,
 }
 
 impl NodeConfig {
@@ -342,6 +344,7 @@ fn sharded(a: &NodeArgs) -> Result<ShardedConfig, ConfigError> {
         average_every: a.average_every.unwrap_or(defaults::AVERAGE_EVERY),
         peer_deadline: seconds("--peer-deadline", deadline, 0.1, 86_400.0)?,
         pool: a.pool.clone(),
+        tamper: a.pipeline_tamper,
     })
 }
 
@@ -438,7 +441,7 @@ mod tests {
 
     #[test]
     fn every_sharded_only_flag_is_refused_without_sharded() {
-        let values = ["4", "4", "even", "2", "4", "1", "4", "10"];
+        let values = ["4", "4", "even", "2", "4", "1", "4", "10", "epoch-jump"];
         for (flag, value) in SHARDED_ONLY.into_iter().zip(values) {
             refused(&[flag, value], flag);
             refused(&[flag, value], "only applies to pipeline sharding");

@@ -25,7 +25,7 @@ pub const GOSSIP_ONLY: [&str; 16] = [
 ];
 
 /// Flags only pipeline sharding reads: refused without `--sharded`.
-pub const SHARDED_ONLY: [&str; 8] = [
+pub const SHARDED_ONLY: [&str; 9] = [
     "--pipeline-peers",
     "--micro-batches",
     "--placement",
@@ -34,6 +34,7 @@ pub const SHARDED_ONLY: [&str; 8] = [
     "--pipeline-replicas",
     "--average-every",
     "--peer-deadline",
+    "--pipeline-tamper",
 ];
 
 /// The gossip-only flags given (in [`GOSSIP_ONLY`] order).
@@ -74,6 +75,7 @@ pub(super) fn sharded_flags_given(a: &NodeArgs) -> Vec<&'static str> {
         a.pipeline_replicas.is_some(),
         a.average_every.is_some(),
         a.peer_deadline.is_some(),
+        a.pipeline_tamper.is_some(),
     ];
     SHARDED_ONLY
         .into_iter()

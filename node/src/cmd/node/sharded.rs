@@ -132,6 +132,7 @@ async fn pipeline_config(
         replicas: sharded.pipeline_replicas,
         average_every: sharded.average_every,
         admission: crate::cmd::pool::admission(sharded.pool.as_deref(), &common.run)?,
+        tamper: sharded.tamper,
     })
 }
 

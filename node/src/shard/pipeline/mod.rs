@@ -19,6 +19,7 @@
 //! - `session`: [`run`], the whole of it for one node;
 //! - [`compute`]: the shard's compute thread; [`tensor`]: tensors on the wire.
 
+mod attack;
 mod averaging;
 mod compute;
 mod driver;
@@ -107,6 +108,9 @@ pub struct PipelineConfig {
     /// Who may take part: anyone, or a closed pool's members (only they are planned in, and
     /// pipeline streams from others are refused on their header).
     pub admission: Admission,
+    /// Red team only (`murmur testnet --sharded --malicious`, tests): how this member attacks
+    /// the others beside its stage. `None` for every real node.
+    pub tamper: Option<crate::adversary::PipeTamper>,
 }
 
 impl PipelineConfig {

@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::attack::{self, AttackEnd, Attacker};
 use super::averaging::RangeAveraging;
 use super::form::{self, Announcer};
 use super::mailbox::{Inbound, Mailbox};
@@ -64,6 +65,10 @@ pub async fn run(
     progress: watch::Sender<StageProgress>,
 ) -> Result<PipelineReport, PipelineError> {
     config.validate()?;
+    if config.tamper == Some(crate::adversary::PipeTamper::FormationJunk) {
+        // Red team: a stranger who never joins, only floods the members while they form.
+        return attack::junk_only(net, config).await;
+    }
     let mailbox = Mailbox::open(&net, config.run, &config.admission)?;
     let measured = measure(&config).await?;
     let averaging = if config.replicas > 1 && config.average_every > 0 {
@@ -119,6 +124,7 @@ pub async fn run(
         control: JoinSet::new(),
         watchers: JoinSet::new(),
         decoding: JoinSet::new(),
+        attacks: JoinSet::new(),
         refused: std::collections::BTreeMap::new(),
         result: None,
     };
@@ -197,6 +203,8 @@ struct Driver {
     control: JoinSet<Control>,
     watchers: JoinSet<Result<PlanNotice, PipelineError>>,
     decoding: JoinSet<Decoded>,
+    /// Red team only: the attack of this member (`PipelineConfig::tamper`).
+    attacks: JoinSet<AttackEnd>,
     /// Pipeline messages refused, by reason (plan notices are the membership's).
     refused: std::collections::BTreeMap<&'static str, u64>,
     result: Option<Result<PipelineReport, PipelineError>>,
@@ -220,6 +228,7 @@ impl Driver {
                 Some(done) = self.control.join_next() => self.on_control(done),
                 Some(done) = self.watchers.join_next() => self.on_watcher(done),
                 Some(done) = self.decoding.join_next() => self.on_decoded(done),
+                Some(done) = self.attacks.join_next() => self.on_attack(done),
                 permit = room_in(room) => {
                     if let Some(running) = &mut self.running {
                         running.handoff.on_room(permit);
@@ -287,6 +296,11 @@ impl Driver {
             Action::StartStage { notice, seat } => {
                 // A look asked for before the plan came is no longer wanted.
                 self.wake = None;
+                if let Some(tamper) = self.config.tamper {
+                    let attacker = self.attacker();
+                    self.attacks
+                        .spawn(attacker.during_epoch(tamper, notice.clone()));
+                }
                 self.start_stage(notice, seat);
             }
             Action::StopStage => {
@@ -387,6 +401,25 @@ impl Driver {
         self.control.abort_all();
         self.watchers.abort_all();
         self.decoding.abort_all();
+        self.attacks.abort_all();
+    }
+
+    /// Red team only: what this member's attack needs.
+    fn attacker(&self) -> Attacker {
+        Attacker {
+            net: self.net.clone(),
+            config: self.config.clone(),
+            snapshots: self.snapshots.clone(),
+        }
+    }
+
+    /// Red team only: an attack ended; after some, this member leaves the run.
+    fn on_attack(&mut self, done: Result<AttackEnd, tokio::task::JoinError>) {
+        if let Ok(AttackEnd::Leave) = done {
+            self.result = Some(Err(PipelineError::Protocol(
+                "this member left the run after its attack".into(),
+            )));
+        }
     }
 }
 

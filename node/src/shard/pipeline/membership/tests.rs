@@ -38,6 +38,7 @@ fn config(members: usize, replicas: u32) -> PipelineConfig {
         replicas,
         average_every: 0,
         admission: crate::averaging::Admission::Open,
+        tamper: None,
     }
 }
 
