@@ -52,6 +52,42 @@ fn peers(n: u8) -> Vec<PeerId> {
         .collect()
 }
 
+/// The signed announcements of the capacities `notice` plans with, for its peers but `issuer`
+/// (the peers of [`peers`], whose keys are known).
+fn citations_of(notice: &PlanNotice, issuer: Option<PeerId>) -> Vec<Vec<u8>> {
+    let issuer = issuer.map(|p| p.to_string());
+    notice
+        .input
+        .peers
+        .iter()
+        .filter(|p| Some(&p.id) != issuer.as_ref())
+        .filter_map(|p| {
+            let seed = (1..=8u8)
+                .find(|s| peers(*s).last().map(PeerId::to_string) == Some(p.id.clone()))?;
+            let key = murmur_protocol::ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+            let announcement = murmur_protocol::Announcement {
+                peer: murmur_protocol::envelope::peer_key(&key),
+                run: RunId([0; 32]),
+                model: ModelFingerprint([0; 32]),
+                capacity: murmur_protocol::Capacity {
+                    samples_per_sec: 1.0,
+                    flops_per_sec: p.flops_per_sec,
+                    memory_bytes: p.memory_bytes,
+                    device: "fuzz".into(),
+                    links: Vec::new(),
+                },
+                round: 0,
+                listen_addrs: Vec::new(),
+                timestamp_ms: 0,
+            };
+            let message = Message::Announcement(announcement);
+            murmur_protocol::SignedEnvelope::sign(&key, &message)
+                .ok()
+                .map(|e| e.to_bytes())
+        })
+        .collect()
+}
+
 fn reference_notice() -> &'static (Vec<u8>, Vec<PeerId>) {
     static NOTICE: OnceLock<(Vec<u8>, Vec<PeerId>)> = OnceLock::new();
     NOTICE.get_or_init(|| {
@@ -73,7 +109,12 @@ fn reference_notice() -> &'static (Vec<u8>, Vec<PeerId>) {
             })
             .collect();
         let input = PlanInput::new(stages, capacities);
+        let issuer = members.iter().min_by_key(|p| p.to_string()).copied();
         let bytes = PlanNotice::compute(1, Placement::CapacityAware, &members, input, 1)
+            .map(|mut n| {
+                n.citations = citations_of(&n, issuer);
+                n
+            })
             .and_then(|n| encode_notice(&n))
             .unwrap_or_default();
         (bytes, members)

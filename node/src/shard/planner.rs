@@ -215,6 +215,7 @@ pub struct Plan {
 pub const MAX_PLAN_PEERS: usize = 256;
 /// Most stages one plan places.
 pub const MAX_PLAN_STAGES: usize = 4096;
+// Links: at most one per ordered pair of the most peers (`MAX_PLAN_PEERS²`).
 
 /// Why no plan could be made.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -375,7 +376,7 @@ mod tests {
                 to: "b".into(),
                 spec: LinkSpec::default(),
             };
-            2
+            MAX_PLAN_PEERS * MAX_PLAN_PEERS + 1
         ];
         assert!(matches!(plan(&links), Err(PlanError::Invalid(_))));
         let fits: Vec<PeerCapacity> = (0..MAX_PLAN_PEERS)

@@ -16,13 +16,14 @@ use murmur_protocol::Codec;
 use super::TestnetArgs;
 use super::attack::Attack;
 use super::defaults;
+use crate::adversary::PipeTamper;
 use crate::averaging::SyncPolicy;
 use crate::cmd::node::config::{at_least, invalid, refuse};
 use crate::cmd::node::{ConfigError, defaults as node_defaults};
 use crate::shard::pipeline::Placement;
 
 /// Flags only the gossip testnet reads: refused with `--sharded`.
-pub const GOSSIP_ONLY: [&str; 10] = [
+pub const GOSSIP_ONLY: [&str; 9] = [
     "--nodes",
     "--sync",
     "--fanout",
@@ -31,7 +32,6 @@ pub const GOSSIP_ONLY: [&str; 10] = [
     "--robust",
     "--outer",
     "--butterfly",
-    "--malicious",
     "--plain",
 ];
 
@@ -134,6 +134,16 @@ pub struct ShardedConfig {
     pub micro_batches: u32,
     /// Data-parallel chains (1 to the number of nodes).
     pub replicas: u32,
+    /// A hostile extra node (`--malicious`): a member attacking the others, or a stranger.
+    pub malicious: Option<PipeTamper>,
+}
+
+impl ShardedConfig {
+    /// Whether the hostile extra node is a pipeline member (every kind but the stranger's).
+    pub fn malicious_member(&self) -> bool {
+        self.malicious
+            .is_some_and(|m| m != PipeTamper::FormationJunk)
+    }
 }
 
 impl TestnetConfig {
@@ -163,7 +173,6 @@ fn gossip_flags_given(a: &TestnetArgs) -> Vec<&'static str> {
         a.robust,
         a.outer,
         a.butterfly,
-        a.malicious.is_some(),
         a.plain,
     ];
     flags_given(GOSSIP_ONLY, given)
@@ -235,7 +244,15 @@ fn gossip(a: &TestnetArgs) -> Result<GossipConfig, ConfigError> {
         (None, _) => None,
     };
     let nodes = at_least("--nodes", a.nodes.unwrap_or(defaults::NODES), 1)?;
-    if a.malicious.is_some_and(|m| m.late_joiner()) && nodes < 3 {
+    let malicious = a
+        .malicious
+        .as_deref()
+        .map(|m| {
+            m.parse::<Attack>()
+                .map_err(|e| invalid("--malicious", m, e))
+        })
+        .transpose()?;
+    if malicious.is_some_and(|m| m.late_joiner()) && nodes < 3 {
         let expected =
             "at least 3 with --malicious late-join-capture (two to cross-check, one late)";
         return Err(invalid("--nodes", nodes, expected));
@@ -246,10 +263,10 @@ fn gossip(a: &TestnetArgs) -> Result<GossipConfig, ConfigError> {
         fanout: at_least("--fanout", a.fanout.unwrap_or(defaults::FANOUT), 1)?,
         codec: a.codec.unwrap_or(defaults::CODEC),
         target_accuracy,
-        robust: a.robust || a.malicious.is_some(),
+        robust: a.robust || malicious.is_some(),
         outer: a.outer,
         butterfly: a.butterfly,
-        malicious: a.malicious,
+        malicious,
         plain: a.plain,
     })
 }
@@ -285,12 +302,21 @@ fn sharded(a: &TestnetArgs) -> Result<ShardedConfig, ConfigError> {
         true => vec![Placement::CapacityAware, Placement::Even],
         false => vec![a.placement.unwrap_or(defaults::PLACEMENT)],
     };
+    let malicious = a
+        .malicious
+        .as_deref()
+        .map(|m| {
+            m.parse::<PipeTamper>()
+                .map_err(|e| invalid("--malicious", m, e))
+        })
+        .transpose()?;
     Ok(ShardedConfig {
         slowdown,
         placements,
         batch_size,
         micro_batches: micro,
         replicas,
+        malicious,
     })
 }
 
@@ -376,7 +402,7 @@ mod tests {
 
     #[test]
     fn every_gossip_only_flag_is_refused_with_sharded() {
-        let given: [&[&str]; 10] = [
+        let given: [&[&str]; 9] = [
             &["--nodes", "3"],
             &["--sync", "steps:10"],
             &["--fanout", "3"],
@@ -385,7 +411,6 @@ mod tests {
             &["--robust"],
             &["--outer"],
             &["--butterfly"],
-            &["--malicious", "flip"],
             &["--plain"],
         ];
         for (flag, flags) in GOSSIP_ONLY.into_iter().zip(given) {
@@ -396,9 +421,27 @@ mod tests {
             assert!(config(flags).is_ok(), "{flags:?}");
         }
         refused(
-            &["--sharded", "--robust", "--malicious", "flip"],
-            "--robust, --malicious are not used by --sharded",
+            &["--sharded", "--robust", "--plain"],
+            "--robust, --plain are not used by --sharded",
         );
+        // --malicious takes each mode's kinds.
+        refused(&["--sharded", "--malicious", "flip"], "plan-hijack");
+        refused(&["--malicious", "epoch-jump"], "sybil:N");
+        for kind in [
+            "plan-hijack",
+            "epoch-jump",
+            "snapshot-poison",
+            "formation-junk",
+        ] {
+            let Mode::Sharded(sharded) = config(&["--sharded", "--malicious", kind]).unwrap().mode
+            else {
+                panic!("sharded");
+            };
+            assert_eq!(
+                sharded.malicious.map(|m| m.to_string()).as_deref(),
+                Some(kind)
+            );
+        }
     }
 
     #[test]

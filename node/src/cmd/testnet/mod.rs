@@ -25,7 +25,6 @@ use anyhow::{Context, bail};
 use murmur_models::{DeviceChoice, ModelKind};
 
 use crate::averaging::SyncPolicy;
-use attack::Attack;
 use child::Layout;
 pub use config::{Mode, TestnetConfig};
 
@@ -71,9 +70,11 @@ pub struct TestnetArgs {
     #[arg(long)]
     pub churn: Option<f64>,
     /// Add malicious nodes: flip, scale:F, weight, round-jump, replay-flood or
-    /// late-join-capture (one node), or sybil:N (N flipping identities).
+    /// late-join-capture (one node), or sybil:N (N flipping identities); with --sharded,
+    /// one hostile member: plan-hijack, epoch-jump or snapshot-poison, or a stranger:
+    /// formation-junk.
     #[arg(long)]
-    pub malicious: Option<Attack>,
+    pub malicious: Option<String>,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = defaults::TIMEOUT)]
     pub timeout: u64,

@@ -217,6 +217,7 @@ impl Attacker {
     /// Junk to every peer of the run, once some are found (within the forming timeout).
     async fn junk(&self) {
         let deadline = tokio::time::Instant::now() + self.config.form_timeout;
+        let mut settle = None;
         let targets = loop {
             let peers = self.net.peers().await.unwrap_or_default();
             let found: Vec<PeerId> = peers
@@ -229,7 +230,15 @@ impl Attacker {
                 })
                 .map(|p| p.peer_id)
                 .collect();
-            if !found.is_empty() || tokio::time::Instant::now() >= deadline {
+            // Once one is found, the others a moment later (they connect one by one).
+            let now = tokio::time::Instant::now();
+            if !found.is_empty() {
+                let at = *settle.get_or_insert(now + Duration::from_millis(500));
+                if now >= at {
+                    break found;
+                }
+            }
+            if now >= deadline {
                 break found;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -120,10 +120,11 @@ impl<'a> Model<'a> {
         if n == 0 {
             return Err(PlanError::NoPeers);
         }
-        if n > MAX_PLAN_PEERS || s > MAX_PLAN_STAGES || input.links.len() > n * n {
+        let max_links = MAX_PLAN_PEERS * MAX_PLAN_PEERS;
+        if n > MAX_PLAN_PEERS || s > MAX_PLAN_STAGES || input.links.len() > max_links {
             return Err(PlanError::Invalid(format!(
                 "{n} peers, {s} stages and {} links: at most {MAX_PLAN_PEERS} peers, \
-                 {MAX_PLAN_STAGES} stages and a link per ordered pair",
+                 {MAX_PLAN_STAGES} stages and {max_links} links",
                 input.links.len()
             )));
         }

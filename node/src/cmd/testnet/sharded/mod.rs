@@ -63,6 +63,10 @@ fn node_args(
         .join(format!("{}-node-{index}", name(placement)));
     let run = format!("murmur-testnet-sharded-{}", name(placement));
     let mut a = child_node_args(&dir, &run, bootstrap);
+    let honest = sharded.slowdown.len();
+    let members = honest + usize::from(sharded.malicious_member());
+    // The hostile extra node is the last, at full speed.
+    let slowdown = sharded.slowdown.get(index).copied().unwrap_or(1.0);
     a.extend::<[String; _]>([
         "--model".into(),
         common.model.to_string(),
@@ -70,11 +74,11 @@ fn node_args(
         common.device.to_string(),
         "--sharded".into(),
         "--pipeline-peers".into(),
-        sharded.slowdown.len().to_string(),
+        members.to_string(),
         "--placement".into(),
         name(placement).into(),
         "--slowdown".into(),
-        sharded.slowdown[index].to_string(),
+        slowdown.to_string(),
         "--steps".into(),
         common.steps.to_string(),
         "--batch-size".into(),
@@ -84,8 +88,12 @@ fn node_args(
         "--pipeline-replicas".into(),
         sharded.replicas.to_string(),
     ]);
-    if common.churn.is_some() {
+    if common.churn.is_some() || sharded.malicious.is_some() {
+        // A member that leaves (churn, or an attacker) is noticed at once on loopback.
         a.extend(["--peer-deadline".into(), CHURN_PEER_DEADLINE.into()]);
+    }
+    if let Some(kind) = sharded.malicious.filter(|_| index >= honest) {
+        a.extend(["--pipeline-tamper".into(), kind.to_string()]);
     }
     a
 }
@@ -105,6 +113,8 @@ struct Run<'a> {
     finals: BTreeMap<usize, Value>,
     /// When each node without a report was first seen exited.
     exited: BTreeMap<usize, Instant>,
+    /// The hostile extra node's last line (`--malicious`), if it ended.
+    attacker: Option<Value>,
     started: Instant,
 }
 
@@ -120,8 +130,11 @@ async fn run_once(
     let (mut bootstrap, boot_addr) =
         start_bootstrap(layout, &boot_name, &lines_tx, &mut lines).await?;
     let n = sharded.slowdown.len();
+    let malicious = sharded
+        .malicious
+        .map_or(String::new(), |kind| format!(" + 1 malicious ({kind})"));
     println!(
-        "testnet: {} placement, {n} nodes slowed {:?}×, {} over a pipeline",
+        "testnet: {} placement, {n} nodes slowed {:?}×{malicious}, {} over a pipeline",
         name(placement),
         sharded.slowdown,
         common.model
@@ -137,9 +150,10 @@ async fn run_once(
         stages: vec![Value::Null; n],
         finals: BTreeMap::new(),
         exited: BTreeMap::new(),
+        attacker: None,
         started,
     };
-    for i in 0..n {
+    for i in 0..n + usize::from(sharded.malicious.is_some()) {
         run.spawn_node(i, 0)?;
     }
     run.watch(&mut lines).await?;
@@ -148,7 +162,7 @@ async fn run_once(
     bootstrap.kill().await;
     render::stages(&sharded.slowdown, &run.stages, started.elapsed());
     let (reports, lost) = reports(common, sharded, &run.finals)?;
-    measure(placement, reports, lost)
+    measure(placement, reports, lost, run.attacker.take())
 }
 
 impl Run<'_> {
@@ -181,7 +195,7 @@ impl Run<'_> {
         let mut kill_at = self.common.churn.map(|after| self.started + after);
         let mut rng = StdRng::seed_from_u64(self.common.seed);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
-        while self.finals.len() < n && Instant::now() < deadline {
+        while (0..n).any(|i| !self.finals.contains_key(&i)) && Instant::now() < deadline {
             tokio::select! {
                 Some(line) = lines.recv() => self.on_line(line),
                 _ = tick.tick() => {
@@ -199,6 +213,15 @@ impl Run<'_> {
 
     fn on_line(&mut self, line: Line) {
         let Some(slot) = self.stages.get_mut(line.index) else {
+            // The hostile extra node: only how it ended is kept.
+            if line.value.get("event").and_then(Value::as_str) == Some("final") {
+                let how = line
+                    .value
+                    .get("error")
+                    .map_or("its part done".into(), Value::to_string);
+                println!("testnet: the malicious node ended: {how}");
+                self.attacker = Some(line.value);
+            }
             return;
         };
         match line.value.get("event").and_then(Value::as_str) {
@@ -229,8 +252,9 @@ impl Run<'_> {
 
     /// Counts a node that exited without a report as lost once [`EXIT_GRACE`] passed.
     fn mark_lost(&mut self) {
+        let honest = self.sharded.slowdown.len();
         for (i, proc_) in self.children.iter_mut() {
-            if self.finals.contains_key(i) {
+            if self.finals.contains_key(i) || *i >= honest {
                 continue;
             }
             let Some(status) = proc_.exit_status() else {
@@ -321,18 +345,23 @@ mod tests {
         let layout = Layout {
             root: std::path::PathBuf::from("/tmp/murmur-testnet-test"),
         };
-        let variants: [&[&str]; 3] = [
+        let variants: [&[&str]; 5] = [
             &["--sharded"],
             &["--sharded", "--churn", "10", "--compare-even"],
             &["--sharded", "--replicas", "2", "--slowdown", "1,1,2,2"],
+            &["--sharded", "--malicious", "epoch-jump"],
+            &["--sharded", "--malicious", "formation-junk"],
         ];
         for extra in variants {
             let config = testnet_config(extra).unwrap();
             let TestnetMode::Sharded(sharded) = &config.mode else {
                 panic!("{extra:?}: not sharded");
             };
+            let honest = sharded.slowdown.len();
+            let members = honest + usize::from(sharded.malicious_member());
+            let nodes = honest + usize::from(sharded.malicious.is_some());
             for placement in [Placement::CapacityAware, Placement::Even] {
-                for i in 0..sharded.slowdown.len() {
+                for i in 0..nodes {
                     let common = &config.common;
                     let argv = node_args(
                         common,
@@ -347,9 +376,12 @@ mod tests {
                         panic!("{extra:?}: node {i} is not sharded");
                     };
                     assert_eq!(node_sharded.placement, placement);
-                    assert_eq!(node_sharded.slowdown, sharded.slowdown[i]);
+                    let slowdown = sharded.slowdown.get(i).copied().unwrap_or(1.0);
+                    assert_eq!(node_sharded.slowdown, slowdown);
                     assert_eq!(node_sharded.pipeline_replicas, sharded.replicas);
-                    assert_eq!(node_sharded.pipeline_peers, sharded.slowdown.len());
+                    assert_eq!(node_sharded.pipeline_peers, members);
+                    let tamper = sharded.malicious.filter(|_| i >= honest);
+                    assert_eq!(node_sharded.tamper, tamper, "{extra:?}: node {i}");
                     assert_eq!(node.common.batch_size, sharded.batch_size);
                     assert_eq!(node.common.steps, common.steps);
                 }

@@ -24,23 +24,35 @@ pub(super) struct Measured {
     /// FLOPs over its compute time), when the run was never re-planned.
     observed_ideal_samples_per_sec: Option<f64>,
     final_loss: Option<f32>,
+    /// The losses the first chain's head recorded.
+    head_losses: Option<Vec<f32>>,
     /// Nodes that exited without a report (killed by `--churn`, or crashed).
     lost: Vec<usize>,
+    /// The hostile extra node's last line (`--malicious`).
+    attacker: Option<Value>,
 }
 
 pub(super) fn measure(
     placement: Placement,
     reports: Vec<PipelineReport>,
     lost: Vec<usize>,
+    attacker: Option<Value>,
 ) -> anyhow::Result<Measured> {
-    let lanes = reports.iter().map(|r| r.lanes).max().unwrap_or(1).max(1);
+    // A hostile member's stage computes honestly: it is part of the chains measured.
+    let member: Option<PipelineReport> = attacker
+        .as_ref()
+        .and_then(|a| a.get("pipeline"))
+        .and_then(|p| serde_json::from_value(p.clone()).ok());
+    let all: Vec<&PipelineReport> = reports.iter().chain(member.as_ref()).collect();
+    let lanes = all.iter().map(|r| r.lanes).max().unwrap_or(1).max(1);
     let (mut samples_per_sec, mut steady_samples_per_sec) = (0.0, 0.0);
     let (mut observed, mut total_flops) = (0.0, 0.0);
-    let mut final_loss = None;
+    let (mut final_loss, mut head_losses) = (None, None);
     for lane in 0..lanes {
-        let chain: Vec<&PipelineReport> = reports
+        let chain: Vec<&PipelineReport> = all
             .iter()
             .filter(|r| r.position.is_some() && r.lane.unwrap_or(0) == lane)
+            .copied()
             .collect();
         let head = chain
             .iter()
@@ -52,6 +64,7 @@ pub(super) fn measure(
         steady_samples_per_sec += samples / busiest.max(1e-9);
         if lane == 0 {
             final_loss = head.losses.last().copied();
+            head_losses = Some(head.losses.clone());
             total_flops = chain.iter().map(|r| r.range_flops_per_sample).sum();
         }
         // Each planned shard's capacity as observed while training: FLOPs done / compute
@@ -61,7 +74,7 @@ pub(super) fn measure(
             .map(|r| r.range_flops_per_sample * samples / r.busy_secs.max(1e-9))
             .sum::<f64>();
     }
-    let never_replanned = reports.iter().all(|r| r.replans == 0);
+    let never_replanned = all.iter().all(|r| r.replans == 0);
     let observed_ideal_samples_per_sec =
         (never_replanned && total_flops > 0.0).then(|| observed / total_flops);
     Ok(Measured {
@@ -70,8 +83,10 @@ pub(super) fn measure(
         steady_samples_per_sec,
         observed_ideal_samples_per_sec,
         final_loss,
+        head_losses,
         reports,
         lost,
+        attacker,
     })
 }
 
@@ -109,6 +124,9 @@ pub(super) fn summarise(
     out.insert("ideal_samples_per_sec".into(), json!(ideal));
     out.insert("slowdowns".into(), json!(sharded.slowdown));
     out.insert("model".into(), json!(common.model.to_string()));
+    if let Some(kind) = sharded.malicious {
+        out.insert("malicious_kind".into(), json!(kind.to_string()));
+    }
     if let [aware, even] = runs {
         let speedup = aware.samples_per_sec / even.samples_per_sec.max(1e-9);
         let steady = aware.steady_samples_per_sec / even.steady_samples_per_sec.max(1e-9);
@@ -154,7 +172,16 @@ fn run_summary(run: &Measured, any: &PipelineReport) -> Value {
         })).collect::<Vec<_>>(),
         "final_loss": run.final_loss,
         "lost_nodes": run.lost,
-        "losses": run.reports.iter().find(|r| r.position == Some(0)).map(|r| r.losses.clone()),
+        "nodes": run.reports.iter().map(|r| json!({
+            "position": r.position, "steps": r.steps, "epoch": r.epoch,
+            "replans": r.replans, "refused": r.refused, "stopped_with_error": false,
+        })).collect::<Vec<_>>(),
+        "malicious": run.attacker.as_ref().map(|a| json!({
+            "stopped_with_error": a.get("error").is_some(),
+            "error": a.get("error"),
+            "position": a.pointer("/pipeline/position"),
+        })),
+        "losses": run.head_losses,
     })
 }
 

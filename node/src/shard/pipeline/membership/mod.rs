@@ -274,7 +274,13 @@ impl Membership {
             Ok(notice) => notice,
             Err(err) => {
                 self.refused_notices += 1;
-                tracing::warn!(peer = %from, err = %chain(&err), "plan notice refused");
+                // A peer chooses how many it sends: the 1st, 2nd, 4th, 8th… are logged.
+                let refused = self.refused_notices;
+                if refused.is_power_of_two() {
+                    tracing::warn!(peer = %from, err = %chain(&err), refused, "plan notice refused");
+                } else {
+                    tracing::debug!(peer = %from, err = %chain(&err), refused, "plan notice refused");
+                }
                 return Vec::new();
             }
         };
