@@ -15,6 +15,7 @@ use murmur_protocol::{
 };
 
 use crate::averaging::Outgoing;
+use crate::averaging::butterfly::PartSend;
 
 /// How a malicious test node corrupts what it sends.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -37,6 +38,10 @@ pub enum Tamper {
     /// enough for newcomers to download from it, within the lead bound) and serve late
     /// joiners a poisoned state (the model sign-flipped).
     LateJoinCapture,
+    /// Butterfly takeover: take part in butterfly rounds (contributing early to be counted
+    /// in groups) with every part sent — contributions and the means of the parts it owns —
+    /// sign-flipped and scaled by [`TAKEOVER_FACTOR`].
+    ButterflyTakeover,
 }
 
 /// How far ahead a [`Tamper::RoundJump`] delta claims to be.
@@ -45,6 +50,8 @@ const ROUND_JUMP: u64 = 1 << 40;
 pub const REPLAY_ROUNDS: u64 = 8;
 /// How far ahead of its true round a [`Tamper::LateJoinCapture`] node claims to be.
 pub const CAPTURE_LEAD: u64 = 32;
+/// What a [`Tamper::ButterflyTakeover`] node multiplies its parts' changes by.
+pub const TAKEOVER_FACTOR: f32 = -4.0;
 
 impl Tamper {
     /// Applies a corruption of the model change (the header-only kinds leave it alone, except
@@ -53,6 +60,7 @@ impl Tamper {
         let factor = match self {
             Tamper::Scale(s) => s,
             Tamper::Flip | Tamper::ReplayFlood => -1.0,
+            Tamper::ButterflyTakeover => TAKEOVER_FACTOR,
             Tamper::Weight => 0.0,
             Tamper::RoundJump | Tamper::LateJoinCapture => return,
         };
@@ -66,7 +74,11 @@ impl Tamper {
         match self {
             Tamper::Weight => header.weight = f64::MAX,
             Tamper::RoundJump => header.base_round = header.base_round.saturating_add(ROUND_JUMP),
-            Tamper::Scale(_) | Tamper::Flip | Tamper::ReplayFlood | Tamper::LateJoinCapture => {}
+            Tamper::Scale(_)
+            | Tamper::Flip
+            | Tamper::ReplayFlood
+            | Tamper::LateJoinCapture
+            | Tamper::ButterflyTakeover => {}
         }
     }
 
@@ -98,6 +110,7 @@ impl fmt::Display for Tamper {
             Tamper::RoundJump => f.write_str("round-jump"),
             Tamper::ReplayFlood => f.write_str("replay-flood"),
             Tamper::LateJoinCapture => f.write_str("late-join-capture"),
+            Tamper::ButterflyTakeover => f.write_str("butterfly-takeover"),
         }
     }
 }
@@ -112,6 +125,7 @@ impl FromStr for Tamper {
             "round-jump" => Ok(Tamper::RoundJump),
             "replay-flood" => Ok(Tamper::ReplayFlood),
             "late-join-capture" => Ok(Tamper::LateJoinCapture),
+            "butterfly-takeover" => Ok(Tamper::ButterflyTakeover),
             _ => s
                 .strip_prefix("scale:")
                 .and_then(|f| f.parse::<f32>().ok())
@@ -120,7 +134,7 @@ impl FromStr for Tamper {
                 .ok_or_else(|| {
                     format!(
                         "bad tamper mode {s:?}: expected flip, scale:F, weight, round-jump, \
-                         replay-flood or late-join-capture"
+                         replay-flood, late-join-capture or butterfly-takeover"
                     )
                 }),
         }
@@ -235,6 +249,31 @@ impl Adversary {
             wires.extend([copy.clone(), copy]);
         }
         Ok(wires)
+    }
+
+    /// What goes on the wire instead of the butterfly part `part`: its change corrupted (by
+    /// [`Tamper::apply`]), the header re-signed for the new payload.
+    pub fn corrupt_part(&self, part: &PartSend) -> Result<PartSend, AdversaryError> {
+        let (_, message) = SignedEnvelope::open_bytes(&part.header, MAX_ENVELOPE_BYTES)?;
+        let Message::Part(mut header) = message else {
+            return Err(AdversaryError::NotADelta);
+        };
+        let mut values = header
+            .body
+            .codec
+            .decode(&part.payload, header.body.element_count)?;
+        self.tamper.apply(&mut values);
+        let mut payload = Vec::new();
+        let digest = header.body.codec.encode_into(&values, &mut payload)?;
+        header.body.payload_len = payload.len() as u64;
+        header.body.payload_digest = digest;
+        let envelope = SignedEnvelope::sign(&self.key, &Message::Part(header))?;
+        Ok(PartSend {
+            header: envelope.to_bytes(),
+            payload: payload.into(),
+            digest,
+            ..part.clone()
+        })
     }
 
     /// `outgoing` with its header changed by `change` and signed again.

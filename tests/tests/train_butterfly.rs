@@ -230,3 +230,43 @@ async fn four_nodes_training_in_butterfly_rounds_all_reach_96_percent() {
     let (reached, finals) = train_to_target(sessions, Duration::from_secs(45)).await;
     assert_all_reached(reached, &finals, budget);
 }
+
+/// Butterfly takeover: a fifth node outside the pool takes part in butterfly rounds with every
+/// part it sends — contributions and the means of parts it owns — sign-flipped and ×4. A
+/// closed pool (what `--butterfly` requires) refuses its parts on the header and never counts
+/// it in a group: every member reaches 96 % and counts the refusals. (In an open run the
+/// stranger joined the groups: the members' models were dragged away — checked by opening
+/// the pool; see docs/security.md.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_in_butterfly_rounds_is_refused_by_the_closed_pool() {
+    use murmur_node::adversary::Tamper;
+    use murmur_node::averaging::Admission;
+    let (budget, seed) = (1000, 120u8);
+    let members: std::collections::BTreeSet<_> =
+        (0..4).map(|i| identity(seed + i).peer_key()).collect();
+    let mut sessions = Vec::new();
+    let mut bootstrap = Vec::new();
+    for i in 0..5u8 {
+        let (replica, anchor, model) = digits_replica(usize::from(i.min(3)), 4, budget);
+        let mut cfg = config(model, &bootstrap, worker(25, budget, u64::from(i)));
+        cfg.averager.butterfly = Some(ButterflyConfig::default());
+        cfg.averager.admission = Admission::Closed(members.clone());
+        if i == 4 {
+            cfg.tamper = Some(Tamper::ButterflyTakeover);
+        }
+        let session = start(seed + i, None, replica, anchor, cfg).await;
+        if i == 0 {
+            bootstrap.push(addr(&session).await);
+        }
+        sessions.push(session);
+    }
+    let attacker = sessions.pop().expect("five sessions");
+    let (reached, finals) = train_to_target(sessions, Duration::from_secs(45)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(15), attacker.stop()).await;
+    assert_all_reached(reached, &finals, budget);
+    let refused: u64 = finals
+        .iter()
+        .map(|s| s.worker.counts.rejected.values().sum::<u64>())
+        .sum();
+    assert!(refused > 0, "the stranger's parts were refused and counted");
+}

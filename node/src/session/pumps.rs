@@ -126,6 +126,17 @@ async fn send_part(
     sends: Arc<Semaphore>,
     mut rounds: watch::Receiver<u64>,
 ) {
+    let part = match ctx.config.tamper {
+        Some(tamper @ crate::adversary::Tamper::ButterflyTakeover) => {
+            let adversary = Adversary::new(tamper, ctx.identity.signing_key().clone());
+            let original = part.clone();
+            match tokio::task::spawn_blocking(move || adversary.corrupt_part(&original)).await {
+                Ok(Ok(corrupted)) => corrupted,
+                _ => part,
+            }
+        }
+        _ => part,
+    };
     // The part's time limit counts from now, its wait for a slot included: a part that only
     // gets out after its round is over is of no use to the owner.
     let deadline = tokio::time::Instant::now() + part.limit;

@@ -77,6 +77,7 @@ mod tests {
             "round-jump",
             "replay-flood",
             "late-join-capture",
+            "butterfly-takeover",
             "sybil:3",
         ] {
             let attack: Attack = kind.parse().unwrap();

@@ -16,7 +16,7 @@ use murmur_protocol::Codec;
 use super::TestnetArgs;
 use super::attack::Attack;
 use super::defaults;
-use crate::adversary::PipeTamper;
+use crate::adversary::{PipeTamper, Tamper};
 use crate::averaging::SyncPolicy;
 use crate::cmd::node::config::{at_least, invalid, refuse};
 use crate::cmd::node::{ConfigError, defaults as node_defaults};
@@ -252,6 +252,23 @@ fn gossip(a: &TestnetArgs) -> Result<GossipConfig, ConfigError> {
                 .map_err(|e| invalid("--malicious", m, e))
         })
         .transpose()?;
+    // Butterfly rounds meet the one attack made on them; that attack needs them.
+    let takeover = malicious.is_some_and(|m| m.tamper == Tamper::ButterflyTakeover);
+    if a.butterfly && malicious.is_some() && !takeover {
+        let expected = "butterfly-takeover with --butterfly (the gossip kinds need push-sum)";
+        return Err(invalid(
+            "--malicious",
+            malicious.map(|m| m.to_string()).unwrap_or_default(),
+            expected,
+        ));
+    }
+    if takeover && !a.butterfly {
+        return Err(invalid(
+            "--malicious",
+            "butterfly-takeover",
+            "--butterfly with it (it attacks butterfly rounds)",
+        ));
+    }
     if malicious.is_some_and(|m| m.late_joiner()) && nodes < 3 {
         let expected =
             "at least 3 with --malicious late-join-capture (two to cross-check, one late)";
@@ -263,7 +280,8 @@ fn gossip(a: &TestnetArgs) -> Result<GossipConfig, ConfigError> {
         fanout: at_least("--fanout", a.fanout.unwrap_or(defaults::FANOUT), 1)?,
         codec: a.codec.unwrap_or(defaults::CODEC),
         target_accuracy,
-        robust: a.robust || malicious.is_some(),
+        // Butterfly rounds take no robust merging: their defence is the closed pool.
+        robust: a.robust || (malicious.is_some() && !a.butterfly),
         outer: a.outer,
         butterfly: a.butterfly,
         malicious,
@@ -424,6 +442,22 @@ mod tests {
             &["--sharded", "--robust", "--plain"],
             "--robust, --plain are not used by --sharded",
         );
+        // Butterfly rounds meet only the attack made on them, and it needs them.
+        refused(
+            &["--butterfly", "--malicious", "flip"],
+            "butterfly-takeover with --butterfly",
+        );
+        refused(
+            &["--malicious", "butterfly-takeover"],
+            "--butterfly with it",
+        );
+        let Mode::Gossip(takeover) = config(&["--butterfly", "--malicious", "butterfly-takeover"])
+            .unwrap()
+            .mode
+        else {
+            panic!("gossip");
+        };
+        assert!(!takeover.robust, "butterfly rounds take no robust merging");
         // --malicious takes each mode's kinds.
         refused(&["--sharded", "--malicious", "flip"], "plan-hijack");
         refused(&["--malicious", "epoch-jump"], "sybil:N");

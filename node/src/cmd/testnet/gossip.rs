@@ -384,13 +384,14 @@ mod tests {
         let layout = Layout {
             root: PathBuf::from("/tmp/murmur-testnet-test"),
         };
-        let variants: [&[&str]; 8] = [
+        let variants: [&[&str]; 9] = [
             &[],
             &["--robust", "--nodes", "3"],
             &["--outer", "--codec", "topk:100", "--sync", "secs:1"],
             &["--butterfly", "--codec", "raw"],
             &["--malicious", "scale:-4", "--churn", "5"],
             &["--malicious", "sybil:3"],
+            &["--butterfly", "--malicious", "butterfly-takeover"],
             &["--malicious", "late-join-capture", "--nodes", "3"],
             &["--model", "char-gpt", "--target-accuracy", "0.5"],
         ];

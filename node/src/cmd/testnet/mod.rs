@@ -63,7 +63,7 @@ pub struct TestnetArgs {
     #[arg(long)]
     pub outer: bool,
     /// Butterfly (scatter-reduce) averaging on every node instead of push-sum gossip.
-    #[arg(long, conflicts_with_all = ["robust", "outer", "malicious"])]
+    #[arg(long, conflicts_with_all = ["robust", "outer"])]
     pub butterfly: bool,
     /// Kill -9 and restart a random honest node every this many seconds (with --sharded:
     /// once, after this many seconds).
