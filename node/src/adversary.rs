@@ -42,6 +42,9 @@ pub enum Tamper {
     /// in groups) with every part sent — contributions and the means of the parts it owns —
     /// sign-flipped and scaled by [`TAKEOVER_FACTOR`].
     ButterflyTakeover,
+    /// Slow loris: train and send honestly, and beside that hold delta streams open at every
+    /// peer, one byte every couple of seconds (`session::slow_loris`).
+    SlowLoris,
 }
 
 /// How far ahead a [`Tamper::RoundJump`] delta claims to be.
@@ -62,7 +65,7 @@ impl Tamper {
             Tamper::Flip | Tamper::ReplayFlood => -1.0,
             Tamper::ButterflyTakeover => TAKEOVER_FACTOR,
             Tamper::Weight => 0.0,
-            Tamper::RoundJump | Tamper::LateJoinCapture => return,
+            Tamper::RoundJump | Tamper::LateJoinCapture | Tamper::SlowLoris => return,
         };
         for v in values {
             *v *= factor;
@@ -78,7 +81,8 @@ impl Tamper {
             | Tamper::Flip
             | Tamper::ReplayFlood
             | Tamper::LateJoinCapture
-            | Tamper::ButterflyTakeover => {}
+            | Tamper::ButterflyTakeover
+            | Tamper::SlowLoris => {}
         }
     }
 
@@ -111,6 +115,7 @@ impl fmt::Display for Tamper {
             Tamper::ReplayFlood => f.write_str("replay-flood"),
             Tamper::LateJoinCapture => f.write_str("late-join-capture"),
             Tamper::ButterflyTakeover => f.write_str("butterfly-takeover"),
+            Tamper::SlowLoris => f.write_str("slow-loris"),
         }
     }
 }
@@ -126,6 +131,7 @@ impl FromStr for Tamper {
             "replay-flood" => Ok(Tamper::ReplayFlood),
             "late-join-capture" => Ok(Tamper::LateJoinCapture),
             "butterfly-takeover" => Ok(Tamper::ButterflyTakeover),
+            "slow-loris" => Ok(Tamper::SlowLoris),
             _ => s
                 .strip_prefix("scale:")
                 .and_then(|f| f.parse::<f32>().ok())
@@ -134,7 +140,7 @@ impl FromStr for Tamper {
                 .ok_or_else(|| {
                     format!(
                         "bad tamper mode {s:?}: expected flip, scale:F, weight, round-jump, \
-                         replay-flood, late-join-capture or butterfly-takeover"
+                         replay-flood, late-join-capture, butterfly-takeover or slow-loris"
                     )
                 }),
         }

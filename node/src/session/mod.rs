@@ -15,6 +15,7 @@ mod inputs;
 pub mod presence;
 pub mod pumps;
 pub mod replica;
+mod slow_loris;
 mod state_check;
 pub mod state_ranges;
 pub mod state_sync;
@@ -414,6 +415,9 @@ fn spawn_tasks(ctx: &Arc<Context>, inbound: Inbound) -> TaskTracker {
     tasks.spawn(presence::run(ctx.clone(), inbound.events));
     tasks.spawn(state_sync::serve(ctx.clone(), inbound.state_requests));
     tasks.spawn(state_sync::join(ctx.clone()));
+    if ctx.config.tamper == Some(crate::adversary::Tamper::SlowLoris) {
+        tasks.spawn(slow_loris::run(ctx.clone()));
+    }
     tasks
 }
 

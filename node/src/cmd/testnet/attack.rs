@@ -78,6 +78,7 @@ mod tests {
             "replay-flood",
             "late-join-capture",
             "butterfly-takeover",
+            "slow-loris",
             "sybil:3",
         ] {
             let attack: Attack = kind.parse().unwrap();

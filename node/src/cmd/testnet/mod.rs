@@ -69,8 +69,9 @@ pub struct TestnetArgs {
     /// once, after this many seconds).
     #[arg(long)]
     pub churn: Option<f64>,
-    /// Add malicious nodes: flip, scale:F, weight, round-jump, replay-flood or
-    /// late-join-capture (one node), or sybil:N (N flipping identities); with --sharded,
+    /// Add malicious nodes: flip, scale:F, weight, round-jump, replay-flood,
+    /// late-join-capture or slow-loris (one node), or sybil:N (N flipping identities); with
+    /// --butterfly, butterfly-takeover (a stranger outside the pool); with --sharded,
     /// one hostile member: plan-hijack, epoch-jump or snapshot-poison, or a stranger:
     /// formation-junk.
     #[arg(long)]
