@@ -234,6 +234,14 @@ fn common(a: &TestnetArgs) -> Result<CommonConfig, ConfigError> {
     })
 }
 
+/// `--malicious` as a kind of the testnet's mode.
+fn malicious<T: std::str::FromStr<Err = String>>(
+    a: &TestnetArgs,
+) -> Result<Option<T>, ConfigError> {
+    let parse = |m: &str| m.parse::<T>().map_err(|e| invalid("--malicious", m, e));
+    a.malicious.as_deref().map(parse).transpose()
+}
+
 fn gossip(a: &TestnetArgs) -> Result<GossipConfig, ConfigError> {
     let target_accuracy = match (a.target_accuracy, a.model.unwrap_or(ModelKind::MlpDigits)) {
         (Some(t), _) if !(t > 0.0 && t <= 1.0) => {
@@ -244,14 +252,7 @@ fn gossip(a: &TestnetArgs) -> Result<GossipConfig, ConfigError> {
         (None, _) => None,
     };
     let nodes = at_least("--nodes", a.nodes.unwrap_or(defaults::NODES), 1)?;
-    let malicious = a
-        .malicious
-        .as_deref()
-        .map(|m| {
-            m.parse::<Attack>()
-                .map_err(|e| invalid("--malicious", m, e))
-        })
-        .transpose()?;
+    let malicious = malicious::<Attack>(a)?;
     // Butterfly rounds meet the one attack made on them; that attack needs them.
     let takeover = malicious.is_some_and(|m| m.tamper == Tamper::ButterflyTakeover);
     if a.butterfly && malicious.is_some() && !takeover {
@@ -320,14 +321,7 @@ fn sharded(a: &TestnetArgs) -> Result<ShardedConfig, ConfigError> {
         true => vec![Placement::CapacityAware, Placement::Even],
         false => vec![a.placement.unwrap_or(defaults::PLACEMENT)],
     };
-    let malicious = a
-        .malicious
-        .as_deref()
-        .map(|m| {
-            m.parse::<PipeTamper>()
-                .map_err(|e| invalid("--malicious", m, e))
-        })
-        .transpose()?;
+    let malicious = malicious::<PipeTamper>(a)?;
     Ok(ShardedConfig {
         slowdown,
         placements,

@@ -69,19 +69,10 @@ impl Attacker {
     async fn hijack(&self, running: &PlanNotice) -> Result<(), PipelineError> {
         let me = self.net.local_peer_id();
         let peers = self.net.peers().await?;
-        let pool: Vec<&[u8]> = running
-            .citations
-            .iter()
-            .map(Vec::as_slice)
-            .chain(
-                peers
-                    .iter()
-                    .filter_map(|p| p.announcement_envelope.as_deref()),
-            )
-            .collect();
         let origin = (&self.config.run, &self.config.model);
+        let known = (&running.citations[..], &peers[..]);
         let mut honest = running.input.clone();
-        let cited = citations::cite(&mut honest, me, (&pool, &peers), origin)?;
+        let cited = citations::cite_known(&mut honest, me, known, origin)?;
         let mut made_up = running.input.clone();
         for p in &mut made_up.peers {
             p.flops_per_sec = if p.id == me.to_string() { 1e15 } else { 1e3 };
@@ -105,19 +96,10 @@ impl Attacker {
     async fn jump(&self, running: &PlanNotice) -> Result<(), PipelineError> {
         let me = self.net.local_peer_id();
         let peers = self.net.peers().await?;
-        let pool: Vec<&[u8]> = running
-            .citations
-            .iter()
-            .map(Vec::as_slice)
-            .chain(
-                peers
-                    .iter()
-                    .filter_map(|p| p.announcement_envelope.as_deref()),
-            )
-            .collect();
         let origin = (&self.config.run, &self.config.model);
+        let known = (&running.citations[..], &peers[..]);
         let mut notice = running.clone();
-        notice.citations = citations::cite(&mut notice.input, me, (&pool, &peers), origin)?;
+        notice.citations = citations::cite_known(&mut notice.input, me, known, origin)?;
         for ahead in [EPOCH_JUMP, super::membership::MAX_EPOCH_STEP + 1] {
             notice.epoch = running.epoch + ahead;
             tracing::warn!(epoch = notice.epoch, "attack: sending an epoch far ahead");
@@ -216,8 +198,9 @@ pub(crate) async fn junk_only(
 impl Attacker {
     /// Junk to every peer of the run, once some are found (within the forming timeout).
     async fn junk(&self) {
-        let deadline = tokio::time::Instant::now() + self.config.form_timeout;
-        let mut settle = None;
+        let mut deadline = tokio::time::Instant::now() + self.config.form_timeout;
+        let mut changes = self.net.peer_changes();
+        let mut settling = false;
         let targets = loop {
             let peers = self.net.peers().await.unwrap_or_default();
             let found: Vec<PeerId> = peers
@@ -231,17 +214,14 @@ impl Attacker {
                 .map(|p| p.peer_id)
                 .collect();
             // Once one is found, the others a moment later (they connect one by one).
-            let now = tokio::time::Instant::now();
-            if !found.is_empty() {
-                let at = *settle.get_or_insert(now + Duration::from_millis(500));
-                if now >= at {
-                    break found;
-                }
+            if !found.is_empty() && !settling {
+                settling = true;
+                deadline = deadline.min(tokio::time::Instant::now() + Duration::from_millis(500));
             }
-            if now >= deadline {
-                break found;
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { break found },
+                () = tokio::time::sleep_until(deadline) => break found,
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         };
         let run = self.config.run;
         let junk: Vec<(Vec<u8>, Vec<u8>)> = [

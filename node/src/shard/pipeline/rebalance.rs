@@ -38,11 +38,8 @@ fn cited(
     me: PeerId,
     peers: &[PeerInfo],
 ) -> Result<(PlanInput, Vec<Vec<u8>>), PipelineError> {
-    let pool: Vec<&[u8]> = peers
-        .iter()
-        .filter_map(|p| p.announcement_envelope.as_deref())
-        .collect();
-    let cited = citations::cite(&mut input, me, (&pool, peers), (&rules.run, &rules.model))?;
+    let origin = (&rules.run, &rules.model);
+    let cited = citations::cite_known(&mut input, me, (&[], peers), origin)?;
     Ok((input, cited))
 }
 

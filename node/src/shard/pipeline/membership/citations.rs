@@ -78,6 +78,26 @@ pub(crate) fn cite(
     Ok(citations)
 }
 
+/// [`cite`] from the citations of an earlier notice (`previous`) and the announcements of
+/// `latest` (the peer book): what re-plans, re-balances and the red team cite from.
+pub(crate) fn cite_known(
+    input: &mut PlanInput,
+    issuer: PeerId,
+    (previous, latest): (&[Vec<u8>], &[PeerInfo]),
+    origin: (&RunId, &ModelFingerprint),
+) -> Result<Vec<Vec<u8>>, PipelineError> {
+    let pool: Vec<&[u8]> = previous
+        .iter()
+        .map(Vec::as_slice)
+        .chain(
+            latest
+                .iter()
+                .filter_map(|p| p.announcement_envelope.as_deref()),
+        )
+        .collect();
+    cite(input, issuer, (&pool, latest), origin)
+}
+
 /// Errors unless every peer of `notice`'s input other than its sender `from` has a citation of
 /// its planned capacity (and the notice carries no more citations than that).
 pub(crate) fn check(

@@ -481,10 +481,10 @@ impl Membership {
             ];
         }
         let mut input = rules::restricted(&previous.input, &survivors);
-        let pool: Vec<&[u8]> = previous.citations.iter().map(Vec::as_slice).collect();
         let origin = (&self.rules.run, &self.rules.model);
+        let known = (&previous.citations[..], peers);
         let computed =
-            citations::cite(&mut input, self.me, (&pool, peers), origin).and_then(|cited| {
+            citations::cite_known(&mut input, self.me, known, origin).and_then(|cited| {
                 let mut notice = PlanNotice::compute(
                     epoch,
                     previous.placement,
