@@ -157,9 +157,11 @@ impl Attacker {
                         start: range.start as u32,
                         end: range.end as u32,
                     };
-                    let (Ok(header), Ok(bytes)) = (
+                    // A range's state can be large: encoded off the async runtime.
+                    let encoded = tokio::task::spawn_blocking(move || snapshots::encode(&state));
+                    let (Ok(header), Ok(Ok(bytes))) = (
                         control_header(self.config.run, running.epoch, step, body),
-                        snapshots::encode(&state),
+                        encoded.await,
                     ) else {
                         continue;
                     };

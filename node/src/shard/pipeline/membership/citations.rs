@@ -7,30 +7,46 @@
 
 use libp2p::PeerId;
 use murmur_protocol::envelope::MAX_ENVELOPE_BYTES;
-use murmur_protocol::{Message, ModelFingerprint, RunId, SignedEnvelope};
+use murmur_protocol::{Announcement, Message, ModelFingerprint, PeerKey, RunId, SignedEnvelope};
 
 use super::super::PipelineError;
 use super::super::notice::PlanNotice;
 use crate::net::{PeerInfo, key_matches_peer};
 use crate::shard::planner::{PeerCapacity, PlanInput};
 
-/// Whether `citation` is `peer`'s signed announcement for `run` and `model` of exactly
+/// A citation opened (its signature verified): the announcement's signer and body.
+type Opened = (PeerKey, Announcement);
+
+/// Opens `citation`: a signed announcement, or `None`.
+fn open(citation: &[u8]) -> Option<Opened> {
+    match SignedEnvelope::open_bytes(citation, MAX_ENVELOPE_BYTES) {
+        Ok((signer, Message::Announcement(a))) => Some((signer, a)),
+        _ => None,
+    }
+}
+
+/// Whether the opened announcement is `capacity.id`'s, for `run` and `model`, of exactly
 /// `capacity` (FLOP/s and memory, the numbers the planner reads).
-fn cites(citation: &[u8], capacity: &PeerCapacity, run: &RunId, model: &ModelFingerprint) -> bool {
-    let Ok(peer) = capacity.id.parse::<PeerId>() else {
-        return false;
-    };
-    let Ok((signer, Message::Announcement(a))) =
-        SignedEnvelope::open_bytes(citation, MAX_ENVELOPE_BYTES)
-    else {
-        return false;
-    };
-    key_matches_peer(&signer, &peer)
-        && a.peer == signer
+fn says(
+    (signer, a): &Opened,
+    capacity: &PeerCapacity,
+    run: &RunId,
+    model: &ModelFingerprint,
+) -> bool {
+    capacity
+        .id
+        .parse::<PeerId>()
+        .is_ok_and(|peer| key_matches_peer(signer, &peer))
+        && a.peer == *signer
         && a.run == *run
         && a.model == *model
         && a.capacity.flops_per_sec.to_bits() == capacity.flops_per_sec.to_bits()
         && a.capacity.memory_bytes == capacity.memory_bytes
+}
+
+/// Whether `citation` is `capacity.id`'s signed announcement of exactly `capacity`.
+fn cites(citation: &[u8], capacity: &PeerCapacity, run: &RunId, model: &ModelFingerprint) -> bool {
+    open(citation).is_some_and(|opened| says(&opened, capacity, run, model))
 }
 
 /// Cites the capacity of every peer of `input` other than `issuer`, in the order of
@@ -45,9 +61,11 @@ pub(crate) fn cite(
     (run, model): (&RunId, &ModelFingerprint),
 ) -> Result<Vec<Vec<u8>>, PipelineError> {
     let issuer = issuer.to_string();
+    // Each signature is verified once, however many peers are planned.
+    let opened: Vec<(Opened, &[u8])> = pool.iter().filter_map(|c| Some((open(c)?, *c))).collect();
     let mut citations = Vec::new();
     for planned in input.peers.iter_mut().filter(|p| p.id != issuer) {
-        if let Some(c) = pool.iter().find(|c| cites(c, planned, run, model)) {
+        if let Some((_, c)) = opened.iter().find(|(o, _)| says(o, planned, run, model)) {
             citations.push(c.to_vec());
             continue;
         }

@@ -8,6 +8,7 @@ use libp2p::PeerId;
 use murmur_models::{ModelKind, builtin_data, spec_for};
 use murmur_protocol::{Announcement, Message, ModelFingerprint, RunId, SignedEnvelope};
 
+use super::rules::MAX_NOTICE_MEMBERS;
 use super::*;
 use crate::shard::pipeline::notice::encode_notice;
 use crate::shard::pipeline::{PipelineConfig, Placement};
@@ -1110,4 +1111,25 @@ fn a_plan_must_cite_what_each_peer_signed_for_its_capacity() {
     let (mut m, _) = Membership::new(me, capacity(FAST), rules.clone(), now);
     let out = m.handle(raw_notice_event(now, issuer, &honest));
     assert_eq!(started(&out).map(|s| s.0), Some(1), "{out:?}");
+}
+
+/// A notice padded with a thousand members the plan never uses (every member re-checks each
+/// of them, and a left-out member is told the plan) is refused on its size, before its ids
+/// are parsed or its plan recomputed (before: a valid plan with 1100 extra members ran).
+#[test]
+fn a_notice_listing_more_members_than_the_bound_is_refused() {
+    let rules = Rules::of(&config(3, 1));
+    let ids = peers(3);
+    let now = Instant::now();
+    let (mut m, first) = running(&rules, &ids, ids[2], now);
+    let mut padded = first.clone();
+    padded.epoch = 2;
+    padded
+        .members
+        .extend((0..=MAX_NOTICE_MEMBERS).map(|_| PeerId::random().to_string()));
+    assert!(m.handle(notice_event(now, ids[0], &padded)).is_empty());
+    let mut next = first;
+    next.epoch = 2;
+    let out = m.handle(notice_event(now, ids[0], &next));
+    assert!(matches!(out[..], [Action::StopStage]), "{out:?}");
 }
