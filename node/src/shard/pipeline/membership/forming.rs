@@ -7,7 +7,9 @@ use libp2p::PeerId;
 
 use super::super::PipelineError;
 use super::super::notice::PlanNotice;
-use super::{Action, LOOK_EVERY, Membership, OnSendFailure, PROBE_BUDGET, Phase, citations};
+use super::{
+    Action, LOOK_EVERY, Membership, OnSendFailure, PROBE_BUDGET, Phase, Replanning, citations,
+};
 use crate::net::PeerInfo;
 use crate::shard::planner::Link;
 
@@ -38,6 +40,33 @@ impl Membership {
                 peer: *leader,
                 waited: self.rules.form_timeout,
             }),
+            Phase::Awaiting {
+                leader,
+                deadline,
+                replanning: Some(replanning),
+                ..
+            } => {
+                // The member awaited left or finished its part: the survivors choose again,
+                // by the same deadline (a member that comes and goes does not extend it).
+                let gone = self
+                    .rules
+                    .survivors(&replanning.previous, peers, self.me)
+                    .is_ok_and(|(_, next)| next != *leader);
+                let deadline = *deadline;
+                if !gone {
+                    return vec![Action::Wake(deadline)];
+                }
+                let Phase::Awaiting {
+                    replanning: Some(replanning),
+                    ..
+                } = std::mem::replace(&mut self.phase, Phase::Over)
+                else {
+                    return Vec::new();
+                };
+                let Replanning { previous, resume } = *replanning;
+                tracing::warn!(epoch = previous.epoch, "the re-planning member left or finished; the survivors choose again");
+                self.replan(deadline, &previous, resume, peers)
+            }
             Phase::Awaiting { deadline, .. } => vec![Action::Wake(*deadline)],
             Phase::Grace { until, .. } if now < *until => vec![Action::Wake(*until)],
             Phase::Grace { .. } => {
@@ -47,7 +76,7 @@ impl Membership {
                 else {
                     return Vec::new();
                 };
-                self.replan(now, &previous, resume, peers)
+                self.replan(now + self.rules.form_timeout, &previous, resume, peers)
             }
             _ => Vec::new(),
         }
@@ -67,6 +96,7 @@ impl Membership {
                 leader: running,
                 epoch: 1,
                 deadline,
+                replanning: None,
             };
             return vec![Action::Wake(deadline)];
         }
@@ -104,6 +134,7 @@ impl Membership {
                     leader,
                     epoch: 1,
                     deadline,
+                    replanning: None,
                 };
                 return vec![Action::Wake(deadline)];
             }

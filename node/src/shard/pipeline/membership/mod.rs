@@ -104,6 +104,9 @@ enum Phase {
         leader: PeerId,
         epoch: u64,
         deadline: Instant,
+        /// For a re-plan's notice: the plan that broke and where the next resumes (the
+        /// survivors are looked at again when the peer book changes).
+        replanning: Option<Box<Replanning>>,
     },
     Sending {
         notice: PlanNotice,
@@ -120,6 +123,14 @@ enum Phase {
         until: Instant,
     },
     Over,
+}
+
+/// What a survivor awaiting the re-planning member's notice keeps, to choose another one
+/// when that member leaves or finishes meanwhile.
+#[derive(Debug)]
+struct Replanning {
+    previous: PlanNotice,
+    resume: ResumePoint,
 }
 
 /// One node's view of the pipeline's membership (see the module docs).
@@ -179,7 +190,14 @@ impl Membership {
     /// Whether the driver should send a [`Event::Tick`] whenever the peer book changes (while
     /// forming: who the members are is read from it).
     pub(crate) fn watches_peers(&self) -> bool {
-        matches!(self.phase, Phase::Forming { .. })
+        matches!(
+            self.phase,
+            Phase::Forming { .. }
+                | Phase::Awaiting {
+                    replanning: Some(_),
+                    ..
+                }
+        )
     }
 
     /// When to look at the peer book after it changed at `now`: at once, unless the last look
@@ -452,10 +470,11 @@ impl Membership {
         vec![Action::Wake(until)]
     }
 
-    /// The re-plan after `previous` broke (see [`Rules::survivors`]).
+    /// The re-plan after `previous` broke (see [`Rules::survivors`]): issued here, or awaited
+    /// from the re-planning member until `deadline`.
     fn replan(
         &mut self,
-        now: Instant,
+        deadline: Instant,
         previous: &PlanNotice,
         resume: ResumePoint,
         peers: &[PeerInfo],
@@ -470,14 +489,18 @@ impl Membership {
             self.phase = Phase::Awaiting {
                 leader,
                 epoch,
-                deadline: now + self.rules.form_timeout,
+                deadline,
+                replanning: Some(Box::new(Replanning {
+                    previous: previous.clone(),
+                    resume,
+                })),
             };
             return vec![
                 Action::ReportBroken {
                     to: leader,
                     epoch: previous.epoch,
                 },
-                Action::Wake(now + self.rules.form_timeout),
+                Action::Wake(deadline),
             ];
         }
         let mut input = rules::restricted(&previous.input, &survivors);

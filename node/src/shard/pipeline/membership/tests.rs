@@ -575,6 +575,35 @@ fn a_survivor_that_is_not_the_lowest_reports_the_break_and_awaits_the_next_epoch
     );
 }
 
+/// The re-planning member the survivor reported to finishes its part (or leaves) before it
+/// re-plans: the survivor chooses again from the peer book, here itself, by the first wait's
+/// deadline (before, it waited out the whole formation timeout for a notice that never came and
+/// the run failed).
+#[test]
+fn a_survivor_whose_replanning_member_finishes_meanwhile_chooses_again() {
+    let rules = Rules::of(&config(3, 1));
+    let ids = peers(3);
+    let now = Instant::now();
+    let (mut m, _) = running(&rules, &ids, ids[2], now);
+    m.handle(lost(now, ids[1]));
+    let at = now + REPLAN_GRACE;
+    let world = vec![announcing(&rules, ids[0], true, 1, FAST)];
+    let out = m.handle(tick(at, world));
+    assert_eq!(woken(&out), Some(at + rules.form_timeout), "{out:?}");
+    assert!(m.watches_peers(), "it looks again whenever the peer book changes");
+    // Still running the old plan: the survivor goes on waiting for it.
+    let world = vec![announcing(&rules, ids[0], true, 1, FAST)];
+    assert_eq!(
+        woken(&m.handle(tick(at, world))),
+        Some(at + rules.form_timeout)
+    );
+    let world = vec![announcing(&rules, ids[0], true, FINISHED_EPOCH, FAST)];
+    let out = m.handle(tick(at + Duration::from_secs(1), world));
+    let notice = sent(&out).expect("the survivor re-plans alone");
+    assert_eq!(notice.members, vec![ids[2].to_string()]);
+    assert_eq!(notice.epoch, 2);
+}
+
 /// A member whose part is over (it finished its steps in a healthy chain) announces
 /// `FINISHED_EPOCH`: it is no survivor and never the re-planning member (before: the broken
 /// chain's survivors waited for it and failed).
