@@ -166,15 +166,21 @@ pub enum PipeTamper {
     /// While the pipeline forms, send every member hundreds of junk pipeline messages (stage
     /// traffic, plan notices and snapshots that do not decode).
     FormationJunk,
+    /// Once each plan runs, report a break that did not happen to the member that re-plans,
+    /// then send the other members valid next plans of honest inputs (the running plan again,
+    /// its capacities cited, eight epochs ahead one after another): each one taken stops every
+    /// stage and rolls it back to the last snapshot.
+    ReplanFlood,
 }
 
 impl PipeTamper {
     /// Every kind, as `--malicious` names them.
-    pub const ALL: [PipeTamper; 4] = [
+    pub const ALL: [PipeTamper; 5] = [
         PipeTamper::PlanHijack,
         PipeTamper::EpochJump,
         PipeTamper::SnapshotPoison,
         PipeTamper::FormationJunk,
+        PipeTamper::ReplanFlood,
     ];
 
     fn name(self) -> &'static str {
@@ -183,6 +189,7 @@ impl PipeTamper {
             PipeTamper::EpochJump => "epoch-jump",
             PipeTamper::SnapshotPoison => "snapshot-poison",
             PipeTamper::FormationJunk => "formation-junk",
+            PipeTamper::ReplanFlood => "replan-flood",
         }
     }
 }
@@ -202,8 +209,8 @@ impl FromStr for PipeTamper {
             .find(|k| k.name() == s)
             .ok_or_else(|| {
                 format!(
-                    "bad pipeline attack {s:?}: expected plan-hijack, epoch-jump, snapshot-poison \
-                 or formation-junk"
+                    "bad pipeline attack {s:?}: expected plan-hijack, epoch-jump, snapshot-poison, \
+                 formation-junk or replan-flood"
                 )
             })
     }

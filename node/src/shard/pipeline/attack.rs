@@ -12,7 +12,7 @@ use murmur_models::pipeline::{FlatAdamW, ShardState};
 use murmur_protocol::pipeline::PipeBody;
 
 use super::membership::citations;
-use super::notice::{PlanNotice, control_header, send_notice};
+use super::notice::{PlanNotice, control_header, report_broken, send_notice};
 use super::snapshots::{self, Snapshots};
 use super::{PipelineConfig, PipelineError};
 use crate::adversary::PipeTamper;
@@ -31,6 +31,10 @@ const FAR_STEP: u64 = 1 << 30;
 const JUNK_EACH: usize = 300;
 /// Longest a junk send may take.
 const JUNK_DEADLINE: Duration = Duration::from_secs(2);
+/// Next plans a re-plan flood sends per epoch, each an epoch further, and the time between
+/// two.
+const FLOOD_PLANS: u64 = 8;
+const FLOOD_EVERY: Duration = Duration::from_millis(300);
 
 /// How an attack ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +60,7 @@ impl Attacker {
             PipeTamper::PlanHijack => self.hijack(&running).await,
             PipeTamper::EpochJump => self.jump(&running).await,
             PipeTamper::SnapshotPoison => return self.poison(&running).await,
+            PipeTamper::ReplanFlood => self.flood(&running).await,
             // A stranger's attack (`junk_only`): never a member.
             PipeTamper::FormationJunk => Ok(()),
         };
@@ -103,6 +108,46 @@ impl Attacker {
         for ahead in [EPOCH_JUMP, super::membership::MAX_EPOCH_STEP + 1] {
             notice.epoch = running.epoch + ahead;
             tracing::warn!(epoch = notice.epoch, "attack: sending an epoch far ahead");
+            send_notice(&self.net, &self.config, &notice).await?;
+        }
+        Ok(())
+    }
+
+    /// A false break report to the plan's watcher (it re-plans), then valid next plans of
+    /// honest inputs (the running plan, its capacities cited), each an epoch further than the
+    /// last.
+    async fn flood(&self, running: &PlanNotice) -> Result<(), PipelineError> {
+        let me = self.net.local_peer_id();
+        tokio::time::sleep(FLOOD_EVERY).await;
+        if let Some(watcher) = running.watcher().filter(|w| *w != me) {
+            tracing::warn!(
+                epoch = running.epoch,
+                "attack: reporting a break that did not happen"
+            );
+            report_broken(&self.net, &self.config, running.epoch, watcher).await?;
+        }
+        let peers = self.net.peers().await?;
+        let origin = (&self.config.run, &self.config.model);
+        let known = (&running.citations[..], &peers[..]);
+        let mut input = running.input.clone();
+        let cited = citations::cite_known(&mut input, me, known, origin)?;
+        for ahead in 1..=FLOOD_PLANS {
+            tokio::time::sleep(FLOOD_EVERY).await;
+            let mut notice = PlanNotice::compute(
+                running.epoch + ahead,
+                running.placement,
+                &running.member_ids(),
+                input.clone(),
+                running.replicas,
+            )?;
+            notice.citations = cited.clone();
+            // Resumable: from the running plan's ranges at this member's latest snapshot.
+            notice.previous_ranges = running.ranges();
+            notice.resume_step = snapshots::lock(&self.snapshots).latest_step();
+            tracing::warn!(
+                epoch = notice.epoch,
+                "attack: sending a next plan of honest inputs"
+            );
             send_notice(&self.net, &self.config, &notice).await?;
         }
         Ok(())

@@ -34,6 +34,13 @@ pub(crate) struct Announcer {
     pub epoch: watch::Receiver<u64>,
 }
 
+/// How often a pipeline node announces itself.
+const ANNOUNCE_EVERY: Duration = Duration::from_millis(500);
+/// Least time between the last announcement and the one before: five times the receivers'
+/// per-peer intake gap (`net::peers::MIN_ANNOUNCEMENT_GAP_MS`), so that delivery jitter does
+/// not bring them closer.
+const ANNOUNCE_GAP: Duration = Duration::from_millis(250);
+
 /// Announces the latest capacity and this node's measured links for the run twice a
 /// second until `cancel` fires, then once more with [`FINISHED_EPOCH`]: this node's part of the
 /// run is over.
@@ -47,13 +54,21 @@ pub(crate) async fn announce(announcer: Announcer, cancel: CancellationToken) {
     } = announcer;
     let (run, model, device) = (config.run, config.model, config.device_name.clone());
     {
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut tick = tokio::time::interval(ANNOUNCE_EVERY);
         let mut finished = false;
+        let mut last: Option<tokio::time::Instant> = None;
         while !finished {
             tokio::select! {
                 _ = cancel.cancelled() => finished = true,
                 _ = tick.tick() => {}
             }
+            // Receivers take in one announcement per peer per 50 ms: the last one, which says
+            // this node's part is over, must not follow the one before too closely, or it is
+            // dropped and the others wait for a member that has finished.
+            if let Some(last) = last.filter(|_| finished) {
+                tokio::time::sleep_until(last + ANNOUNCE_GAP).await;
+            }
+            last = Some(tokio::time::Instant::now());
             let listen_addrs = match net.listen_addrs().await {
                 Ok(addrs) => addrs
                     .into_iter()

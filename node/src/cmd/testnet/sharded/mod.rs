@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use super::child::{self, ChildProc, Layout, Line, child_node_args, start_bootstrap};
 use super::config::{CommonConfig, ShardedConfig};
 use super::render;
+use crate::identity::NodeIdentity;
 use crate::shard::pipeline::{PipelineReport, Placement};
 use summary::{Measured, measure, summarise};
 
@@ -153,6 +154,9 @@ async fn run_once(
         attacker: None,
         started,
     };
+    if sharded.malicious_member() {
+        seat_attacker(layout, placement, n)?;
+    }
     for i in 0..n + usize::from(sharded.malicious.is_some()) {
         run.spawn_node(i, 0)?;
     }
@@ -163,6 +167,31 @@ async fn run_once(
     render::stages(&sharded.slowdown, &run.stages, started.elapsed());
     let (reports, lost) = reports(common, sharded, &run.finals)?;
     measure(placement, reports, lost, run.attacker.take())
+}
+
+/// Creates the honest members' identities, then the hostile member's until it is not the
+/// lowest: the lowest id is the plan's watcher, which may re-balance (what a watcher can do is
+/// bounded by time instead; see docs/security.md), and the suite plays a member that is not.
+fn seat_attacker(layout: &Layout, placement: Placement, honest: usize) -> anyhow::Result<()> {
+    let dir = |i: usize| layout.root.join(format!("{}-node-{i}", name(placement)));
+    let mut lowest: Option<String> = None;
+    for i in 0..honest {
+        let id = NodeIdentity::load_or_create(&dir(i))?.peer_id().to_string();
+        lowest = Some(lowest.map_or(id.clone(), |l| l.min(id)));
+    }
+    // Each try is the lowest with chance 1/(honest + 1).
+    for _ in 0..64 {
+        let attacker = NodeIdentity::load_or_create(&dir(honest))?;
+        if lowest
+            .as_ref()
+            .is_none_or(|l| attacker.peer_id().to_string() > *l)
+        {
+            return Ok(());
+        }
+        let key = dir(honest).join(crate::identity::KEY_FILE);
+        std::fs::remove_file(&key).with_context(|| format!("removing {}", key.display()))?;
+    }
+    bail!("no identity for the hostile member above the lowest honest one in 64 tries")
 }
 
 impl Run<'_> {

@@ -58,7 +58,11 @@ impl Driver {
                 from,
                 payload: message.payload,
             }),
-            PipeBody::Broken => self.handle(Event::Broken { from, epoch }),
+            PipeBody::Broken => self.handle(Event::Broken {
+                now: now(),
+                from,
+                epoch,
+            }),
             PipeBody::Probe => {}
             PipeBody::Snapshot { start, end } => self.decode_snapshot(message, start, end),
             PipeBody::Forward { .. } | PipeBody::Backward { .. } | PipeBody::Commit { .. } => {

@@ -72,6 +72,8 @@ pub(crate) enum Event {
     },
     /// A member reported its chain of `epoch` broken.
     Broken {
+        /// When.
+        now: Instant,
         /// The member.
         from: PeerId,
         /// The epoch it ran.
@@ -106,6 +108,21 @@ pub(crate) enum Event {
     },
     /// The re-balancing watch proposes the next epoch's plan.
     Rebalance(PlanNotice),
+}
+
+impl Event {
+    /// When it happened, where it says.
+    pub(crate) fn now(&self) -> Option<Instant> {
+        match self {
+            Event::Tick { now, .. }
+            | Event::Notice { now, .. }
+            | Event::Broken { now, .. }
+            | Event::Probed { now, .. }
+            | Event::Sent { now, .. }
+            | Event::StageEnded { now, .. } => Some(*now),
+            Event::Rebalance(_) => None,
+        }
+    }
 }
 
 /// Something the driver must do.

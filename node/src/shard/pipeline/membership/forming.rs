@@ -7,6 +7,7 @@ use libp2p::PeerId;
 
 use super::super::PipelineError;
 use super::super::notice::PlanNotice;
+use super::entitled::{self, Judged};
 use super::{
     Action, LOOK_EVERY, Membership, OnSendFailure, PROBE_BUDGET, Phase, Replanning, citations,
 };
@@ -21,6 +22,15 @@ impl Membership {
         peers: &[PeerInfo],
     ) -> Vec<Action> {
         self.last_look = Some(now);
+        match self.judge_held(now, peers) {
+            Judged::Acted(actions) => actions,
+            Judged::Waiting(until) => entitled::wake_by(self.look(now, wall_ms, peers), until),
+            Judged::Nothing => self.look(now, wall_ms, peers),
+        }
+    }
+
+    /// What a look at `peers` does in this phase.
+    fn look(&mut self, now: Instant, wall_ms: u64, peers: &[PeerInfo]) -> Vec<Action> {
         match &self.phase {
             Phase::Forming { deadline } => {
                 let deadline = *deadline;
@@ -64,7 +74,10 @@ impl Membership {
                     return Vec::new();
                 };
                 let Replanning { previous, resume } = *replanning;
-                tracing::warn!(epoch = previous.epoch, "the re-planning member left or finished; the survivors choose again");
+                tracing::warn!(
+                    epoch = previous.epoch,
+                    "the re-planning member left or finished; the survivors choose again"
+                );
                 self.replan(deadline, &previous, resume, peers)
             }
             Phase::Awaiting { deadline, .. } => vec![Action::Wake(*deadline)],

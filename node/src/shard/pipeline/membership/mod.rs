@@ -22,6 +22,7 @@
 //!   chain broke and wait for its notice.
 
 pub(crate) mod citations;
+mod entitled;
 mod events;
 mod forming;
 mod rules;
@@ -55,7 +56,9 @@ pub(crate) const LOOK_GAP: Duration = Duration::from_millis(100);
 /// fails a probe does not hold the run back. The driver bounds each probe push tighter
 /// (`members::PROBE_DEADLINE`); this bound holds whatever the probes do.
 pub(crate) const PROBE_BUDGET: Duration = Duration::from_secs(25);
-/// Re-plans tolerated per run before giving up.
+/// Re-plans tolerated in a row with no progress between them (the resume step the same)
+/// before giving up: a pipeline that cannot get going stops, one that trains between re-plans
+/// never does (a member that forces re-plans slows the run, it cannot end it).
 pub(crate) const MAX_REPLANS: u32 = 8;
 /// Most epochs a plan notice may be ahead of the one this node runs or awaits: each re-plan,
 /// re-balance or join moves one epoch, and a node misses at most a few while it stops.
@@ -116,6 +119,8 @@ enum Phase {
         notice: PlanNotice,
         seat: Seat,
         stopping: Option<Stopping>,
+        /// When it started here.
+        since: Instant,
     },
     Grace {
         previous: PlanNotice,
@@ -141,6 +146,18 @@ pub(crate) struct Membership {
     rules: Rules,
     phase: Phase,
     replans: u32,
+    /// Re-plans since the resume step last moved (bounded by [`MAX_REPLANS`]).
+    stalled: u32,
+    /// The resume step of the last re-plan.
+    replanned_at: u64,
+    /// A later plan notice whose issuer this node does not see entitled yet (see
+    /// [`Rules::entitled`]), or that waits for the running epoch to settle: adopted once it
+    /// may be, refused past its deadline.
+    held: Option<entitled::Held>,
+    /// A break report of the running epoch that waits for it to settle.
+    held_report: Option<PeerId>,
+    /// The time of the latest event that told it.
+    clock: Instant,
     /// The latest valid notice of an epoch later than the one running: it decides how the
     /// running epoch ends, however its stage ends (bar finishing).
     later: Option<PlanNotice>,
@@ -169,6 +186,11 @@ impl Membership {
             rules,
             phase: Phase::Forming { deadline },
             replans: 0,
+            stalled: 0,
+            replanned_at: 0,
+            held: None,
+            held_report: None,
+            clock: now,
             later: None,
             broken_later: Vec::new(),
             last_look: None,
@@ -197,7 +219,7 @@ impl Membership {
                     replanning: Some(_),
                     ..
                 }
-        )
+        ) || self.holds()
     }
 
     /// When to look at the peer book after it changed at `now`: at once, unless the last look
@@ -225,6 +247,9 @@ impl Membership {
 
     /// Moves the state machine on by one event.
     pub(crate) fn handle(&mut self, event: Event) -> Vec<Action> {
+        if let Some(now) = event.now() {
+            self.clock = self.clock.max(now);
+        }
         match event {
             Event::Tick {
                 now,
@@ -232,7 +257,7 @@ impl Membership {
                 peers,
             } => self.on_tick(now, wall_ms, &peers),
             Event::Notice { now, from, payload } => self.on_notice(now, from, &payload),
-            Event::Broken { from, epoch } => self.on_broken(from, epoch),
+            Event::Broken { now, from, epoch } => self.on_broken(now, from, epoch),
             Event::Probed { now, links } => self.on_probed(now, links),
             Event::Sent {
                 now,
@@ -305,22 +330,28 @@ impl Membership {
         match &mut self.phase {
             // A node about to issue the first plan takes a valid one that came first.
             Phase::Forming { .. } | Phase::Probing { .. } => self.adopt(notice),
-            Phase::Awaiting { epoch, .. }
-                if notice.epoch >= *epoch
-                    && notice.epoch <= epoch.saturating_add(MAX_EPOCH_STEP) =>
-            {
-                self.adopt(notice)
+            Phase::Awaiting {
+                epoch,
+                leader,
+                replanning,
+                ..
+            } if notice.epoch >= *epoch && notice.epoch <= epoch.saturating_add(MAX_EPOCH_STEP) => {
+                // A re-plan counts from the member re-planning (or one this node comes to see
+                // entitled); a newcomer takes its first plan from whoever plans it in.
+                if replanning.is_none() || from == *leader {
+                    self.adopt(notice)
+                } else {
+                    self.later_notice(now, from, notice)
+                }
             }
             Phase::Running {
-                notice: running,
-                stopping,
-                ..
+                notice: running, ..
             } if notice.epoch > running.epoch => {
-                // Only a member of the running plan issues the next one (the re-planning
-                // survivor, the issuer re-balancing, the member planning a newcomer in), and
-                // epochs advance by small steps: a notice a stranger wrote itself into, or one
-                // that jumps far ahead (and would make every later honest notice look old),
-                // does not end the epoch.
+                // Only a member of the running plan issues the next one — and of those only
+                // the entitled (`entitled`): the re-planning survivor, the watcher re-balancing
+                // or planning a newcomer in — and epochs advance by small steps: a notice a
+                // stranger wrote itself into, or one that jumps far ahead (and would make every
+                // later honest notice look old), does not end the epoch.
                 if !running.is_member(&from)
                     || notice.epoch > running.epoch.saturating_add(MAX_EPOCH_STEP)
                 {
@@ -328,15 +359,7 @@ impl Membership {
                     tracing::warn!(epoch = notice.epoch, running = running.epoch, peer = %from, "later plan notice refused: not from a member of the running plan, or too far ahead");
                     return Vec::new();
                 }
-                tracing::info!(epoch = notice.epoch, peer = %from, "a later plan arrived");
-                if self.later.as_ref().is_none_or(|l| notice.epoch > l.epoch) {
-                    self.later = Some(notice);
-                }
-                if stopping.is_some() {
-                    return Vec::new();
-                }
-                *stopping = Some(Stopping::Superseded);
-                vec![Action::StopStage]
+                self.later_notice(now, from, notice)
             }
             _ => {
                 tracing::debug!(epoch = notice.epoch, peer = %from, ?now, "plan notice not for this phase, dropped");
@@ -345,7 +368,7 @@ impl Membership {
         }
     }
 
-    fn on_broken(&mut self, from: PeerId, epoch: u64) -> Vec<Action> {
+    fn on_broken(&mut self, now: Instant, from: PeerId, epoch: u64) -> Vec<Action> {
         let running = match &self.phase {
             Phase::Running { notice, .. } => Some(notice.epoch),
             Phase::Over => return Vec::new(),
@@ -371,9 +394,7 @@ impl Membership {
         if !current || stopping.is_some() {
             return Vec::new();
         }
-        tracing::warn!(peer = %from, epoch, "a chain of this plan broke; re-planning");
-        *stopping = Some(Stopping::Broken(from));
-        vec![Action::StopStage]
+        self.broken_report(now, from)
     }
 
     fn on_rebalance(&mut self, notice: PlanNotice) -> Vec<Action> {
@@ -402,6 +423,7 @@ impl Membership {
             notice,
             seat,
             stopping,
+            ..
         } = std::mem::replace(&mut self.phase, Phase::Over)
         else {
             return Vec::new();
@@ -409,6 +431,8 @@ impl Membership {
         let lost = match end {
             Err(err) => return self.fail(err),
             Ok(EpochEnd::Finished) => {
+                // A later plan still held never came from an entitled issuer in time.
+                self.drop_held();
                 return vec![Action::Finish {
                     notice,
                     seat: Some(seat),
@@ -420,19 +444,22 @@ impl Membership {
         // A valid later plan decides, however the stage ended (stopped for it, or a neighbour
         // lost meanwhile: its members moved on).
         if let Some(next) = self.later.take() {
-            if self.replans >= MAX_REPLANS {
+            if !self.count_replan(resume.step) {
                 return self.fail(PipelineError::Formation(format!(
-                    "{MAX_REPLANS} re-plans; giving up"
+                    "{MAX_REPLANS} re-plans in a row without progress; giving up"
                 )));
             }
-            self.replans += 1;
             return self.adopt(next);
         }
         match (lost, stopping) {
             (Some(err), _) => self.lost(now, notice, resume, err),
             (None, Some(Stopping::Rebalance(mut next))) => {
                 (next.previous_ranges, next.resume_step) = (resume.ranges, resume.step);
-                self.replans += 1;
+                if !self.count_replan(next.resume_step) {
+                    return self.fail(PipelineError::Formation(format!(
+                        "{MAX_REPLANS} re-plans in a row without progress; giving up"
+                    )));
+                }
                 self.send(next, Some(notice), OnSendFailure::Replan)
             }
             (None, Some(Stopping::Broken(reporter))) => {
@@ -446,6 +473,20 @@ impl Membership {
         }
     }
 
+    /// Counts a re-plan resuming at `step`; false when it would be one too many in a row
+    /// without progress.
+    fn count_replan(&mut self, step: u64) -> bool {
+        if step > self.replanned_at {
+            (self.replanned_at, self.stalled) = (step, 0);
+        }
+        if self.stalled >= MAX_REPLANS {
+            return false;
+        }
+        self.stalled += 1;
+        self.replans += 1;
+        true
+    }
+
     /// `previous` broke (`err`): re-plan after the grace, or fail when the run keeps no
     /// snapshots or has re-planned too often. Also after a re-balanced notice could not reach
     /// every member: the run re-plans from it, its own resume point included.
@@ -456,11 +497,10 @@ impl Membership {
         resume: ResumePoint,
         err: PipelineError,
     ) -> Vec<Action> {
-        if !self.rules.replans || self.replans >= MAX_REPLANS {
+        if !self.rules.replans || !self.count_replan(resume.step) {
             return self.fail(err);
         }
         tracing::warn!(err = %chain(&err), epoch = previous.epoch, "pipeline broken; re-planning");
-        self.replans += 1;
         let until = now + REPLAN_GRACE;
         self.phase = Phase::Grace {
             previous,
@@ -552,12 +592,13 @@ impl Membership {
         self.phase = Phase::Running {
             notice: notice.clone(),
             seat,
-            stopping: reporter.map(Stopping::Broken),
+            stopping: None,
+            since: self.clock,
         };
         let mut actions = vec![announce, Action::StartStage { notice, seat }];
         if let Some(reporter) = reporter {
-            tracing::warn!(peer = %reporter, "a chain of this plan broke before it started here; re-planning");
-            actions.push(Action::StopStage);
+            tracing::warn!(peer = %reporter, "a chain of this plan broke before it started here");
+            actions.extend(self.broken_report(self.clock, reporter));
         }
         actions
     }
