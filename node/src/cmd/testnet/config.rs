@@ -459,6 +459,7 @@ mod tests {
             "plan-hijack",
             "epoch-jump",
             "snapshot-poison",
+            "replan-flood",
             "formation-junk",
         ] {
             let Mode::Sharded(sharded) = config(&["--sharded", "--malicious", kind]).unwrap().mode

@@ -11,7 +11,7 @@ pub(super) enum Control {
         notice: Box<PlanNotice>,
         result: Result<(), PipelineError>,
     },
-    Reported(Result<(), PipelineError>),
+    Reported(PeerId, Result<(), PipelineError>),
 }
 
 impl Driver {
@@ -59,12 +59,13 @@ impl Driver {
                     resume,
                 });
             }
-            Ok(Control::Reported(Err(err))) => {
-                // The member may be re-planning already (it saw the break itself); its notice
-                // decides.
+            Ok(Control::Reported(to, Err(err))) => {
+                // The member may be re-planning already (it saw the break itself; its notice
+                // decides), or its pipeline is over (another member re-plans).
                 tracing::info!(err = %chain(&err), "broken chain not reported to the re-planning member");
+                self.handle(Event::Unreported { now, to });
             }
-            Ok(Control::Reported(Ok(()))) => {}
+            Ok(Control::Reported(_, Ok(()))) => {}
             Err(err) => self.result = Some(Err(err.into())),
         }
     }
