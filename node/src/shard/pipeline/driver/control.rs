@@ -11,7 +11,7 @@ pub(super) enum Control {
         notice: Box<PlanNotice>,
         result: Result<(), PipelineError>,
     },
-    Reported(PeerId, Result<(), PipelineError>),
+    Reported(Result<(), PipelineError>),
 }
 
 impl Driver {
@@ -59,13 +59,12 @@ impl Driver {
                     resume,
                 });
             }
-            Ok(Control::Reported(to, Err(err))) => {
-                // The member may be re-planning already (it saw the break itself; its notice
-                // decides), or its pipeline is over (another member re-plans).
+            Ok(Control::Reported(Err(err))) => {
+                // The member may be re-planning already (it saw the break itself); its notice
+                // decides.
                 tracing::info!(err = %chain(&err), "broken chain not reported to the re-planning member");
-                self.handle(Event::Unreported { now, to });
             }
-            Ok(Control::Reported(_, Ok(()))) => {}
+            Ok(Control::Reported(Ok(()))) => {}
             Err(err) => self.result = Some(Err(err.into())),
         }
     }

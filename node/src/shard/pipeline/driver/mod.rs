@@ -286,7 +286,7 @@ impl Driver {
             Action::ReportBroken { to, epoch } => {
                 let (net, config) = (self.net.clone(), self.config.clone());
                 self.control.spawn(async move {
-                    Control::Reported(to, report_broken(&net, &config, epoch, to).await)
+                    Control::Reported(report_broken(&net, &config, epoch, to).await)
                 });
             }
             Action::Announce(epoch) => {

@@ -108,13 +108,6 @@ pub(crate) enum Event {
     },
     /// The re-balancing watch proposes the next epoch's plan.
     Rebalance(PlanNotice),
-    /// A break report ([`Action::ReportBroken`]) could not be delivered to `to`.
-    Unreported {
-        /// When.
-        now: Instant,
-        /// The member it was for.
-        to: PeerId,
-    },
 }
 
 impl Event {
@@ -126,8 +119,7 @@ impl Event {
             | Event::Broken { now, .. }
             | Event::Probed { now, .. }
             | Event::Sent { now, .. }
-            | Event::StageEnded { now, .. }
-            | Event::Unreported { now, .. } => Some(*now),
+            | Event::StageEnded { now, .. } => Some(*now),
             Event::Rebalance(_) => None,
         }
     }

@@ -58,10 +58,9 @@ impl Membership {
             } => {
                 // The member awaited left or finished its part: the survivors choose again,
                 // by the same deadline (a member that comes and goes does not extend it).
-                let view = super::reachable(peers, &replanning.unreachable);
                 let gone = self
                     .rules
-                    .survivors(&replanning.previous, &view, self.me)
+                    .survivors(&replanning.previous, peers, self.me)
                     .is_ok_and(|(_, next)| next != *leader);
                 let deadline = *deadline;
                 if !gone {
@@ -74,16 +73,12 @@ impl Membership {
                 else {
                     return Vec::new();
                 };
-                let Replanning {
-                    previous,
-                    resume,
-                    unreachable,
-                } = *replanning;
+                let Replanning { previous, resume } = *replanning;
                 tracing::warn!(
                     epoch = previous.epoch,
-                    "the re-planning member left, finished or cannot be reached; the survivors choose again"
+                    "the re-planning member left or finished; the survivors choose again"
                 );
-                self.replan(deadline, (&previous, resume), peers, unreachable)
+                self.replan(deadline, &previous, resume, peers)
             }
             Phase::Awaiting { deadline, .. } => vec![Action::Wake(*deadline)],
             Phase::Grace { until, .. } if now < *until => vec![Action::Wake(*until)],
@@ -94,8 +89,7 @@ impl Membership {
                 else {
                     return Vec::new();
                 };
-                let deadline = now + self.rules.form_timeout;
-                self.replan(deadline, (&previous, resume), peers, Vec::new())
+                self.replan(now + self.rules.form_timeout, &previous, resume, peers)
             }
             _ => Vec::new(),
         }

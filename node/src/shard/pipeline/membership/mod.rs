@@ -66,17 +66,6 @@ pub(crate) const MAX_EPOCH_STEP: u64 = 16;
 
 /// Break reports kept for an epoch this node does not run yet.
 const BROKEN_KEPT: usize = 16;
-/// Members passed over as unreachable while awaiting one re-plan.
-const MAX_UNREACHABLE: usize = 64;
-
-/// `peers` without the `unreachable` ones (as if they had left).
-fn reachable(peers: &[PeerInfo], unreachable: &[PeerId]) -> Vec<PeerInfo> {
-    peers
-        .iter()
-        .filter(|p| !unreachable.contains(&p.peer_id))
-        .cloned()
-        .collect()
-}
 
 /// Why a running stage is being stopped.
 #[derive(Debug, Clone)]
@@ -147,9 +136,6 @@ enum Phase {
 struct Replanning {
     previous: PlanNotice,
     resume: ResumePoint,
-    /// Members a break report could not reach (their pipeline is over): passed over when
-    /// choosing the member that re-plans.
-    unreachable: Vec<PeerId>,
 }
 
 /// One node's view of the pipeline's membership (see the module docs).
@@ -281,27 +267,7 @@ impl Membership {
             } => self.on_sent(now, epoch, result, resume),
             Event::StageEnded { now, end, resume } => self.on_stage_ended(now, end, resume),
             Event::Rebalance(notice) => self.on_rebalance(notice),
-            Event::Unreported { now, to } => self.on_unreported(now, to),
         }
-    }
-
-    /// A break report to `to` could not be delivered: if this node awaits `to`'s re-plan, it
-    /// is passed over at a look asked for now (its pipeline is over; its announcement saying
-    /// so may never come).
-    fn on_unreported(&mut self, now: Instant, to: PeerId) -> Vec<Action> {
-        let Phase::Awaiting {
-            leader,
-            replanning: Some(replanning),
-            ..
-        } = &mut self.phase
-        else {
-            return Vec::new();
-        };
-        if *leader != to || replanning.unreachable.len() >= MAX_UNREACHABLE {
-            return Vec::new();
-        }
-        replanning.unreachable.push(to);
-        vec![Action::Wake(now)]
     }
 
     fn send(
@@ -549,12 +515,10 @@ impl Membership {
     fn replan(
         &mut self,
         deadline: Instant,
-        (previous, resume): (&PlanNotice, ResumePoint),
+        previous: &PlanNotice,
+        resume: ResumePoint,
         peers: &[PeerInfo],
-        unreachable: Vec<PeerId>,
     ) -> Vec<Action> {
-        let peers = reachable(peers, &unreachable);
-        let peers = &peers[..];
         let epoch = previous.epoch + 1;
         let (survivors, leader) = match self.rules.survivors(previous, peers, self.me) {
             Ok(found) => found,
@@ -569,7 +533,6 @@ impl Membership {
                 replanning: Some(Box::new(Replanning {
                     previous: previous.clone(),
                     resume,
-                    unreachable,
                 })),
             };
             return vec![

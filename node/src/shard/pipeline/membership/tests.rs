@@ -611,29 +611,6 @@ fn a_survivor_whose_replanning_member_finishes_meanwhile_chooses_again() {
     assert_eq!(notice.epoch, 2);
 }
 
-/// The break report to the re-planning member cannot be delivered (its pipeline is over, and
-/// its announcement saying so never came): the survivor passes it over and chooses again at once
-/// (before: it waited out the formation timeout and the run failed).
-#[test]
-fn a_survivor_whose_report_cannot_be_delivered_chooses_again() {
-    let rules = Rules::of(&config(3, 1));
-    let ids = peers(3);
-    let now = Instant::now();
-    let (mut m, _) = running(&rules, &ids, ids[2], now);
-    m.handle(lost(now, ids[1]));
-    let at = now + REPLAN_GRACE;
-    let world = || vec![announcing(&rules, ids[0], true, 1, FAST)];
-    m.handle(tick(at, world()));
-    let out = m.handle(Event::Unreported {
-        now: at,
-        to: ids[0],
-    });
-    assert_eq!(woken(&out), Some(at), "{out:?}");
-    let out = m.handle(tick(at, world()));
-    let notice = sent(&out).expect("the survivor re-plans alone");
-    assert_eq!(notice.members, vec![ids[2].to_string()]);
-}
-
 /// A member whose part is over (it finished its steps in a healthy chain) announces
 /// `FINISHED_EPOCH`: it is no survivor and never the re-planning member (before: the broken
 /// chain's survivors waited for it and failed).
