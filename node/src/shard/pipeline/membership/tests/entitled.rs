@@ -17,10 +17,11 @@ fn flooded() -> (Rules, Vec<PeerId>, Membership, PlanNotice, Instant) {
     (rules, ids, m, next, now)
 }
 
-fn world(rules: &Rules, ids: &[PeerId], lowest_connected: bool) -> Vec<PeerInfo> {
+/// The other two members running `epoch`, the lowest connected or not.
+fn world(rules: &Rules, ids: &[PeerId], lowest_connected: bool, epoch: u64) -> Vec<PeerInfo> {
     vec![
-        announcing(rules, ids[0], lowest_connected, 1, FAST),
-        announcing(rules, ids[1], true, 1, FAST),
+        announcing(rules, ids[0], lowest_connected, epoch, FAST),
+        announcing(rules, ids[1], true, epoch, FAST),
     ]
 }
 
@@ -37,9 +38,9 @@ fn a_next_plan_from_a_member_that_is_not_entitled_is_refused() {
     );
     assert_eq!(woken(&out), Some(now), "a look at once");
     assert!(m.watches_peers(), "judged again as the peer book changes");
-    let out = m.handle(tick(now, world(&rules, &ids, true)));
+    let out = m.handle(tick(now, world(&rules, &ids, true, 1)));
     assert_eq!(woken(&out), Some(now + HOLD_FOR), "{out:?}");
-    let out = m.handle(tick(now + HOLD_FOR, world(&rules, &ids, true)));
+    let out = m.handle(tick(now + HOLD_FOR, world(&rules, &ids, true, 1)));
     assert!(
         !out.iter().any(|a| matches!(a, Action::StopStage)),
         "{out:?}"
@@ -55,10 +56,10 @@ fn a_next_plan_from_a_member_that_is_not_entitled_is_refused() {
 fn a_held_next_plan_is_taken_once_its_issuer_is_seen_entitled() {
     let (rules, ids, mut m, next, now) = flooded();
     m.handle(notice_event(now, ids[1], &next));
-    let out = m.handle(tick(now, world(&rules, &ids, true)));
+    let out = m.handle(tick(now, world(&rules, &ids, true, 1)));
     assert!(!out.iter().any(|a| matches!(a, Action::StopStage)));
     let later = now + Duration::from_secs(3);
-    let out = m.handle(tick(later, world(&rules, &ids, false)));
+    let out = m.handle(tick(later, world(&rules, &ids, false, 1)));
     assert!(matches!(out[..], [Action::StopStage]), "{out:?}");
     let out = m.handle(Event::StageEnded {
         now: later,
@@ -186,10 +187,7 @@ fn re_planned() -> (Rules, Vec<PeerId>, Membership, PlanNotice, Instant) {
 }
 
 fn everyone(rules: &Rules, ids: &[PeerId]) -> Vec<PeerInfo> {
-    vec![
-        announcing(rules, ids[0], true, 2, FAST),
-        announcing(rules, ids[1], true, 2, FAST),
-    ]
+    world(rules, ids, true, 2)
 }
 
 /// Break-report flood: in an epoch that came from a re-plan, a member's report with nobody
