@@ -387,11 +387,7 @@ fn a_later_valid_plan_stops_the_stage_and_runs_once_it_stopped() {
     // From the plan's watcher (it re-balances): taken at once.
     let out = m.handle(notice_event(now, ids[0], &next));
     assert!(matches!(out[..], [Action::StopStage]), "{out:?}");
-    let out = m.handle(Event::StageEnded {
-        now,
-        end: Ok(EpochEnd::Stopped),
-        resume: no_resume(),
-    });
+    let out = m.handle(stopped(now));
     assert_eq!(started(&out).map(|s| s.0), Some(2));
     assert_eq!(m.replans(), 1);
 }
@@ -507,6 +503,15 @@ fn a_stage_that_finishes_ends_the_run_even_with_a_stop_pending() {
         resume: no_resume(),
     });
     assert!(matches!(out[..], [Action::Finish { seat: Some(_), .. }]));
+}
+
+/// The stage stopped (for a later plan or a report), with no snapshot to resume from.
+fn stopped(now: Instant) -> Event {
+    Event::StageEnded {
+        now,
+        end: Ok(EpochEnd::Stopped),
+        resume: no_resume(),
+    }
 }
 
 fn lost(now: Instant, peer: PeerId) -> Event {
@@ -675,11 +680,7 @@ fn a_break_report_ends_the_epoch_only_from_a_planned_member_of_that_epoch() {
         epoch: 1,
     });
     assert!(matches!(out[..], [Action::StopStage]));
-    let out = m.handle(Event::StageEnded {
-        now,
-        end: Ok(EpochEnd::Stopped),
-        resume: no_resume(),
-    });
+    let out = m.handle(stopped(now));
     assert_eq!(woken(&out), Some(now + REPLAN_GRACE), "re-plans: {out:?}");
 }
 
@@ -762,11 +763,7 @@ fn re_plans_are_bounded() {
         // Each epoch long settled (see `entitled::SETTLE`).
         let now = now + Duration::from_secs(1000 * epoch);
         m.handle(notice_event(now, ids[0], &next));
-        let out = m.handle(Event::StageEnded {
-            now,
-            end: Ok(EpochEnd::Stopped),
-            resume: no_resume(),
-        });
+        let out = m.handle(stopped(now));
         if epoch > u64::from(MAX_REPLANS) + 1 {
             assert!(failed(&out).is_some(), "{out:?}");
         } else {
@@ -874,11 +871,7 @@ fn a_later_plan_that_comes_while_the_stage_stops_is_run() {
     let mut next = first.clone();
     next.epoch = 2;
     assert!(m.handle(notice_event(now, ids[0], &next)).is_empty());
-    let out = m.handle(Event::StageEnded {
-        now,
-        end: Ok(EpochEnd::Stopped),
-        resume: no_resume(),
-    });
+    let out = m.handle(stopped(now));
     assert_eq!(started(&out).map(|s| s.0), Some(2), "{out:?}");
 }
 

@@ -61,11 +61,7 @@ fn a_held_next_plan_is_taken_once_its_issuer_is_seen_entitled() {
     let later = now + Duration::from_secs(3);
     let out = m.handle(tick(later, world(&rules, &ids, false, 1)));
     assert!(matches!(out[..], [Action::StopStage]), "{out:?}");
-    let out = m.handle(Event::StageEnded {
-        now: later,
-        end: Ok(EpochEnd::Stopped),
-        resume: no_resume(),
-    });
+    let out = m.handle(stopped(later));
     assert_eq!(started(&out).map(|s| s.0), Some(2));
     assert_eq!(m.refused_notices(), 0);
 }
@@ -94,11 +90,7 @@ fn a_higher_member_cannot_push_a_held_notice_out() {
     ];
     let out = m.handle(tick(now, gone));
     assert!(matches!(out[..], [Action::StopStage]), "{out:?}");
-    let out = m.handle(Event::StageEnded {
-        now,
-        end: Ok(EpochEnd::Stopped),
-        resume: no_resume(),
-    });
+    let out = m.handle(stopped(now));
     assert_eq!(started(&out).map(|s| s.0), Some(2), "ids[1]'s plan");
 }
 
@@ -177,17 +169,32 @@ fn re_planned() -> (Rules, Vec<PeerId>, Membership, PlanNotice, Instant) {
         m.handle(notice_event(now, ids[0], &next))[..],
         [Action::StopStage]
     ));
-    let out = m.handle(Event::StageEnded {
-        now,
-        end: Ok(EpochEnd::Stopped),
-        resume: no_resume(),
-    });
+    let out = m.handle(stopped(now));
     assert_eq!(started(&out).map(|s| s.0), Some(2));
     (rules, ids, m, next, now)
 }
 
 fn everyone(rules: &Rules, ids: &[PeerId]) -> Vec<PeerInfo> {
     world(rules, ids, true, 2)
+}
+
+/// After words that came at `soon` into the epoch [`re_planned`] started at `now` (`out`, what
+/// they gave): the stage goes on — at a look with everyone there too — until the epoch has run
+/// `SETTLE`, then stops.
+fn stops_once_settled(
+    m: &mut Membership,
+    out: Vec<Action>,
+    (rules, ids): (&Rules, &[PeerId]),
+    (now, soon): (Instant, Instant),
+) {
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::StopStage)),
+        "{out:?}"
+    );
+    let out = m.handle(tick(soon, everyone(rules, ids)));
+    assert_eq!(woken(&out), Some(now + SETTLE), "{out:?}");
+    let out = m.handle(tick(now + SETTLE, everyone(rules, ids)));
+    assert!(matches!(out[..], [Action::StopStage]), "{out:?}");
 }
 
 /// Break-report flood: in an epoch that came from a re-plan, a member's report with nobody
@@ -202,14 +209,7 @@ fn in_a_re_planned_epoch_a_break_report_waits_for_the_epoch_to_settle() {
         from: ids[1],
         epoch: 2,
     });
-    assert!(
-        !out.iter().any(|a| matches!(a, Action::StopStage)),
-        "{out:?}"
-    );
-    let out = m.handle(tick(soon, everyone(&rules, &ids)));
-    assert_eq!(woken(&out), Some(now + SETTLE), "{out:?}");
-    let out = m.handle(tick(now + SETTLE, everyone(&rules, &ids)));
-    assert!(matches!(out[..], [Action::StopStage]), "{out:?}");
+    stops_once_settled(&mut m, out, (&rules, &ids), (now, soon));
 }
 
 /// With a planned member seen gone, the same report counts at once.
@@ -235,13 +235,6 @@ fn in_a_re_planned_epoch_the_watchers_next_plan_waits_for_the_epoch_to_settle() 
     third.epoch = 3;
     let soon = now + Duration::from_secs(1);
     let out = m.handle(notice_event(soon, ids[0], &third));
-    assert!(
-        !out.iter().any(|a| matches!(a, Action::StopStage)),
-        "{out:?}"
-    );
-    let out = m.handle(tick(soon, everyone(&rules, &ids)));
-    assert_eq!(woken(&out), Some(now + SETTLE), "{out:?}");
-    let out = m.handle(tick(now + SETTLE, everyone(&rules, &ids)));
-    assert!(matches!(out[..], [Action::StopStage]), "{out:?}");
+    stops_once_settled(&mut m, out, (&rules, &ids), (now, soon));
     assert_eq!(m.refused_notices(), 0);
 }
