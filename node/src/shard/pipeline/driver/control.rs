@@ -74,7 +74,7 @@ impl Driver {
         done: Result<Result<PlanNotice, PipelineError>, tokio::task::JoinError>,
     ) {
         match done {
-            Ok(Ok(notice)) => self.handle(Event::Rebalance(notice)),
+            Ok(Ok(notice)) => self.handle(Event::Rebalance { now: now(), notice }),
             Ok(Err(err)) => self.result = Some(Err(err)),
             Err(err) if err.is_cancelled() => {}
             Err(err) => self.result = Some(Err(err.into())),

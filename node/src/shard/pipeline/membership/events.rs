@@ -107,7 +107,12 @@ pub(crate) enum Event {
         resume: ResumePoint,
     },
     /// The re-balancing watch proposes the next epoch's plan.
-    Rebalance(PlanNotice),
+    Rebalance {
+        /// When.
+        now: Instant,
+        /// The proposed notice.
+        notice: PlanNotice,
+    },
 }
 
 impl Event {
@@ -119,8 +124,8 @@ impl Event {
             | Event::Broken { now, .. }
             | Event::Probed { now, .. }
             | Event::Sent { now, .. }
-            | Event::StageEnded { now, .. } => Some(*now),
-            Event::Rebalance(_) => None,
+            | Event::StageEnded { now, .. }
+            | Event::Rebalance { now, .. } => Some(*now),
         }
     }
 }

@@ -22,11 +22,12 @@ impl Membership {
         peers: &[PeerInfo],
     ) -> Vec<Action> {
         self.last_look = Some(now);
-        match self.judge_held(now, peers) {
-            Judged::Acted(actions) => actions,
+        let actions = match self.judge_held(now, peers) {
+            Judged::Acted(actions) => return actions,
             Judged::Waiting(until) => entitled::wake_by(self.look(now, wall_ms, peers), until),
             Judged::Nothing => self.look(now, wall_ms, peers),
-        }
+        };
+        self.judge_rebalance(now, actions)
     }
 
     /// What a look at `peers` does in this phase.

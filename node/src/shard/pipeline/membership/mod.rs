@@ -25,6 +25,7 @@ pub(crate) mod citations;
 mod entitled;
 mod events;
 mod forming;
+mod issuing;
 mod rules;
 #[cfg(test)]
 mod tests;
@@ -156,6 +157,8 @@ pub(crate) struct Membership {
     held: Option<entitled::Held>,
     /// A break report of the running epoch that waits for it to settle.
     held_report: Option<PeerId>,
+    /// This node's re-balance of the running epoch, waiting for it to settle.
+    rebalance: Option<PlanNotice>,
     /// The time of the latest event that told it.
     clock: Instant,
     /// The latest valid notice of an epoch later than the one running: it decides how the
@@ -190,6 +193,7 @@ impl Membership {
             replanned_at: 0,
             held: None,
             held_report: None,
+            rebalance: None,
             clock: now,
             later: None,
             broken_later: Vec::new(),
@@ -266,7 +270,7 @@ impl Membership {
                 resume,
             } => self.on_sent(now, epoch, result, resume),
             Event::StageEnded { now, end, resume } => self.on_stage_ended(now, end, resume),
-            Event::Rebalance(notice) => self.on_rebalance(notice),
+            Event::Rebalance { now, notice } => self.on_rebalance(now, notice),
         }
     }
 
@@ -395,22 +399,6 @@ impl Membership {
             return Vec::new();
         }
         self.broken_report(now, from)
-    }
-
-    fn on_rebalance(&mut self, notice: PlanNotice) -> Vec<Action> {
-        let Phase::Running {
-            notice: running,
-            stopping,
-            ..
-        } = &mut self.phase
-        else {
-            return Vec::new();
-        };
-        if stopping.is_some() || notice.epoch != running.epoch + 1 {
-            return Vec::new();
-        }
-        *stopping = Some(Stopping::Rebalance(notice));
-        vec![Action::StopStage]
     }
 
     fn on_stage_ended(

@@ -696,7 +696,7 @@ fn an_undelivered_rebalance_notice_replans_instead_of_failing() {
     let mut next = first.clone();
     next.epoch = 2;
     assert!(matches!(
-        m.handle(Event::Rebalance(next))[..],
+        m.handle(Event::Rebalance { now, notice: next })[..],
         [Action::StopStage]
     ));
     let out = m.handle(Event::StageEnded {
@@ -818,7 +818,7 @@ fn a_rebalance_notice_that_fails_for_lack_of_snapshots_fails_the_run() {
     let (mut m, first) = running(&rules, &ids, ids[0], now);
     let mut next = first.clone();
     next.epoch = 2;
-    m.handle(Event::Rebalance(next));
+    m.handle(Event::Rebalance { now, notice: next });
     m.handle(Event::StageEnded {
         now,
         end: Ok(EpochEnd::Stopped),
@@ -850,7 +850,7 @@ fn a_rebalance_proposal_for_another_epoch_is_ignored() {
     let (mut m, first) = running(&rules, &ids, ids[0], now);
     let mut stale = first.clone();
     stale.epoch = 1;
-    assert!(m.handle(Event::Rebalance(stale)).is_empty());
+    assert!(m.handle(Event::Rebalance { now, notice: stale }).is_empty());
 }
 
 /// A break report stops the stage; the valid notice of the next epoch that comes before the

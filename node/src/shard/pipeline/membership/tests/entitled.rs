@@ -3,6 +3,7 @@
 //! and re-plans between which the run trains never end it.
 
 use super::super::entitled::{HOLD_FOR, SETTLE};
+use super::super::issuing::ISSUE_SLACK;
 use super::*;
 
 /// Three members running their first plan, seen from the highest (`ids[2]`), and the running
@@ -237,4 +238,61 @@ fn in_a_re_planned_epoch_the_watchers_next_plan_waits_for_the_epoch_to_settle() 
     let out = m.handle(notice_event(soon, ids[0], &third));
     stops_once_settled(&mut m, out, (&rules, &ids), (now, soon));
     assert_eq!(m.refused_notices(), 0);
+}
+
+/// The watcher's own re-balance in a re-planned epoch waits as its notice would at the
+/// members — until the epoch settled, and the slack for their later start (before: the
+/// watcher stopped its stage at once while the members held its notice, their stages
+/// stalled on it, and the chain broke: a re-balance became a re-plan).
+#[test]
+fn in_a_re_planned_epoch_the_watchers_own_rebalance_waits_for_the_epoch_to_settle() {
+    let rules = Rules::of(&config(3, 1));
+    let ids = peers(3);
+    let now = Instant::now();
+    let (mut m, first) = running(&rules, &ids, ids[0], now);
+    let mut next = first;
+    next.epoch = 2;
+    let out = m.handle(Event::Rebalance {
+        now,
+        notice: next.clone(),
+    });
+    assert!(matches!(out[..], [Action::StopStage]), "{out:?}");
+    let resume = ResumePoint {
+        ranges: vec![0..1, 1..2, 2..3],
+        step: 4,
+    };
+    let out = m.handle(Event::StageEnded {
+        now,
+        end: Ok(EpochEnd::Stopped),
+        resume: resume.clone(),
+    });
+    assert!(sent(&out).is_some(), "{out:?}");
+    let out = m.handle(Event::Sent {
+        now,
+        epoch: 2,
+        result: Ok(()),
+        resume,
+    });
+    assert_eq!(started(&out).map(|s| s.0), Some(2));
+
+    let mut third = next;
+    third.epoch = 3;
+    let soon = now + Duration::from_secs(2);
+    let out = m.handle(Event::Rebalance {
+        now: soon,
+        notice: third,
+    });
+    let at = now + SETTLE + ISSUE_SLACK;
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(woken(&out), Some(at));
+    let out = m.handle(tick(now + SETTLE, everyone(&rules, &ids)));
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::StopStage)),
+        "{out:?}"
+    );
+    assert_eq!(woken(&out), Some(at));
+    let out = m.handle(tick(at, everyone(&rules, &ids)));
+    assert!(matches!(out[..], [Action::StopStage]), "{out:?}");
+    let out = m.handle(stopped(at));
+    assert_eq!(sent(&out).map(|n| n.epoch), Some(3), "{out:?}");
 }
