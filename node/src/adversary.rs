@@ -171,16 +171,21 @@ pub enum PipeTamper {
     /// its capacities cited, eight epochs ahead one after another): each one taken stops every
     /// stage and rolls it back to the last snapshot.
     ReplanFlood,
+    /// Once each plan runs, send each neighbour in its chain stage messages out of protocol
+    /// (a forward and a backward claiming another micro-batch count): before blame, each one
+    /// ended the run.
+    StageGarbage,
 }
 
 impl PipeTamper {
     /// Every kind, as `--malicious` names them.
-    pub const ALL: [PipeTamper; 5] = [
+    pub const ALL: [PipeTamper; 6] = [
         PipeTamper::PlanHijack,
         PipeTamper::EpochJump,
         PipeTamper::SnapshotPoison,
         PipeTamper::FormationJunk,
         PipeTamper::ReplanFlood,
+        PipeTamper::StageGarbage,
     ];
 
     fn name(self) -> &'static str {
@@ -190,6 +195,7 @@ impl PipeTamper {
             PipeTamper::SnapshotPoison => "snapshot-poison",
             PipeTamper::FormationJunk => "formation-junk",
             PipeTamper::ReplanFlood => "replan-flood",
+            PipeTamper::StageGarbage => "stage-garbage",
         }
     }
 }
@@ -210,7 +216,7 @@ impl FromStr for PipeTamper {
             .ok_or_else(|| {
                 format!(
                     "bad pipeline attack {s:?}: expected plan-hijack, epoch-jump, snapshot-poison, \
-                 formation-junk or replan-flood"
+                 formation-junk, replan-flood or stage-garbage"
                 )
             })
     }

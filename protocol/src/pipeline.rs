@@ -22,6 +22,8 @@ pub const PIPE_VERSION: u8 = 2;
 pub const MAX_TARGETS: usize = 8192;
 /// Most dimensions of a pipeline tensor.
 pub const MAX_DIMS: usize = 4;
+/// Longest peer id a break report's payload may carry (see [`PipeBody::Broken`]).
+pub const MAX_BLAME_BYTES: usize = 64;
 
 /// Element type of a pipeline tensor payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
@@ -106,7 +108,9 @@ pub enum PipeBody {
     Probe,
     /// The sender's chain of epoch `epoch` lost a member and the sender is re-planning: the
     /// receiver, the lowest surviving member of that plan, ends the epoch and re-plans too (it
-    /// may sit in another, healthy chain that would otherwise never notice). No payload.
+    /// may sit in another, healthy chain that would otherwise never notice). Payload: empty,
+    /// or the peer id (its bytes, at most [`MAX_BLAME_BYTES`]) of the neighbour whose stage
+    /// messages broke the protocol — the member it blames (older senders send none).
     Broken,
 }
 

@@ -158,6 +158,42 @@ async fn a_member_flooding_next_plans_and_false_breaks_costs_one_replan() {
     assert_final_loss_close(&honest, attacker.as_ref().ok(), steps);
 }
 
+/// A member sends each neighbour in its chain stage messages out of protocol once each plan
+/// runs. The neighbours end the epoch and blame it (the member that re-plans takes its own
+/// observation, or a neighbour's report), so the re-plan leaves it out; the honest members
+/// train every step on to the single-node loss. Without blame it was planned back in and
+/// broke every epoch until the no-progress budget failed the run; before the stage ended such
+/// an epoch as a lost neighbour, the first message failed the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_sending_stage_messages_out_of_protocol_is_planned_out() {
+    let peer = |seed| {
+        net_common::identity(seed)
+            .keypair
+            .public()
+            .to_peer_id()
+            .to_string()
+    };
+    let attacker_id = peer(123);
+    assert!(
+        (120..123).any(|seed| peer(seed) < attacker_id),
+        "the attacker must not be the member that re-plans (the lowest id)"
+    );
+    let steps = 40;
+    let (honest, attacker) = run_with_attacker(120, PipeTamper::StageGarbage, (steps, 4)).await;
+    let blamed: u64 = honest.iter().map(|r| refused(r, "stage-message")).sum();
+    assert!(blamed >= 1, "a neighbour counted the messages");
+    for r in &honest {
+        assert_eq!(r.steps, steps, "an honest member trained every step");
+        assert!(r.replans <= 1, "one re-plan plans it out: {}", r.replans);
+        assert!(
+            r.plan.assignments.iter().all(|a| a.peer != attacker_id),
+            "the last plan leaves the attacker out: {:?}",
+            r.plan.assignments
+        );
+    }
+    assert_final_loss_close(&honest, attacker.as_ref().ok(), steps);
+}
+
 /// The head's final loss (the attacker's, if it holds the head: its stage computes honestly)
 /// is within 5 % of single-node training's (a re-plan resumes from a snapshot, so the losses
 /// are not step for step the same).

@@ -186,7 +186,7 @@ pub struct NodeArgs {
     #[arg(long, hide = true)]
     pub tamper: Option<Tamper>,
     /// Red team only: attack the other pipeline members beside this node's stage
-    /// (plan-hijack, epoch-jump, snapshot-poison, replan-flood, formation-junk).
+    /// (plan-hijack, epoch-jump, snapshot-poison, replan-flood, stage-garbage, formation-junk).
     #[arg(long, hide = true)]
     pub pipeline_tamper: Option<PipeTamper>,
     /// Check the flags, environment and config file, print the resulting configuration and

@@ -460,6 +460,7 @@ mod tests {
             "epoch-jump",
             "snapshot-poison",
             "replan-flood",
+            "stage-garbage",
             "formation-junk",
         ] {
             let Mode::Sharded(sharded) = config(&["--sharded", "--malicious", kind]).unwrap().mode

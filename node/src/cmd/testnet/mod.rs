@@ -72,7 +72,7 @@ pub struct TestnetArgs {
     /// Add malicious nodes: flip, scale:F, weight, round-jump, replay-flood,
     /// late-join-capture or slow-loris (one node), or sybil:N (N flipping identities); with
     /// --butterfly, butterfly-takeover (a stranger outside the pool); with --sharded,
-    /// one hostile member: plan-hijack, epoch-jump, snapshot-poison or replan-flood, or a
+    /// one hostile member: plan-hijack, epoch-jump, snapshot-poison, replan-flood or stage-garbage, or a
     /// stranger: formation-junk.
     #[arg(long)]
     pub malicious: Option<String>,

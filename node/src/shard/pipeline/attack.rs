@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use libp2p::PeerId;
 use murmur_models::pipeline::{FlatAdamW, ShardState};
-use murmur_protocol::pipeline::PipeBody;
+use murmur_protocol::pipeline::{PIPE_VERSION, PipeBody, PipeHeader};
 
 use super::membership::citations;
 use super::notice::{PlanNotice, control_header, report_broken, send_notice};
@@ -61,6 +61,7 @@ impl Attacker {
             PipeTamper::EpochJump => self.jump(&running).await,
             PipeTamper::SnapshotPoison => return self.poison(&running).await,
             PipeTamper::ReplanFlood => self.flood(&running).await,
+            PipeTamper::StageGarbage => self.garbage(&running).await,
             // A stranger's attack (`junk_only`): never a member.
             PipeTamper::FormationJunk => Ok(()),
         };
@@ -113,6 +114,43 @@ impl Attacker {
         Ok(())
     }
 
+    /// To each neighbour in this member's chain of `running`, a stage message of the running
+    /// step that claims one micro-batch more per step than the run uses.
+    async fn garbage(&self, running: &PlanNotice) -> Result<(), PipelineError> {
+        let me = self.net.local_peer_id();
+        let Some(seat) = running.seat(&me) else {
+            return Ok(());
+        };
+        let chain = running.chain(seat.lane)?;
+        let prev = seat.index.checked_sub(1).and_then(|i| chain.get(i));
+        let next = chain.get(seat.index + 1);
+        let backward = PipeBody::Backward {
+            loss: 0.0,
+            tail_norm_sq: None,
+        };
+        let forward = PipeBody::Forward { targets: vec![] };
+        for (peer, body) in [(prev, backward), (next, forward)] {
+            let Some(peer) = peer else { continue };
+            let header = PipeHeader {
+                version: PIPE_VERSION,
+                run: self.config.run,
+                epoch: running.epoch,
+                step: running.resume_step,
+                micro: 0,
+                micros: self.config.micro_batches + 1,
+                tensor: None,
+                body,
+            };
+            tracing::warn!(%peer, epoch = running.epoch, "attack: sending a stage message out of protocol");
+            let header = header.to_bytes()?;
+            let sent = self
+                .net
+                .send_payload(*peer, PayloadKind::Control, &header, &[]);
+            let _ = tokio::time::timeout(JUNK_DEADLINE, sent).await;
+        }
+        Ok(())
+    }
+
     /// A false break report to the plan's watcher (it re-plans), then valid next plans of
     /// honest inputs (the running plan, its capacities cited), each an epoch further than the
     /// last.
@@ -124,7 +162,7 @@ impl Attacker {
                 epoch = running.epoch,
                 "attack: reporting a break that did not happen"
             );
-            report_broken(&self.net, &self.config, running.epoch, watcher).await?;
+            report_broken(&self.net, &self.config, (running.epoch, None), watcher).await?;
         }
         let peers = self.net.peers().await?;
         let origin = (&self.config.run, &self.config.model);

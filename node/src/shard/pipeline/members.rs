@@ -20,16 +20,20 @@ const PROBE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 /// capacity (this node's from `own`), and the previous links among them. Members `previous`
 /// left out are not candidates: they stopped when it was agreed, though their last
 /// announcement can outlive them by a few seconds (or never say that they finished).
-/// `wall_ms` is the wall clock now (the clock of announcements).
+/// `wall_ms` is the wall clock now (the clock of announcements). Members `excluded` broke the
+/// protocol (see `membership::blame`): never candidates.
 pub(crate) fn rebalance_input(
     rules: &Rules,
-    previous: &PlanNotice,
+    (previous, excluded): (&PlanNotice, &[PeerId]),
     (peers, wall_ms): (&[PeerInfo], u64),
     me: PeerId,
     own: Capacity,
 ) -> (Vec<PeerId>, PlanInput) {
     let mut members = rules.candidates(peers, wall_ms);
     members.retain(|(p, _)| {
+        if excluded.contains(p) {
+            return false;
+        }
         if previous.is_member(p) {
             return previous.is_planned(p);
         }

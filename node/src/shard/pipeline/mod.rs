@@ -213,6 +213,16 @@ pub enum PipelineError {
         /// How long.
         waited: Duration,
     },
+    /// A neighbour sent a stage message that breaks the protocol (a malformed tensor, a
+    /// micro-batch or step out of place): honest members never do.
+    #[error("{peer} broke the pipeline protocol")]
+    Misbehaved {
+        /// The neighbour.
+        peer: PeerId,
+        /// What it sent.
+        #[source]
+        cause: Box<PipelineError>,
+    },
     /// The members or the plan did not come together in time.
     #[error("pipeline formation: {0}")]
     Formation(String),

@@ -261,11 +261,28 @@ pub(super) async fn send_notice(
 pub(super) async fn report_broken(
     net: &Network,
     config: &PipelineConfig,
-    epoch: u64,
+    (epoch, blame): (u64, Option<PeerId>),
     leader: PeerId,
 ) -> Result<(), PipelineError> {
     let header = control_header(config.run, epoch, 0, PipeBody::Broken)?;
-    send_control(net, config, leader, &header, &[]).await
+    let payload = blame.map(|p| p.to_bytes()).unwrap_or_default();
+    send_control(net, config, leader, &header, &payload).await
+}
+
+/// The member a break report's payload blames, if any (bounded before it is parsed).
+pub fn decode_blame(payload: &[u8]) -> Result<Option<PeerId>, PipelineError> {
+    if payload.is_empty() {
+        return Ok(None);
+    }
+    if payload.len() > murmur_protocol::pipeline::MAX_BLAME_BYTES {
+        return Err(PipelineError::Protocol(format!(
+            "a break report blaming a peer id of {} bytes",
+            payload.len()
+        )));
+    }
+    PeerId::from_bytes(payload)
+        .map(Some)
+        .map_err(|_| PipelineError::Protocol("a break report blaming no valid peer id".into()))
 }
 
 /// Sends one control message to `peer` (retrying transient failures within the peer

@@ -51,20 +51,21 @@ const LOOK_GAP: Duration = Duration::from_secs(2);
 pub(crate) async fn watch_for_rebalance(
     net: Network,
     rules: Rules,
-    current: PlanNotice,
+    (current, excluded): (PlanNotice, Vec<PeerId>),
     own: watch::Receiver<Capacity>,
 ) -> Result<PlanNotice, PipelineError> {
-    if current.replicas > 1 {
-        watch_for_joins(&net, &rules, &current, own).await
+    let current = (&current, &excluded[..]);
+    if current.0.replicas > 1 {
+        watch_for_joins(&net, &rules, current, own).await
     } else {
-        watch_one_chain(&net, &rules, &current, own).await
+        watch_one_chain(&net, &rules, current, own).await
     }
 }
 
 async fn watch_one_chain(
     net: &Network,
     rules: &Rules,
-    current: &PlanNotice,
+    (current, excluded): (&PlanNotice, &[PeerId]),
     own: watch::Receiver<Capacity>,
 ) -> Result<PlanNotice, PipelineError> {
     let mut replanner = Replanner::new(ReplanConfig::default());
@@ -75,8 +76,13 @@ async fn watch_one_chain(
     loop {
         let own = looks.next().await?;
         let peers = net.peers().await?;
-        let (members, input) =
-            rebalance_input(rules, current, (&peers, crate::net::now_ms()), me, own);
+        let (members, input) = rebalance_input(
+            rules,
+            (current, excluded),
+            (&peers, crate::net::now_ms()),
+            me,
+            own,
+        );
         if !looks.looked(settle.held(&members)) {
             continue;
         }
@@ -112,7 +118,7 @@ async fn watch_one_chain(
 async fn watch_for_joins(
     net: &Network,
     rules: &Rules,
-    current: &PlanNotice,
+    (current, excluded): (&PlanNotice, &[PeerId]),
     own: watch::Receiver<Capacity>,
 ) -> Result<PlanNotice, PipelineError> {
     let min_gain = ReplanConfig::default().min_gain;
@@ -123,8 +129,13 @@ async fn watch_for_joins(
     loop {
         let own = looks.next().await?;
         let peers = net.peers().await?;
-        let (members, input) =
-            rebalance_input(rules, current, (&peers, crate::net::now_ms()), me, own);
+        let (members, input) = rebalance_input(
+            rules,
+            (current, excluded),
+            (&peers, crate::net::now_ms()),
+            me,
+            own,
+        );
         if !looks.looked(settle.held(&members)) {
             continue;
         }

@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::errors::chain;
+use crate::shard::pipeline::notice::decode_blame;
 use crate::shard::pipeline::snapshot_rules::{self, SnapshotRefusal, SnapshotView};
 
 impl Driver {
@@ -58,11 +59,15 @@ impl Driver {
                 from,
                 payload: message.payload,
             }),
-            PipeBody::Broken => self.handle(Event::Broken {
-                now: now(),
-                from,
-                epoch,
-            }),
+            PipeBody::Broken => match decode_blame(&message.payload) {
+                Ok(blame) => self.handle(Event::Broken {
+                    now: now(),
+                    from,
+                    epoch,
+                    blame,
+                }),
+                Err(err) => self.refuse(&from, "break-report", &err),
+            },
             PipeBody::Probe => {}
             PipeBody::Snapshot { start, end } => self.decode_snapshot(message, start, end),
             PipeBody::Forward { .. } | PipeBody::Backward { .. } | PipeBody::Commit { .. } => {

@@ -32,7 +32,7 @@ use super::averaging::RangeAveraging;
 use super::form::{self, Announcer};
 use super::mailbox::{Inbound, Mailbox};
 use super::members::probe_links;
-use super::membership::{Action, Event, Membership, ResumePoint, Rules};
+use super::membership::{Action, EpochEnd, Event, Loss, Membership, ResumePoint, Rules};
 use super::notice::{PlanNotice, Seat, report_broken, send_notice, send_parts_beyond_own_chain};
 use super::rebalance::watch_for_rebalance;
 use super::report::{Progress, report};
@@ -283,10 +283,10 @@ impl Driver {
                     .spawn(async move { Control::Probed(probe_links(&net, run, &members).await) });
             }
             Action::SendNotice { notice, previous } => self.send_notice(notice, previous),
-            Action::ReportBroken { to, epoch } => {
+            Action::ReportBroken { to, epoch, blame } => {
                 let (net, config) = (self.net.clone(), self.config.clone());
                 self.control.spawn(async move {
-                    Control::Reported(report_broken(&net, &config, epoch, to).await)
+                    Control::Reported(report_broken(&net, &config, (epoch, blame), to).await)
                 });
             }
             Action::Announce(epoch) => {

@@ -80,8 +80,8 @@ impl Driver {
             && notice.watcher() == Some(self.me);
         if watches {
             let own = self.progress.capacity();
-            let watch =
-                watch_for_rebalance(self.net.clone(), self.rules.clone(), notice.clone(), own);
+            let current = (notice.clone(), self.membership.excluded().to_vec());
+            let watch = watch_for_rebalance(self.net.clone(), self.rules.clone(), current, own);
             self.watchers.spawn(watch);
         }
         let (inbox, rx) = mpsc::channel(64);
@@ -138,6 +138,13 @@ impl Driver {
         };
         self.outcome = Some(done.outcome);
         self.averaging = done.averaging;
+        if let Ok(EpochEnd::NeighbourLost {
+            cause: Loss::Misbehaved(_),
+            ..
+        }) = &done.end
+        {
+            *self.refused.entry("stage-message").or_default() += 1;
+        }
         let resume = form::resume_point(&running.notice, &snapshots::lock(&self.snapshots));
         self.handle(Event::StageEnded {
             now: now(),

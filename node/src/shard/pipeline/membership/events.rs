@@ -36,6 +36,8 @@ pub(crate) enum Loss {
     Silent(Duration),
     /// A send to it failed for good.
     Send(Box<TransferError>),
+    /// It sent a stage message that breaks the protocol.
+    Misbehaved(Box<PipelineError>),
 }
 
 impl Loss {
@@ -44,6 +46,7 @@ impl Loss {
         match self {
             Loss::Silent(waited) => PipelineError::PeerSilent { peer, waited },
             Loss::Send(error) => PipelineError::Send { peer, error },
+            Loss::Misbehaved(cause) => PipelineError::Misbehaved { peer, cause },
         }
     }
 }
@@ -78,6 +81,8 @@ pub(crate) enum Event {
         from: PeerId,
         /// The epoch it ran.
         epoch: u64,
+        /// The neighbour it blames for breaking the protocol, if any.
+        blame: Option<PeerId>,
     },
     /// The link probes of [`Action::Probe`] are done.
     Probed {
@@ -156,6 +161,8 @@ pub(crate) enum Action {
         to: PeerId,
         /// The epoch that broke.
         epoch: u64,
+        /// The neighbour this node blames for breaking the protocol, if any.
+        blame: Option<PeerId>,
     },
     /// Announce the plan epoch this node runs.
     Announce(u64),

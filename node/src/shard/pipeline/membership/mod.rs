@@ -21,6 +21,7 @@
 //!   running the plan issues the next epoch from the common snapshot; the others tell it their
 //!   chain broke and wait for its notice.
 
+mod blame;
 pub(crate) mod citations;
 mod entitled;
 mod events;
@@ -159,6 +160,8 @@ pub(crate) struct Membership {
     held_report: Option<PeerId>,
     /// This node's re-balance of the running epoch, waiting for it to settle.
     rebalance: Option<PlanNotice>,
+    /// Members that broke the protocol, planned out of the plans this node issues.
+    blame: blame::Blame,
     /// The time of the latest event that told it.
     clock: Instant,
     /// The latest valid notice of an epoch later than the one running: it decides how the
@@ -194,6 +197,7 @@ impl Membership {
             held: None,
             held_report: None,
             rebalance: None,
+            blame: blame::Blame::default(),
             clock: now,
             later: None,
             broken_later: Vec::new(),
@@ -206,6 +210,11 @@ impl Membership {
     /// Re-plans so far.
     pub(crate) fn replans(&self) -> u32 {
         self.replans
+    }
+
+    /// Members this node plans out of the plans it issues, for breaking the protocol.
+    pub(crate) fn excluded(&self) -> &[PeerId] {
+        self.blame.excluded()
     }
 
     /// Plan notices refused so far (invalid, or not from whom the phase allows).
@@ -261,7 +270,12 @@ impl Membership {
                 peers,
             } => self.on_tick(now, wall_ms, &peers),
             Event::Notice { now, from, payload } => self.on_notice(now, from, &payload),
-            Event::Broken { now, from, epoch } => self.on_broken(now, from, epoch),
+            Event::Broken {
+                now,
+                from,
+                epoch,
+                blame,
+            } => self.on_broken(now, from, epoch, blame),
             Event::Probed { now, links } => self.on_probed(now, links),
             Event::Sent {
                 now,
@@ -372,7 +386,13 @@ impl Membership {
         }
     }
 
-    fn on_broken(&mut self, now: Instant, from: PeerId, epoch: u64) -> Vec<Action> {
+    fn on_broken(
+        &mut self,
+        now: Instant,
+        from: PeerId,
+        epoch: u64,
+        blame: Option<PeerId>,
+    ) -> Vec<Action> {
         let running = match &self.phase {
             Phase::Running { notice, .. } => Some(notice.epoch),
             Phase::Over => return Vec::new(),
@@ -395,6 +415,9 @@ impl Membership {
             return Vec::new();
         };
         let current = epoch == notice.epoch && notice.is_planned(&from);
+        if let Some(accused) = blame.filter(|_| current) {
+            self.blame.reported(notice, self.me, from, accused);
+        }
         if !current || stopping.is_some() {
             return Vec::new();
         }
@@ -427,7 +450,12 @@ impl Membership {
                 }];
             }
             Ok(EpochEnd::Stopped) => None,
-            Ok(EpochEnd::NeighbourLost { peer, cause }) => Some(cause.into_error(peer)),
+            Ok(EpochEnd::NeighbourLost { peer, cause }) => {
+                if matches!(cause, Loss::Misbehaved(_)) {
+                    self.blame.observed(&notice, peer);
+                }
+                Some(cause.into_error(peer))
+            }
         };
         // A valid later plan decides, however the stage ended (stopped for it, or a neighbour
         // lost meanwhile: its members moved on).
@@ -527,10 +555,18 @@ impl Membership {
                 Action::ReportBroken {
                     to: leader,
                     epoch: previous.epoch,
+                    blame: self.blame.take_report(),
                 },
                 Action::Wake(deadline),
             ];
         }
+        // The leader is the lowest survivor in every member's view; who is planned is its
+        // choice, less the members that broke the protocol (see `blame`).
+        let excluded = self.blame.excluded();
+        let survivors: Vec<PeerId> = survivors
+            .into_iter()
+            .filter(|s| *s == self.me || !excluded.contains(s))
+            .collect();
         let mut input = rules::restricted(&previous.input, &survivors);
         let origin = (&self.rules.run, &self.rules.model);
         let known = (&previous.citations[..], peers);
@@ -570,6 +606,7 @@ impl Membership {
             return vec![announce, Action::Finish { notice, seat: None }];
         };
         self.later = self.later.take().filter(|l| l.epoch > notice.epoch);
+        self.blame.epoch_over();
         // A member of this plan may have lost a neighbour before this node had the notice.
         let reporter = self
             .broken_later

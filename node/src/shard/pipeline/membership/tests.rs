@@ -10,6 +10,7 @@ use murmur_protocol::{Announcement, Message, ModelFingerprint, RunId, SignedEnve
 
 use super::rules::MAX_NOTICE_MEMBERS;
 
+mod blame;
 mod entitled;
 use super::*;
 use crate::shard::pipeline::notice::encode_notice;
@@ -495,6 +496,7 @@ fn a_stage_that_finishes_ends_the_run_even_with_a_stop_pending() {
         now,
         from: ids[0],
         epoch: 1,
+        blame: None,
     });
     assert!(matches!(stop[..], [Action::StopStage]), "{stop:?}");
     let out = m.handle(Event::StageEnded {
@@ -571,7 +573,7 @@ fn a_survivor_that_is_not_the_lowest_reports_the_break_and_awaits_the_next_epoch
     let out = m.handle(tick(now + REPLAN_GRACE, world));
     assert!(
         out.iter()
-            .any(|a| matches!(a, Action::ReportBroken { to, epoch: 1 } if *to == ids[0])),
+            .any(|a| matches!(a, Action::ReportBroken { to, epoch: 1, .. } if *to == ids[0])),
         "{out:?}"
     );
     // A stale notice of the epoch that broke does not count; the next epoch's does.
@@ -662,7 +664,8 @@ fn a_break_report_ends_the_epoch_only_from_a_planned_member_of_that_epoch() {
         m.handle(Event::Broken {
             now,
             from: ids[1],
-            epoch: 0
+            epoch: 0,
+            blame: None
         })
         .is_empty()
     );
@@ -670,7 +673,8 @@ fn a_break_report_ends_the_epoch_only_from_a_planned_member_of_that_epoch() {
         m.handle(Event::Broken {
             now,
             from: ids[3],
-            epoch: 1
+            epoch: 1,
+            blame: None
         })
         .is_empty()
     );
@@ -678,6 +682,7 @@ fn a_break_report_ends_the_epoch_only_from_a_planned_member_of_that_epoch() {
         now,
         from: ids[1],
         epoch: 1,
+        blame: None,
     });
     assert!(matches!(out[..], [Action::StopStage]));
     let out = m.handle(stopped(now));
@@ -866,6 +871,7 @@ fn a_later_plan_that_comes_while_the_stage_stops_is_run() {
         now,
         from: ids[1],
         epoch: 1,
+        blame: None,
     });
     assert!(matches!(stop[..], [Action::StopStage]));
     let mut next = first.clone();
@@ -909,7 +915,8 @@ fn a_break_report_for_the_awaited_epoch_is_kept_until_it_runs() {
         m.handle(Event::Broken {
             now,
             from: ids[0],
-            epoch: 2
+            epoch: 2,
+            blame: None
         })
         .is_empty()
     );
@@ -971,7 +978,8 @@ fn members_the_plan_left_out_are_not_rebalanced_back_in() {
     // A newcomer must be connected to be planned in.
     let unconnected = announcing(&rules, ids[4], false, 0, 1e10);
     let world = vec![fast, slow, newcomer.clone(), unconnected];
-    let (members, input) = rebalance_input(&rules, &previous, (&world, WALL), me, capacity(FAST));
+    let (members, input) =
+        rebalance_input(&rules, (&previous, &[]), (&world, WALL), me, capacity(FAST));
     let expected = vec![me, ids[1], newcomer.peer_id];
     assert_eq!(members, expected);
     let planned: Vec<String> = input.peers.iter().map(|p| p.id.clone()).collect();
@@ -1086,6 +1094,7 @@ fn a_member_that_finished_ignores_what_comes_after_its_last_step() {
         now,
         from: ids[1],
         epoch: 1,
+        blame: None,
     });
     assert!(broken.is_empty(), "{broken:?}");
     let mut next = notice.clone();

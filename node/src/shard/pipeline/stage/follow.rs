@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use murmur_protocol::pipeline::{PipeBody, PipeHeader};
 
-use super::{Halt, Stage, decode_off_thread};
+use super::{Halt, Stage, blame, decode_off_thread, misbehaved};
 use crate::net::PayloadKind;
 use crate::shard::pipeline::PipelineError;
 use crate::shard::pipeline::mailbox::Inbound;
@@ -41,10 +41,11 @@ impl Stage {
                 self.position.prev()
             };
             let message = self.next_message(waiting_on).await?;
-            let h = &message.header;
+            let (h, from) = (&message.header, message.peer);
             if h.step > step.at {
                 if step.later.len() >= 4 * micros as usize {
-                    return Err(PipelineError::Protocol("too many messages ahead".into()).into());
+                    let err = PipelineError::Protocol("too many messages ahead".into());
+                    return Err(misbehaved(from, err));
                 }
                 step.later.push(message);
                 continue;
@@ -55,24 +56,29 @@ impl Stage {
             // Each forward is kept (its graph) until its backward: only this step's
             // micro-batches may be kept.
             if h.micro >= micros {
-                return Err(PipelineError::Protocol(format!(
+                let err = PipelineError::Protocol(format!(
                     "micro-batch {} of a step of {micros}",
                     h.micro
-                ))
-                .into());
+                ));
+                return Err(misbehaved(from, err));
             }
             let Inbound {
                 header, payload, ..
             } = message;
             match header.body.clone() {
                 PipeBody::Forward { targets } => {
-                    self.on_forward(&mut step, header, payload, targets).await?;
+                    (self.on_forward(&mut step, header, payload, targets).await)
+                        .map_err(blame(from))?;
                 }
                 PipeBody::Backward { loss, tail_norm_sq } => {
-                    self.on_backward(&mut step, header, payload, (loss, tail_norm_sq))
-                        .await?;
+                    (self
+                        .on_backward(&mut step, header, payload, (loss, tail_norm_sq))
+                        .await)
+                        .map_err(blame(from))?;
                 }
-                PipeBody::Commit { grad_norm } => self.on_commit(&mut step, grad_norm).await?,
+                PipeBody::Commit { grad_norm } => {
+                    self.on_commit(&mut step, from, grad_norm).await?;
+                }
                 PipeBody::Plan | PipeBody::Snapshot { .. } | PipeBody::Probe | PipeBody::Broken => {
                 }
             }
@@ -88,10 +94,10 @@ impl Stage {
         h: PipeHeader,
         payload: Vec<u8>,
         targets: Vec<u32>,
-    ) -> Result<(), Halt> {
+    ) -> Result<(), PipelineError> {
         let input = decode_off_thread(h.tensor.clone(), payload).await?;
         if !self.last {
-            return Ok(self.forward_on(step.at, h.micro, input, targets).await?);
+            return self.forward_on(step.at, h.micro, input, targets).await;
         }
         let scale = 1.0 / self.config.micro_batches as f32;
         let (loss, grad) = self
@@ -107,9 +113,7 @@ impl Stage {
         let body = PipeBody::Backward { loss, tail_norm_sq };
         let header = self.header(step.at, h.micro, body);
         let prev = self.position.prev();
-        Ok(self
-            .send(prev, PayloadKind::Gradients, header, grad)
-            .await?)
+        self.send(prev, PayloadKind::Gradients, header, grad).await
     }
 
     /// A backward from downstream: send the input gradient up (with the step's last one, the
@@ -120,7 +124,7 @@ impl Stage {
         h: PipeHeader,
         payload: Vec<u8>,
         (loss, tail_norm_sq): (f32, Option<f64>),
-    ) -> Result<(), Halt> {
+    ) -> Result<(), PipelineError> {
         let grad = decode_off_thread(h.tensor.clone(), payload).await?;
         let up = self
             .compute
@@ -139,19 +143,24 @@ impl Stage {
         };
         let header = self.header(step.at, h.micro, PipeBody::Backward { loss, tail_norm_sq });
         let prev = self.position.prev();
-        Ok(self.send(prev, PayloadKind::Gradients, header, up).await?)
+        self.send(prev, PayloadKind::Gradients, header, up).await
     }
 
     /// The step's commit: update, pass it on, report, and go on to the next step (with the
     /// messages of it that came early).
-    async fn on_commit(&mut self, step: &mut Step, grad_norm: f32) -> Result<(), Halt> {
+    async fn on_commit(
+        &mut self,
+        step: &mut Step,
+        from: libp2p::PeerId,
+        grad_norm: f32,
+    ) -> Result<(), Halt> {
         let micros = self.config.micro_batches;
         if step.done != micros {
-            return Err(PipelineError::Protocol(format!(
+            let err = PipelineError::Protocol(format!(
                 "commit of step {} after {} of {micros} backwards",
                 step.at, step.done
-            ))
-            .into());
+            ));
+            return Err(misbehaved(from, err));
         }
         self.compute.call(move |s| s.apply(grad_norm)).await??;
         if !self.last {

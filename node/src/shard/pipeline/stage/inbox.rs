@@ -8,7 +8,7 @@ use murmur_protocol::pipeline::PipeBody;
 
 use super::super::mailbox::Inbound;
 use super::super::membership::{EpochEnd, Loss};
-use super::{Halt, Stage};
+use super::{Halt, Stage, misbehaved};
 use crate::shard::pipeline::PipelineError;
 
 impl Stage {
@@ -72,10 +72,11 @@ impl Stage {
                 continue;
             }
             if h.micros != self.config.micro_batches {
-                return Err(Halt::Failed(PipelineError::Protocol(format!(
+                let err = PipelineError::Protocol(format!(
                     "{} micro-batches per step, this run uses {}",
                     h.micros, self.config.micro_batches
-                ))));
+                ));
+                return Err(misbehaved(message.peer, err));
             }
             return Ok(Some(message));
         }

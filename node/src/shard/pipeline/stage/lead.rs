@@ -13,7 +13,7 @@ use murmur_models::data::BatchStream;
 use murmur_models::{Batch, WireActivation};
 use murmur_protocol::pipeline::PipeBody;
 
-use super::{Halt, Stage, decode_off_thread};
+use super::{Halt, Stage, blame, decode_off_thread, misbehaved};
 use crate::net::PayloadKind;
 use crate::shard::pipeline::PipelineError;
 use crate::shard::pipeline::mailbox::Inbound;
@@ -73,9 +73,19 @@ impl Stage {
                 // Every forward is out: wait for all that are left.
                 self.take_backwards(step, micros, 0, &mut backwards).await?;
                 loss_sum += backwards.losses;
-                tail = backwards.tail.ok_or_else(|| {
-                    PipelineError::Protocol("the downstream gradient norm never arrived".into())
-                })?;
+                let next = self.position.next();
+                tail = match (backwards.tail, next) {
+                    (Some(tail), _) => tail,
+                    (None, Some(next)) => {
+                        let err = PipelineError::Protocol(
+                            "the downstream gradient norm never arrived".into(),
+                        );
+                        return Err(misbehaved(next, err));
+                    }
+                    (None, None) => {
+                        return Err(PipelineError::Protocol("no next shard".into()).into());
+                    }
+                };
             }
             let own = self.compute.call(|s| s.grad_norm_sq()).await?;
             let grad_norm = (own + tail).sqrt() as f32;
@@ -112,7 +122,8 @@ impl Stage {
                     None => break,
                 }
             };
-            self.take_backward(step, message, backwards).await?;
+            let from = message.peer;
+            (self.take_backward(step, message, backwards).await).map_err(blame(from))?;
         }
         Ok(())
     }
@@ -123,20 +134,21 @@ impl Stage {
         step: u64,
         message: Inbound,
         backwards: &mut Backwards,
-    ) -> Result<(), Halt> {
+    ) -> Result<(), PipelineError> {
         let h = message.header;
         if h.step < step || !backwards.seen.insert(h.micro) {
             return Ok(()); // a retried send delivered twice
         }
         let PipeBody::Backward { loss, tail_norm_sq } = h.body else {
-            return Err(PipelineError::Protocol("the first shard got a forward".into()).into());
+            return Err(PipelineError::Protocol(
+                "the first shard got a forward".into(),
+            ));
         };
         if h.step != step {
             return Err(PipelineError::Protocol(format!(
                 "gradient of step {} during step {step}",
                 h.step
-            ))
-            .into());
+            )));
         }
         let grad = decode_off_thread(h.tensor.clone(), message.payload).await?;
         self.compute

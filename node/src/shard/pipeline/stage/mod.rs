@@ -146,6 +146,32 @@ impl From<PipelineError> for Halt {
     }
 }
 
+/// The end of the epoch when `peer`, a neighbour, sent a stage message that breaks the
+/// protocol (`err` says how): it is lost like one that went silent, and blamed.
+pub(crate) fn misbehaved(peer: PeerId, err: PipelineError) -> Halt {
+    tracing::warn!(%peer, err = %crate::errors::chain(&err), "a neighbour broke the pipeline protocol");
+    Halt::End(EpochEnd::NeighbourLost {
+        peer,
+        cause: Loss::Misbehaved(Box::new(err)),
+    })
+}
+
+/// How an error met while handling a stage message of `peer` ends the epoch: the neighbour is
+/// blamed when its message was at fault (out of protocol, malformed, a tensor the shard
+/// refuses); other errors (a failed send, this node's own compute) end it as they would anyway.
+pub(crate) fn blame(peer: PeerId) -> impl FnOnce(PipelineError) -> Halt {
+    use murmur_models::pipeline::ShardError;
+    move |err| match err {
+        PipelineError::Protocol(_)
+        | PipelineError::Message(_)
+        | PipelineError::Tensor(_)
+        | PipelineError::Shard(
+            ShardError::Model(_) | ShardError::Wire(_) | ShardError::UnknownMicroBatch(_),
+        ) => misbehaved(peer, err),
+        other => Halt::from(other),
+    }
+}
+
 impl From<murmur_models::pipeline::ShardError> for Halt {
     fn from(err: murmur_models::pipeline::ShardError) -> Self {
         Halt::Failed(err.into())

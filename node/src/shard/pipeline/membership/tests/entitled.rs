@@ -209,6 +209,7 @@ fn in_a_re_planned_epoch_a_break_report_waits_for_the_epoch_to_settle() {
         now: soon,
         from: ids[1],
         epoch: 2,
+        blame: None,
     });
     stops_once_settled(&mut m, out, (&rules, &ids), (now, soon));
 }
@@ -222,6 +223,7 @@ fn in_a_re_planned_epoch_a_break_report_counts_at_once_when_a_member_is_seen_gon
         now: soon,
         from: ids[0],
         epoch: 2,
+        blame: None,
     });
     let world = vec![announcing(&rules, ids[0], true, 2, FAST)];
     let out = m.handle(tick(soon, world));
