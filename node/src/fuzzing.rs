@@ -244,6 +244,24 @@ fn take(data: &[u8]) -> Option<(&[u8], &[u8])> {
     rest.split_at_checked(usize::from(u16::from_le_bytes([len[0], len[1]])))
 }
 
+/// A break report's payload as the member that re-plans receives it: the peer it blames,
+/// bounded before it is parsed; what is accepted re-encodes to the same bytes. Odd first
+/// byte: edits of a valid peer id's bytes.
+pub fn break_report(data: &[u8]) -> bool {
+    let bytes = raw_or_mutated(data, || peers(1)[0].to_bytes());
+    match crate::shard::pipeline::notice::decode_blame(&bytes) {
+        Ok(Some(peer)) => {
+            assert_eq!(peer.to_bytes(), bytes);
+            true
+        }
+        Ok(None) => {
+            assert!(bytes.is_empty());
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,5 +333,10 @@ mod tests {
         let input = [(header.len() as u16).to_le_bytes().to_vec(), header, values].concat();
         assert!(butterfly_part(&input));
         assert!(!butterfly_part(&input[..input.len() - 1]));
+
+        assert!(break_report(&[1]));
+        assert!(break_report(&[0]));
+        assert!(!break_report(&[0, 1, 2, 3]));
+        assert!(!break_report(&[vec![0, 0, 0x20], vec![7; 64]].concat()));
     }
 }
