@@ -1,5 +1,6 @@
 //! The arithmetic of gossip averaging: push-sum mixing of sample-weighted models and the
-//! robust aggregate (norm clipping + coordinate-wise trimmed mean).
+//! robust aggregate (norm clipping + coordinate-wise trimmed mean, the kept values weighted by
+//! their masses within a bounded spread).
 //!
 //! Every node holds a model `x` and a mass `w` (samples). Sending to `k` peers keeps
 //! `w / (k + 1)` and gives each peer `w / (k + 1)` along with `x`; a receiver folds a
@@ -84,36 +85,49 @@ pub struct RobustConfig {
     /// Fraction of candidates dropped at each end, per coordinate (at least one each side
     /// once there are three or more candidates).
     pub trim_fraction: f64,
+    /// How far a candidate's weight in the mean of the kept values may stray from the typical
+    /// mass (the median of the own and the candidates'): masses are clamped to
+    /// `[typical / spread, typical × spread]`. 1: every candidate counts the same.
+    pub weight_spread: f64,
 }
+
+/// The default [`RobustConfig::weight_spread`]: a peer that trained on 4× the samples of
+/// another counts 4× as much, and one sender's claims move the mean at most 4× as far as an
+/// equal share would (`spread²`).
+pub const DEFAULT_WEIGHT_SPREAD: f64 = 2.0;
 
 impl Default for RobustConfig {
     fn default() -> Self {
         Self {
             clip_multiple: 1.5,
             trim_fraction: 0.2,
+            weight_spread: DEFAULT_WEIGHT_SPREAD,
         }
     }
 }
 
-/// Replaces `own` with the robust aggregate of `own` and `others`: every candidate is
-/// clipped to `clip_multiple × reference` around `own` (`reference`: a typical honest
-/// distance, e.g. the median of recently accepted distances; the median of this batch's
-/// distances when `None`), then each coordinate is the mean of the candidates left after
-/// trimming the extremes. The peers that sent nothing this time count as the own model
-/// (`voters`: how many models the node expects, itself included; at least the candidates):
-/// so one sender moves the model by at most `1 / voters` of the clipping radius, however
-/// few deltas arrived together. Returns how many candidates were clipped.
+/// Replaces `own` (of mass `own_mass`) with the robust aggregate of `own` and `others`: every
+/// candidate is clipped to `clip_multiple × reference` around `own` (`reference`: a typical
+/// honest distance, e.g. the median of recently accepted distances; the median of this
+/// batch's distances when `None`), then each coordinate is the weighted mean of the values
+/// left after trimming the extremes (trimmed by count, so a sender's claimed mass does not
+/// keep it in). Each value weighs its mass clamped to `weight_spread` times either side of
+/// the typical mass: samples count, within a bound no claim exceeds. The peers that sent
+/// nothing this time count as the own model at the typical mass (`voters`: how many models
+/// the node expects, itself included; at least the candidates): so one sender moves the model
+/// by at most `spread² / (voters − 2·trim)` of the clipping radius, however few deltas
+/// arrived together. Returns how many candidates were clipped.
 pub fn robust_aggregate(
     own: &mut [f32],
-    others: &[&[f32]],
+    own_mass: f64,
+    others: &[Weighted<'_>],
     config: RobustConfig,
-    reference: Option<f64>,
-    voters: usize,
+    (reference, voters): (Option<f64>, usize),
 ) -> usize {
     if others.is_empty() {
         return 0;
     }
-    let distances: Vec<f64> = others.iter().map(|o| l2_distance(own, o)).collect();
+    let distances: Vec<f64> = others.iter().map(|o| l2_distance(own, o.values)).collect();
     let radius = config.clip_multiple * reference.unwrap_or_else(|| median(&distances));
     let mut clipped = 0;
     let scales: Vec<f32> = distances
@@ -134,18 +148,48 @@ pub fn robust_aggregate(
     } else {
         0
     };
-    let mut column = Vec::with_capacity(n);
+    let (own_weight, typical, weights) = bounded_weights(own_mass, others, config.weight_spread);
+    let mut column: Vec<(f32, f64)> = Vec::with_capacity(n);
     for (i, x) in own.iter_mut().enumerate() {
         column.clear();
-        column.extend(std::iter::repeat_n(*x, absent + 1));
-        for (other, scale) in others.iter().zip(&scales) {
-            column.push(*x + scale * (other[i] - *x));
+        column.push((*x, own_weight));
+        column.extend(std::iter::repeat_n((*x, typical), absent));
+        for ((other, scale), weight) in others.iter().zip(&scales).zip(&weights) {
+            column.push((*x + scale * (other.values[i] - *x), *weight));
         }
-        column.sort_unstable_by(f32::total_cmp);
+        column.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
         let kept = &column[trim..n - trim];
-        *x = kept.iter().sum::<f32>() / kept.len() as f32;
+        let total: f64 = kept.iter().map(|(_, w)| w).sum();
+        let sum: f64 = kept.iter().map(|(v, w)| f64::from(*v) * w).sum();
+        *x = (sum / total) as f32;
     }
     clipped
+}
+
+/// The weights of the own model and of `others` in the robust mean, and the typical mass
+/// (the median of them all, 1 when none is positive and finite): each mass clamped to
+/// `spread` times either side of the typical one (a mass that is not a positive finite
+/// number weighs the least).
+fn bounded_weights(own_mass: f64, others: &[Weighted<'_>], spread: f64) -> (f64, f64, Vec<f64>) {
+    let valid = |m: f64| m.is_finite() && m > 0.0;
+    let masses: Vec<f64> = std::iter::once(own_mass)
+        .chain(others.iter().map(|o| o.mass))
+        .filter(|m| valid(*m))
+        .collect();
+    let typical = if masses.is_empty() {
+        1.0
+    } else {
+        median(&masses)
+    };
+    let spread = if spread.is_finite() {
+        spread.max(1.0)
+    } else {
+        1.0
+    };
+    let (low, high) = (typical / spread, typical * spread);
+    let bound = |m: f64| if valid(m) { m.clamp(low, high) } else { low };
+    let weights = others.iter().map(|o| bound(o.mass)).collect();
+    (bound(own_mass), typical, weights)
 }
 
 /// Median of a non-empty slice (mean of the middle pair for even lengths); 0 when empty.
@@ -284,12 +328,14 @@ mod tests {
         let scaled = vec![100.0f32; 4];
         let flipped = vec![-1.0f32; 4];
         let mut own = vec![1.05f32; 4];
-        let others: Vec<&[f32]> = honest
+        let others: Vec<Weighted<'_>> = honest
             .iter()
             .map(Vec::as_slice)
             .chain([scaled.as_slice(), flipped.as_slice()])
+            .map(|values| Weighted { values, mass: 1.0 })
             .collect();
-        let clipped = robust_aggregate(&mut own, &others, RobustConfig::default(), None, 0);
+        let config = RobustConfig::default();
+        let clipped = robust_aggregate(&mut own, 1.0, &others, config, (None, 0));
         assert!(clipped >= 1);
         for v in own {
             assert!((0.85..1.2).contains(&v), "{v}");
@@ -303,18 +349,77 @@ mod tests {
     #[test]
     fn deltas_arriving_together_move_the_model_by_a_share_of_the_radius() {
         let sybil = vec![-4.0f32; 4];
-        let others: Vec<&[f32]> = vec![sybil.as_slice(), sybil.as_slice()];
+        let one = Weighted {
+            values: &sybil,
+            mass: 1.0,
+        };
+        let others = [one, one];
         let config = RobustConfig::default();
         let mut own = vec![1.0f32; 4];
-        robust_aggregate(&mut own, &others, config, Some(1.0), 7);
+        robust_aggregate(&mut own, 1.0, &others, config, (Some(1.0), 7));
         // Radius 1.5 (distance 1.5 per vector, 0.75 per coordinate); two of seven voters,
         // one trimmed: at most 0.75 / 5 per coordinate.
         for v in &own {
             assert!((1.0 - v) <= 0.75 / 5.0 + 1e-6, "moved to {v}");
         }
         let mut alone = vec![1.0f32; 4];
-        robust_aggregate(&mut alone, &others, config, Some(1.0), 0);
+        robust_aggregate(&mut alone, 1.0, &others, config, (Some(1.0), 0));
         assert!(alone.iter().all(|v| 1.0 - v > 0.7), "{alone:?}");
+    }
+
+    /// Four candidates and the own model (0, mass 1): two at +1 of mass 1, two at −1 of mass
+    /// `heavy`; one trimmed each side, so −1 (heavy), 0 and +1 are kept. Returns the result.
+    fn kept_mean(heavy: f64, spread: f64) -> f32 {
+        let (up, down) = (vec![1.0f32; 4], vec![-1.0f32; 4]);
+        let others = [
+            Weighted {
+                values: &up,
+                mass: 1.0,
+            },
+            Weighted {
+                values: &up,
+                mass: 1.0,
+            },
+            Weighted {
+                values: &down,
+                mass: heavy,
+            },
+            Weighted {
+                values: &down,
+                mass: heavy,
+            },
+        ];
+        let config = RobustConfig {
+            weight_spread: spread,
+            ..RobustConfig::default()
+        };
+        let mut own = vec![0.0f32; 4];
+        robust_aggregate(&mut own, 1.0, &others, config, (None, 0));
+        assert!(own.iter().all(|v| *v == own[0]), "{own:?}");
+        own[0]
+    }
+
+    /// The robust mean weighs the samples behind each kept model: candidates that trained on
+    /// twice the samples count twice (before, every candidate counted once and the result
+    /// was 0 however the samples were spread).
+    #[test]
+    fn the_robust_mean_weighs_the_samples_behind_each_kept_model() {
+        // Typical mass: the median of 1, 1, 1, 2, 2 is 1; weights 2, 1, 1 → (−2 + 0 + 1) / 4.
+        assert!((kept_mean(2.0, DEFAULT_WEIGHT_SPREAD) + 0.25).abs() < 1e-6);
+        assert!(kept_mean(2.0, 1.0).abs() < 1e-6, "spread 1: equal votes");
+    }
+
+    /// A claimed mass counts at most `spread` times the typical one: 10⁹ weighs as 2 does
+    /// (without the bound: the kept heavy value took the mean to −1).
+    #[test]
+    fn a_huge_claimed_mass_weighs_at_most_the_spread_times_the_typical() {
+        let capped = kept_mean(1e9, DEFAULT_WEIGHT_SPREAD);
+        assert!((capped + 0.25).abs() < 1e-6, "{capped}");
+        let nan = kept_mean(f64::NAN, DEFAULT_WEIGHT_SPREAD);
+        assert!(
+            nan.is_finite() && nan > 0.0,
+            "a NaN mass weighs the least: {nan}"
+        );
     }
 
     #[test]

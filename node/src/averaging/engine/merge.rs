@@ -170,9 +170,16 @@ impl Averager {
             kept.push(candidate);
         }
         self.counts.merged += kept.len() as u64;
-        let others: Vec<&[f32]> = kept.iter().map(|c| c.values.as_slice()).collect();
+        let others: Vec<Weighted<'_>> = kept
+            .iter()
+            .map(|c| Weighted {
+                values: &c.values,
+                mass: c.mass,
+            })
+            .collect();
         let voters = self.distances.senders().max(self.live_peers) + 1;
-        mixing::robust_aggregate(params, &others, robust, Some(reference), voters);
+        let votes = (Some(reference), voters);
+        mixing::robust_aggregate(params, self.mass, &others, robust, votes);
         self.set_mass(self.mass + kept.iter().map(|c| c.mass).sum::<f64>());
         for candidate in kept {
             self.recycle(candidate.values);
