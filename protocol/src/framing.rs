@@ -176,12 +176,54 @@ pub async fn read_payload<R: AsyncRead + Unpin>(
     r: &mut R,
     limits: &FrameLimits,
 ) -> Result<(Vec<u8>, Digest), FrameError> {
+    let header = read_payload_header(r, limits).await?;
+    read_payload_body(r, header).await
+}
+
+/// The header of a payload, checked against the limits it was read under: how long the
+/// payload says it is (a reader sizes its deadline from it before reading the rest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PayloadHeader {
+    total: u64,
+    chunk_max: u32,
+    max_payload: u64,
+}
+
+impl PayloadHeader {
+    /// The payload's length, bytes (within the limits).
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+}
+
+/// Reads the header of a payload written by [`write_payload`], enforcing `limits`.
+pub async fn read_payload_header<R: AsyncRead + Unpin>(
+    r: &mut R,
+    limits: &FrameLimits,
+) -> Result<PayloadHeader, FrameError> {
     let mut header = [0u8; HEADER_LEN];
     read_exact(r, &mut header, 0, HEADER_LEN as u64).await?;
     let (total, chunk_max) = parse_header(&header, limits)?;
+    Ok(PayloadHeader {
+        total,
+        chunk_max,
+        max_payload: limits.max_payload,
+    })
+}
+
+/// Reads the rest of the payload whose `header` was just read, and verifies its digest.
+pub async fn read_payload_body<R: AsyncRead + Unpin>(
+    r: &mut R,
+    header: PayloadHeader,
+) -> Result<(Vec<u8>, Digest), FrameError> {
+    let PayloadHeader {
+        total,
+        chunk_max,
+        max_payload,
+    } = header;
     let total_usize = usize::try_from(total).map_err(|_| FrameError::TooLarge {
         len: total,
-        max: limits.max_payload,
+        max: max_payload,
     })?;
     let mut payload = vec![0u8; total_usize];
     let mut hasher = blake3::Hasher::new();

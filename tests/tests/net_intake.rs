@@ -88,6 +88,69 @@ async fn a_peer_holding_streams_open_does_not_starve_an_honest_sender() {
     }
 }
 
+/// A payload announced at 64 KiB and trickled at 5 KiB/s — fast enough for the stall guard —
+/// is cut at the deadline of its announced length (2 s here), and scored; before, the stream
+/// kept its place for the deadline of the largest payload and the trickle was taken in whole
+/// after 13 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_trickled_slower_than_its_length_allows_is_cut_at_its_own_deadline() {
+    let mut config = loopback();
+    config.limits.transfer_base_timeout = Duration::from_secs(1);
+    config.limits.min_transfer_rate = 64 * 1024;
+    config.limits.stall_timeout = Duration::from_secs(6);
+    let (_, receiver, _rx_events) = start(64, config).await;
+    let mut incoming = receiver
+        .subscribe_payloads(PayloadKind::Blob)
+        .expect("subscribe");
+    let to = receiver.local_peer_id();
+    let (_, attacker, _a_events) = start(65, loopback()).await;
+    attacker
+        .dial(addr_of(&receiver, "tcp").await)
+        .await
+        .expect("dial");
+    let mut stream = trickling_stream(&attacker, to)
+        .await
+        .expect("the stream is taken in");
+    // The framing header: magic, version 1, no flags, 64 KiB in chunks of at most 1 KiB.
+    let (total, chunk) = (64u64 * 1024, 1024u32);
+    let header = [
+        b"MRMF".as_slice(),
+        &[1, 0, 0, 0],
+        &total.to_le_bytes(),
+        &chunk.to_le_bytes(),
+    ]
+    .concat();
+    let started = tokio::time::Instant::now();
+    let mut cut = stream.write_all(&header).await.is_err();
+    let block = [[0u8; 4], [9u8; 4]].concat();
+    let chunk_bytes = [chunk.to_le_bytes().as_slice(), &block.repeat(128)].concat();
+    for _ in 0..total / u64::from(chunk) {
+        if cut {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        cut = stream.write_all(&chunk_bytes).await.is_err() || stream.flush().await.is_err();
+    }
+    let elapsed = started.elapsed();
+    assert!(cut, "the trickle was cut before it was all sent");
+    assert!(
+        elapsed < Duration::from_secs(6),
+        "cut at its own deadline, not the stall timeout: {elapsed:?}"
+    );
+    assert!(incoming.try_recv().is_err(), "nothing delivered");
+    let scored = net_common::eventually(Duration::from_secs(5), || async {
+        let peers = receiver.peers().await.unwrap_or_default();
+        peers
+            .iter()
+            .any(|p| p.peer_id == attacker.local_peer_id() && p.misbehaviour > 0)
+    })
+    .await;
+    assert!(scored, "an overrun deadline is scored");
+    for net in [attacker, receiver] {
+        net.shutdown().await;
+    }
+}
+
 /// Connections under many identities from one host: past the per-address limit, an inbound
 /// connection is refused (before: one machine could fill the whole connection table).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -238,7 +238,15 @@ pub(crate) async fn receive(
         let _ = stream.close().await;
         return Ok(());
     }
-    let (payload, digest) = framing::read_payload(&mut stream, &frame_limits(limits)).await?;
+    // The payload says how long it is: it gets the deadline of that length (the caller's,
+    // sized for the largest payload, stays the bound of everything else).
+    let announced = framing::read_payload_header(&mut stream, &frame_limits(limits)).await?;
+    let deadline =
+        limits.transfer_deadline(usize::try_from(announced.total()).unwrap_or(usize::MAX));
+    let body = framing::read_payload_body(&mut stream, announced);
+    let (payload, digest) = tokio::time::timeout(deadline.saturating_sub(started.elapsed()), body)
+        .await
+        .map_err(|_| TransferError::Deadline(deadline))??;
     let incoming = IncomingPayload {
         peer,
         kind,
