@@ -16,6 +16,9 @@
 //!   (and spends its word doing so);
 //! - a report that blames this node, which knows it false: the reporter is planned out.
 //!
+//! When the members not blamed cannot hold the model, the blamed stay in (a false blame must
+//! not end the run; a member that breaks the protocol again spends the no-progress budget).
+//!
 //! What stays open: a successor issuer (the next lowest, once this one left) knows none of
 //! it, and a member that breaks the protocol while it holds the lowest id is the issuer.
 

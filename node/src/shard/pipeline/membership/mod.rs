@@ -561,27 +561,20 @@ impl Membership {
             ];
         }
         // The leader is the lowest survivor in every member's view; who is planned is its
-        // choice, less the members that broke the protocol (see `blame`).
+        // choice, less the members that broke the protocol (see `blame`) — unless the others
+        // cannot hold the model without them: then they stay in (a member falsely blamed must
+        // not end the run; one that breaks the protocol again spends the no-progress budget).
         let excluded = self.blame.excluded();
-        let survivors: Vec<PeerId> = survivors
-            .into_iter()
+        let trusted: Vec<PeerId> = (survivors.iter().copied())
             .filter(|s| *s == self.me || !excluded.contains(s))
             .collect();
-        let mut input = rules::restricted(&previous.input, &survivors);
-        let origin = (&self.rules.run, &self.rules.model);
-        let known = (&previous.citations[..], peers);
-        let computed =
-            citations::cite_known(&mut input, self.me, known, origin).and_then(|cited| {
-                let mut notice = PlanNotice::compute(
-                    epoch,
-                    previous.placement,
-                    &survivors,
-                    input,
-                    previous.replicas,
-                )?;
-                notice.citations = cited;
-                Ok(notice)
-            });
+        let computed = match self.plan_over(epoch, previous, &trusted, peers) {
+            Err(err) if trusted.len() < survivors.len() => {
+                tracing::warn!(err = %chain(&err), "the members not blamed cannot hold the model; the blamed stay in");
+                self.plan_over(epoch, previous, &survivors, peers)
+            }
+            computed => computed,
+        };
         match computed {
             Ok(mut notice) => {
                 (notice.previous_ranges, notice.resume_step) = (resume.ranges, resume.step);
@@ -589,6 +582,24 @@ impl Membership {
             }
             Err(err) => self.fail(err),
         }
+    }
+
+    /// The next epoch's plan of `members` after `previous`, citing their capacities.
+    fn plan_over(
+        &self,
+        epoch: u64,
+        previous: &PlanNotice,
+        members: &[PeerId],
+        peers: &[PeerInfo],
+    ) -> Result<PlanNotice, PipelineError> {
+        let mut input = rules::restricted(&previous.input, members);
+        let origin = (&self.rules.run, &self.rules.model);
+        let known = (&previous.citations[..], peers);
+        let cited = citations::cite_known(&mut input, self.me, known, origin)?;
+        let mut notice =
+            PlanNotice::compute(epoch, previous.placement, members, input, previous.replicas)?;
+        notice.citations = cited;
+        Ok(notice)
     }
 
     /// Runs `notice`: this node's stage if the plan seats it, else the run is over for it.

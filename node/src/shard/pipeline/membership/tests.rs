@@ -987,6 +987,33 @@ fn members_the_plan_left_out_are_not_rebalanced_back_in() {
     assert_eq!(planned, expected);
 }
 
+/// A member blamed for breaking the protocol (planned out, still connected and announcing) is
+/// no newcomer to plan back in, nor is a planned one kept (without the filter the watcher
+/// re-balanced it back in within seconds).
+#[test]
+fn members_blamed_for_breaking_the_protocol_are_not_rebalanced_back_in() {
+    use crate::shard::pipeline::members::rebalance_input;
+
+    let rules = Rules::of(&config(3, 1));
+    let ids = peers(4);
+    let me = ids[0];
+    let previous = first_plan(&rules, &[(me, FAST), (ids[1], FAST)]);
+    let world = vec![
+        announcing(&rules, ids[1], true, 1, FAST),
+        announcing(&rules, ids[2], true, 0, FAST),
+        announcing(&rules, ids[3], true, 0, FAST),
+    ];
+    let blamed = [ids[1], ids[3]];
+    let (members, _) = rebalance_input(
+        &rules,
+        (&previous, &blamed),
+        (&world, WALL),
+        me,
+        capacity(FAST),
+    );
+    assert_eq!(members, vec![me, ids[2]]);
+}
+
 /// Peers choose how often they announce and each announcement changes the peer book: after a
 /// look, the next one waits out the shortest gap, however many changes come meanwhile.
 #[test]

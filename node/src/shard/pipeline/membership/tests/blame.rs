@@ -116,3 +116,22 @@ fn a_blame_of_a_non_neighbour_is_ignored_and_one_of_the_receiver_plans_the_repor
     report(&mut m, now, ids[2], ids[1]);
     assert_eq!(m.excluded(), [ids[2]]);
 }
+
+/// When the members not blamed cannot hold the model, the blamed one stays in: a false blame
+/// does not end the run (without the fallback the re-plan failed, and so did the run).
+#[test]
+fn a_blamed_member_the_others_cannot_do_without_stays_in() {
+    let mut rules = Rules::of(&config(3, 1));
+    let params: u64 = rules.stages.iter().map(|s| s.param_bytes).sum();
+    // Each member holds 4 GiB; the model's state needs 8 GiB in four stages of 7, 44, 44 and
+    // 4 %: three members hold 7 | 44 | 48 %, two would need 52 % on one.
+    rules.memory.state_multiplier = (8u64 << 30) / params.max(1);
+    let ids = peers(3);
+    let now = Instant::now();
+    let (mut m, first) = running(&rules, &ids, ids[0], now);
+    assert_eq!(first.plan.assignments.len(), 3, "every member is needed");
+    m.handle(misbehaved(now, ids[1]));
+    let out = m.handle(tick(now + REPLAN_GRACE, all_but(&rules, &ids, ids[0], 1)));
+    let notice = sent(&out).expect("re-planned, the blamed member in");
+    assert_eq!(notice.members.len(), 3);
+}
