@@ -30,6 +30,21 @@ async fn trickling_stream(
     Some(stream)
 }
 
+/// Whether `receiver` scores `attacker`'s misbehaviour within `limit`.
+async fn scored_within(
+    receiver: &murmur_node::net::Network,
+    attacker: &murmur_node::net::Network,
+    limit: Duration,
+) -> bool {
+    net_common::eventually(limit, || async {
+        let peers = receiver.peers().await.unwrap_or_default();
+        peers
+            .iter()
+            .any(|p| p.peer_id == attacker.local_peer_id() && p.misbehaviour > 0)
+    })
+    .await
+}
+
 /// Slow-loris attack: before per-peer quotas the attacker's streams took every place and the
 /// honest payload was dropped on arrival ("too many inbound transfers").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,13 +89,7 @@ async fn a_peer_holding_streams_open_does_not_starve_an_honest_sender() {
         .expect("channel open");
     assert_eq!(got.peer, honest.local_peer_id());
     // The attacker's streams stall and cost it score.
-    let scored = net_common::eventually(Duration::from_secs(15), || async {
-        let peers = receiver.peers().await.unwrap_or_default();
-        peers
-            .iter()
-            .any(|p| p.peer_id == attacker.local_peer_id() && p.misbehaviour > 0)
-    })
-    .await;
+    let scored = scored_within(&receiver, &attacker, Duration::from_secs(15)).await;
     assert!(scored, "stalled streams are scored");
     drop(held);
     for net in [attacker, honest, receiver] {
@@ -138,13 +147,7 @@ async fn a_payload_trickled_slower_than_its_length_allows_is_cut_at_its_own_dead
         "cut at its own deadline, not the stall timeout: {elapsed:?}"
     );
     assert!(incoming.try_recv().is_err(), "nothing delivered");
-    let scored = net_common::eventually(Duration::from_secs(5), || async {
-        let peers = receiver.peers().await.unwrap_or_default();
-        peers
-            .iter()
-            .any(|p| p.peer_id == attacker.local_peer_id() && p.misbehaviour > 0)
-    })
-    .await;
+    let scored = scored_within(&receiver, &attacker, Duration::from_secs(5)).await;
     assert!(scored, "an overrun deadline is scored");
     for net in [attacker, receiver] {
         net.shutdown().await;

@@ -132,18 +132,7 @@ async fn epochs_far_ahead_are_refused_and_training_goes_on() {
 /// re-planned every epoch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_flooding_next_plans_and_false_breaks_costs_one_replan() {
-    let peer = |seed| {
-        net_common::identity(seed)
-            .keypair
-            .public()
-            .to_peer_id()
-            .to_string()
-    };
-    let attacker = peer(113);
-    assert!(
-        (110..113).any(|seed| peer(seed) < attacker),
-        "the attacker must not be the plan's watcher (the lowest id)"
-    );
+    seated_above_the_lowest(110);
     let steps = 60;
     let (honest, attacker) = run_with_attacker(110, PipeTamper::ReplanFlood, (steps, 4)).await;
     for r in &honest {
@@ -166,18 +155,7 @@ async fn a_member_flooding_next_plans_and_false_breaks_costs_one_replan() {
 /// an epoch as a lost neighbour, the first message failed the run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_sending_stage_messages_out_of_protocol_is_planned_out() {
-    let peer = |seed| {
-        net_common::identity(seed)
-            .keypair
-            .public()
-            .to_peer_id()
-            .to_string()
-    };
-    let attacker_id = peer(123);
-    assert!(
-        (120..123).any(|seed| peer(seed) < attacker_id),
-        "the attacker must not be the member that re-plans (the lowest id)"
-    );
+    let attacker_id = seated_above_the_lowest(120);
     let steps = 40;
     let (honest, attacker) = run_with_attacker(120, PipeTamper::StageGarbage, (steps, 4)).await;
     let blamed: u64 = honest.iter().map(|r| refused(r, "stage-message")).sum();
@@ -192,6 +170,24 @@ async fn a_member_sending_stage_messages_out_of_protocol_is_planned_out() {
         );
     }
     assert_final_loss_close(&honest, attacker.as_ref().ok(), steps);
+}
+
+/// The id of the attacker of [`run_with_attacker`] with identities from `first`, checked not
+/// to be the lowest (the plan's watcher and the member that re-plans).
+fn seated_above_the_lowest(first: u8) -> String {
+    let peer = |seed| {
+        net_common::identity(seed)
+            .keypair
+            .public()
+            .to_peer_id()
+            .to_string()
+    };
+    let attacker = peer(first + 3);
+    assert!(
+        (first..first + 3).any(|seed| peer(seed) < attacker),
+        "the attacker must not hold the lowest id"
+    );
+    attacker
 }
 
 /// The head's final loss (the attacker's, if it holds the head: its stage computes honestly)

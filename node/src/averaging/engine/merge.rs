@@ -119,14 +119,7 @@ impl Averager {
             Some(robust) => self.merge_robust(params, accepted, own_norm, robust),
             None => {
                 self.counts.merged += accepted.len() as u64;
-                let weighted: Vec<Weighted<'_>> = accepted
-                    .iter()
-                    .map(|c| Weighted {
-                        values: &c.values,
-                        mass: c.mass,
-                    })
-                    .collect();
-                let mass = mixing::absorb_all(params, self.mass, &weighted);
+                let mass = mixing::absorb_all(params, self.mass, &weighted(&accepted));
                 self.set_mass(mass);
                 for candidate in accepted {
                     self.recycle(candidate.values);
@@ -170,21 +163,25 @@ impl Averager {
             kept.push(candidate);
         }
         self.counts.merged += kept.len() as u64;
-        let others: Vec<Weighted<'_>> = kept
-            .iter()
-            .map(|c| Weighted {
-                values: &c.values,
-                mass: c.mass,
-            })
-            .collect();
         let voters = self.distances.senders().max(self.live_peers) + 1;
         let votes = (Some(reference), voters);
-        mixing::robust_aggregate(params, self.mass, &others, robust, votes);
+        mixing::robust_aggregate(params, self.mass, &weighted(&kept), robust, votes);
         self.set_mass(self.mass + kept.iter().map(|c| c.mass).sum::<f64>());
         for candidate in kept {
             self.recycle(candidate.values);
         }
     }
+}
+
+/// The candidates' models with their masses.
+fn weighted(candidates: &[Candidate]) -> Vec<Weighted<'_>> {
+    candidates
+        .iter()
+        .map(|c| Weighted {
+            values: &c.values,
+            mass: c.mass,
+        })
+        .collect()
 }
 
 #[cfg(test)]
