@@ -70,29 +70,9 @@ async fn watch_one_chain(
 ) -> Result<PlanNotice, PipelineError> {
     let mut replanner = Replanner::new(ReplanConfig::default());
     replanner.update(&restricted(&current.input, &current.planned_members()))?;
-    let me = net.local_peer_id();
-    let mut settle = Settle::new(current);
-    let mut looks = Looks::new(net, own);
+    let mut watch = Watch::new(net, rules, (current, excluded), own);
     loop {
-        let own = looks.next().await?;
-        let peers = net.peers().await?;
-        let (members, input) = rebalance_input(
-            rules,
-            (current, excluded),
-            (&peers, crate::net::now_ms()),
-            me,
-            own,
-        );
-        if !looks.looked(settle.held(&members)) {
-            continue;
-        }
-        let (input, cited) = match cited(rules, input, me, &peers) {
-            Ok(cited) => cited,
-            Err(err) => {
-                tracing::debug!(err = %chain(&err), "re-plan not possible");
-                continue;
-            }
-        };
+        let (members, input, cited) = watch.next_held().await?;
         match replanner.update(&input) {
             Ok(Decision::Adopted { trigger, gain }) => {
                 tracing::info!(?trigger, ?gain, "re-balancing the pipeline");
@@ -122,34 +102,14 @@ async fn watch_for_joins(
     own: watch::Receiver<Capacity>,
 ) -> Result<PlanNotice, PipelineError> {
     let min_gain = ReplanConfig::default().min_gain;
-    let me = net.local_peer_id();
     let mut considered = current.planned_members();
-    let mut settle = Settle::new(current);
-    let mut looks = Looks::new(net, own);
+    let mut watch = Watch::new(net, rules, (current, excluded), own);
     loop {
-        let own = looks.next().await?;
-        let peers = net.peers().await?;
-        let (members, input) = rebalance_input(
-            rules,
-            (current, excluded),
-            (&peers, crate::net::now_ms()),
-            me,
-            own,
-        );
-        if !looks.looked(settle.held(&members)) {
-            continue;
-        }
+        let (members, input, cited) = watch.next_held().await?;
         let joined = members.iter().any(|m| !current.is_member(m));
         if !joined || members == considered {
             continue;
         }
-        let (input, cited) = match cited(rules, input, me, &peers) {
-            Ok(cited) => cited,
-            Err(err) => {
-                tracing::debug!(err = %chain(&err), "re-plan not possible");
-                continue;
-            }
-        };
         considered.clone_from(&members);
         let epoch = current.epoch + 1;
         let (placement, replicas) = (current.placement, current.replicas);
@@ -185,6 +145,61 @@ async fn watch_for_joins(
             }
             (Err(err), _) | (_, Err(err)) => {
                 tracing::debug!(err = %chain(&err), "re-plan not possible")
+            }
+        }
+    }
+}
+
+/// What both watches look at: the peer book, at the times [`Looks`] says, until the member set
+/// held for two looks and its capacities can be cited.
+struct Watch<'a> {
+    net: &'a Network,
+    rules: &'a Rules,
+    current: &'a PlanNotice,
+    /// Members blamed for breaking the protocol: never candidates.
+    excluded: &'a [PeerId],
+    me: PeerId,
+    settle: Settle,
+    looks: Looks,
+}
+
+impl<'a> Watch<'a> {
+    fn new(
+        net: &'a Network,
+        rules: &'a Rules,
+        (current, excluded): (&'a PlanNotice, &'a [PeerId]),
+        own: watch::Receiver<Capacity>,
+    ) -> Self {
+        Self {
+            net,
+            rules,
+            current,
+            excluded,
+            me: net.local_peer_id(),
+            settle: Settle::new(current),
+            looks: Looks::new(net, own),
+        }
+    }
+
+    /// The next member set that held, the planner's input for it with each other peer's
+    /// capacity cited, and the citations.
+    async fn next_held(&mut self) -> Result<(Vec<PeerId>, PlanInput, Vec<Vec<u8>>), PipelineError> {
+        loop {
+            let own = self.looks.next().await?;
+            let peers = self.net.peers().await?;
+            let (members, input) = rebalance_input(
+                self.rules,
+                (self.current, self.excluded),
+                (&peers, crate::net::now_ms()),
+                self.me,
+                own,
+            );
+            if !self.looks.looked(self.settle.held(&members)) {
+                continue;
+            }
+            match cited(self.rules, input, self.me, &peers) {
+                Ok((input, cited)) => return Ok((members, input, cited)),
+                Err(err) => tracing::debug!(err = %chain(&err), "re-plan not possible"),
             }
         }
     }
